@@ -1,0 +1,1 @@
+//! Benchmarks for tollgate; see benches/.

@@ -1,0 +1,45 @@
+//! `tollgate`: the command line for billing actors.
+
+mod demo;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Write, test, run and ship edge billing actors as WebAssembly components.
+#[derive(Parser)]
+#[command(name = "tollgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a component's world, kind, size, imports and exports, and whether this host can run it.
+    Inspect(inspect::Args),
+    /// Run the edge demo: a prepaid account through the harness, step by step.
+    Demo(demo::Args),
+    #[command(flatten)]
+    Oci(tollgate_oci::cli::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TOLLGATE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Oci(cmd) => tollgate_oci::cli::run(cmd).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

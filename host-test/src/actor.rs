@@ -1,0 +1,228 @@
+//! Loading a compiled actor: read, validate, compile, check its role and its imports.
+
+use crate::engine::HostEngine;
+use crate::error::HostError;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use wasmtime::component::{Component, InstancePre};
+
+use crate::state::StoreState;
+
+/// The role of an actor, told by the `tollgate:` interface it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActorKind {
+    /// Exports `tollgate:eventsourcing/command-handler`.
+    Aggregate,
+    /// Exports `tollgate:eventsourcing/projection`.
+    Projector,
+    /// Exports `tollgate:eventsourcing/process`.
+    ProcessManager,
+    /// Exports `tollgate:billing/rating`.
+    Rater,
+    /// Exports `tollgate:admission/admission`.
+    Policy,
+}
+
+impl ActorKind {
+    /// Every kind.
+    pub const ALL: [ActorKind; 5] =
+        [ActorKind::Aggregate, ActorKind::Projector, ActorKind::ProcessManager, ActorKind::Rater, ActorKind::Policy];
+
+    /// The interface a component of this kind exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            ActorKind::Aggregate => "tollgate:eventsourcing/command-handler@0.1.0",
+            ActorKind::Projector => "tollgate:eventsourcing/projection@0.1.0",
+            ActorKind::ProcessManager => "tollgate:eventsourcing/process@0.1.0",
+            ActorKind::Rater => "tollgate:billing/rating@0.1.0",
+            ActorKind::Policy => "tollgate:admission/admission@0.1.0",
+        }
+    }
+
+    /// The world a component of this kind targets.
+    pub fn world(self) -> &'static str {
+        match self {
+            ActorKind::Aggregate => "tollgate:eventsourcing/aggregate@0.1.0",
+            ActorKind::Projector => "tollgate:eventsourcing/projector@0.1.0",
+            ActorKind::ProcessManager => "tollgate:eventsourcing/process-manager@0.1.0",
+            ActorKind::Rater => "tollgate:billing/rater@0.1.0",
+            ActorKind::Policy => "tollgate:admission/policy@0.1.0",
+        }
+    }
+
+    /// The kebab-case name used on the command line and in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActorKind::Aggregate => "aggregate",
+            ActorKind::Projector => "projector",
+            ActorKind::ProcessManager => "process-manager",
+            ActorKind::Rater => "rater",
+            ActorKind::Policy => "policy",
+        }
+    }
+
+    /// Parses [`ActorKind::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+struct Inner {
+    name: String,
+    kind: ActorKind,
+    digest: String,
+    size: usize,
+    imports: Vec<String>,
+    exports: Vec<String>,
+    component: Component,
+    pre: InstancePre<StoreState>,
+    engine: HostEngine,
+}
+
+/// A compiled, linked actor, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct Actor(Arc<Inner>);
+
+impl Actor {
+    /// Loads an actor from a `.wasm` file, whatever its kind.
+    pub fn load(engine: &HostEngine, path: impl AsRef<Path>) -> Result<Actor, HostError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                HostError::NotFound { path: path.into() }
+            } else {
+                HostError::Read { path: path.into(), source }
+            }
+        })?;
+        Actor::from_bytes(engine, &path.display().to_string(), &bytes)
+    }
+
+    /// Loads an actor and checks that it is of `kind`.
+    pub fn load_kind(engine: &HostEngine, path: impl AsRef<Path>, kind: ActorKind) -> Result<Actor, HostError> {
+        let actor = Actor::load(engine, path)?;
+        actor.expect_kind(kind)?;
+        Ok(actor)
+    }
+
+    /// Loads an actor from bytes; `name` names it in errors.
+    pub fn from_bytes(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<Actor, HostError> {
+        let component = compile(engine, name, bytes)?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(engine.engine()).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(engine.engine()).map(|(n, _)| n.to_string()).collect();
+        let kind = ActorKind::ALL
+            .into_iter()
+            .find(|k| exports.iter().any(|e| e == k.export()))
+            .ok_or_else(|| HostError::WrongKind {
+                name: name.into(),
+                expected: ActorKind::ALL.map(|k| k.export()).join("` or `"),
+                found: list(&exports),
+            })?;
+        let pre = engine.linker().instantiate_pre(&component).map_err(|e| missing_import(name, e))?;
+        Ok(Actor(Arc::new(Inner {
+            name: name.into(),
+            kind,
+            digest: hex(&Sha256::digest(bytes)),
+            size: bytes.len(),
+            imports,
+            exports,
+            component,
+            pre,
+            engine: engine.clone(),
+        })))
+    }
+
+    /// Fails with [`HostError::WrongKind`] unless the actor is of `kind`.
+    pub fn expect_kind(&self, kind: ActorKind) -> Result<(), HostError> {
+        if self.0.kind == kind {
+            Ok(())
+        } else {
+            Err(HostError::WrongKind { name: self.0.name.clone(), expected: kind.export().into(), found: list(&self.0.exports) })
+        }
+    }
+
+    /// The name (file path) errors use.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> ActorKind {
+        self.0.kind
+    }
+
+    /// The sha256 of its bytes, hex; snapshots and caches are keyed by it.
+    pub fn digest(&self) -> &str {
+        &self.0.digest
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> usize {
+        self.0.size
+    }
+
+    /// The interfaces it imports.
+    pub fn imports(&self) -> &[String] {
+        &self.0.imports
+    }
+
+    /// The names it exports.
+    pub fn exports(&self) -> &[String] {
+        &self.0.exports
+    }
+
+    /// The compiled component.
+    pub fn component(&self) -> &Component {
+        &self.0.component
+    }
+
+    /// The linked, ready-to-instantiate component.
+    pub fn instance_pre(&self) -> &InstancePre<StoreState> {
+        &self.0.pre
+    }
+
+    /// The engine it was compiled for.
+    pub fn engine(&self) -> &HostEngine {
+        &self.0.engine
+    }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() { "nothing".into() } else { names.join(", ") }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks the bytes are a component before compiling, so each mistake gets its own error.
+pub(crate) fn compile(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<Component, HostError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(HostError::NotWasm { name: name.into() });
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(HostError::CoreModule { name: name.into() });
+    }
+    Component::new(engine.engine(), bytes)
+        .map_err(|e| HostError::Invalid { name: name.into(), message: format!("{e:#}") })
+}
+
+fn missing_import(name: &str, error: wasmtime::Error) -> HostError {
+    // wasmtime names the unsatisfied import between backticks, e.g.
+    // "component imports instance `wasi:http/types@0.2.0`, but a matching implementation was not found".
+    let message = format!("{error:#}");
+    match message.split('`').nth(1) {
+        Some(interface) if message.contains("import") => {
+            HostError::MissingImport { name: name.into(), interface: interface.into() }
+        }
+        _ => HostError::Host { context: format!("{name}: link imports"), message },
+    }
+}

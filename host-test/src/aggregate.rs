@@ -1,0 +1,212 @@
+//! Running aggregates: the raw calls ([`AggregateActor`]) and a host that keeps each key's
+//! events and state in memory and answers repeated command ids ([`AggregateHost`]).
+
+use crate::actor::{Actor, ActorKind};
+use crate::bindings::aggregate::Aggregate;
+pub use crate::bindings::aggregate::tollgate::eventsourcing::types::{
+    AggregateInfo, Command, Event, EventDraft, Rejection, RejectionKind, Timer,
+};
+use crate::error::HostError;
+use crate::fakes::Fakes;
+use crate::guest::Guest;
+use std::collections::{BTreeMap, HashMap};
+
+/// An aggregate component's exports, called on a live instance.
+pub struct AggregateActor {
+    guest: Guest<Aggregate>,
+}
+
+impl AggregateActor {
+    /// Wraps a loaded actor; fails unless it is an aggregate.
+    pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
+        actor.expect_kind(ActorKind::Aggregate)?;
+        Ok(AggregateActor { guest: Guest::new(actor, fakes, None, |pre, store| {
+            let instance = pre.instantiate(&mut *store)?;
+            Aggregate::new(&mut *store, &instance)
+        }) })
+    }
+
+    /// The instance lifecycle (how many instances were created, the actor, the fakes).
+    pub fn guest(&self) -> &Guest<Aggregate> {
+        &self.guest
+    }
+
+    /// Calls `describe`.
+    pub fn describe(&mut self) -> Result<AggregateInfo, HostError> {
+        self.guest.call("describe", |b, s| b.tollgate_eventsourcing_command_handler().call_describe(s), |_| true)
+    }
+
+    /// Calls `handle`.
+    pub fn handle(&mut self, state: Option<&[u8]>, command: &Command) -> Result<Result<Vec<EventDraft>, Rejection>, HostError> {
+        self.guest.call(
+            "handle",
+            |b, s| b.tollgate_eventsourcing_command_handler().call_handle(s, state, command),
+            |_| true,
+        )
+    }
+
+    /// Calls `apply` with a batch of events.
+    pub fn apply(&mut self, state: Option<&[u8]>, events: &[Event]) -> Result<Result<Vec<u8>, Rejection>, HostError> {
+        self.guest.call("apply", |b, s| b.tollgate_eventsourcing_command_handler().call_apply(s, state, events), |_| true)
+    }
+
+    /// Calls `upcast`.
+    pub fn upcast(&mut self, event: &Event) -> Result<Result<Event, Rejection>, HostError> {
+        self.guest.call("upcast", |b, s| b.tollgate_eventsourcing_command_handler().call_upcast(s, event), |_| true)
+    }
+}
+
+/// What became of a command.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Events were appended.
+    Accepted(Vec<Event>),
+    /// The aggregate said no; nothing was appended.
+    Rejected(Rejection),
+}
+
+#[derive(Default)]
+struct KeyState {
+    events: Vec<Event>,
+    state: Option<Vec<u8>>,
+    outcomes: HashMap<String, Outcome>,
+}
+
+/// Keeps every key's events and state in memory, runs commands through an aggregate actor,
+/// and answers a command id it has seen with the original outcome, changing nothing twice.
+pub struct AggregateHost {
+    actor: AggregateActor,
+    info: AggregateInfo,
+    keys: BTreeMap<String, KeyState>,
+}
+
+impl AggregateHost {
+    /// Wraps an aggregate actor.
+    pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
+        let mut actor = AggregateActor::new(actor, fakes)?;
+        let info = actor.describe()?;
+        Ok(AggregateHost { actor, info, keys: BTreeMap::new() })
+    }
+
+    /// The aggregate's description.
+    pub fn info(&self) -> &AggregateInfo {
+        &self.info
+    }
+
+    /// The underlying actor.
+    pub fn actor(&mut self) -> &mut AggregateActor {
+        &mut self.actor
+    }
+
+    /// Appends already-decided events (a test's `given`), folding them into the state.
+    pub fn seed(&mut self, key: &str, drafts: Vec<EventDraft>, time: u64) -> Result<Vec<Event>, HostError> {
+        let current = self.keys.get(key);
+        let state = current.and_then(|k| k.state.clone());
+        let first = current.map_or(0, |k| k.events.len() as u64) + 1;
+        let events: Vec<Event> = drafts
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let id = format!("given-{}", first + i as u64);
+                self.envelope(key, first + i as u64, d, &id, &id, "", time)
+            })
+            .collect();
+        let new_state = self.actor.apply(state.as_deref(), &events)?.map_err(|r| HostError::Host {
+            context: format!("apply given events to {}/{key}", self.info.stream),
+            message: format!("{}: {}", r.code, r.message),
+        })?;
+        let k = self.keys.entry(key.into()).or_default();
+        k.events.extend(events.iter().cloned());
+        k.state = Some(new_state);
+        Ok(events)
+    }
+
+    /// Runs a command. A trap leaves the key's events and state untouched.
+    pub fn execute(&mut self, command: &Command) -> Result<Outcome, HostError> {
+        if command.stream != self.info.stream {
+            return Ok(Outcome::Rejected(Rejection {
+                kind: RejectionKind::Malformed,
+                code: "wrong-stream".into(),
+                message: format!("command for stream `{}` sent to the `{}` aggregate", command.stream, self.info.stream),
+            }));
+        }
+        if let Some(outcome) = self.keys.get(&command.key).and_then(|k| k.outcomes.get(&command.command_id)) {
+            return Ok(outcome.clone());
+        }
+        let current = self.keys.get(&command.key);
+        let state = current.and_then(|k| k.state.clone());
+        let next = current.map_or(0, |k| k.events.len() as u64) + 1;
+        let outcome = match self.actor.handle(state.as_deref(), command)? {
+            Err(rejection) => Outcome::Rejected(rejection),
+            Ok(drafts) => {
+                let events: Vec<Event> = drafts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        self.envelope(
+                            &command.key,
+                            next + i as u64,
+                            d,
+                            &command.command_id,
+                            &command.correlation_id,
+                            &command.causation_id,
+                            command.time,
+                        )
+                    })
+                    .collect();
+                // Fold before committing: if apply fails, nothing was appended.
+                let new_state = self.actor.apply(state.as_deref(), &events)?.map_err(|r| HostError::Host {
+                    context: format!("apply events of command `{}` to {}/{}", command.command_id, command.stream, command.key),
+                    message: format!("{}: {}", r.code, r.message),
+                })?;
+                let k = self.keys.entry(command.key.clone()).or_default();
+                k.events.extend(events.iter().cloned());
+                k.state = Some(new_state);
+                Outcome::Accepted(events)
+            }
+        };
+        self.keys.entry(command.key.clone()).or_default().outcomes.insert(command.command_id.clone(), outcome.clone());
+        Ok(outcome)
+    }
+
+    /// Every event of `key`, oldest first.
+    pub fn events(&self, key: &str) -> &[Event] {
+        self.keys.get(key).map_or(&[], |k| &k.events)
+    }
+
+    /// The encoded state of `key`, if it has events.
+    pub fn state(&self, key: &str) -> Option<&[u8]> {
+        self.keys.get(key).and_then(|k| k.state.as_deref())
+    }
+
+    /// The keys with events.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn envelope(
+        &self,
+        key: &str,
+        sequence: u64,
+        draft: EventDraft,
+        command_id: &str,
+        correlation_id: &str,
+        causation_id: &str,
+        time: u64,
+    ) -> Event {
+        Event {
+            stream: self.info.stream.clone(),
+            key: key.into(),
+            event_type: draft.event_type,
+            schema_version: draft.schema_version,
+            content_type: draft.content_type,
+            payload: draft.payload,
+            sequence,
+            time,
+            command_id: command_id.into(),
+            correlation_id: correlation_id.into(),
+            causation_id: causation_id.into(),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The one wasmtime `Engine` per process, its limits, and the linker with every import the
+//! harness provides.
+
+use crate::error::HostError;
+use crate::state::StoreState;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// What one call of an actor may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU time per call, in milliseconds (enforced by epoch interruption, 1 ms ticks).
+    pub cpu_ms: u64,
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Instances alive at once across the engine (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { cpu_ms: 100, memory_bytes: 64 << 20, max_instances: 128 }
+    }
+}
+
+/// How often the epoch advances: the granularity of the CPU cap.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    limits: Limits,
+}
+
+/// A wasmtime engine configured for actors, with its linker. Cheap to clone.
+#[derive(Clone)]
+pub struct HostEngine(Arc<Inner>);
+
+impl HostEngine {
+    /// Builds an engine with explicit pooling limits and starts its epoch ticker.
+    ///
+    /// ```no_run
+    /// let engine = tollgate_host::HostEngine::new(tollgate_host::Limits::default()).unwrap();
+    /// assert_eq!(engine.limits().cpu_ms, 100);
+    /// ```
+    pub fn new(limits: Limits) -> Result<Self, HostError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances * 8)
+            .total_memories(limits.max_instances * 2)
+            .total_tables(limits.max_instances * 8)
+            .total_stacks(limits.max_instances)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(2)
+            .max_tables_per_component(16)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(HostError::host("create the wasmtime engine"))?;
+        let linker = build_linker(&engine).map_err(HostError::host("link host imports"))?;
+        spawn_epoch_ticker(&engine);
+        Ok(HostEngine(Arc::new(Inner { engine, linker, limits })))
+    }
+
+    /// The process-wide engine with default limits, created on first use.
+    pub fn shared() -> Result<HostEngine, HostError> {
+        static SHARED: OnceLock<HostEngine> = OnceLock::new();
+        if let Some(engine) = SHARED.get() {
+            return Ok(engine.clone());
+        }
+        let engine = HostEngine::new(Limits::default())?;
+        Ok(SHARED.get_or_init(|| engine).clone())
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    /// The linker holding every import the harness provides.
+    pub fn linker(&self) -> &Linker<StoreState> {
+        &self.0.linker
+    }
+
+    /// Per-call limits.
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+}
+
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("tollgate-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch thread");
+}
+
+fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
+    use crate::bindings::{aggregate, policy, process_manager, projector, rater};
+    let mut linker = Linker::new(engine);
+    // Worlds share interfaces (logging, types); each world's add_to_linker defines them again.
+    linker.allow_shadowing(true);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    aggregate::Aggregate::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    projector::Projector::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    process_manager::ProcessManager::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    rater::Rater::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    policy::Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}

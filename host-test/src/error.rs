@@ -1,0 +1,120 @@
+//! Every way loading or calling an actor can fail, each naming what went wrong.
+
+use std::path::PathBuf;
+
+/// A harness failure. Business failures are not errors: they come back as rejections.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The file does not exist.
+    #[error("{path}: no such file (build the actors with `cargo xtask build-actors`)")]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not WebAssembly at all.
+    #[error("{name}: not a WebAssembly file (it does not start with the `\\0asm` header)")]
+    NotWasm {
+        /// The file or actor name.
+        name: String,
+    },
+    /// A core module where a component was expected.
+    #[error(
+        "{name}: is a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2`"
+    )]
+    CoreModule {
+        /// The file or actor name.
+        name: String,
+    },
+    /// The component is malformed or uses features this host does not enable.
+    #[error("{name}: invalid component: {message}")]
+    Invalid {
+        /// The file or actor name.
+        name: String,
+        /// The validator's message.
+        message: String,
+    },
+    /// The component does not export the interface its role needs.
+    #[error("{name}: does not export `{expected}` (it exports: {found})")]
+    WrongKind {
+        /// The file or actor name.
+        name: String,
+        /// The export expected.
+        expected: String,
+        /// What it does export.
+        found: String,
+    },
+    /// The component imports something the harness does not provide.
+    #[error("{name}: imports `{interface}`, which this host does not provide")]
+    MissingImport {
+        /// The file or actor name.
+        name: String,
+        /// The import.
+        interface: String,
+    },
+    /// The guest trapped (panicked, hit `unreachable`, ...). Its instance was discarded.
+    #[error("{actor}: trapped in `{function}`: {message}{}", stderr_suffix(.stderr))]
+    Trap {
+        /// The actor.
+        actor: String,
+        /// The export called.
+        function: String,
+        /// The trap.
+        message: String,
+        /// What the guest wrote to stderr during the call (its panic message).
+        stderr: String,
+    },
+    /// The call ran past its CPU cap. Its instance was discarded.
+    #[error("{actor}: `{function}` exceeded the CPU cap of {limit_ms} ms and was interrupted")]
+    CpuCap {
+        /// The actor.
+        actor: String,
+        /// The export called.
+        function: String,
+        /// The cap.
+        limit_ms: u64,
+    },
+    /// The call tried to grow memory past its cap. Its instance was discarded.
+    #[error("{actor}: `{function}` exceeded the memory cap of {limit_bytes} bytes")]
+    MemoryCap {
+        /// The actor.
+        actor: String,
+        /// The export called.
+        function: String,
+        /// The cap.
+        limit_bytes: usize,
+    },
+    /// A host-side failure (engine, linking, instantiation).
+    #[error("{context}: {message}")]
+    Host {
+        /// What the host was doing.
+        context: String,
+        /// Why it failed, with its causes.
+        message: String,
+    },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let stderr = stderr.trim();
+    if stderr.is_empty() { String::new() } else { format!("\nguest stderr:\n{stderr}") }
+}
+
+impl HostError {
+    /// Wraps a host-side error with what the host was doing.
+    pub fn host<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> HostError {
+        let context = context.into();
+        move |e| HostError::Host { context, message: format!("{e:#}") }
+    }
+
+    /// Whether the actor's instance was lost (trap or cap) and a fresh one will be used next.
+    pub fn is_trap(&self) -> bool {
+        matches!(self, HostError::Trap { .. } | HostError::CpuCap { .. } | HostError::MemoryCap { .. })
+    }
+}

@@ -1,0 +1,233 @@
+//! Host fakes you can seed and inspect: configuration, key-value storage, the clock, logs, and
+//! a record of every call an actor made to its imports (like spin-test's `calls()`).
+//!
+//! One [`Fakes`] handle is shared by the test and every store it creates, so a test seeds it
+//! before the call and reads it afterwards. Key-value writes made during a call are staged and
+//! only committed when the call succeeds: a trap or an error leaves storage untouched.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One log line an actor emitted through `wasi:logging`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// `trace` .. `critical`.
+    pub level: String,
+    /// The context the actor gave.
+    pub context: String,
+    /// The message.
+    pub message: String,
+}
+
+/// One call an actor made to a host import.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostCall {
+    /// The interface, e.g. `wasi:keyvalue/store`.
+    pub interface: String,
+    /// The function, e.g. `bucket.set`.
+    pub function: String,
+    /// The arguments, rendered for reading (`key=value` pairs).
+    pub args: Vec<String>,
+}
+
+/// The virtual clock actors and commands see, in milliseconds since the epoch.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualClock(Arc<AtomicU64>);
+
+impl VirtualClock {
+    /// Now, in ms.
+    pub fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets the time.
+    pub fn set_ms(&self, ms: u64) {
+        self.0.store(ms, Ordering::Relaxed)
+    }
+
+    /// Moves the time forward.
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+impl wasmtime_wasi::HostWallClock for VirtualClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.now_ms())
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for VirtualClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        self.now_ms().saturating_mul(1_000_000)
+    }
+}
+
+/// Key-value contents: bucket -> key -> value.
+pub type Buckets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+#[derive(Default)]
+struct State {
+    config: BTreeMap<String, String>,
+    buckets: Buckets,
+    /// Writes of the call in progress: (bucket, key) -> new value or deletion.
+    staged: BTreeMap<(String, String), Option<Vec<u8>>>,
+    logs: Vec<LogLine>,
+    calls: Vec<HostCall>,
+}
+
+/// The shared handle to every fake. Cloning it shares the same fakes.
+#[derive(Clone, Default)]
+pub struct Fakes {
+    state: Arc<Mutex<State>>,
+    clock: VirtualClock,
+}
+
+/// The host-side representation of an open `wasi:keyvalue` bucket.
+#[derive(Debug, Clone)]
+pub struct BucketHandle {
+    /// The bucket's name.
+    pub name: String,
+}
+
+impl Fakes {
+    /// Empty fakes at time 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that
+        // matters more than losing the test's fakes, so keep going with the data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Empty fakes sharing `clock` with other actors.
+    pub fn with_clock(clock: VirtualClock) -> Self {
+        Fakes { state: Default::default(), clock }
+    }
+
+    /// The virtual clock.
+    pub fn clock(&self) -> &VirtualClock {
+        &self.clock
+    }
+
+    /// Sets a configuration value (`wasi:config/store`).
+    pub fn set_config(&self, key: &str, value: &str) {
+        self.lock().config.insert(key.into(), value.into());
+    }
+
+    /// Replaces all configuration.
+    pub fn replace_config(&self, config: BTreeMap<String, String>) {
+        self.lock().config = config;
+    }
+
+    /// A configuration value.
+    pub fn config(&self, key: &str) -> Option<String> {
+        self.lock().config.get(key).cloned()
+    }
+
+    /// All configuration, sorted by key.
+    pub fn config_all(&self) -> Vec<(String, String)> {
+        self.lock().config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Seeds a key-value entry.
+    pub fn kv_set(&self, bucket: &str, key: &str, value: &[u8]) {
+        self.lock().buckets.entry(bucket.into()).or_default().insert(key.into(), value.to_vec());
+    }
+
+    /// A committed key-value entry.
+    pub fn kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.lock().buckets.get(bucket).and_then(|b| b.get(key)).cloned()
+    }
+
+    /// All committed key-value contents.
+    pub fn kv_snapshot(&self) -> Buckets {
+        self.lock().buckets.clone()
+    }
+
+    /// Log lines so far.
+    pub fn logs(&self) -> Vec<LogLine> {
+        self.lock().logs.clone()
+    }
+
+    /// Calls to host imports so far, oldest first.
+    pub fn calls(&self) -> Vec<HostCall> {
+        self.lock().calls.clone()
+    }
+
+    /// Forgets recorded calls and log lines.
+    pub fn reset_calls(&self) {
+        let mut s = self.lock();
+        s.calls.clear();
+        s.logs.clear();
+    }
+
+    pub(crate) fn record(&self, interface: &str, function: &str, args: Vec<String>) {
+        self.lock().calls.push(HostCall { interface: interface.into(), function: function.into(), args });
+    }
+
+    pub(crate) fn log(&self, level: &str, context: &str, message: &str) {
+        self.lock().logs.push(LogLine { level: level.into(), context: context.into(), message: message.into() });
+    }
+
+    pub(crate) fn staged_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let s = self.lock();
+        match s.staged.get(&(bucket.to_string(), key.to_string())) {
+            Some(v) => v.clone(),
+            None => s.buckets.get(bucket).and_then(|b| b.get(key)).cloned(),
+        }
+    }
+
+    pub(crate) fn staged_put(&self, bucket: &str, key: &str, value: Option<Vec<u8>>) {
+        self.lock().staged.insert((bucket.into(), key.into()), value);
+    }
+
+    pub(crate) fn staged_keys(&self, bucket: &str) -> Vec<String> {
+        let s = self.lock();
+        let mut keys: std::collections::BTreeSet<String> =
+            s.buckets.get(bucket).map(|b| b.keys().cloned().collect()).unwrap_or_default();
+        for ((b, k), v) in &s.staged {
+            if b == bucket {
+                if v.is_some() {
+                    keys.insert(k.clone());
+                } else {
+                    keys.remove(k);
+                }
+            }
+        }
+        keys.into_iter().collect()
+    }
+
+    /// Commits the writes of the call that just succeeded.
+    pub(crate) fn commit(&self) {
+        let mut s = self.lock();
+        let staged = std::mem::take(&mut s.staged);
+        for ((bucket, key), value) in staged {
+            let b = s.buckets.entry(bucket).or_default();
+            match value {
+                Some(v) => {
+                    b.insert(key, v);
+                }
+                None => {
+                    b.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Drops the writes of the call that just failed.
+    pub(crate) fn discard(&self) {
+        self.lock().staged.clear();
+    }
+}

@@ -1,0 +1,105 @@
+//! One live instance of an actor and the rules around calling it: a CPU deadline and memory cap
+//! per call, stderr captured per call, and a trap discards the instance (its store is poisoned);
+//! the next call gets a fresh one.
+
+use crate::actor::Actor;
+use crate::error::HostError;
+use crate::fakes::Fakes;
+use crate::services::PolicyServices;
+use crate::state::StoreState;
+use std::sync::Arc;
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap};
+
+/// How to make the typed bindings of one world from the linked component.
+pub(crate) type Instantiate<B> = fn(&InstancePre<StoreState>, &mut Store<StoreState>) -> wasmtime::Result<B>;
+
+/// An actor, its fakes, and its current instance (if any).
+pub struct Guest<B> {
+    actor: Actor,
+    fakes: Fakes,
+    services: Option<Arc<dyn PolicyServices>>,
+    instantiate: Instantiate<B>,
+    live: Option<(Store<StoreState>, B)>,
+    instances_created: u64,
+}
+
+impl<B> Guest<B> {
+    pub(crate) fn new(
+        actor: Actor,
+        fakes: Fakes,
+        services: Option<Arc<dyn PolicyServices>>,
+        instantiate: Instantiate<B>,
+    ) -> Self {
+        Guest { actor, fakes, services, instantiate, live: None, instances_created: 0 }
+    }
+
+    /// The actor.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// The fakes its imports use.
+    pub fn fakes(&self) -> &Fakes {
+        &self.fakes
+    }
+
+    /// How many instances were created so far (one more after every trap).
+    pub fn instances_created(&self) -> u64 {
+        self.instances_created
+    }
+
+    /// Calls `function` on the live instance, creating one if needed. Key-value writes staged
+    /// during the call are committed only if `commit` approves the result.
+    pub(crate) fn call<R>(
+        &mut self,
+        function: &str,
+        f: impl FnOnce(&B, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        commit: impl FnOnce(&R) -> bool,
+    ) -> Result<R, HostError> {
+        if self.live.is_none() {
+            let mut store = StoreState::new_store(self.actor.engine(), self.fakes.clone(), self.services.clone());
+            store.set_epoch_deadline(self.actor.engine().limits().cpu_ms);
+            let bindings = match (self.instantiate)(self.actor.instance_pre(), &mut store) {
+                Ok(b) => b,
+                Err(e) => return Err(self.classify("instantiate", e, &mut store)),
+            };
+            self.instances_created += 1;
+            self.live = Some((store, bindings));
+        }
+        let (store, bindings) = self.live.as_mut().expect("instance created above");
+        store.set_epoch_deadline(self.actor.engine().limits().cpu_ms);
+        store.data_mut().memory.hit = false;
+        let result = f(bindings, store);
+        match result {
+            Ok(value) => {
+                // Output of a successful call is of no interest; drop it so it can't pile up.
+                store.data().stderr.take();
+                if commit(&value) {
+                    self.fakes.commit();
+                } else {
+                    self.fakes.discard();
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                let (mut store, _) = self.live.take().expect("live instance");
+                self.fakes.discard();
+                Err(self.classify(function, error, &mut store))
+            }
+        }
+    }
+
+    fn classify(&self, function: &str, error: wasmtime::Error, store: &mut Store<StoreState>) -> HostError {
+        let actor = self.actor.name().to_string();
+        let function = function.to_string();
+        let stderr = store.data().stderr.take();
+        if store.data().memory.hit {
+            return HostError::MemoryCap { actor, function, limit_bytes: self.actor.engine().limits().memory_bytes };
+        }
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return HostError::CpuCap { actor, function, limit_ms: self.actor.engine().limits().cpu_ms };
+        }
+        HostError::Trap { actor, function, message: error.root_cause().to_string(), stderr }
+    }
+}

@@ -1,0 +1,34 @@
+//! The tollgate harness: load compiled actors into wasmtime, give them their imports, cap
+//! them, call them, and test them given / when / then.
+//!
+//! - [`HostEngine`]: one engine per process, pooling allocator with explicit limits, a CPU cap
+//!   per call (epoch interruption) and a memory cap per instance.
+//! - [`Actor`]: a loaded component; loading checks it is a component, what role it exports,
+//!   and that every import is provided (the error names the missing interface).
+//! - WASI is linked with nothing granted: no preopens, environment, arguments or network; a
+//!   virtual clock and deterministic randomness. The guest's stderr is captured per call so a
+//!   panic message reaches the error.
+//! - A trap poisons its store: the instance is discarded and the next call gets a fresh one.
+//!   Business failures are rejections (WIT results), never traps.
+//! - [`testing::AggregateTest`]: `given(events).when(command).then_expect_events(..)`.
+
+pub mod actor;
+pub mod aggregate;
+pub mod bindings;
+pub mod engine;
+pub mod error;
+pub mod fakes;
+pub mod fixtures;
+pub mod guest;
+mod imports;
+pub mod kinds;
+pub mod services;
+pub mod state;
+pub mod testing;
+
+pub use actor::{Actor, ActorKind};
+pub use aggregate::{AggregateActor, AggregateHost, Outcome};
+pub use engine::{HostEngine, Limits};
+pub use error::HostError;
+pub use fakes::Fakes;
+pub use kinds::{PolicyActor, ProcessManagerActor, ProjectorActor, RaterActor};

@@ -1,0 +1,105 @@
+//! Loading checks each way a file can be wrong, with an error naming the problem.
+
+use crate::fixture;
+use tollgate_host::fixtures::{PREPAID_ACCOUNT, actor_path};
+use tollgate_host::{Actor, ActorKind, HostEngine, HostError};
+
+fn load_bytes(name: &str, bytes: &[u8]) -> HostError {
+    let engine = HostEngine::shared().unwrap();
+    match Actor::from_bytes(&engine, name, bytes) {
+        Ok(_) => panic!("{name} loaded"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn the_reference_actor_is_an_aggregate_importing_only_what_the_host_provides() {
+    let actor = fixture(PREPAID_ACCOUNT);
+    assert_eq!(actor.kind(), ActorKind::Aggregate);
+    assert!(actor.exports().iter().any(|e| e == "tollgate:eventsourcing/command-handler@0.1.0"));
+    assert!(actor.size() <= 256 * 1024, "{} bytes", actor.size());
+    for import in actor.imports() {
+        assert!(import.starts_with("wasi:") || import.starts_with("tollgate:"), "unexpected import {import}");
+    }
+}
+
+#[test]
+fn a_missing_file_names_the_file_and_the_build_command() {
+    let engine = HostEngine::shared().unwrap();
+    let err = Actor::load(&engine, actor_path("no_such_actor")).err().unwrap();
+    assert!(matches!(err, HostError::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("no_such_actor.wasm"), "{err}");
+    assert!(err.to_string().contains("cargo xtask build-actors"), "{err}");
+}
+
+#[test]
+fn text_is_not_webassembly() {
+    let err = load_bytes("notes.txt", b"hello, I am not wasm");
+    assert!(matches!(err, HostError::NotWasm { .. }), "{err}");
+    assert!(err.to_string().starts_with("notes.txt: not a WebAssembly file"), "{err}");
+}
+
+#[test]
+fn a_core_module_is_not_a_component() {
+    // The smallest valid core module: magic + version 1.
+    let err = load_bytes("core.wasm", b"\0asm\x01\0\0\0");
+    assert!(matches!(err, HostError::CoreModule { .. }), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn a_truncated_component_is_invalid() {
+    let bytes = std::fs::read(actor_path(PREPAID_ACCOUNT)).unwrap();
+    let err = load_bytes("truncated.wasm", &bytes[..bytes.len() / 2]);
+    assert!(matches!(err, HostError::Invalid { .. }), "{err}");
+}
+
+#[test]
+fn a_component_exporting_no_tollgate_interface_is_the_wrong_kind() {
+    // An empty component: valid, exports nothing.
+    let err = load_bytes("empty.wasm", b"\0asm\x0d\0\x01\0");
+    match &err {
+        HostError::WrongKind { expected, found, .. } => {
+            assert!(expected.contains("tollgate:eventsourcing/command-handler@0.1.0"), "{err}");
+            assert_eq!(found, "nothing");
+        }
+        other => panic!("expected wrong kind, got {other}"),
+    }
+}
+
+#[test]
+fn an_aggregate_is_not_a_rater() {
+    let err = fixture(PREPAID_ACCOUNT).expect_kind(ActorKind::Rater).unwrap_err();
+    assert!(err.to_string().contains("does not export `tollgate:billing/rating@0.1.0`"), "{err}");
+}
+
+#[test]
+fn an_unprovided_import_is_named() {
+    use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
+    use wit_parser::{ManglingAndAbi, Resolve};
+
+    let mut resolve = Resolve::default();
+    resolve.push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/eventsourcing")).unwrap();
+    let pkg = resolve
+        .push_str(
+            "needs-more.wit",
+            "package test:needs-more;
+             interface ledger { post: func(); }
+             world needs-more {
+                 import ledger;
+                 export tollgate:eventsourcing/command-handler@0.1.0;
+             }",
+        )
+        .unwrap();
+    let world = resolve.select_world(&[pkg], Some("needs-more")).unwrap();
+    let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).unwrap();
+    let component = ComponentEncoder::default().module(&module).unwrap().validate(true).encode().unwrap();
+
+    let err = load_bytes("needs-more.wasm", &component);
+    match &err {
+        HostError::MissingImport { interface, .. } => assert_eq!(interface, "test:needs-more/ledger"),
+        other => panic!("expected a missing import, got {other}"),
+    }
+    assert!(err.to_string().contains("imports `test:needs-more/ledger`, which this host does not provide"), "{err}");
+}

@@ -1,0 +1,23 @@
+//! Integration tests of the harness on compiled components (built once per run by
+//! `cargo xtask build-actors`).
+
+mod loading;
+mod misbehaving;
+mod prepaid_account;
+
+use std::sync::OnceLock;
+use tollgate_host::{Actor, HostEngine, fixtures};
+
+/// Loads (and compiles) each fixture once per test binary.
+pub fn fixture(name: &'static str) -> Actor {
+    static CACHE: OnceLock<std::sync::Mutex<std::collections::HashMap<&'static str, Actor>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap();
+    cache
+        .entry(name)
+        .or_insert_with(|| {
+            let engine = HostEngine::shared().expect("engine");
+            Actor::load(&engine, fixtures::actor_path(name)).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
+}

@@ -1,0 +1,198 @@
+//! The charging facade: serves a policy's `tollgate:billing/charging` import by sending
+//! commands to the account aggregate, and its `tollgate:billing/rating` import by calling the
+//! rater component. Request ids become command ids, so a repeated request changes nothing
+//! twice and gets its original answer.
+
+use crate::core::Core;
+use std::sync::{Arc, Mutex};
+use tollgate_billing_model::account::{Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney};
+use tollgate_host::aggregate::{Command, Outcome, Rejection};
+use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
+use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
+use tollgate_host::bindings::rater::tollgate::billing::types::{
+    AccountStatus, Counter, FinalUnitAction, Grant, Money, ResultCode, Usage,
+};
+use tollgate_host::kinds as exported;
+use tollgate_host::services::PolicyServices;
+
+/// Serves one policy's billing imports from the runtime's actors.
+pub struct ChargingFacade {
+    pub(crate) core: Arc<Mutex<Core>>,
+    /// The aggregate actor serving `charging`.
+    pub(crate) account_actor: String,
+    /// The rater actor serving `rating`.
+    pub(crate) rater_actor: String,
+}
+
+/// Maps an account rejection to a charging result code.
+pub fn result_code(rejection: &Rejection) -> ResultCode {
+    match rejection.code.as_str() {
+        "unknown-account" => ResultCode::UserUnknown,
+        "insufficient-funds" => ResultCode::QuotaLimitReached,
+        _ => ResultCode::EndUserServiceDenied,
+    }
+}
+
+fn error(code: ResultCode, message: impl Into<String>) -> ChargingError {
+    ChargingError { code, message: message.into() }
+}
+
+fn money(minor_units: i64, currency: &str) -> Money {
+    Money { minor_units, currency: currency.into() }
+}
+
+fn status(key: &str, account: &Account) -> AccountStatus {
+    AccountStatus {
+        account: key.into(),
+        balance: money(account.balance, &account.currency),
+        held: money(account.held, &account.currency),
+        available: money(account.available(), &account.currency),
+        counters: account
+            .all_counters()
+            .into_iter()
+            .map(|c| Counter { offer: c.offer, name: c.name, value: c.value })
+            .collect(),
+    }
+}
+
+impl ChargingFacade {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends an account command; host failures become `end-user-service-denied`.
+    fn send(&self, request_id: &str, account: &str, command: &AccountCommand) -> Result<(Vec<AccountEvent>, Account), ChargingError> {
+        let mut core = self.lock();
+        let (command_type, payload) = tollgate_sdk::codec::encode(command)
+            .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("encode command: {e}")))?;
+        let envelope = Command {
+            stream: tollgate_billing_model::account::STREAM.into(),
+            key: account.into(),
+            command_type,
+            content_type: tollgate_sdk::codec::JSON.into(),
+            payload,
+            command_id: request_id.into(),
+            correlation_id: request_id.into(),
+            causation_id: String::new(),
+            time: core.clock.now_ms(),
+        };
+        let outcome = core
+            .execute_on(&self.account_actor, &envelope)
+            .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("account actor failed: {e}")))?;
+        match outcome {
+            Outcome::Rejected(r) => Err(error(result_code(&r), r.message)),
+            Outcome::Accepted(events) => {
+                let events = events
+                    .iter()
+                    .map(|e| tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("undecodable account event: {e}")))?;
+                let state = core.account_state(&self.account_actor, account).unwrap_or_default();
+                Ok((events, state))
+            }
+        }
+    }
+
+    fn read(&self, account: &str) -> Result<Account, ChargingError> {
+        match self.lock().account_state(&self.account_actor, account) {
+            Some(a) if a.open => Ok(a),
+            _ => Err(error(ResultCode::UserUnknown, format!("no account `{account}`"))),
+        }
+    }
+
+    fn rate_with_rater(&self, request: imported::RatingRequest) -> Result<imported::Rated, imported::RatingError> {
+        let request = exported::RatingRequest { usage: request.usage, counters: request.counters };
+        let mut core = self.lock();
+        match core.rate_on(&self.rater_actor, &request) {
+            Ok(Ok(r)) => Ok(imported::Rated { lines: r.lines, total: r.total, unit_price: r.unit_price, counters: r.counters }),
+            Ok(Err(e)) => Err(match e {
+                exported::RatingError::UnknownOffer(s) => imported::RatingError::UnknownOffer(s),
+                exported::RatingError::UnknownRatingGroup(g) => imported::RatingError::UnknownRatingGroup(g),
+                exported::RatingError::OutsideGeoFence(s) => imported::RatingError::OutsideGeoFence(s),
+                exported::RatingError::InvalidTariff(s) => imported::RatingError::InvalidTariff(s),
+            }),
+            Err(host) => Err(imported::RatingError::InvalidTariff(format!("rater failed: {host}"))),
+        }
+    }
+}
+
+impl PolicyServices for ChargingFacade {
+    fn rate(&self, request: imported::RatingRequest) -> Result<imported::Rated, imported::RatingError> {
+        self.rate_with_rater(request)
+    }
+
+    fn reserve(&self, request: ReserveRequest) -> Result<Grant, ChargingError> {
+        let command = AccountCommand::Reserve {
+            reservation_id: request.reservation_id.clone(),
+            units: request.units,
+            unit_price: ModelMoney::new(request.unit_price.minor_units, &request.unit_price.currency),
+            validity_ms: request.validity_ms,
+            offer: request.offer.clone(),
+            counters: request
+                .counters
+                .into_iter()
+                .map(|c| ModelCounter { offer: c.offer, name: c.name, value: c.value })
+                .collect(),
+        };
+        let (events, account) = self.send(&request.request_id, &request.account, &command)?;
+        match events.into_iter().next() {
+            Some(AccountEvent::Reserved { reservation_id, granted_units, held, expires_at, final_unit, .. }) => Ok(Grant {
+                reservation_id,
+                granted_units,
+                held: money(held, &account.currency),
+                expires_at,
+                final_unit: final_unit.then_some(FinalUnitAction::Terminate),
+            }),
+            other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of reserve: {other:?}"))),
+        }
+    }
+
+    fn debit(&self, request_id: &str, account: &str, reservation_id: &str, used_units: u64) -> Result<DebitOutcome, ChargingError> {
+        let command = AccountCommand::Debit { reservation_id: reservation_id.into(), used_units };
+        let (events, state) = self.send(request_id, account, &command)?;
+        match events.into_iter().next() {
+            Some(AccountEvent::Debited { charged, released, .. }) => Ok(DebitOutcome {
+                charged: money(charged, &state.currency),
+                released: money(released, &state.currency),
+                status: status(account, &state),
+            }),
+            other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of debit: {other:?}"))),
+        }
+    }
+
+    fn release(&self, request_id: &str, account: &str, reservation_id: &str) -> Result<Money, ChargingError> {
+        let command = AccountCommand::Release { reservation_id: reservation_id.into() };
+        let (events, state) = self.send(request_id, account, &command)?;
+        match events.into_iter().next() {
+            Some(AccountEvent::Released { released, .. }) => Ok(money(released, &state.currency)),
+            other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of release: {other:?}"))),
+        }
+    }
+
+    fn direct_debit(&self, request_id: &str, account: &str, amount: Money, description: &str) -> Result<AccountStatus, ChargingError> {
+        let command = AccountCommand::DirectDebit {
+            amount: ModelMoney::new(amount.minor_units, &amount.currency),
+            description: description.into(),
+        };
+        let (_, state) = self.send(request_id, account, &command)?;
+        Ok(status(account, &state))
+    }
+
+    fn balance_check(&self, account: &str) -> Result<AccountStatus, ChargingError> {
+        Ok(status(account, &self.read(account)?))
+    }
+
+    fn price_enquiry(&self, account: &str, usage: Usage) -> Result<imported::Rated, ChargingError> {
+        let state = self.read(account)?;
+        let counters = status(account, &state).counters;
+        self.rate_with_rater(imported::RatingRequest { usage, counters }).map_err(|e| {
+            let (code, message) = match e {
+                imported::RatingError::OutsideGeoFence(m) => (ResultCode::EndUserServiceRejected, m),
+                imported::RatingError::UnknownOffer(m) => (ResultCode::RatingFailed, format!("unknown offer `{m}`")),
+                imported::RatingError::UnknownRatingGroup(g) => (ResultCode::RatingFailed, format!("unknown rating group {g}")),
+                imported::RatingError::InvalidTariff(m) => (ResultCode::RatingFailed, m),
+            };
+            error(code, message)
+        })
+    }
+}

@@ -1,0 +1,214 @@
+//! The runtime manifest (TOML): which actors, from which files, linked how, with what limits.
+//!
+//! ```toml
+//! [limits]
+//! cpu_ms = 100
+//! memory_mib = 64
+//!
+//! [actors.account]
+//! kind = "aggregate"
+//! file = "../target/wasm32-wasip2/release/prepaid_account.wasm"
+//!
+//! [actors.rater]
+//! kind = "rater"
+//! file = "../target/wasm32-wasip2/release/rater.wasm"
+//! config = { "offer.voice" = '{"kind":"per-unit","currency":"EUR","unit_price":2}' }
+//!
+//! [actors.policy]
+//! kind = "policy"
+//! file = "../target/wasm32-wasip2/release/admission_policy.wasm"
+//! links = { charging = "account", rating = "rater" }
+//! ```
+//!
+//! Relative `file`s are resolved against the manifest's directory.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tollgate_host::ActorKind;
+
+/// A parsed manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Per-call limits for every actor.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Actors by name.
+    pub actors: BTreeMap<String, ActorSpec>,
+}
+
+/// Limits as written in a manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// CPU time per call, ms.
+    #[serde(default = "default_cpu_ms")]
+    pub cpu_ms: u64,
+    /// Linear memory per instance, MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: usize,
+}
+
+fn default_cpu_ms() -> u64 {
+    100
+}
+
+fn default_memory_mib() -> usize {
+    64
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec { cpu_ms: default_cpu_ms(), memory_mib: default_memory_mib() }
+    }
+}
+
+/// One actor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSpec {
+    /// `aggregate`, `projector`, `process-manager`, `rater` or `policy`; checked on load.
+    pub kind: String,
+    /// The component file.
+    pub file: PathBuf,
+    /// `wasi:config` values the actor reads.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// For a policy: which actors serve its imports (`charging` -> an aggregate, `rating` -> a rater).
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
+}
+
+/// A manifest that cannot be used, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the manifest: {source}")]
+    Read {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a field of the wrong shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The manifest.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A field's value is not acceptable.
+    #[error("{path}: `{field}`: {message}")]
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// The dotted field, e.g. `actors.policy.links.rating`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Manifest {
+    /// Reads and checks a manifest file; relative actor files become absolute.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Manifest::parse(path, &text, base)
+    }
+
+    /// Parses and checks manifest text; `base` resolves relative actor files.
+    pub fn parse(path: &Path, text: &str, base: &Path) -> Result<Manifest, ManifestError> {
+        let mut manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Parse { path: path.into(), message: e.to_string() })?;
+        let invalid = |field: String, message: String| ManifestError::Invalid { path: path.into(), field, message };
+        if manifest.limits.cpu_ms == 0 {
+            return Err(invalid("limits.cpu_ms".into(), "must be > 0".into()));
+        }
+        if manifest.limits.memory_mib == 0 {
+            return Err(invalid("limits.memory_mib".into(), "must be > 0".into()));
+        }
+        let kinds: BTreeMap<String, Option<ActorKind>> =
+            manifest.actors.iter().map(|(n, a)| (n.clone(), ActorKind::from_name(&a.kind))).collect();
+        for (name, actor) in &mut manifest.actors {
+            let kind = kinds[name].ok_or_else(|| {
+                invalid(
+                    format!("actors.{name}.kind"),
+                    format!("`{}` is not one of aggregate, projector, process-manager, rater, policy", actor.kind),
+                )
+            })?;
+            if actor.file.is_relative() {
+                actor.file = base.join(&actor.file);
+            }
+            for (link, target) in &actor.links {
+                let wanted = match (kind, link.as_str()) {
+                    (ActorKind::Policy, "charging") => ActorKind::Aggregate,
+                    (ActorKind::Policy, "rating") => ActorKind::Rater,
+                    _ => {
+                        return Err(invalid(
+                            format!("actors.{name}.links.{link}"),
+                            format!("a {kind} has no import `{link}` to link (a policy links `charging` and `rating`)"),
+                        ));
+                    }
+                };
+                match kinds.get(target) {
+                    None => {
+                        return Err(invalid(format!("actors.{name}.links.{link}"), format!("no actor named `{target}`")));
+                    }
+                    Some(k) if *k != Some(wanted) => {
+                        return Err(invalid(
+                            format!("actors.{name}.links.{link}"),
+                            format!("`{target}` is not a {wanted}"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if kind == ActorKind::Policy {
+                for link in ["charging", "rating"] {
+                    if !actor.links.contains_key(link) {
+                        return Err(invalid(format!("actors.{name}.links.{link}"), "a policy needs this link".into()));
+                    }
+                }
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The kind of an actor (checked by [`Manifest::parse`]).
+    pub fn kind(&self, name: &str) -> ActorKind {
+        ActorKind::from_name(&self.actors[name].kind).expect("kinds are checked on parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("m.toml"), text, Path::new("/base"))
+    }
+
+    #[test]
+    fn resolves_files_and_defaults_limits() {
+        let m = parse("[actors.account]\nkind = \"aggregate\"\nfile = \"a.wasm\"\n").unwrap();
+        assert_eq!(m.actors["account"].file, Path::new("/base/a.wasm"));
+        assert_eq!(m.limits.cpu_ms, 100);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let err = parse("[actors.p]\nkind = \"policy\"\nfile = \"p.wasm\"\nlinks = { charging = \"x\", rating = \"y\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "m.toml: `actors.p.links.charging`: no actor named `x`");
+        let err = parse("[actors.a]\nkind = \"aggregator\"\nfile = \"a.wasm\"\n").unwrap_err().to_string();
+        assert!(err.contains("`actors.a.kind`"), "{err}");
+        let err = parse("[actors.a]\nkind = \"aggregate\"\n").unwrap_err().to_string();
+        assert!(err.contains("missing field `file`") && err.contains("line"), "{err}");
+        let err = parse("[actors.p]\nkind = \"policy\"\nfile = \"p.wasm\"\n").unwrap_err().to_string();
+        assert!(err.contains("`actors.p.links.charging`: a policy needs this link"), "{err}");
+    }
+}

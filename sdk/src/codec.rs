@@ -1,0 +1,242 @@
+//! Typed messages <-> envelope fields (`type` + JSON `payload`).
+//!
+//! Commands and events are plain serde enums, externally tagged: the variant name is the
+//! envelope's type, the variant's content is the payload. [`encode`] splits one serialization
+//! into the two; [`decode`] feeds them back without building an intermediate JSON value, so a
+//! message costs one pass each way.
+
+use serde::de::{self, DeserializeOwned, IntoDeserializer};
+use serde::{Deserializer, Serialize};
+use std::fmt;
+
+/// The content type of every payload and state the SDK writes.
+pub const JSON: &str = "application/json";
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError(pub String);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Encodes an externally tagged enum value into `(type, payload)`.
+///
+/// ```
+/// #[derive(serde::Serialize)]
+/// #[serde(rename_all = "kebab-case")]
+/// enum Event { ToppedUp { amount: i64 } }
+///
+/// let (ty, payload) = tollgate_sdk::codec::encode(&Event::ToppedUp { amount: 5 }).unwrap();
+/// assert_eq!(ty, "topped-up");
+/// assert_eq!(payload, br#"{"amount":5}"#);
+/// ```
+pub fn encode<T: Serialize>(value: &T) -> Result<(String, Vec<u8>), CodecError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| CodecError(e.to_string()))?;
+    split_tagged(bytes)
+}
+
+fn split_tagged(mut bytes: Vec<u8>) -> Result<(String, Vec<u8>), CodecError> {
+    // A unit variant serializes as a bare string: `"opened"`.
+    if bytes.first() == Some(&b'"') {
+        let name = serde_json::from_slice::<String>(&bytes).map_err(|e| CodecError(e.to_string()))?;
+        return Ok((name, b"null".to_vec()));
+    }
+    // Otherwise `{"name":<payload>}`; variant names never contain quotes or escapes.
+    let malformed = || CodecError("value is not an externally tagged enum".into());
+    if bytes.len() < 5 || bytes[0] != b'{' || bytes[1] != b'"' || bytes[bytes.len() - 1] != b'}' {
+        return Err(malformed());
+    }
+    let end = bytes[2..].iter().position(|b| *b == b'"').ok_or_else(malformed)? + 2;
+    if bytes.get(end + 1) != Some(&b':') || bytes[2..end].contains(&b'\\') {
+        return Err(malformed());
+    }
+    let name = String::from_utf8(bytes[2..end].to_vec()).map_err(|_| malformed())?;
+    bytes.pop();
+    bytes.drain(..end + 2);
+    Ok((name, bytes))
+}
+
+/// Decodes `(type, payload)` into an externally tagged enum.
+///
+/// ```
+/// #[derive(serde::Deserialize, Debug, PartialEq)]
+/// #[serde(rename_all = "kebab-case")]
+/// enum Command { TopUp { amount: i64 }, Close }
+///
+/// let cmd: Command = tollgate_sdk::codec::decode("top-up", br#"{"amount":5}"#).unwrap();
+/// assert_eq!(cmd, Command::TopUp { amount: 5 });
+/// let err = tollgate_sdk::codec::decode::<Command>("withdraw", b"{}").unwrap_err();
+/// assert!(err.0.contains("unknown variant `withdraw`"));
+/// ```
+pub fn decode<T: DeserializeOwned>(type_name: &str, payload: &[u8]) -> Result<T, CodecError> {
+    T::deserialize(Tagged { type_name, payload }).map_err(|e| CodecError(e.0))
+}
+
+/// Whether a decode error means the type name is unknown rather than the payload malformed.
+pub fn is_unknown_variant(error: &CodecError) -> bool {
+    error.0.starts_with("unknown variant")
+}
+
+/// Encodes a state (or any value) as JSON.
+pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    serde_json::to_vec(value).map_err(|e| CodecError(e.to_string()))
+}
+
+/// Decodes a state (or any value) from JSON.
+pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    serde_json::from_slice(bytes).map_err(|e| CodecError(e.to_string()))
+}
+
+#[derive(Debug)]
+struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl de::Error for Error {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        Error(msg.to_string())
+    }
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error(e.to_string())
+}
+
+struct Tagged<'a> {
+    type_name: &'a str,
+    payload: &'a [u8],
+}
+
+impl<'de> Deserializer<'de> for Tagged<'de> {
+    type Error = Error;
+
+    fn deserialize_any<V: de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
+        Err(Error("only enums can be decoded from a type and a payload".into()))
+    }
+
+    fn deserialize_enum<V: de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct identifier ignored_any
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for Tagged<'de> {
+    type Error = Error;
+    type Variant = Self;
+
+    fn variant_seed<S: de::DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, Self), Error> {
+        let de: de::value::StrDeserializer<'_, Error> = self.type_name.into_deserializer();
+        Ok((seed.deserialize(de)?, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for Tagged<'de> {
+    type Error = Error;
+
+    fn unit_variant(self) -> Result<(), Error> {
+        match self.payload.trim_ascii() {
+            b"" | b"null" | b"{}" => Ok(()),
+            _ => Err(Error(format!("`{}` takes no payload", self.type_name))),
+        }
+    }
+
+    fn newtype_variant_seed<S: de::DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, Error> {
+        let mut de = serde_json::Deserializer::from_slice(self.payload);
+        let value = seed.deserialize(&mut de).map_err(json_error)?;
+        de.end().map_err(json_error)?;
+        Ok(value)
+    }
+
+    fn tuple_variant<V: de::Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        let mut de = serde_json::Deserializer::from_slice(self.payload);
+        let value = de.deserialize_tuple(len, visitor).map_err(json_error)?;
+        de.end().map_err(json_error)?;
+        Ok(value)
+    }
+
+    fn struct_variant<V: de::Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        let mut de = serde_json::Deserializer::from_slice(self.payload);
+        let value = de.deserialize_struct("", fields, visitor).map_err(json_error)?;
+        de.end().map_err(json_error)?;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    #[serde(rename_all = "kebab-case")]
+    enum Msg {
+        Unit,
+        Newtype(i64),
+        Tuple(u8, String),
+        Struct { name: String, amount: i64, tags: Vec<String> },
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            Just(Msg::Unit),
+            any::<i64>().prop_map(Msg::Newtype),
+            (any::<u8>(), ".*").prop_map(|(a, b)| Msg::Tuple(a, b)),
+            (".*", any::<i64>(), prop::collection::vec(".*", 0..3))
+                .prop_map(|(name, amount, tags)| Msg::Struct { name, amount, tags }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(m in msg()) {
+            let (ty, payload) = encode(&m).unwrap();
+            prop_assert_eq!(decode::<Msg>(&ty, &payload).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn names_the_missing_field() {
+        let err = decode::<Msg>("struct", br#"{"name":"x"}"#).unwrap_err();
+        assert!(err.0.contains("missing field `amount`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_trailing_garbage_and_unknown_types() {
+        assert!(decode::<Msg>("newtype", b"5 6").is_err());
+        let err = decode::<Msg>("nope", b"{}").unwrap_err();
+        assert!(is_unknown_variant(&err), "{err}");
+        assert!(decode::<Msg>("unit", b"7").is_err());
+    }
+
+    #[test]
+    fn refuses_non_enums() {
+        assert!(encode(&5u32).is_err());
+        assert!(encode(&vec![1]).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+#![doc = include_str!("../../README.md")]
+#![deny(missing_docs)]
+
+extern crate self as tollgate_sdk;
+
+/// The bindings generator, re-exported so actor crates depend on the SDK alone.
+pub use wit_bindgen;
+
+pub mod aggregate;
+pub mod bindings;
+pub mod codec;
+pub mod config;
+pub mod keyvalue;
+pub mod log;
+pub mod policy;
+pub mod process_manager;
+pub mod projector;
+pub mod rater;
+pub mod types;
+
+pub use aggregate::Aggregate;
+pub use process_manager::ProcessManager;
+pub use projector::Projector;
+pub use types::{AggregateInfo, Command, Event, EventDraft, Rejection, RejectionKind, Timer};

@@ -1,0 +1,162 @@
+//! Process managers: events and timers in, commands and timers out.
+
+use crate::codec;
+use crate::types::{Command, Event, Rejection, Timer, TimestampMs};
+use serde::{Serialize, de::DeserializeOwned};
+use std::marker::PhantomData;
+
+pub use crate::bindings::process_manager::exports::tollgate::eventsourcing::process::Reaction as WitReaction;
+
+/// What a process instance does in response to one input.
+#[derive(Debug, Default, Clone)]
+pub struct Reaction {
+    /// Commands to send, in order.
+    pub commands: Vec<Command>,
+    /// Timers to set; an existing id is replaced.
+    pub set_timers: Vec<Timer>,
+    /// Ids of timers to cancel.
+    pub cancel_timers: Vec<String>,
+    /// The process has ended: the host drops its state.
+    pub finished: bool,
+}
+
+impl Reaction {
+    /// Adds a typed command for `stream`/`key`, caused by `cause`, whose correlation id it keeps.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// #[serde(rename_all = "kebab-case")]
+    /// enum Cmd { Release { reservation_id: String } }
+    /// let cause = tollgate_sdk::Event {
+    ///     stream: "account".into(), key: "alice".into(), event_type: "reserved".into(),
+    ///     schema_version: 1, content_type: "application/json".into(), payload: b"{}".to_vec(),
+    ///     sequence: 3, time: 0, command_id: "c1".into(), correlation_id: "s1".into(),
+    ///     causation_id: String::new(),
+    /// };
+    /// let mut r = tollgate_sdk::process_manager::Reaction::default();
+    /// r.send("account", "alice", "s1/release", &Cmd::Release { reservation_id: "s1".into() }, &cause).unwrap();
+    /// assert_eq!(r.commands[0].correlation_id, "s1");
+    /// ```
+    pub fn send<T: Serialize>(
+        &mut self,
+        stream: &str,
+        key: &str,
+        command_id: &str,
+        command: &T,
+        cause: &Event,
+    ) -> Result<&mut Self, Rejection> {
+        let mut command = Command::new(stream, key, command_id, command)?;
+        command.correlation_id = cause.correlation_id.clone();
+        command.causation_id = cause.command_id.clone();
+        command.time = cause.time;
+        self.commands.push(command);
+        Ok(self)
+    }
+}
+
+/// A process manager with typed state and events.
+pub trait ProcessManager {
+    /// Streams to receive events from.
+    const SUBSCRIPTIONS: &'static [&'static str];
+    /// State of one process instance.
+    type State: Serialize + DeserializeOwned + Default;
+    /// Every event type of the subscribed streams, an externally tagged serde enum.
+    type Event: DeserializeOwned;
+
+    /// The process instance an event belongs to, or `None` to ignore it.
+    fn correlate(event: &Self::Event, envelope: &Event) -> Option<String>;
+
+    /// Reacts to an event of the instance.
+    fn react(state: &mut Self::State, event: Self::Event, envelope: &Event) -> Result<Reaction, Rejection>;
+
+    /// Reacts to a timer of the instance firing at `now`.
+    fn on_timer(state: &mut Self::State, timer: &Timer, now: TimestampMs) -> Result<Reaction, Rejection>;
+}
+
+fn decode_event<P: ProcessManager>(event: &Event) -> Result<P::Event, Rejection> {
+    crate::aggregate::check_content_type(&event.content_type, "event", &event.event_type)?;
+    codec::decode(&event.event_type, &event.payload).map_err(|e| {
+        Rejection::malformed(
+            "malformed-event",
+            format!("event `{}` of {}/{} does not decode: {e}", event.event_type, event.stream, event.key),
+        )
+    })
+}
+
+fn decode_state<P: ProcessManager>(state: Option<&[u8]>) -> Result<P::State, Rejection> {
+    match state {
+        None => Ok(P::State::default()),
+        Some(bytes) => codec::from_json(bytes)
+            .map_err(|e| Rejection::malformed("malformed-state", format!("process state does not decode: {e}"))),
+    }
+}
+
+fn finish<P: ProcessManager>(state: P::State, reaction: Reaction) -> Result<WitReaction, Rejection> {
+    let state = if reaction.finished {
+        None
+    } else {
+        Some(codec::to_json(&state).map_err(|e| Rejection::malformed("encode-state", e.to_string()))?)
+    };
+    Ok(WitReaction {
+        state,
+        commands: reaction.commands,
+        set_timers: reaction.set_timers,
+        cancel_timers: reaction.cancel_timers,
+    })
+}
+
+/// Runs `P::correlate` on an encoded event.
+pub fn correlate<P: ProcessManager>(event: &Event) -> Option<String> {
+    // An event the process manager cannot decode is not one it waits for.
+    decode_event::<P>(event).ok().and_then(|typed| P::correlate(&typed, event))
+}
+
+/// Runs `P::react` on encoded state and event.
+pub fn react<P: ProcessManager>(state: Option<&[u8]>, event: &Event) -> Result<WitReaction, Rejection> {
+    let typed = decode_event::<P>(event)?;
+    let mut state = decode_state::<P>(state)?;
+    let reaction = P::react(&mut state, typed, event)?;
+    finish::<P>(state, reaction)
+}
+
+/// Runs `P::on_timer` on encoded state.
+pub fn on_timer<P: ProcessManager>(state: Option<&[u8]>, timer: &Timer, now: TimestampMs) -> Result<WitReaction, Rejection> {
+    let mut state = decode_state::<P>(state)?;
+    let reaction = P::on_timer(&mut state, timer, now)?;
+    finish::<P>(state, reaction)
+}
+
+/// Adapts a [`ProcessManager`] to the generated `process` export.
+pub struct Adapter<P>(PhantomData<P>);
+
+impl<P: ProcessManager> crate::bindings::process_manager::exports::tollgate::eventsourcing::process::Guest
+    for Adapter<P>
+{
+    fn subscriptions() -> Vec<String> {
+        P::SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn correlate(event: Event) -> Option<String> {
+        correlate::<P>(&event)
+    }
+
+    fn react(state: Option<Vec<u8>>, event: Event) -> Result<WitReaction, Rejection> {
+        react::<P>(state.as_deref(), &event)
+    }
+
+    fn on_timer(state: Option<Vec<u8>>, timer: Timer, now: TimestampMs) -> Result<WitReaction, Rejection> {
+        on_timer::<P>(state.as_deref(), &timer, now)
+    }
+}
+
+/// Exports a [`ProcessManager`] as the component's `tollgate:eventsourcing/process`.
+#[macro_export]
+macro_rules! export_process_manager {
+    ($ty:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type TollgateProcessManager = $crate::process_manager::Adapter<$ty>;
+            $crate::bindings::process_manager::export!(TollgateProcessManager with_types_in $crate::bindings::process_manager);
+        };
+    };
+}

@@ -1,0 +1,74 @@
+//! The event-sourcing envelopes every actor kind shares, with constructors for rejections.
+
+pub use crate::bindings::aggregate::tollgate::eventsourcing::types::{
+    AggregateInfo, Command, Event, EventDraft, Rejection, RejectionKind, Timer, TimestampMs,
+};
+
+impl Rejection {
+    /// A business rule said no, e.g. `Rejection::business("insufficient-funds", "…")`.
+    ///
+    /// ```
+    /// let r = tollgate_sdk::Rejection::business("insufficient-funds", "available 5 EUR cents < 7");
+    /// assert_eq!(r.kind, tollgate_sdk::RejectionKind::Business);
+    /// ```
+    pub fn business(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Rejection { kind: RejectionKind::Business, code: code.into(), message: message.into() }
+    }
+
+    /// An input could not be decoded or a field is out of range.
+    ///
+    /// ```
+    /// let r = tollgate_sdk::Rejection::malformed("zero-amount", "`amount` must be > 0");
+    /// assert_eq!(r.code, "zero-amount");
+    /// ```
+    pub fn malformed(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Rejection { kind: RejectionKind::Malformed, code: code.into(), message: message.into() }
+    }
+
+    /// The actor does not know this command type.
+    ///
+    /// ```
+    /// let r = tollgate_sdk::Rejection::unknown_command("withdraw");
+    /// assert_eq!(r.code, "unknown-command");
+    /// ```
+    pub fn unknown_command(command_type: &str) -> Self {
+        Rejection {
+            kind: RejectionKind::UnknownCommand,
+            code: "unknown-command".into(),
+            message: format!("unknown command type `{command_type}`"),
+        }
+    }
+}
+
+
+impl Command {
+    /// Builds a JSON command envelope from a typed command (a serde enum).
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// #[serde(rename_all = "kebab-case")]
+    /// enum Cmd { TopUp { amount: i64 } }
+    /// let c = tollgate_sdk::Command::new("account", "alice", "cmd-1", &Cmd::TopUp { amount: 5 }).unwrap();
+    /// assert_eq!(c.command_type, "top-up");
+    /// ```
+    pub fn new<T: serde::Serialize>(
+        stream: &str,
+        key: &str,
+        command_id: &str,
+        command: &T,
+    ) -> Result<Self, Rejection> {
+        let (command_type, payload) = crate::codec::encode(command)
+            .map_err(|e| Rejection::malformed("encode-command", e.to_string()))?;
+        Ok(Command {
+            stream: stream.into(),
+            key: key.into(),
+            command_type,
+            content_type: crate::codec::JSON.into(),
+            payload,
+            command_id: command_id.into(),
+            correlation_id: command_id.into(),
+            causation_id: String::new(),
+            time: 0,
+        })
+    }
+}

@@ -1,0 +1,1308 @@
+//! The embedded event store: an append-only, checksummed, segmented log with group commit.
+//!
+//! Layout of `DIR`: `LOCK` (held with an exclusive file lock while open) and segment files
+//! `00000000000000000001.seg`, ... Each record is `len: u32 LE | crc32(len ++ body): u32 LE |
+//! body`, where `body` starts with a tag byte. Everything (events, snapshots, projection
+//! commits, timers, consumer acks/nacks, dead letters, redrives) is a record of the same log,
+//! so it is all crash-safe the same way.
+//!
+//! Writes go to one writer thread that takes every queued record, writes them, and calls
+//! `fdatasync` once for the whole batch (group commit) before acknowledging any of them.
+//! On open the log is replayed into memory; a torn or corrupt record in the last segment is
+//! cut off together with everything after it (those writes were never acknowledged).
+//! Damage in an earlier segment is reported as [`StoreError::Corrupt`].
+//!
+//! Events are kept in memory after replay (index by `(stream, key)` and by position), so reads
+//! never touch the disk. There is no compaction yet: snapshots and acks add to the log.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{oneshot, watch};
+
+use crate::codec::{Dec, DecodeError, Enc};
+use crate::{
+    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion,
+    KvWrite, NackOutcome, NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer,
+    stored_events, validate_append,
+};
+
+/// Tuning of a [`FileStore`].
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// A new segment file is started once the current one would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// Most records written per fsync.
+    pub max_batch: usize,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            segment_bytes: 64 << 20,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Counters of a [`FileStore`]'s writer, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStats {
+    /// Records written (appends, acks, snapshots, ...).
+    pub records: u64,
+    /// `fdatasync` calls; fewer than `records` when group commit batched writes.
+    pub syncs: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    records: AtomicU64,
+    syncs: AtomicU64,
+    bytes: AtomicU64,
+}
+
+const HEADER: usize = 8;
+const SEGMENT_EXT: &str = "seg";
+
+/// The embedded event store (`file:DIR`). Cheap to clone; all clones share one log.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    durable: watch::Receiver<u64>,
+    counters: Arc<Counters>,
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer thread once it has flushed what it holds.
+        drop(lock(&self.tx).take());
+        if let Some(handle) = lock(&self.writer).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Job {
+    bytes: Vec<u8>,
+    /// Applied to the in-memory state after the fsync (events are indexed at append time).
+    apply: Option<Record>,
+    /// Last position of an events record, to advance the durable watermark.
+    last_position: Option<u64>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// One log record.
+#[derive(Debug, Clone)]
+enum Record {
+    Events {
+        stream: String,
+        key: String,
+        first_sequence: u64,
+        first_position: u64,
+        events: Vec<NewEvent>,
+    },
+    Snapshot {
+        stream: String,
+        key: String,
+        snapshot: Snapshot,
+    },
+    Projection {
+        consumer: String,
+        position: u64,
+        writes: Vec<KvWrite>,
+    },
+    TimerPut(Timer),
+    TimerCancel(String),
+    Ack {
+        consumer: String,
+        position: u64,
+    },
+    Nack {
+        consumer: String,
+        position: u64,
+        attempts: u32,
+    },
+    DeadLetter {
+        consumer: String,
+        position: u64,
+        attempts: u32,
+        reason: String,
+    },
+    Redrive {
+        consumer: String,
+        position: u64,
+    },
+}
+
+impl Record {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        e.buf.extend_from_slice(&[0; HEADER]);
+        match self {
+            Record::Events {
+                stream,
+                key,
+                first_sequence,
+                first_position,
+                events,
+            } => {
+                e.u8(1)
+                    .str(stream)
+                    .str(key)
+                    .u64(*first_sequence)
+                    .u64(*first_position)
+                    .events(events);
+            }
+            Record::Snapshot {
+                stream,
+                key,
+                snapshot,
+            } => {
+                e.u8(2)
+                    .str(stream)
+                    .str(key)
+                    .str(&snapshot.actor_digest)
+                    .u64(snapshot.sequence)
+                    .bytes(&snapshot.state);
+            }
+            Record::Projection {
+                consumer,
+                position,
+                writes,
+            } => {
+                e.u8(3).str(consumer).u64(*position).kv_writes(writes);
+            }
+            Record::TimerPut(t) => {
+                e.u8(4).str(&t.id).u64(t.fire_at_ms).bytes(&t.payload);
+            }
+            Record::TimerCancel(id) => {
+                e.u8(5).str(id);
+            }
+            Record::Ack { consumer, position } => {
+                e.u8(6).str(consumer).u64(*position);
+            }
+            Record::Nack {
+                consumer,
+                position,
+                attempts,
+            } => {
+                e.u8(7).str(consumer).u64(*position).u32(*attempts);
+            }
+            Record::DeadLetter {
+                consumer,
+                position,
+                attempts,
+                reason,
+            } => {
+                e.u8(8)
+                    .str(consumer)
+                    .u64(*position)
+                    .u32(*attempts)
+                    .str(reason);
+            }
+            Record::Redrive { consumer, position } => {
+                e.u8(9).str(consumer).u64(*position);
+            }
+        }
+        let mut buf = e.buf;
+        let len = (buf.len() - HEADER) as u32;
+        buf[0..4].copy_from_slice(&len.to_le_bytes());
+        let crc = checksum(&buf[0..4], &buf[HEADER..]);
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        buf
+    }
+
+    fn decode(body: &[u8]) -> std::result::Result<Record, DecodeError> {
+        let mut d = Dec::new(body);
+        let r = match d.u8()? {
+            1 => Record::Events {
+                stream: d.str()?,
+                key: d.str()?,
+                first_sequence: d.u64()?,
+                first_position: d.u64()?,
+                events: d.events()?,
+            },
+            2 => Record::Snapshot {
+                stream: d.str()?,
+                key: d.str()?,
+                snapshot: Snapshot {
+                    actor_digest: d.str()?,
+                    sequence: d.u64()?,
+                    state: d.bytes()?,
+                },
+            },
+            3 => Record::Projection {
+                consumer: d.str()?,
+                position: d.u64()?,
+                writes: d.kv_writes()?,
+            },
+            4 => Record::TimerPut(Timer {
+                id: d.str()?,
+                fire_at_ms: d.u64()?,
+                payload: d.bytes()?,
+            }),
+            5 => Record::TimerCancel(d.str()?),
+            6 => Record::Ack {
+                consumer: d.str()?,
+                position: d.u64()?,
+            },
+            7 => Record::Nack {
+                consumer: d.str()?,
+                position: d.u64()?,
+                attempts: d.u32()?,
+            },
+            8 => Record::DeadLetter {
+                consumer: d.str()?,
+                position: d.u64()?,
+                attempts: d.u32()?,
+                reason: d.str()?,
+            },
+            9 => Record::Redrive {
+                consumer: d.str()?,
+                position: d.u64()?,
+            },
+            _ => return Err(DecodeError),
+        };
+        if !d.is_empty() {
+            return Err(DecodeError);
+        }
+        Ok(r)
+    }
+}
+
+fn checksum(len: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(len);
+    h.update(body);
+    h.finalize()
+}
+
+/// The events of one append.
+struct Commit {
+    stream: String,
+    key: String,
+    first_sequence: u64,
+    first_position: u64,
+    events: Vec<NewEvent>,
+}
+
+impl Commit {
+    fn last_position(&self) -> u64 {
+        self.first_position + self.events.len() as u64 - 1
+    }
+    fn positions(&self) -> Vec<u64> {
+        (self.first_position..=self.last_position()).collect()
+    }
+    fn result(&self) -> AppendResult {
+        AppendResult {
+            first_sequence: self.first_sequence,
+            last_sequence: self.first_sequence + self.events.len() as u64 - 1,
+            positions: self.positions(),
+        }
+    }
+    fn stored(&self) -> Vec<StoredEvent> {
+        stored_events(
+            &self.stream,
+            &self.key,
+            self.first_sequence,
+            &self.positions(),
+            &self.events,
+        )
+    }
+}
+
+#[derive(Default)]
+struct KeyIndex {
+    last_sequence: u64,
+    /// Indexes into `State::commits`.
+    commits: Vec<usize>,
+    command_ids: HashMap<String, usize>,
+}
+
+#[derive(Default)]
+struct ConsumerState {
+    /// Every commit whose last position is <= this is acked or dead-lettered.
+    done_upto: u64,
+    /// Last positions of commits acked out of order.
+    done_above: BTreeSet<u64>,
+    /// Failed deliveries so far, by commit last position.
+    attempts: HashMap<u64, u32>,
+    /// Dead letters moved back for redelivery.
+    redrive: BTreeSet<u64>,
+}
+
+struct DeadRecord {
+    attempts: u32,
+    reason: String,
+}
+
+#[derive(Default)]
+struct State {
+    /// All commits (pending ones included), in position order.
+    commits: Vec<Arc<Commit>>,
+    next_position: u64,
+    keys: HashMap<(String, String), KeyIndex>,
+    snapshots: HashMap<(String, String, String), Snapshot>,
+    checkpoints: HashMap<String, u64>,
+    kv: BTreeMap<(String, String, String), Vec<u8>>,
+    timers: HashMap<String, Timer>,
+    consumers: HashMap<String, ConsumerState>,
+    dead: BTreeMap<(String, u64), DeadRecord>,
+    poisoned: Option<String>,
+}
+
+impl State {
+    /// Index of the commit holding `position`.
+    fn commit_index(&self, position: u64) -> Option<usize> {
+        let i = self
+            .commits
+            .partition_point(|c| c.last_position() < position);
+        (i < self.commits.len() && self.commits[i].first_position <= position).then_some(i)
+    }
+
+    fn commit_at(&self, position: u64) -> Option<&Arc<Commit>> {
+        self.commit_index(position).map(|i| &self.commits[i])
+    }
+
+    fn insert_commit(&mut self, c: Commit, command_id: &str) {
+        let idx = self.commits.len();
+        let ki = self
+            .keys
+            .entry((c.stream.clone(), c.key.clone()))
+            .or_default();
+        ki.last_sequence = c.first_sequence + c.events.len() as u64 - 1;
+        ki.commits.push(idx);
+        if !command_id.is_empty() {
+            ki.command_ids.insert(command_id.to_owned(), idx);
+        }
+        self.next_position = c.last_position() + 1;
+        self.commits.push(Arc::new(c));
+    }
+
+    /// Applies a non-event record (events are inserted with [`State::insert_commit`]).
+    fn apply(&mut self, r: Record) {
+        match r {
+            Record::Events { .. } => {}
+            Record::Snapshot {
+                stream,
+                key,
+                snapshot,
+            } => {
+                self.snapshots
+                    .insert((stream, key, snapshot.actor_digest.clone()), snapshot);
+            }
+            Record::Projection {
+                consumer,
+                position,
+                writes,
+            } => {
+                for w in writes {
+                    let k = (consumer.clone(), w.bucket, w.key);
+                    match w.value {
+                        Some(v) => self.kv.insert(k, v),
+                        None => self.kv.remove(&k),
+                    };
+                }
+                self.checkpoints.insert(consumer, position);
+            }
+            Record::TimerPut(t) => {
+                self.timers.insert(t.id.clone(), t);
+            }
+            Record::TimerCancel(id) => {
+                self.timers.remove(&id);
+            }
+            Record::Ack { consumer, position } => self.mark_done(&consumer, position),
+            Record::Nack {
+                consumer,
+                position,
+                attempts,
+            } => {
+                self.consumers
+                    .entry(consumer)
+                    .or_default()
+                    .attempts
+                    .insert(position, attempts);
+            }
+            Record::DeadLetter {
+                consumer,
+                position,
+                attempts,
+                reason,
+            } => {
+                self.mark_done(&consumer, position);
+                self.dead
+                    .insert((consumer, position), DeadRecord { attempts, reason });
+            }
+            Record::Redrive { consumer, position } => {
+                self.dead.remove(&(consumer.clone(), position));
+                let cs = self.consumers.entry(consumer).or_default();
+                cs.attempts.remove(&position);
+                cs.redrive.insert(position);
+            }
+        }
+    }
+
+    fn mark_done(&mut self, consumer: &str, position: u64) {
+        let cs = self.consumers.entry(consumer.to_owned()).or_default();
+        cs.attempts.remove(&position);
+        cs.redrive.remove(&position);
+        if position > cs.done_upto {
+            cs.done_above.insert(position);
+        }
+        // Advance over the contiguous prefix of finished commits (positions are dense).
+        loop {
+            let next_first = cs.done_upto + 1;
+            let i = self
+                .commits
+                .partition_point(|c| c.last_position() < next_first);
+            let Some(c) = self.commits.get(i) else { break };
+            if c.first_position != next_first || !cs.done_above.remove(&c.last_position()) {
+                break;
+            }
+            cs.done_upto = c.last_position();
+        }
+    }
+
+    fn durable_last_sequence(&self, ki: &KeyIndex, durable: u64) -> u64 {
+        ki.commits
+            .iter()
+            .rev()
+            .map(|&i| &self.commits[i])
+            .find(|c| c.last_position() <= durable)
+            .map(|c| c.first_sequence + c.events.len() as u64 - 1)
+            .unwrap_or(0)
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    options: FileOptions,
+    segment: u64,
+    file: File,
+    size: u64,
+    state: Arc<Mutex<State>>,
+    durable: watch::Sender<u64>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < self.options.max_batch {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let poisoned = lock(&self.state).poisoned.clone();
+            let outcome = match poisoned {
+                Some(p) => Err(p),
+                None => self.write_batch(&jobs).map_err(|e| e.to_string()),
+            };
+            match outcome {
+                Ok(()) => {
+                    let mut st = lock(&self.state);
+                    let mut durable = *self.durable.borrow();
+                    let mut done = Vec::with_capacity(jobs.len());
+                    for j in jobs {
+                        if let Some(r) = j.apply {
+                            st.apply(r);
+                        }
+                        if let Some(p) = j.last_position {
+                            durable = durable.max(p);
+                        }
+                        done.push(j.done);
+                    }
+                    drop(st);
+                    self.durable.send_replace(durable);
+                    for d in done {
+                        let _ = d.send(Ok(()));
+                    }
+                }
+                Err(msg) => {
+                    lock(&self.state).poisoned.get_or_insert(msg.clone());
+                    for j in jobs {
+                        let _ = j.done.send(Err(StoreError::Poisoned(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_batch(&mut self, jobs: &[Job]) -> std::io::Result<()> {
+        let mut buf: Vec<u8> = Vec::new();
+        for j in jobs {
+            let len = j.bytes.len() as u64;
+            if self.size + buf.len() as u64 > 0
+                && self.size + buf.len() as u64 + len > self.options.segment_bytes
+            {
+                self.flush(&buf)?;
+                buf.clear();
+                self.segment += 1;
+                self.file = create_segment(&self.dir, self.segment)?;
+                self.size = 0;
+            }
+            buf.extend_from_slice(&j.bytes);
+        }
+        self.flush(&buf)?;
+        self.counters
+            .records
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn flush(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(buf)?;
+        self.file.sync_data()?;
+        self.size += buf.len() as u64;
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:020}.{SEGMENT_EXT}"))
+}
+
+fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(segment_path(dir, n))?;
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+/// Parses records from one segment. Returns the records and the length of the valid prefix.
+fn parse_segment(data: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while data.len() - off >= HEADER {
+        let len_bytes = &data[off..off + 4];
+        let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
+        if len == 0 || len > data.len() - off - HEADER {
+            break;
+        }
+        let body = &data[off + HEADER..off + HEADER + len];
+        if checksum(len_bytes, body) != crc {
+            break;
+        }
+        out.push((off, body));
+        off += HEADER + len;
+    }
+    (out, off)
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileStore> {
+        FileStore::open_with(dir, FileOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in `dir`: replays the log, cuts off a torn or
+    /// corrupt tail, and starts the writer thread.
+    pub fn open_with(dir: impl AsRef<Path>, options: FileOptions) -> Result<FileStore> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let lock_path = dir.join("LOCK");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io(format!("opening {}", lock_path.display()), e))?;
+        // A lock can outlive its holder for a moment when a concurrently spawned child
+        // process still has the descriptor between fork and exec: retry briefly.
+        let mut tries = 0;
+        loop {
+            match lock_file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked(dir.display().to_string()));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::io(
+                        format!("locking {}", lock_path.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+
+        let mut segments: Vec<u64> = std::fs::read_dir(&dir)
+            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let stem = name.strip_suffix(&format!(".{SEGMENT_EXT}"))?;
+                stem.parse::<u64>().ok()
+            })
+            .collect();
+        segments.sort_unstable();
+
+        let mut state = State {
+            next_position: 1,
+            ..State::default()
+        };
+        let last = segments.last().copied();
+        for &n in &segments {
+            let path = segment_path(&dir, n);
+            let mut data = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+            let (records, valid) = parse_segment(&data);
+            for (off, body) in records {
+                let record = Record::decode(body).map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "{} offset {off}: record passed its checksum but does not decode",
+                        path.display()
+                    ))
+                })?;
+                replay(&mut state, record).map_err(|m| {
+                    StoreError::Corrupt(format!("{} offset {off}: {m}", path.display()))
+                })?;
+            }
+            if valid < data.len() {
+                if Some(n) != last {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} is damaged at offset {valid}, and it is not the last segment",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = valid,
+                    dropped_bytes = data.len() - valid,
+                    "cutting off a torn or corrupt log tail"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+                f.set_len(valid as u64)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| StoreError::io(format!("truncating {}", path.display()), e))?;
+            }
+        }
+
+        let (segment, file, size) = match last {
+            Some(n) => {
+                let path = segment_path(&dir, n);
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+                let size = f
+                    .metadata()
+                    .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+                    .len();
+                (n, f, size)
+            }
+            None => {
+                let f = create_segment(&dir, 1).map_err(|e| {
+                    StoreError::io(format!("creating a segment in {}", dir.display()), e)
+                })?;
+                (1, f, 0)
+            }
+        };
+
+        let durable_pos = state.next_position - 1;
+        let (durable_tx, durable_rx) = watch::channel(durable_pos);
+        let state = Arc::new(Mutex::new(state));
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            counters: counters.clone(),
+            dir: dir.clone(),
+            options,
+            segment,
+            file,
+            size,
+            state: state.clone(),
+            durable: durable_tx,
+        };
+        let handle = std::thread::Builder::new()
+            .name("tollgate-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("spawning the writer thread", e))?;
+        Ok(FileStore {
+            inner: Arc::new(Inner {
+                dir,
+                state,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+                durable: durable_rx,
+                counters,
+                _lock: lock_file,
+            }),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Writer counters since this store was opened.
+    pub fn stats(&self) -> FileStats {
+        let c = &self.inner.counters;
+        FileStats {
+            records: c.records.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Highest position that is durable (fsynced); 0 when empty.
+    pub fn durable_position(&self) -> u64 {
+        *self.inner.durable.borrow()
+    }
+
+    fn send(&self, st: &State, job: Job) -> Result<()> {
+        if let Some(p) = &st.poisoned {
+            return Err(StoreError::Poisoned(p.clone()));
+        }
+        let tx = lock(&self.inner.tx);
+        let tx = tx
+            .as_ref()
+            .ok_or_else(|| StoreError::Poisoned("store is closing".into()))?;
+        tx.send(job)
+            .map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))
+    }
+
+    async fn write(&self, record: Record) -> Result<()> {
+        let bytes = record.encode();
+        let (done, wait) = oneshot::channel();
+        {
+            let st = lock(&self.inner.state);
+            self.send(
+                &st,
+                Job {
+                    bytes,
+                    apply: Some(record),
+                    last_position: None,
+                    done,
+                },
+            )?;
+        }
+        wait.await
+            .map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))?
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+}
+
+/// Replays one record during recovery.
+fn replay(state: &mut State, r: Record) -> std::result::Result<(), String> {
+    if let Record::Events {
+        stream,
+        key,
+        first_sequence,
+        first_position,
+        events,
+    } = r
+    {
+        if first_position != state.next_position {
+            return Err(format!(
+                "events at position {first_position}, expected {}",
+                state.next_position
+            ));
+        }
+        let expected_seq = state
+            .keys
+            .get(&(stream.clone(), key.clone()))
+            .map_or(0, |k| k.last_sequence)
+            + 1;
+        if first_sequence != expected_seq || events.is_empty() {
+            return Err(format!(
+                "events of {stream}/{key} at sequence {first_sequence}, expected {expected_seq}"
+            ));
+        }
+        let command_id = events[0].command_id.clone();
+        state.insert_commit(
+            Commit {
+                stream,
+                key,
+                first_sequence,
+                first_position,
+                events,
+            },
+            &command_id,
+        );
+    } else {
+        state.apply(r);
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for FileStore {
+    async fn append(
+        &self,
+        stream: &str,
+        key: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let command_id = validate_append(stream, &events)?;
+        let (done, wait) = oneshot::channel();
+        let result = {
+            let mut st = self.state();
+            let k = (stream.to_owned(), key.to_owned());
+            let (actual, dup) = match st.keys.get(&k) {
+                Some(ki) => (
+                    ki.last_sequence,
+                    ki.command_ids
+                        .get(&command_id)
+                        .map(|&i| st.commits[i].result()),
+                ),
+                None => (0, None),
+            };
+            if let Some(original) = dup {
+                return Err(StoreError::Duplicate {
+                    stream: stream.to_owned(),
+                    key: key.to_owned(),
+                    command_id,
+                    original,
+                });
+            }
+            if !expected.matches(actual) {
+                return Err(StoreError::Conflict {
+                    stream: stream.to_owned(),
+                    key: key.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            let first_position = st.next_position;
+            let record = Record::Events {
+                stream: stream.to_owned(),
+                key: key.to_owned(),
+                first_sequence: actual + 1,
+                first_position,
+                events,
+            };
+            let bytes = record.encode();
+            let Record::Events { events, .. } = record else {
+                unreachable!("built above")
+            };
+            let commit = Commit {
+                stream: stream.to_owned(),
+                key: key.to_owned(),
+                first_sequence: actual + 1,
+                first_position,
+                events,
+            };
+            let result = commit.result();
+            let last_position = commit.last_position();
+            self.send(
+                &st,
+                Job {
+                    bytes,
+                    apply: None,
+                    last_position: Some(last_position),
+                    done,
+                },
+            )?;
+            st.insert_commit(commit, &command_id);
+            result
+        };
+        wait.await
+            .map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))??;
+        Ok(result)
+    }
+
+    async fn read(&self, stream: &str, key: &str, from_sequence: u64) -> Result<Vec<StoredEvent>> {
+        let durable = self.durable_position();
+        let st = self.state();
+        let Some(ki) = st.keys.get(&(stream.to_owned(), key.to_owned())) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for &i in &ki.commits {
+            let c = &st.commits[i];
+            if c.last_position() > durable {
+                break;
+            }
+            if c.first_sequence + c.events.len() as u64 > from_sequence {
+                out.extend(
+                    c.stored()
+                        .into_iter()
+                        .filter(|e| e.sequence >= from_sequence),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn last_sequence(&self, stream: &str, key: &str) -> Result<u64> {
+        let durable = self.durable_position();
+        let st = self.state();
+        Ok(st
+            .keys
+            .get(&(stream.to_owned(), key.to_owned()))
+            .map_or(0, |ki| st.durable_last_sequence(ki, durable)))
+    }
+
+    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {
+        let durable = self.durable_position();
+        let st = self.state();
+        let start = st
+            .commits
+            .partition_point(|c| c.last_position() < from_position.max(1));
+        let mut out = Vec::new();
+        for c in &st.commits[start..] {
+            if c.last_position() > durable || out.len() >= max {
+                break;
+            }
+            for e in c.stored() {
+                if e.position >= from_position && out.len() < max {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn consumer(&self, name: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {
+        if name.is_empty() {
+            return Err(StoreError::InvalidArgument("consumer name is empty".into()));
+        }
+        if options.max_deliver == 0 {
+            return Err(StoreError::InvalidArgument(
+                "max_deliver must be at least 1".into(),
+            ));
+        }
+        let scan_from = {
+            let st = self.state();
+            let done = st.consumers.get(name).map_or(0, |c| c.done_upto);
+            done.max(st.checkpoints.get(name).copied().unwrap_or(0)) + 1
+        };
+        Ok(Box::new(FileConsumer {
+            store: self.clone(),
+            name: name.to_owned(),
+            options,
+            in_flight: HashMap::new(),
+            scan_from,
+            durable: self.inner.durable.clone(),
+        }))
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        let st = self.state();
+        Ok(st
+            .dead
+            .range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX))
+            .filter_map(|((consumer, position), d)| {
+                let c = st.commit_at(*position)?;
+                Some(DeadLetter {
+                    consumer: consumer.clone(),
+                    position: *position,
+                    events: c.stored(),
+                    attempts: d.attempts,
+                    reason: d.reason.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn redrive(&self, name: &str, position: u64) -> Result<()> {
+        if !self.state().dead.contains_key(&(name.to_owned(), position)) {
+            return Err(StoreError::NoSuchDeadLetter {
+                consumer: name.to_owned(),
+                position,
+            });
+        }
+        self.write(Record::Redrive {
+            consumer: name.to_owned(),
+            position,
+        })
+        .await
+    }
+
+    async fn put_snapshot(&self, stream: &str, key: &str, snapshot: Snapshot) -> Result<()> {
+        self.write(Record::Snapshot {
+            stream: stream.to_owned(),
+            key: key.to_owned(),
+            snapshot,
+        })
+        .await
+    }
+
+    async fn get_snapshot(
+        &self,
+        stream: &str,
+        key: &str,
+        actor_digest: &str,
+    ) -> Result<Option<Snapshot>> {
+        Ok(self
+            .state()
+            .snapshots
+            .get(&(stream.to_owned(), key.to_owned(), actor_digest.to_owned()))
+            .cloned())
+    }
+
+    async fn commit_projection(
+        &self,
+        consumer: &str,
+        position: u64,
+        writes: Vec<KvWrite>,
+    ) -> Result<()> {
+        let checkpoint = self.state().checkpoints.get(consumer).copied().unwrap_or(0);
+        if position <= checkpoint {
+            return Err(StoreError::StaleCheckpoint {
+                consumer: consumer.to_owned(),
+                position,
+                checkpoint,
+            });
+        }
+        self.write(Record::Projection {
+            consumer: consumer.to_owned(),
+            position,
+            writes,
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, consumer: &str) -> Result<u64> {
+        Ok(self.state().checkpoints.get(consumer).copied().unwrap_or(0))
+    }
+
+    async fn kv_get(&self, consumer: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .state()
+            .kv
+            .get(&(consumer.to_owned(), bucket.to_owned(), key.to_owned()))
+            .cloned())
+    }
+
+    async fn kv_list(&self, consumer: &str, bucket: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let st = self.state();
+        let lo = (consumer.to_owned(), bucket.to_owned(), String::new());
+        Ok(st
+            .kv
+            .range(lo..)
+            .take_while(|((c, b, _), _)| c == consumer && b == bucket)
+            .map(|((_, _, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn put_timer(&self, timer: Timer) -> Result<()> {
+        self.write(Record::TimerPut(timer)).await
+    }
+
+    async fn cancel_timer(&self, id: &str) -> Result<bool> {
+        if !self.state().timers.contains_key(id) {
+            return Ok(false);
+        }
+        self.write(Record::TimerCancel(id.to_owned())).await?;
+        Ok(true)
+    }
+
+    async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>> {
+        let mut due: Vec<Timer> = self
+            .state()
+            .timers
+            .values()
+            .filter(|t| t.fire_at_ms <= now_ms)
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| (a.fire_at_ms, &a.id).cmp(&(b.fire_at_ms, &b.id)));
+        Ok(due)
+    }
+}
+
+/// A durable consumer of a [`FileStore`].
+struct FileConsumer {
+    store: FileStore,
+    name: String,
+    options: ConsumerOptions,
+    /// Outstanding deliveries of this handle: last position -> attempt.
+    in_flight: HashMap<u64, u32>,
+    /// Commits before this position are settled for this handle.
+    scan_from: u64,
+    durable: watch::Receiver<u64>,
+}
+
+impl FileConsumer {
+    fn collect(&mut self, max: usize) -> Vec<Delivery> {
+        let durable = *self.durable.borrow_and_update();
+        let st = self.store.state();
+        let empty = ConsumerState::default();
+        let cs = st.consumers.get(&self.name).unwrap_or(&empty);
+        let checkpoint = st.checkpoints.get(&self.name).copied().unwrap_or(0);
+        let mut out = Vec::new();
+        for &pos in &cs.redrive {
+            if out.len() >= max {
+                return out;
+            }
+            if self.in_flight.contains_key(&pos) {
+                continue;
+            }
+            if let Some(c) = st.commit_at(pos) {
+                let attempt = cs.attempts.get(&pos).copied().unwrap_or(0) + 1;
+                self.in_flight.insert(pos, attempt);
+                out.push(Delivery {
+                    position: pos,
+                    events: c.stored(),
+                    attempt,
+                });
+            }
+        }
+        let start = st
+            .commits
+            .partition_point(|c| c.last_position() < self.scan_from);
+        let mut settled_prefix = true;
+        for c in &st.commits[start..] {
+            if out.len() >= max {
+                break;
+            }
+            let last = c.last_position();
+            if last > durable {
+                break;
+            }
+            let wanted = self.options.stream.as_ref().is_none_or(|s| *s == c.stream);
+            let done = !wanted
+                || last <= cs.done_upto
+                || last <= checkpoint
+                || cs.done_above.contains(&last)
+                || cs.redrive.contains(&last);
+            if done {
+                if settled_prefix {
+                    self.scan_from = last + 1;
+                }
+                continue;
+            }
+            settled_prefix = false;
+            if self.in_flight.contains_key(&last) {
+                continue;
+            }
+            let attempt = cs.attempts.get(&last).copied().unwrap_or(0) + 1;
+            self.in_flight.insert(last, attempt);
+            out.push(Delivery {
+                position: last,
+                events: c.stored(),
+                attempt,
+            });
+        }
+        out
+    }
+
+    fn take_in_flight(&mut self, position: u64) -> Result<u32> {
+        self.in_flight
+            .remove(&position)
+            .ok_or_else(|| StoreError::NotDelivered {
+                consumer: self.name.clone(),
+                position,
+            })
+    }
+}
+
+#[async_trait]
+impl Consumer for FileConsumer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let out = self.collect(max.max(1));
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let mut rx = self.durable.clone();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn ack(&mut self, position: u64) -> Result<()> {
+        let attempt = self.take_in_flight(position)?;
+        let res = self
+            .store
+            .write(Record::Ack {
+                consumer: self.name.clone(),
+                position,
+            })
+            .await;
+        if res.is_err() {
+            self.in_flight.insert(position, attempt);
+        }
+        res
+    }
+
+    async fn nack(&mut self, position: u64, reason: &str) -> Result<NackOutcome> {
+        let attempt = self.take_in_flight(position)?;
+        let (record, outcome) = if attempt >= self.options.max_deliver {
+            (
+                Record::DeadLetter {
+                    consumer: self.name.clone(),
+                    position,
+                    attempts: attempt,
+                    reason: reason.to_owned(),
+                },
+                NackOutcome::DeadLettered,
+            )
+        } else {
+            (
+                Record::Nack {
+                    consumer: self.name.clone(),
+                    position,
+                    attempts: attempt,
+                },
+                NackOutcome::Redeliver,
+            )
+        };
+        if let Err(e) = self.store.write(record).await {
+            self.in_flight.insert(position, attempt);
+            return Err(e);
+        }
+        if outcome == NackOutcome::Redeliver {
+            let first = self
+                .store
+                .state()
+                .commit_at(position)
+                .map_or(position, |c| c.first_position);
+            self.scan_from = self.scan_from.min(first);
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,580 @@
+//! Event stores for tollgate: embedded durable log and NATS JetStream.
+//!
+//! One object-safe trait, [`EventStore`], with two implementations that pass the same
+//! conformance suite (`store/tests/`):
+//!
+//! * [`FileStore`] (`file:DIR`): an embedded, crash-safe, checksummed append-only log with
+//!   group commit. No server needed. The default.
+//! * [`NatsStore`] (`nats://127.0.0.1:4222`): NATS JetStream (server 2.9+), for deployments
+//!   that outgrow one machine.
+//!
+//! Pick one at run time with [`open`]. See `store/README.md` for durability notes.
+//!
+//! ## Contract shared by both stores
+//! * `sequence` is 1-based and dense per `(stream, key)`.
+//! * `position` is store-wide, strictly increasing in commit order and >= 1. It is dense in
+//!   [`FileStore`]; in [`NatsStore`] it is `jetstream_sequence << 12 | index_in_append`,
+//!   so it has gaps. Continue a scan from `last.position + 1`.
+//! * Appends are atomic: all events of one call are committed together or not at all.
+//! * Idempotency: an append whose events carry a non-empty `command_id` that the store already
+//!   committed for the same `(stream, key)` fails with [`StoreError::Duplicate`], which carries
+//!   the original [`AppendResult`]. The duplicate check runs before the version check, so a
+//!   retried command is reported as a duplicate, not as a conflict. See [`find_duplicate`] for
+//!   the check a runtime can do on the events it already read.
+
+#![warn(missing_docs)]
+
+mod codec;
+mod file;
+mod nats;
+pub mod subject;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use file::{FileOptions, FileStats, FileStore};
+pub use nats::{NatsOptions, NatsStore};
+
+/// Largest number of events accepted in one append (the JetStream position encoding reserves
+/// 12 bits for the index of an event inside its append).
+pub const MAX_EVENTS_PER_APPEND: usize = 4096;
+
+/// An event to append; mirrors the `tollgate:eventsourcing` `event` record minus the fields the
+/// store assigns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// Event type name, e.g. `"funds-reserved"`.
+    pub event_type: String,
+    /// Version of the payload schema for this event type.
+    pub schema_version: u32,
+    /// MIME type of `payload`, e.g. `"application/json"`.
+    pub content_type: String,
+    /// Encoded event body.
+    pub payload: Vec<u8>,
+    /// Id of the command that produced the event; the idempotency key (empty: no de-dup).
+    pub command_id: String,
+    /// Id shared by everything caused by one external request.
+    pub correlation_id: String,
+    /// Id of the message (command or event) that caused this event.
+    pub causation_id: String,
+    /// Wall-clock time of the event in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// An event as committed, with its place in its stream and in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Aggregate type, e.g. `"account"`.
+    pub stream: String,
+    /// Aggregate id.
+    pub key: String,
+    /// 1-based, dense per `(stream, key)`.
+    pub sequence: u64,
+    /// Store-wide commit order (see the crate docs for density).
+    pub position: u64,
+    /// Event type name.
+    pub event_type: String,
+    /// Version of the payload schema.
+    pub schema_version: u32,
+    /// MIME type of `payload`.
+    pub content_type: String,
+    /// Encoded event body.
+    pub payload: Vec<u8>,
+    /// Id of the command that produced the event.
+    pub command_id: String,
+    /// Correlation id.
+    pub correlation_id: String,
+    /// Causation id.
+    pub causation_id: String,
+    /// Event time in ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl StoredEvent {
+    /// Builds a stored event from its envelope and the coordinates the store assigned.
+    pub fn from_new(stream: &str, key: &str, sequence: u64, position: u64, e: NewEvent) -> Self {
+        StoredEvent {
+            stream: stream.to_owned(),
+            key: key.to_owned(),
+            sequence,
+            position,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            content_type: e.content_type,
+            payload: e.payload,
+            command_id: e.command_id,
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+            time_ms: e.time_ms,
+        }
+    }
+
+    /// The envelope without the store-assigned coordinates.
+    pub fn to_new(&self) -> NewEvent {
+        NewEvent {
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            content_type: self.content_type.clone(),
+            payload: self.payload.clone(),
+            command_id: self.command_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            time_ms: self.time_ms,
+        }
+    }
+}
+
+/// The version an append expects its `(stream, key)` to be at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The `(stream, key)` must have no events yet.
+    NoStream,
+    /// The last sequence must be exactly this (`Exact(0)` is the same as `NoStream`).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream whose last sequence is `actual` satisfies this expectation.
+    pub fn matches(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(n) => actual == n,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => write!(f, "any"),
+            ExpectedVersion::NoStream => write!(f, "no stream"),
+            ExpectedVersion::Exact(n) => write!(f, "sequence {n}"),
+        }
+    }
+}
+
+/// What a successful append committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// Sequence of the first appended event.
+    pub first_sequence: u64,
+    /// Sequence of the last appended event.
+    pub last_sequence: u64,
+    /// Position of each appended event, in order.
+    pub positions: Vec<u64>,
+}
+
+/// A snapshot of an aggregate's state, valid only for the actor build that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Digest of the actor component that produced `state` (e.g. `sha256:...`).
+    pub actor_digest: String,
+    /// Sequence of the last event folded into `state`.
+    pub sequence: u64,
+    /// Encoded state.
+    pub state: Vec<u8>,
+}
+
+/// One key-value write of a projection commit: `value: None` deletes the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvWrite {
+    /// Bucket name, owned by the projection (consumer) that writes it.
+    pub bucket: String,
+    /// Key inside the bucket.
+    pub key: String,
+    /// New value; `None` deletes.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A process-manager timer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timer {
+    /// Unique id; putting an existing id replaces that timer.
+    pub id: String,
+    /// When it is due, in ms since the Unix epoch.
+    pub fire_at_ms: u64,
+    /// Opaque data handed back when due.
+    pub payload: Vec<u8>,
+}
+
+/// Settings of a durable consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    /// Only deliver events of this aggregate type (`None`: all).
+    pub stream: Option<String>,
+    /// Deliveries (first one included) before a nacked commit goes to the dead letters.
+    pub max_deliver: u32,
+    /// NatsStore: time after which an unacked delivery is redelivered by the server.
+    /// FileStore: unacked deliveries are redelivered when the consumer is opened again.
+    pub ack_wait: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            stream: None,
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One delivery to a consumer: all events of one append (commit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Position of the last event of the commit; pass it to `ack`/`nack`.
+    pub position: u64,
+    /// The events of the commit, in order.
+    pub events: Vec<StoredEvent>,
+    /// 1 for the first delivery, then counting redeliveries.
+    pub attempt: u32,
+}
+
+/// What `nack` did with a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// It will be delivered again.
+    Redeliver,
+    /// `max_deliver` was reached; it is now in the dead letters.
+    DeadLettered,
+}
+
+/// A commit that a consumer gave up on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Consumer name.
+    pub consumer: String,
+    /// Position of the last event of the commit (as in [`Delivery::position`]).
+    pub position: u64,
+    /// The events of the commit.
+    pub events: Vec<StoredEvent>,
+    /// How many deliveries failed.
+    pub attempts: u32,
+    /// The reason given by the last `nack`.
+    pub reason: String,
+}
+
+/// Errors of the event stores. Each variant names the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Optimistic concurrency check failed.
+    #[error(
+        "version conflict on {stream}/{key}: expected {expected}, actual last sequence {actual}"
+    )]
+    Conflict {
+        /// Aggregate type.
+        stream: String,
+        /// Aggregate id.
+        key: String,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The actual last sequence.
+        actual: u64,
+    },
+    /// The command was already committed; `original` is what that append committed.
+    #[error("command {command_id} was already committed to {stream}/{key}")]
+    Duplicate {
+        /// Aggregate type.
+        stream: String,
+        /// Aggregate id.
+        key: String,
+        /// The repeated command id.
+        command_id: String,
+        /// The result of the original append.
+        original: AppendResult,
+    },
+    /// The caller passed something the store cannot accept.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The store URL is not `file:DIR` or `nats://HOST:PORT`.
+    #[error("unsupported store URL {0:?}: expected file:DIR or nats://HOST:PORT")]
+    InvalidUrl(String),
+    /// A projection commit would move the checkpoint backwards or keep it in place.
+    #[error(
+        "projection {consumer}: commit at position {position} is not after checkpoint {checkpoint}"
+    )]
+    StaleCheckpoint {
+        /// Consumer (projection) name.
+        consumer: String,
+        /// The rejected position.
+        position: u64,
+        /// The current checkpoint.
+        checkpoint: u64,
+    },
+    /// `ack`/`nack` named a position that this consumer handle has not delivered.
+    #[error("consumer {consumer}: position {position} is not an outstanding delivery")]
+    NotDelivered {
+        /// Consumer name.
+        consumer: String,
+        /// The unknown position.
+        position: u64,
+    },
+    /// `redrive` named a dead letter that does not exist.
+    #[error("consumer {consumer}: no dead letter at position {position}")]
+    NoSuchDeadLetter {
+        /// Consumer name.
+        consumer: String,
+        /// The position.
+        position: u64,
+    },
+    /// Another process holds the file store's directory.
+    #[error("store directory {0} is locked by another process")]
+    Locked(String),
+    /// Data on disk is damaged somewhere other than the tail of the log.
+    #[error("corrupt log: {0}")]
+    Corrupt(String),
+    /// An earlier write or fsync failed; the file store refuses further writes.
+    #[error("file store is poisoned after a failed write: {0}")]
+    Poisoned(String),
+    /// File system error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Error talking to NATS / JetStream.
+    #[error("nats: {op}: {message}")]
+    Nats {
+        /// The operation that failed.
+        op: &'static str,
+        /// The client's error text.
+        message: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// An event store. Object safe: hold it as `Box<dyn EventStore>` (see [`open`]).
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends `events` (1..=[`MAX_EVENTS_PER_APPEND`]) to `(stream, key)` atomically if the
+    /// stream is at `expected`; see the crate docs for de-duplication by `command_id`.
+    async fn append(
+        &self,
+        stream: &str,
+        key: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult>;
+
+    /// Events of `(stream, key)` with `sequence >= from_sequence`, in order.
+    async fn read(&self, stream: &str, key: &str, from_sequence: u64) -> Result<Vec<StoredEvent>>;
+
+    /// Last committed sequence of `(stream, key)`; 0 when it has no events.
+    async fn last_sequence(&self, stream: &str, key: &str) -> Result<u64>;
+
+    /// Up to `max` events of all streams with `position >= from_position`, in position order.
+    /// A page may end inside an append; continue from `last.position + 1`.
+    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>>;
+
+    /// Opens the durable consumer `name` (created on first use). Deliveries start after the
+    /// consumer's acked positions and after [`EventStore::checkpoint`]`(name)`, so a projection
+    /// that commits with [`EventStore::commit_projection`] never sees a commit twice.
+    async fn consumer(&self, name: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>>;
+
+    /// Dead letters of consumer `name`, by position.
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>>;
+
+    /// Moves the dead letter at `position` back to consumer `name`: it is delivered again
+    /// (before new commits) with a fresh attempt count.
+    async fn redrive(&self, name: &str, position: u64) -> Result<()>;
+
+    /// Stores a snapshot of `(stream, key)`, replacing one with the same actor digest.
+    async fn put_snapshot(&self, stream: &str, key: &str, snapshot: Snapshot) -> Result<()>;
+
+    /// The snapshot of `(stream, key)` written by `actor_digest`, if any.
+    async fn get_snapshot(
+        &self,
+        stream: &str,
+        key: &str,
+        actor_digest: &str,
+    ) -> Result<Option<Snapshot>>;
+
+    /// Atomically applies `writes` to the projection's buckets and sets its checkpoint to
+    /// `position`, which must be greater than the current checkpoint.
+    async fn commit_projection(
+        &self,
+        consumer: &str,
+        position: u64,
+        writes: Vec<KvWrite>,
+    ) -> Result<()>;
+
+    /// The projection's checkpoint (0 before its first commit).
+    async fn checkpoint(&self, consumer: &str) -> Result<u64>;
+
+    /// A value of a projection's bucket.
+    async fn kv_get(&self, consumer: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// All `(key, value)` pairs of a projection's bucket, sorted by key.
+    async fn kv_list(&self, consumer: &str, bucket: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Creates or replaces a timer.
+    async fn put_timer(&self, timer: Timer) -> Result<()>;
+
+    /// Removes a timer; returns whether it existed.
+    async fn cancel_timer(&self, id: &str) -> Result<bool>;
+
+    /// Timers with `fire_at_ms <= now_ms`, earliest first. Timers stay until cancelled, so
+    /// firing is at-least-once: fire, then `cancel_timer`.
+    async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>>;
+}
+
+/// A handle on a durable consumer with explicit acknowledgement.
+#[async_trait]
+pub trait Consumer: Send {
+    /// The consumer's name.
+    fn name(&self) -> &str;
+
+    /// Up to `max` deliveries, waiting up to `wait` when none is ready (then returns empty).
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Marks a delivery as processed.
+    async fn ack(&mut self, position: u64) -> Result<()>;
+
+    /// Marks a delivery as failed: redelivered, or dead-lettered once it was delivered
+    /// `max_deliver` times. Never dropped silently.
+    async fn nack(&mut self, position: u64, reason: &str) -> Result<NackOutcome>;
+}
+
+/// Opens a store from a URL: `file:DIR` (also `file://DIR`) or `nats://HOST:PORT`.
+pub async fn open(url: &str) -> Result<Box<dyn EventStore>> {
+    if let Some(rest) = url.strip_prefix("file:") {
+        let dir = rest.strip_prefix("//").unwrap_or(rest);
+        if dir.is_empty() {
+            return Err(StoreError::InvalidUrl(url.to_owned()));
+        }
+        let store = FileStore::open(dir)?;
+        Ok(Box::new(store))
+    } else if url.starts_with("nats://") {
+        let store = NatsStore::connect(url, NatsOptions::default()).await?;
+        Ok(Box::new(store))
+    } else {
+        Err(StoreError::InvalidUrl(url.to_owned()))
+    }
+}
+
+/// Looks for `command_id` among events of one `(stream, key)` that the caller already read
+/// (e.g. the tail a runtime replays after a snapshot) and rebuilds the original append's
+/// result. Use it to catch retries of old commands that a store's own de-dup can no longer
+/// see (JetStream's de-dup window expires).
+pub fn find_duplicate(events: &[StoredEvent], command_id: &str) -> Option<AppendResult> {
+    if command_id.is_empty() {
+        return None;
+    }
+    let matching: Vec<&StoredEvent> = events
+        .iter()
+        .filter(|e| e.command_id == command_id)
+        .collect();
+    let first = matching.first()?;
+    let last = matching.last()?;
+    Some(AppendResult {
+        first_sequence: first.sequence,
+        last_sequence: last.sequence,
+        positions: matching.iter().map(|e| e.position).collect(),
+    })
+}
+
+/// Validates an append's events and returns their common command id ("" when none).
+pub(crate) fn validate_append(stream: &str, events: &[NewEvent]) -> Result<String> {
+    if stream.is_empty() {
+        return Err(StoreError::InvalidArgument("stream name is empty".into()));
+    }
+    if events.is_empty() {
+        return Err(StoreError::InvalidArgument("append of zero events".into()));
+    }
+    if events.len() > MAX_EVENTS_PER_APPEND {
+        return Err(StoreError::InvalidArgument(format!(
+            "append of {} events exceeds the limit of {MAX_EVENTS_PER_APPEND}",
+            events.len()
+        )));
+    }
+    let command_id = events[0].command_id.clone();
+    if events.iter().any(|e| e.command_id != command_id) {
+        return Err(StoreError::InvalidArgument(
+            "all events of one append must carry the same command_id".into(),
+        ));
+    }
+    Ok(command_id)
+}
+
+/// Builds the stored events of one commit.
+pub(crate) fn stored_events(
+    stream: &str,
+    key: &str,
+    first_sequence: u64,
+    positions: &[u64],
+    events: &[NewEvent],
+) -> Vec<StoredEvent> {
+    events
+        .iter()
+        .zip(positions)
+        .enumerate()
+        .map(|(i, (e, &p))| {
+            StoredEvent::from_new(stream, key, first_sequence + i as u64, p, e.clone())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(cmd: &str) -> NewEvent {
+        NewEvent {
+            event_type: "t".into(),
+            schema_version: 1,
+            content_type: "application/json".into(),
+            payload: vec![],
+            command_id: cmd.into(),
+            correlation_id: String::new(),
+            causation_id: String::new(),
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn find_duplicate_rebuilds_the_original_result() {
+        let events = stored_events("a", "k", 3, &[10, 11, 12], &[ev("x"), ev("y"), ev("y")]);
+        let found = find_duplicate(&events, "y").expect("y is there");
+        assert_eq!(found.first_sequence, 4);
+        assert_eq!(found.last_sequence, 5);
+        assert_eq!(found.positions, vec![11, 12]);
+        assert!(find_duplicate(&events, "z").is_none());
+        assert!(find_duplicate(&events, "").is_none());
+    }
+
+    #[test]
+    fn validate_rejects_mixed_command_ids_and_empty_appends() {
+        assert!(validate_append("a", &[]).is_err());
+        assert!(validate_append("a", &[ev("x"), ev("y")]).is_err());
+        assert!(validate_append("", &[ev("x")]).is_err());
+        assert_eq!(validate_append("a", &[ev("x"), ev("x")]).unwrap(), "x");
+    }
+
+    #[test]
+    fn expected_version_matching() {
+        assert!(ExpectedVersion::Any.matches(7));
+        assert!(ExpectedVersion::NoStream.matches(0));
+        assert!(!ExpectedVersion::NoStream.matches(1));
+        assert!(ExpectedVersion::Exact(0).matches(0));
+        assert!(!ExpectedVersion::Exact(2).matches(3));
+    }
+}

@@ -1,0 +1,1120 @@
+//! The NATS JetStream event store (server 2.9 or newer).
+//!
+//! Layout (prefix `P`, default `tollgate`; tokens encoded with [`crate::subject`]):
+//! * stream `P_events`, subjects `P.ev.<type>.<key>`: ONE message per append, carrying all of
+//!   its events (2.9 has no atomic batch publish, so a batch message is what makes a
+//!   multi-event append atomic). One stream for all aggregate types, because `position` must
+//!   be a store-wide commit order and JetStream orders only within one stream.
+//!   `position = stream_sequence << 12 | index`.
+//! * optimistic concurrency: `Nats-Expected-Last-Subject-Sequence` = the JetStream sequence of
+//!   the last message of the key, read just before publishing (for `Any` too, because the
+//!   store assigns the event sequences); a race loses with "wrong last sequence".
+//! * de-dup: `Nats-Msg-Id = <type>.<key>.<command_id>` catches publish retries within the
+//!   stream's `duplicate_window`; the command id of the key's last message is checked before
+//!   every publish; [`crate::find_duplicate`] covers older ones from the tail a runtime reads.
+//! * consumers: durable pull consumers on `P_events` with explicit ack and no server-side
+//!   delivery limit; after `max_deliver` failed deliveries the commit is written to KV
+//!   `P_dead` and only then terminated (`+TERM`), so nothing is dropped silently. Redrive
+//!   publishes to stream `P_redrive` (`P.redrive.<consumer>`), read by a second durable
+//!   consumer before new events.
+//! * KV buckets `P_snapshots`, `P_projections` (+ `P_applied`), `P_timers`, `P_dead`.
+//! * projection commits: one message on stream `P_proj` (`P.proj.<consumer>`, last one kept)
+//!   holds the checkpoint and all writes; it is then applied to `P_projections` and the
+//!   applied marker. An interrupted apply is finished by the next call for that projection.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::codec::{Dec, Enc};
+use crate::subject::encode_token;
+use crate::{
+    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion,
+    KvWrite, NackOutcome, NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer,
+    stored_events, validate_append,
+};
+
+/// Settings of a [`NatsStore`].
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// Prefix of every stream, subject and bucket name (`[a-z0-9-]+`).
+    pub prefix: String,
+    /// JetStream de-dup window of the events stream.
+    pub duplicate_window: Duration,
+    /// How often an append with `ExpectedVersion::Any` retries after losing a race.
+    pub max_append_retries: u32,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            prefix: "tollgate".into(),
+            duplicate_window: Duration::from_secs(120),
+            max_append_retries: 64,
+        }
+    }
+}
+
+const INDEX_BITS: u32 = 12;
+
+fn position(stream_sequence: u64, index: usize) -> u64 {
+    (stream_sequence << INDEX_BITS) | index as u64
+}
+
+fn nats_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Nats {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// The NATS JetStream event store (`nats://HOST:PORT`). Cheap to clone.
+#[derive(Clone)]
+pub struct NatsStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    prefix: String,
+    events: stream::Stream,
+    proj_log: stream::Stream,
+    snapshots: kv::Store,
+    projections: kv::Store,
+    applied: kv::Store,
+    timers: kv::Store,
+    dead: kv::Store,
+    proj: std::sync::Arc<tokio::sync::Mutex<HashMap<String, ProjState>>>,
+    options: NatsOptions,
+}
+
+#[derive(Clone, Copy)]
+struct ProjState {
+    checkpoint: u64,
+    /// JetStream sequence of the consumer's last projection-log message (0: none).
+    log_sequence: u64,
+}
+
+/// One append as stored in one JetStream message.
+struct Batch {
+    stream: String,
+    key: String,
+    first_sequence: u64,
+    events: Vec<NewEvent>,
+}
+
+impl Batch {
+    fn encode(&self) -> Bytes {
+        let mut e = Enc::default();
+        e.u8(1)
+            .str(&self.stream)
+            .str(&self.key)
+            .u64(self.first_sequence)
+            .events(&self.events);
+        e.buf.into()
+    }
+
+    fn decode(d: &mut Dec<'_>) -> Result<Batch> {
+        let bad = |_| StoreError::Corrupt("undecodable event message in JetStream".into());
+        if d.u8().map_err(bad)? != 1 {
+            return Err(StoreError::Corrupt("unknown event message version".into()));
+        }
+        Ok(Batch {
+            stream: d.str().map_err(bad)?,
+            key: d.str().map_err(bad)?,
+            first_sequence: d.u64().map_err(bad)?,
+            events: d.events().map_err(bad)?,
+        })
+    }
+
+    fn last_sequence(&self) -> u64 {
+        self.first_sequence + self.events.len() as u64 - 1
+    }
+
+    fn result(&self, msg_seq: u64) -> AppendResult {
+        AppendResult {
+            first_sequence: self.first_sequence,
+            last_sequence: self.last_sequence(),
+            positions: (0..self.events.len())
+                .map(|i| position(msg_seq, i))
+                .collect(),
+        }
+    }
+
+    fn stored(&self, msg_seq: u64) -> Vec<StoredEvent> {
+        let positions: Vec<u64> = (0..self.events.len())
+            .map(|i| position(msg_seq, i))
+            .collect();
+        stored_events(
+            &self.stream,
+            &self.key,
+            self.first_sequence,
+            &positions,
+            &self.events,
+        )
+    }
+}
+
+/// A dead letter as stored in KV.
+fn encode_dead(attempts: u32, reason: &str, msg_seq: u64, batch: &Batch) -> Bytes {
+    let mut e = Enc::default();
+    e.u32(attempts).str(reason).u64(msg_seq);
+    let mut buf = e.buf;
+    buf.extend_from_slice(&batch.encode());
+    buf.into()
+}
+
+fn decode_dead(data: &[u8]) -> Result<(u32, String, u64, Batch)> {
+    let bad = |_| StoreError::Corrupt("undecodable dead letter".into());
+    let mut d = Dec::new(data);
+    let attempts = d.u32().map_err(bad)?;
+    let reason = d.str().map_err(bad)?;
+    let msg_seq = d.u64().map_err(bad)?;
+    let batch = Batch::decode(&mut d)?;
+    Ok((attempts, reason, msg_seq, batch))
+}
+
+fn is_tombstone(headers: Option<&HeaderMap>) -> bool {
+    headers
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE")
+}
+
+impl NatsStore {
+    /// Connects to `nats://HOST:PORT` and creates the streams and buckets it needs.
+    pub async fn connect(url: &str, options: NatsOptions) -> Result<NatsStore> {
+        if !options
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || options.prefix.is_empty()
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "NATS prefix {:?} must match [a-z0-9-]+",
+                options.prefix
+            )));
+        }
+        let client = async_nats::connect(url)
+            .await
+            .map_err(nats_err("connect"))?;
+        let js = jetstream::new(client.clone());
+        let p = options.prefix.clone();
+        let events = get_or_create_stream(
+            &js,
+            stream::Config {
+                name: format!("{p}_events"),
+                subjects: vec![format!("{p}.ev.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: options.duplicate_window,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let proj_log = get_or_create_stream(
+            &js,
+            stream::Config {
+                name: format!("{p}_proj"),
+                subjects: vec![format!("{p}.proj.>")],
+                storage: stream::StorageType::File,
+                max_messages_per_subject: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
+        get_or_create_stream(
+            &js,
+            stream::Config {
+                name: format!("{p}_redrive"),
+                subjects: vec![format!("{p}.redrive.>")],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let snapshots = get_or_create_kv(&js, &format!("{p}_snapshots")).await?;
+        let projections = get_or_create_kv(&js, &format!("{p}_projections")).await?;
+        let applied = get_or_create_kv(&js, &format!("{p}_applied")).await?;
+        let timers = get_or_create_kv(&js, &format!("{p}_timers")).await?;
+        let dead = get_or_create_kv(&js, &format!("{p}_dead")).await?;
+        Ok(NatsStore {
+            client,
+            js,
+            prefix: p,
+            events,
+            proj_log,
+            snapshots,
+            projections,
+            applied,
+            timers,
+            dead,
+            proj: std::sync::Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            options,
+        })
+    }
+
+    fn event_subject(&self, stream: &str, key: &str) -> String {
+        format!(
+            "{}.ev.{}.{}",
+            self.prefix,
+            encode_token(stream),
+            encode_token(key)
+        )
+    }
+
+    /// The last message of `subject` in `stream`, if any.
+    async fn last_message(
+        stream: &stream::Stream,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>> {
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(nats_err("get last message")(e)),
+        }
+    }
+
+    async fn last_batch(&self, subject: &str) -> Result<Option<(u64, Batch)>> {
+        match Self::last_message(&self.events, subject).await? {
+            None => Ok(None),
+            Some(m) => Ok(Some((
+                m.sequence,
+                Batch::decode(&mut Dec::new(&m.payload))?,
+            ))),
+        }
+    }
+
+    /// Reads every message of `filter` in `stream_name` (from `deliver`) with an ordered
+    /// consumer; `f` returns false to stop early.
+    async fn scan(
+        &self,
+        stream_name: &str,
+        filter: String,
+        deliver: consumer::DeliverPolicy,
+        mut f: impl FnMut(u64, &async_nats::Message) -> Result<bool> + Send,
+    ) -> Result<()> {
+        let stream = self
+            .js
+            .get_stream_no_info(stream_name)
+            .await
+            .map_err(nats_err("get stream"))?;
+        let c = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: filter,
+                deliver_policy: deliver,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err("create ordered consumer"))?;
+        if c.cached_info().num_pending == 0 {
+            return Ok(());
+        }
+        let mut messages = c.messages().await.map_err(nats_err("ordered consumer"))?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(nats_err("ordered consumer message"))?;
+            let info = m.info().map_err(nats_err("message info"))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if !f(seq, &m.message)? || pending == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Latest live value of every KV key matching `filter` (without `$KV.bucket.`).
+    async fn kv_scan(&self, bucket: &kv::Store, filter: &str) -> Result<Vec<(String, Bytes)>> {
+        let prefix = format!("$KV.{}.", bucket.name);
+        let mut out = Vec::new();
+        self.scan(
+            &format!("KV_{}", bucket.name),
+            format!("{prefix}{filter}"),
+            consumer::DeliverPolicy::LastPerSubject,
+            |_, m| {
+                if !is_tombstone(m.headers.as_ref()) {
+                    let key = m.subject.as_str().strip_prefix(&prefix).unwrap_or_default();
+                    out.push((key.to_owned(), m.payload.clone()));
+                }
+                Ok(true)
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// Loads a projection's state, finishing an interrupted apply first.
+    async fn ensure_applied(
+        &self,
+        cache: &mut HashMap<String, ProjState>,
+        consumer: &str,
+    ) -> Result<ProjState> {
+        if let Some(s) = cache.get(consumer) {
+            return Ok(*s);
+        }
+        let subject = format!("{}.proj.{}", self.prefix, encode_token(consumer));
+        let state = match Self::last_message(&self.proj_log, &subject).await? {
+            None => ProjState {
+                checkpoint: 0,
+                log_sequence: 0,
+            },
+            Some(m) => {
+                let (position, writes) = decode_projection(&m.payload)?;
+                let applied = match self
+                    .applied
+                    .get(encode_token(consumer))
+                    .await
+                    .map_err(nats_err("kv get"))?
+                {
+                    Some(v) => decode_u64(&v)?,
+                    None => 0,
+                };
+                if applied < position {
+                    tracing::warn!(
+                        consumer,
+                        position,
+                        "finishing an interrupted projection commit"
+                    );
+                    self.apply_projection(consumer, position, &writes).await?;
+                }
+                ProjState {
+                    checkpoint: position,
+                    log_sequence: m.sequence,
+                }
+            }
+        };
+        cache.insert(consumer.to_owned(), state);
+        Ok(state)
+    }
+
+    async fn apply_projection(
+        &self,
+        consumer: &str,
+        position: u64,
+        writes: &[KvWrite],
+    ) -> Result<()> {
+        for w in writes {
+            let key = projection_key(consumer, &w.bucket, &w.key);
+            match &w.value {
+                Some(v) => {
+                    self.projections
+                        .put(key, Bytes::from(v.clone()))
+                        .await
+                        .map_err(nats_err("kv put"))?;
+                }
+                None => {
+                    self.projections
+                        .delete(key)
+                        .await
+                        .map_err(nats_err("kv delete"))?;
+                }
+            }
+        }
+        self.applied
+            .put(
+                encode_token(consumer),
+                Bytes::copy_from_slice(&position.to_le_bytes()),
+            )
+            .await
+            .map_err(nats_err("kv put"))?;
+        Ok(())
+    }
+
+    async fn write_dead_letter(
+        &self,
+        consumer: &str,
+        position: u64,
+        attempts: u32,
+        reason: &str,
+        msg_seq: u64,
+        batch: &Batch,
+    ) -> Result<()> {
+        self.dead
+            .put(
+                format!("{}.{position}", encode_token(consumer)),
+                encode_dead(attempts, reason, msg_seq, batch),
+            )
+            .await
+            .map_err(nats_err("kv put dead letter"))?;
+        Ok(())
+    }
+}
+
+fn projection_key(consumer: &str, bucket: &str, key: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        encode_token(consumer),
+        encode_token(bucket),
+        encode_token(key)
+    )
+}
+
+fn decode_u64(v: &[u8]) -> Result<u64> {
+    Ok(u64::from_le_bytes(v.try_into().map_err(|_| {
+        StoreError::Corrupt("applied marker is not 8 bytes".into())
+    })?))
+}
+
+fn decode_projection(data: &[u8]) -> Result<(u64, Vec<KvWrite>)> {
+    let bad = |_| StoreError::Corrupt("undecodable projection commit".into());
+    let mut d = Dec::new(data);
+    Ok((d.u64().map_err(bad)?, d.kv_writes().map_err(bad)?))
+}
+
+async fn get_or_create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream> {
+    js.get_or_create_stream(config)
+        .await
+        .map_err(nats_err("create stream"))
+}
+
+async fn get_or_create_kv(js: &jetstream::Context, bucket: &str) -> Result<kv::Store> {
+    // The backing stream is created here rather than with `create_key_value`, which first
+    // queries account info in a shape that nats-server 2.9 does not answer with.
+    get_or_create_stream(
+        js,
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        },
+    )
+    .await?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(nats_err("open kv bucket"))
+}
+
+#[async_trait]
+impl EventStore for NatsStore {
+    async fn append(
+        &self,
+        stream: &str,
+        key: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let command_id = validate_append(stream, &events)?;
+        let subject = self.event_subject(stream, key);
+        let duplicate = |original| StoreError::Duplicate {
+            stream: stream.to_owned(),
+            key: key.to_owned(),
+            command_id: command_id.clone(),
+            original,
+        };
+        let mut batch = Batch {
+            stream: stream.to_owned(),
+            key: key.to_owned(),
+            first_sequence: 0,
+            events,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = self.last_batch(&subject).await?;
+            let (actual, last_msg_seq) = match &last {
+                Some((seq, b)) => {
+                    if !command_id.is_empty() && b.events[0].command_id == command_id {
+                        return Err(duplicate(b.result(*seq)));
+                    }
+                    (b.last_sequence(), *seq)
+                }
+                None => (0, 0),
+            };
+            if !expected.matches(actual) {
+                return Err(StoreError::Conflict {
+                    stream: stream.to_owned(),
+                    key: key.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            batch.first_sequence = actual + 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                last_msg_seq.to_string().as_str(),
+            );
+            if !command_id.is_empty() {
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!(
+                        "{}.{}.{}",
+                        encode_token(stream),
+                        encode_token(key),
+                        command_id
+                    )
+                    .as_str(),
+                );
+            }
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, batch.encode())
+                .await
+                .map_err(nats_err("publish"))?
+                .await;
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    let m = self
+                        .events
+                        .get_raw_message(ack.sequence)
+                        .await
+                        .map_err(nats_err("get message"))?;
+                    let original = Batch::decode(&mut Dec::new(&m.payload))?;
+                    return Err(duplicate(original.result(ack.sequence)));
+                }
+                Ok(ack) => return Ok(batch.result(ack.sequence)),
+                Err(e)
+                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+                        && attempt <= self.options.max_append_retries =>
+                {
+                    // Lost a race: re-read; the loop reports Conflict or Duplicate, or
+                    // retries for ExpectedVersion::Any.
+                    continue;
+                }
+                Err(e) => return Err(nats_err("publish ack")(e)),
+            }
+        }
+    }
+
+    async fn read(&self, stream: &str, key: &str, from_sequence: u64) -> Result<Vec<StoredEvent>> {
+        let subject = self.event_subject(stream, key);
+        let Some((seq, last)) = self.last_batch(&subject).await? else {
+            return Ok(Vec::new());
+        };
+        if last.last_sequence() < from_sequence {
+            return Ok(Vec::new());
+        }
+        if last.first_sequence <= from_sequence.max(1) {
+            let mut v = last.stored(seq);
+            v.retain(|e| e.sequence >= from_sequence);
+            return Ok(v);
+        }
+        let mut out = Vec::new();
+        self.scan(
+            &self.events.cached_info().config.name,
+            subject,
+            consumer::DeliverPolicy::All,
+            |seq, m| {
+                let b = Batch::decode(&mut Dec::new(&m.payload))?;
+                if b.last_sequence() >= from_sequence {
+                    out.extend(
+                        b.stored(seq)
+                            .into_iter()
+                            .filter(|e| e.sequence >= from_sequence),
+                    );
+                }
+                Ok(true)
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
+    async fn last_sequence(&self, stream: &str, key: &str) -> Result<u64> {
+        let subject = self.event_subject(stream, key);
+        Ok(self
+            .last_batch(&subject)
+            .await?
+            .map_or(0, |(_, b)| b.last_sequence()))
+    }
+
+    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let start_sequence = (from_position >> INDEX_BITS).max(1);
+        self.scan(
+            &self.events.cached_info().config.name,
+            format!("{}.ev.>", self.prefix),
+            consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            |seq, m| {
+                let b = Batch::decode(&mut Dec::new(&m.payload))?;
+                for e in b.stored(seq) {
+                    if e.position >= from_position && out.len() < max {
+                        out.push(e);
+                    }
+                }
+                Ok(out.len() < max)
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
+    async fn consumer(&self, name: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {
+        if name.is_empty() {
+            return Err(StoreError::InvalidArgument("consumer name is empty".into()));
+        }
+        if options.max_deliver == 0 {
+            return Err(StoreError::InvalidArgument(
+                "max_deliver must be at least 1".into(),
+            ));
+        }
+        let durable = encode_token(name);
+        let filter = match &options.stream {
+            Some(s) => format!("{}.ev.{}.>", self.prefix, encode_token(s)),
+            None => format!("{}.ev.>", self.prefix),
+        };
+        let config = consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: options.ack_wait,
+            max_deliver: -1,
+            filter_subject: filter,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let main = self
+            .events
+            .get_or_create_consumer(&durable, config.clone())
+            .await
+            .map_err(nats_err("create consumer"))?;
+        let redrive_stream = self
+            .js
+            .get_stream_no_info(format!("{}_redrive", self.prefix))
+            .await
+            .map_err(nats_err("get stream"))?;
+        let redrive = redrive_stream
+            .get_or_create_consumer(
+                &durable,
+                consumer::pull::Config {
+                    filter_subject: format!("{}.redrive.{durable}", self.prefix),
+                    ..config
+                },
+            )
+            .await
+            .map_err(nats_err("create consumer"))?;
+        Ok(Box::new(NatsConsumer {
+            store: self.clone(),
+            name: name.to_owned(),
+            options,
+            main,
+            redrive,
+            pending: HashMap::new(),
+        }))
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        for (key, value) in self
+            .kv_scan(&self.dead, &format!("{}.*", encode_token(name)))
+            .await?
+        {
+            let position = key
+                .rsplit('.')
+                .next()
+                .and_then(|p| p.parse::<u64>().ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("dead letter key {key}")))?;
+            let (attempts, reason, msg_seq, batch) = decode_dead(&value)?;
+            out.push(DeadLetter {
+                consumer: name.to_owned(),
+                position,
+                events: batch.stored(msg_seq),
+                attempts,
+                reason,
+            });
+        }
+        out.sort_by_key(|d| d.position);
+        Ok(out)
+    }
+
+    async fn redrive(&self, name: &str, position: u64) -> Result<()> {
+        let key = format!("{}.{position}", encode_token(name));
+        let entry = self
+            .dead
+            .entry(key.clone())
+            .await
+            .map_err(nats_err("kv get dead letter"))?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .ok_or_else(|| StoreError::NoSuchDeadLetter {
+                consumer: name.to_owned(),
+                position,
+            })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{key}.{}", entry.revision).as_str(),
+        );
+        self.js
+            .publish_with_headers(
+                format!("{}.redrive.{}", self.prefix, encode_token(name)),
+                headers,
+                entry.value,
+            )
+            .await
+            .map_err(nats_err("publish redrive"))?
+            .await
+            .map_err(nats_err("publish redrive ack"))?;
+        self.dead
+            .delete(key)
+            .await
+            .map_err(nats_err("kv delete dead letter"))?;
+        Ok(())
+    }
+
+    async fn put_snapshot(&self, stream: &str, key: &str, snapshot: Snapshot) -> Result<()> {
+        let mut e = Enc::default();
+        e.u64(snapshot.sequence).bytes(&snapshot.state);
+        self.snapshots
+            .put(
+                format!(
+                    "{}.{}.{}",
+                    encode_token(stream),
+                    encode_token(key),
+                    encode_token(&snapshot.actor_digest)
+                ),
+                e.buf.into(),
+            )
+            .await
+            .map_err(nats_err("kv put snapshot"))?;
+        Ok(())
+    }
+
+    async fn get_snapshot(
+        &self,
+        stream: &str,
+        key: &str,
+        actor_digest: &str,
+    ) -> Result<Option<Snapshot>> {
+        let v = self
+            .snapshots
+            .get(format!(
+                "{}.{}.{}",
+                encode_token(stream),
+                encode_token(key),
+                encode_token(actor_digest)
+            ))
+            .await
+            .map_err(nats_err("kv get snapshot"))?;
+        let Some(v) = v else { return Ok(None) };
+        let bad = |_| StoreError::Corrupt("undecodable snapshot".into());
+        let mut d = Dec::new(&v);
+        Ok(Some(Snapshot {
+            actor_digest: actor_digest.to_owned(),
+            sequence: d.u64().map_err(bad)?,
+            state: d.bytes().map_err(bad)?,
+        }))
+    }
+
+    async fn commit_projection(
+        &self,
+        consumer: &str,
+        position: u64,
+        writes: Vec<KvWrite>,
+    ) -> Result<()> {
+        let mut cache = self.proj.lock().await;
+        let state = self.ensure_applied(&mut cache, consumer).await?;
+        if position <= state.checkpoint {
+            return Err(StoreError::StaleCheckpoint {
+                consumer: consumer.to_owned(),
+                position,
+                checkpoint: state.checkpoint,
+            });
+        }
+        let mut e = Enc::default();
+        e.u64(position).kv_writes(&writes);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            state.log_sequence.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(
+                format!("{}.proj.{}", self.prefix, encode_token(consumer)),
+                headers,
+                e.buf.into(),
+            )
+            .await
+            .map_err(nats_err("publish projection commit"))?
+            .await;
+        let ack = match ack {
+            Ok(a) => a,
+            Err(err) => {
+                cache.remove(consumer);
+                if err.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                    let now = self.ensure_applied(&mut cache, consumer).await?;
+                    return Err(StoreError::StaleCheckpoint {
+                        consumer: consumer.to_owned(),
+                        position,
+                        checkpoint: now.checkpoint,
+                    });
+                }
+                return Err(nats_err("publish projection commit ack")(err));
+            }
+        };
+        // The commit is durable in the log from here on; a failed apply is finished later.
+        cache.remove(consumer);
+        self.apply_projection(consumer, position, &writes).await?;
+        cache.insert(
+            consumer.to_owned(),
+            ProjState {
+                checkpoint: position,
+                log_sequence: ack.sequence,
+            },
+        );
+        Ok(())
+    }
+
+    async fn checkpoint(&self, consumer: &str) -> Result<u64> {
+        let mut cache = self.proj.lock().await;
+        Ok(self.ensure_applied(&mut cache, consumer).await?.checkpoint)
+    }
+
+    async fn kv_get(&self, consumer: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        {
+            let mut cache = self.proj.lock().await;
+            self.ensure_applied(&mut cache, consumer).await?;
+        }
+        Ok(self
+            .projections
+            .get(projection_key(consumer, bucket, key))
+            .await
+            .map_err(nats_err("kv get"))?
+            .map(|b| b.to_vec()))
+    }
+
+    async fn kv_list(&self, consumer: &str, bucket: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        {
+            let mut cache = self.proj.lock().await;
+            self.ensure_applied(&mut cache, consumer).await?;
+        }
+        let filter = format!("{}.{}.*", encode_token(consumer), encode_token(bucket));
+        let mut out = Vec::new();
+        for (k, v) in self.kv_scan(&self.projections, &filter).await? {
+            let token = k.rsplit('.').next().unwrap_or_default();
+            let key = crate::subject::decode_token(token)
+                .ok_or_else(|| StoreError::Corrupt(format!("projection key {k}")))?;
+            out.push((key, v.to_vec()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn put_timer(&self, timer: Timer) -> Result<()> {
+        let mut e = Enc::default();
+        e.str(&timer.id).u64(timer.fire_at_ms).bytes(&timer.payload);
+        self.timers
+            .put(encode_token(&timer.id), e.buf.into())
+            .await
+            .map_err(nats_err("kv put timer"))?;
+        Ok(())
+    }
+
+    async fn cancel_timer(&self, id: &str) -> Result<bool> {
+        let key = encode_token(id);
+        let exists = self
+            .timers
+            .get(key.clone())
+            .await
+            .map_err(nats_err("kv get timer"))?
+            .is_some();
+        if exists {
+            self.timers
+                .delete(key)
+                .await
+                .map_err(nats_err("kv delete timer"))?;
+        }
+        Ok(exists)
+    }
+
+    async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>> {
+        let bad = |_| StoreError::Corrupt("undecodable timer".into());
+        let mut due = Vec::new();
+        for (_, v) in self.kv_scan(&self.timers, "*").await? {
+            let mut d = Dec::new(&v);
+            let t = Timer {
+                id: d.str().map_err(bad)?,
+                fire_at_ms: d.u64().map_err(bad)?,
+                payload: d.bytes().map_err(bad)?,
+            };
+            if t.fire_at_ms <= now_ms {
+                due.push(t);
+            }
+        }
+        due.sort_by(|a, b| (a.fire_at_ms, &a.id).cmp(&(b.fire_at_ms, &b.id)));
+        Ok(due)
+    }
+}
+
+struct PendingDelivery {
+    message: jetstream::Message,
+    attempt: u32,
+    msg_seq: u64,
+    batch: Batch,
+    redriven: bool,
+}
+
+/// A durable consumer of a [`NatsStore`].
+struct NatsConsumer {
+    store: NatsStore,
+    name: String,
+    options: ConsumerOptions,
+    main: consumer::Consumer<consumer::pull::Config>,
+    redrive: consumer::Consumer<consumer::pull::Config>,
+    pending: HashMap<u64, PendingDelivery>,
+}
+
+impl NatsConsumer {
+    /// Turns fetched messages into deliveries (dead-lettering over-delivered ones).
+    async fn accept(
+        &mut self,
+        messages: Vec<jetstream::Message>,
+        redriven: bool,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let checkpoint = self.store.checkpoint(&self.name).await?;
+        for m in messages {
+            let info = m.info().map_err(nats_err("message info"))?;
+            let delivered = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+            let (msg_seq, batch) = if redriven {
+                let (_, _, seq, batch) = decode_dead(&m.payload)?;
+                (seq, batch)
+            } else {
+                (
+                    info.stream_sequence,
+                    Batch::decode(&mut Dec::new(&m.payload))?,
+                )
+            };
+            let last = position(msg_seq, batch.events.len() - 1);
+            if let Some(p) = self.pending.get_mut(&last) {
+                // Redelivered (ack_wait ran out) while this handle still holds it: keep the
+                // newest delivery for the ack, do not hand it out twice.
+                p.message = m;
+                p.attempt = delivered;
+                continue;
+            }
+            if !redriven && last <= checkpoint {
+                m.double_ack().await.map_err(nats_err("ack"))?;
+                continue;
+            }
+            if delivered > self.options.max_deliver {
+                // Delivered (timed out) more often than allowed without an ack or nack.
+                let reason = format!("not acknowledged after {} deliveries", delivered - 1);
+                self.store
+                    .write_dead_letter(&self.name, last, delivered - 1, &reason, msg_seq, &batch)
+                    .await?;
+                m.double_ack_with(AckKind::Term)
+                    .await
+                    .map_err(nats_err("term"))?;
+                continue;
+            }
+            out.push(Delivery {
+                position: last,
+                events: batch.stored(msg_seq),
+                attempt: delivered,
+            });
+            self.pending.insert(
+                last,
+                PendingDelivery {
+                    message: m,
+                    attempt: delivered,
+                    msg_seq,
+                    batch,
+                    redriven,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+async fn collect_batch(
+    c: &consumer::Consumer<consumer::pull::Config>,
+    max: usize,
+    wait: Option<Duration>,
+) -> Result<Vec<jetstream::Message>> {
+    let mut out = Vec::new();
+    let mut stream = match wait {
+        None => c
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(nats_err("fetch"))?,
+        Some(w) => c
+            .batch()
+            .max_messages(max)
+            .expires(w)
+            .messages()
+            .await
+            .map_err(nats_err("fetch"))?,
+    };
+    while let Some(m) = stream.next().await {
+        out.push(m.map_err(nats_err("fetch message"))?);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Consumer for NatsConsumer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        let redriven = collect_batch(&self.redrive, max, None).await?;
+        self.accept(redriven, true, &mut out).await?;
+        if out.len() < max {
+            let wait = (out.is_empty() && !wait.is_zero()).then_some(wait);
+            let fresh = collect_batch(&self.main, max - out.len(), wait).await?;
+            self.accept(fresh, false, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, position: u64) -> Result<()> {
+        let p = self
+            .pending
+            .remove(&position)
+            .ok_or_else(|| StoreError::NotDelivered {
+                consumer: self.name.clone(),
+                position,
+            })?;
+        p.message.double_ack().await.map_err(nats_err("ack"))?;
+        Ok(())
+    }
+
+    async fn nack(&mut self, position: u64, reason: &str) -> Result<NackOutcome> {
+        let p = self
+            .pending
+            .remove(&position)
+            .ok_or_else(|| StoreError::NotDelivered {
+                consumer: self.name.clone(),
+                position,
+            })?;
+        if p.attempt >= self.options.max_deliver {
+            self.store
+                .write_dead_letter(&self.name, position, p.attempt, reason, p.msg_seq, &p.batch)
+                .await?;
+            let kind = if p.redriven {
+                AckKind::Ack
+            } else {
+                AckKind::Term
+            };
+            p.message
+                .double_ack_with(kind)
+                .await
+                .map_err(nats_err("term"))?;
+            Ok(NackOutcome::DeadLettered)
+        } else {
+            p.message
+                .double_ack_with(AckKind::Nak(None))
+                .await
+                .map_err(nats_err("nak"))?;
+            Ok(NackOutcome::Redeliver)
+        }
+    }
+}
