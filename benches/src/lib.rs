@@ -1,1 +1,15 @@
-//! Benchmarks for tollgate; see benches/.
+//! Benchmarks for tollgate: shared fixtures and measurement helpers.
+//!
+//! Every bench in `benches/` is its own binary (`harness = false`). It first lets criterion
+//! measure (short settings, see [`measure::criterion`]), then runs a fixed timed loop of its own
+//! that records per-operation latencies into an HdrHistogram and appends one JSON line per
+//! scenario to `target/bench-results.jsonl` ([`measure::Report::write`]). `cargo xtask bench`
+//! builds the actors, truncates that file, runs `cargo bench -p tollgate-benches`, and turns
+//! the lines into `target/bench-report.json` plus a table.
+//!
+//! Under `cargo test --benches` (no `--bench` argument) criterion runs each routine once and
+//! the timed loops are skipped, so nothing is written.
+
+pub mod fixtures;
+pub mod measure;
+pub mod nats;

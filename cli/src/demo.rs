@@ -1,96 +1,181 @@
-//! `tollgate demo`: a short edge scenario through the harness, each step printed.
+//! `tollgate demo`: an edge node charging one subscriber through the reference actors, each
+//! step printed as a row of a table.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate_billing_model::account::{Account, AccountCommand, Money};
-use tollgate_host::aggregate::Command;
-use tollgate_host::{Actor, AggregateHost, Fakes, HostEngine, Outcome};
+use tollgate_billing_model::account::{AccountCommand, Money};
+use tollgate_billing_model::balance::{BUCKET, BalanceView};
+use tollgate_billing_model::session::{STREAM as SESSION, SessionEvent};
+use tollgate_host::aggregate::Outcome;
+use tollgate_runtime::{AdmissionRequest, Decision, FinalUnitAction, ResultCode, Runtime};
 
 /// Arguments of `demo`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Directory holding the compiled actors (`cargo xtask build-actors` fills it).
-    #[arg(long, default_value_os_t = tollgate_host::fixtures::actors_dir())]
-    actors_dir: PathBuf,
+    /// The manifest wiring the actors.
+    #[arg(long, default_value = "examples/edge.toml")]
+    manifest: PathBuf,
 }
 
+const SUBSCRIBER: &str = "alice";
+
 struct Demo {
-    host: AggregateHost,
-    fakes: Fakes,
+    rt: Runtime,
     step: u32,
 }
 
+fn eur(minor: i64) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", minor.abs() / 100, minor.abs() % 100)
+}
+
 impl Demo {
-    fn send(&mut self, command_id: &str, what: &str, command: AccountCommand) -> anyhow::Result<()> {
+    fn row(&mut self, action: &str, result: &str) {
         self.step += 1;
-        let (command_type, payload) = tollgate_sdk::codec::encode(&command)?;
-        let envelope = Command {
-            stream: "account".into(),
-            key: "alice".into(),
-            command_type: command_type.clone(),
-            content_type: tollgate_sdk::codec::JSON.into(),
-            payload: payload.clone(),
-            command_id: command_id.into(),
-            correlation_id: command_id.into(),
-            causation_id: String::new(),
-            time: self.fakes.clock().now_ms(),
-        };
-        println!("{:>2}. t={:>6} ms  {what}", self.step, self.fakes.clock().now_ms());
-        println!("      -> {command_type} {} (command id {command_id})", String::from_utf8_lossy(&payload));
-        match self.host.execute(&envelope)? {
-            Outcome::Accepted(events) => {
-                for e in events {
-                    println!("      <- #{} {} {}", e.sequence, e.event_type, String::from_utf8_lossy(&e.payload));
-                }
-            }
-            Outcome::Rejected(r) => println!("      <- rejected `{}`: {}", r.code, r.message),
-        }
-        let account: Account = serde_json::from_slice(self.host.state("alice").unwrap_or(b"{}"))?;
+        let a = self.rt.account(SUBSCRIBER).unwrap_or_default();
         println!(
-            "      balance {} {cur}, held {}, available {}, open reservations {}",
-            account.balance,
-            account.held,
-            account.available(),
-            account.reservations.len(),
-            cur = account.currency
+            "{:>3} | {:>7} | {:<40} | {:<48} | {:>8} | {:>7} | {:>9}",
+            self.step,
+            format!("{}s", self.rt.clock().now_ms() / 1000),
+            action,
+            result,
+            eur(a.balance),
+            eur(a.held),
+            eur(a.available())
         );
+    }
+
+    fn command(&mut self, id: &str, action: &str, command: AccountCommand) -> anyhow::Result<()> {
+        let c = self.rt.command("account", SUBSCRIBER, id, &command);
+        let result = match self.rt.execute(&c)? {
+            Outcome::Accepted(events) => events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>().join(", "),
+            Outcome::Rejected(r) => format!("rejected: {}", r.code),
+        };
+        self.row(action, &result);
         Ok(())
+    }
+
+    fn admit(&mut self, id: &str, offer: &str, units: u64, country: Option<&str>) -> anyhow::Result<Decision> {
+        let request = AdmissionRequest {
+            request_id: id.into(),
+            subscriber: SUBSCRIBER.into(),
+            offer: offer.into(),
+            rating_group: 1,
+            requested_units: units,
+            country: country.map(Into::into),
+        };
+        Ok(self.rt.admit(&request)?)
+    }
+
+    fn admission(&mut self, id: &str, offer: &str, units: u64, country: Option<&str>) -> anyhow::Result<Decision> {
+        let decision = self.admit(id, offer, units, country)?;
+        let place = country.map(|c| format!(" in {c}")).unwrap_or_default();
+        let action = format!("admit {offer} x{units}{place}");
+        let result = describe(&decision);
+        self.row(&action, &result);
+        Ok(decision)
+    }
+
+    fn report(&mut self, session: &str, id: &str, action: &str, event: SessionEvent) -> anyhow::Result<()> {
+        self.rt.report(SESSION, session, session, id, &event)?;
+        self.row(action, "process manager debits / re-reserves");
+        Ok(())
+    }
+
+    /// Admits one use and immediately reports it used (a one-shot service); returns the price.
+    fn one_use(&mut self, id: &str, offer: &str) -> anyhow::Result<i64> {
+        let decision = self.admit(id, offer, 1, None)?;
+        let price = match &decision {
+            Decision::Granted(g) => g.price.minor_units,
+            Decision::Denied(d) => anyhow::bail!("{offer} use {id} denied: {}", d.message),
+        };
+        let done = SessionEvent::Terminated { account: SUBSCRIBER.into(), reservation_id: id.into(), used_units: 1 };
+        self.rt.report(SESSION, id, id, &format!("{id}/terminated"), &done)?;
+        Ok(price)
+    }
+}
+
+fn describe(decision: &Decision) -> String {
+    match decision {
+        Decision::Granted(g) => {
+            let fui = match &g.grant.final_unit {
+                Some(FinalUnitAction::Terminate) => ", final unit: terminate".to_string(),
+                Some(FinalUnitAction::Redirect(to)) => format!(", final unit: redirect {to}"),
+                Some(FinalUnitAction::RestrictAccess(_)) => ", final unit: restrict".to_string(),
+                None => String::new(),
+            };
+            format!("granted {} for {}{fui}", g.grant.granted_units, eur(g.price.minor_units))
+        }
+        Decision::Denied(d) => {
+            let code = match d.code {
+                ResultCode::Success => "success",
+                ResultCode::EndUserServiceDenied => "end-user-service-denied",
+                ResultCode::QuotaLimitReached => "quota-limit-reached",
+                ResultCode::UserUnknown => "user-unknown",
+                ResultCode::RatingFailed => "rating-failed",
+                ResultCode::EndUserServiceRejected => "end-user-service-rejected",
+            };
+            format!("denied: {code}")
+        }
     }
 }
 
 /// Runs the scenario.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let engine = HostEngine::shared()?;
-    let path = args.actors_dir.join("prepaid_account.wasm");
-    let actor = Actor::load(&engine, &path)?;
-    println!("tollgate demo: an edge node charging subscriber `alice` through {}", path.display());
-    println!("actor: {} ({} bytes, sha256:{}…)\n", actor.kind(), actor.size(), &actor.digest()[..12]);
-    let fakes = Fakes::new();
-    fakes.clock().set_ms(1_000);
-    let host = AggregateHost::new(actor, fakes.clone())?;
-    let mut demo = Demo { host, fakes, step: 0 };
-    let eur = |n| Money::new(n, "EUR");
-    let reserve = |id: &str, units, price| AccountCommand::Reserve {
-        reservation_id: id.into(),
-        units,
-        unit_price: eur(price),
-        validity_ms: 30_000,
-        offer: "voice".into(),
-        counters: vec![],
-    };
+    let mut demo = Demo { rt: Runtime::load(&args.manifest)?, step: 0 };
+    println!("tollgate demo: subscriber `{SUBSCRIBER}` at an edge node ({})\n", args.manifest.display());
+    println!(
+        "{:>3} | {:>7} | {:<40} | {:<48} | {:>8} | {:>7} | {:>9}",
+        "#", "time", "what happens", "outcome", "balance", "held", "available"
+    );
+    println!("{}", "-".repeat(142));
+    demo.command("open", "open an account in EUR", AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 })?;
+    demo.command("top-up-1", "top up 20.00 EUR", AccountCommand::TopUp { amount: Money::new(2_000, "EUR") })?;
 
-    demo.send("c1", "open the account in EUR", AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 })?;
-    demo.send("c2", "top up 10.00 EUR", AccountCommand::TopUp { amount: eur(1_000) })?;
-    demo.send("c3", "a call starts: reserve 60 seconds at 2 cents", reserve("call-1", 60, 2))?;
-    demo.fakes.clock().advance_ms(45_000);
-    demo.send("c4", "the call ends after 45 seconds: debit them", AccountCommand::Debit { reservation_id: "call-1".into(), used_units: 45 })?;
-    demo.send("c4", "the network retries the same debit: nothing changes twice", AccountCommand::Debit { reservation_id: "call-1".into(), used_units: 45 })?;
-    demo.send("c5", "a video session asks for 100 units at 10 cents: only what the balance covers", reserve("video-1", 100, 10))?;
-    demo.send("c6", "another session while the balance is held: denied", reserve("video-2", 10, 10))?;
-    demo.fakes.clock().advance_ms(31_000);
-    demo.send("c7", "the video grant lapsed without a report: expire it", AccountCommand::Expire { reservation_id: "video-1".into() })?;
-    demo.send("c8", "a one-shot SMS charge of 0.09 EUR", AccountCommand::DirectDebit { amount: eur(9), description: "sms".into() })?;
-    demo.send("c9", "a top-up in the wrong currency", AccountCommand::TopUp { amount: Money::new(500, "USD") })?;
-    println!("\n{} events on stream account/alice", demo.host.events("alice").len());
+    let started = SessionEvent::Started { account: SUBSCRIBER.into(), offer: "voice".into(), currency: "EUR".into() };
+    demo.rt.report(SESSION, "call-1", "call-1", "call-1/started", &started)?;
+    demo.admission("call-1", "voice", 60, None)?;
+    demo.rt.clock().advance_ms(20_000);
+    let update = SessionEvent::UsageReported {
+        account: SUBSCRIBER.into(),
+        reservation_id: "call-1".into(),
+        used_units: 60,
+        requested_units: 60,
+        currency: None,
+    };
+    demo.report("call-1", "call-1/update-1", "call update: 60 s used, 60 s more", update)?;
+    demo.rt.clock().advance_ms(20_000);
+    let open = demo.rt.account(SUBSCRIBER).unwrap_or_default().reservations.into_keys().next().unwrap_or_default();
+    let end = SessionEvent::Terminated { account: SUBSCRIBER.into(), reservation_id: open, used_units: 25 };
+    demo.report("call-1", "call-1/terminated", "call ends: 25 s more used", end)?;
+
+    let bundle: Vec<String> = (1..=4).map(|i| demo.one_use(&format!("sms-{i}"), "sms-bundle")).collect::<anyhow::Result<Vec<_>>>()?.into_iter().map(eur).collect();
+    demo.row("4 SMS on a bundle of 3 (refill 5.00)", &format!("prices {}", bundle.join(" ")));
+    let coffee: Vec<i64> = (1..=11).map(|i| demo.one_use(&format!("coffee-{i}"), "coffee")).collect::<anyhow::Result<_>>()?;
+    demo.row("11 coffees at 1.00, every 11th 10% off", &format!("prices 10 x {} then {}", eur(coffee[0]), eur(coffee[10])));
+    demo.admission("vendor-1", "vendor", 10, None)?;
+    demo.admission("roam-1", "roaming", 5, Some("FR"))?;
+    demo.admission("roam-2", "roaming", 5, Some("AT"))?;
+    demo.admission("video-1", "video", 1_000, None)?;
+    demo.admission("video-2", "video", 10, None)?;
+    demo.rt.clock().advance_ms(30_000);
+    let fired = demo.rt.advance_ms(0)?;
+    demo.row("30 s later: open grants lapse", &format!("{fired} expiry timers fired, holds released"));
+
+    let view: BalanceView = demo
+        .rt
+        .fakes("balances")
+        .and_then(|f| f.kv_get(BUCKET, SUBSCRIBER))
+        .map(|b| serde_json::from_slice(&b))
+        .transpose()?
+        .unwrap_or_default();
+    println!("\nprojected balance (read model `balances`): balance {} EUR, held {}, available {}, {} ledger lines",
+        eur(view.balance), eur(view.held), eur(view.available), view.ledger.len());
+    for line in view.ledger.iter().rev().take(4).rev() {
+        println!("  #{:<3} {:<14} {:>8}  -> available {:>8}", line.sequence, line.event_type, eur(line.amount), eur(line.effective_balance));
+    }
+    let account = demo.rt.account(SUBSCRIBER).unwrap_or_default();
+    anyhow::ensure!(view.available == account.available(), "read model and account disagree");
+    println!("\n{} events in the log; the read model agrees with the account.", demo.rt.events().len());
     Ok(ExitCode::SUCCESS)
 }

@@ -2,16 +2,25 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate_host::{Actor, HostEngine, HostError};
+use tollgate_host::actor::missing_imports;
+use tollgate_host::{Actor, ActorKind, HostEngine, HostError};
 
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
+#[command(after_help = "Exits 1 when this host cannot run the component, after listing everything it lacks: \
+    every import the harness does not provide, and a missing tollgate export.")]
 pub struct Args {
     /// The component to inspect.
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Missing {
+    import: String,
+    reason: String,
 }
 
 #[derive(serde::Serialize)]
@@ -24,38 +33,68 @@ struct Report {
     imports: Vec<String>,
     exports: Vec<String>,
     runnable: bool,
-    problem: Option<String>,
+    missing_imports: Vec<Missing>,
+    problems: Vec<String>,
 }
 
 /// Prints the report; exits 1 when the harness cannot run the component.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
     let engine = HostEngine::shared()?;
-    let report = match Actor::load(&engine, &args.file) {
-        Ok(actor) => Report {
-            file: args.file.display().to_string(),
-            size,
-            kind: Some(actor.kind().to_string()),
-            world: Some(actor.kind().world().into()),
-            digest: Some(format!("sha256:{}", actor.digest())),
-            imports: actor.imports().to_vec(),
-            exports: actor.exports().to_vec(),
-            runnable: true,
-            problem: None,
-        },
-        Err(e @ (HostError::NotFound { .. } | HostError::Read { .. })) => return Err(e.into()),
-        Err(e) => Report {
-            file: args.file.display().to_string(),
-            size,
-            kind: None,
-            world: None,
-            digest: None,
-            imports: vec![],
-            exports: vec![],
-            runnable: false,
-            problem: Some(e.to_string()),
-        },
+    let bytes = std::fs::read(&args.file).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            HostError::NotFound { path: args.file.clone() }
+        } else {
+            HostError::Read { path: args.file.clone(), source }
+        }
+    })?;
+    let name = args.file.display().to_string();
+    let mut report = Report {
+        file: name.clone(),
+        size: bytes.len() as u64,
+        kind: None,
+        world: None,
+        digest: None,
+        imports: vec![],
+        exports: vec![],
+        runnable: false,
+        missing_imports: vec![],
+        problems: vec![],
     };
+    match Actor::from_bytes(&engine, &name, &bytes) {
+        Ok(actor) => {
+            report.kind = Some(actor.kind().to_string());
+            report.world = Some(actor.kind().world().into());
+            report.digest = Some(format!("sha256:{}", actor.digest()));
+            report.imports = actor.imports().to_vec();
+            report.exports = actor.exports().to_vec();
+            report.runnable = true;
+        }
+        Err(e @ (HostError::NotWasm { .. } | HostError::CoreModule { .. } | HostError::Invalid { .. })) => {
+            report.problems.push(e.to_string());
+        }
+        Err(e) => {
+            // It is a component: say everything it lacks, not just the first thing.
+            if let Ok(component) = wasmtime_component(&engine, &bytes) {
+                let ty = component.component_type();
+                report.imports = ty.imports(engine.engine()).map(|(n, _)| n.to_string()).collect();
+                report.exports = ty.exports(engine.engine()).map(|(n, _)| n.to_string()).collect();
+            }
+            if !ActorKind::ALL.iter().any(|k| report.exports.iter().any(|e| e == k.export())) {
+                let expected = ActorKind::ALL.map(|k| format!("`{}`", k.export())).join(" or ");
+                report.problems.push(format!("exports no tollgate interface (expected one of {expected})"));
+            }
+            match missing_imports(&engine, &name, &bytes) {
+                Ok(missing) => {
+                    report.missing_imports =
+                        missing.into_iter().map(|m| Missing { import: m.name, reason: m.reason }).collect()
+                }
+                Err(other) => report.problems.push(other.to_string()),
+            }
+            if report.problems.is_empty() && report.missing_imports.is_empty() {
+                report.problems.push(e.to_string());
+            }
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -72,12 +111,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("export:   {export}");
         }
         for import in &report.imports {
-            println!("import:   {import}");
+            let missing = report.missing_imports.iter().any(|m| &m.import == import);
+            println!("import:   {import}{}", if missing { "  (MISSING: not provided by this host)" } else { "" });
         }
-        match &report.problem {
-            None => println!("runnable: yes, every import is provided by this host"),
-            Some(problem) => println!("runnable: no: {problem}"),
+        if report.runnable {
+            println!("runnable: yes, every import is provided by this host");
+        } else {
+            println!("runnable: no");
+            for m in &report.missing_imports {
+                let reason = if m.reason.is_empty() { String::new() } else { format!(" ({})", m.reason) };
+                println!("  missing import `{}`{reason}", m.import);
+            }
+            for p in &report.problems {
+                println!("  {p}");
+            }
         }
     }
     Ok(if report.runnable { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Compiles the bytes as a component, for listing its imports and exports.
+fn wasmtime_component(engine: &HostEngine, bytes: &[u8]) -> wasmtime::Result<wasmtime::component::Component> {
+    wasmtime::component::Component::new(engine.engine(), bytes)
 }

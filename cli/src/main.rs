@@ -2,6 +2,8 @@
 
 mod demo;
 mod inspect;
+mod new;
+mod scenario;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,6 +20,10 @@ struct Cli {
 enum Command {
     /// Show a component's world, kind, size, imports and exports, and whether this host can run it.
     Inspect(inspect::Args),
+    /// Run scenario files (given / when / then) against compiled actors.
+    Test(scenario::Args),
+    /// Create a standalone actor crate with an example, a scenario file and a native test.
+    New(new::Args),
     /// Run the edge demo: a prepaid account through the harness, step by step.
     Demo(demo::Args),
     #[command(flatten)]
@@ -33,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Test(args) => scenario::run(args),
+        Command::New(args) => new::run(args),
         Command::Oci(cmd) => tollgate_oci::cli::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {

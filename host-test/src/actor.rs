@@ -118,14 +118,13 @@ impl Actor {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine.engine()).map(|(n, _)| n.to_string()).collect();
         let imports: Vec<String> = ty.imports(engine.engine()).map(|(n, _)| n.to_string()).collect();
-        let kind = ActorKind::ALL
-            .into_iter()
-            .find(|k| exports.iter().any(|e| e == k.export()))
-            .ok_or_else(|| HostError::WrongKind {
+        let kind = ActorKind::ALL.into_iter().find(|k| exports.iter().any(|e| e == k.export())).ok_or_else(|| {
+            HostError::WrongKind {
                 name: name.into(),
                 expected: ActorKind::ALL.map(|k| k.export()).join("` or `"),
                 found: list(&exports),
-            })?;
+            }
+        })?;
         let pre = engine.linker().instantiate_pre(&component).map_err(|e| missing_import(name, e))?;
         Ok(Actor(Arc::new(Inner {
             name: name.into(),
@@ -145,7 +144,11 @@ impl Actor {
         if self.0.kind == kind {
             Ok(())
         } else {
-            Err(HostError::WrongKind { name: self.0.name.clone(), expected: kind.export().into(), found: list(&self.0.exports) })
+            Err(HostError::WrongKind {
+                name: self.0.name.clone(),
+                expected: kind.export().into(),
+                found: list(&self.0.exports),
+            })
         }
     }
 
@@ -211,8 +214,14 @@ pub(crate) fn compile(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<C
     if wasmparser::Parser::is_core_wasm(bytes) {
         return Err(HostError::CoreModule { name: name.into() });
     }
-    Component::new(engine.engine(), bytes)
-        .map_err(|e| HostError::Invalid { name: name.into(), message: format!("{e:#}") })
+    let compile = || {
+        Component::new(engine.engine(), bytes)
+            .map_err(|e| HostError::Invalid { name: name.into(), message: format!("{e:#}") })
+    };
+    match engine.code_cache() {
+        Some(cache) => cache.load_or_compile(engine.engine(), bytes, compile),
+        None => compile(),
+    }
 }
 
 fn missing_import(name: &str, error: wasmtime::Error) -> HostError {
@@ -225,4 +234,76 @@ fn missing_import(name: &str, error: wasmtime::Error) -> HostError {
         }
         _ => HostError::Host { context: format!("{name}: link imports"), message },
     }
+}
+
+/// One import of a component that this host does not provide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingImport {
+    /// The import's name, e.g. `wasi:http/types@0.2.0`.
+    pub name: String,
+    /// Why it does not match, as the linker says (e.g. a missing function of a known interface).
+    pub reason: String,
+}
+
+/// Every import of a component that this host does not provide, not just the first.
+///
+/// Checks that the bytes are a component and compiles them (errors as in [`Actor::from_bytes`]),
+/// then links against a fresh copy of the harness's linker: each time linking fails on an
+/// import, that import is recorded and stubbed with traps so linking can go on to the next.
+/// An empty list means the component links.
+pub fn missing_imports(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<Vec<MissingImport>, HostError> {
+    use wasmtime::component::ResourceType;
+    use wasmtime::component::types::ComponentItem;
+
+    let component = compile(engine, name, bytes)?;
+    let mut linker = crate::engine::build_linker(engine.engine()).map_err(HostError::host("link host imports"))?;
+    let imports: Vec<(String, ComponentItem)> =
+        component.component_type().imports(engine.engine()).map(|(n, e)| (n.to_string(), e.ty)).collect();
+    let mut missing: Vec<MissingImport> = Vec::new();
+    let trap = |_: wasmtime::StoreContextMut<'_, StoreState>,
+                _: wasmtime::component::types::ComponentFunc,
+                _: &[wasmtime::component::Val],
+                _: &mut [wasmtime::component::Val]|
+     -> wasmtime::Result<()> { wasmtime::bail!("stub of a missing import") };
+    // At most one round per import, plus the final successful one.
+    for _ in 0..=imports.len() {
+        let error = match linker.instantiate_pre(&component) {
+            Ok(_) => return Ok(missing),
+            Err(error) => error,
+        };
+        let message = format!("{error:#}");
+        let Some(import) = message.split('`').nth(1).filter(|_| message.contains("import")).map(str::to_string) else {
+            return Err(HostError::Host { context: format!("{name}: link imports"), message });
+        };
+        if missing.iter().any(|m| m.name == import) {
+            return Err(HostError::Host { context: format!("{name}: link imports"), message });
+        }
+        let reason = error.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+        missing.push(MissingImport { name: import.clone(), reason });
+        let stub = |linker: &mut wasmtime::component::Linker<StoreState>| -> wasmtime::Result<()> {
+            match imports.iter().find(|(n, _)| *n == import).map(|(_, item)| item) {
+                Some(ComponentItem::ComponentInstance(instance)) => {
+                    let mut inst = linker.instance(&import)?;
+                    for (i, (export, e)) in instance.exports(engine.engine()).enumerate() {
+                        match e.ty {
+                            ComponentItem::ComponentFunc(_) => inst.func_new(export, trap)?,
+                            ComponentItem::Resource(_) => {
+                                inst.resource(export, ResourceType::host_dynamic(i as u32), |_, _| Ok(()))?
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(())
+                }
+                Some(ComponentItem::ComponentFunc(_)) => linker.root().func_new(&import, trap),
+                Some(ComponentItem::Resource(_)) => {
+                    linker.root().resource(&import, ResourceType::host_dynamic(u32::MAX), |_, _| Ok(()))
+                }
+                _ => wasmtime::bail!("cannot stub import `{import}`"),
+            }
+        };
+        stub(&mut linker)
+            .map_err(|e| HostError::Host { context: format!("{name}: link imports"), message: format!("{e:#}") })?;
+    }
+    Ok(missing)
 }

@@ -20,10 +20,12 @@ impl AggregateActor {
     /// Wraps a loaded actor; fails unless it is an aggregate.
     pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Aggregate)?;
-        Ok(AggregateActor { guest: Guest::new(actor, fakes, None, |pre, store| {
-            let instance = pre.instantiate(&mut *store)?;
-            Aggregate::new(&mut *store, &instance)
-        }) })
+        Ok(AggregateActor {
+            guest: Guest::new(actor, fakes, None, |pre, store| {
+                let instance = pre.instantiate(&mut *store)?;
+                Aggregate::new(&mut *store, &instance)
+            }),
+        })
     }
 
     /// The instance lifecycle (how many instances were created, the actor, the fakes).
@@ -37,7 +39,11 @@ impl AggregateActor {
     }
 
     /// Calls `handle`.
-    pub fn handle(&mut self, state: Option<&[u8]>, command: &Command) -> Result<Result<Vec<EventDraft>, Rejection>, HostError> {
+    pub fn handle(
+        &mut self,
+        state: Option<&[u8]>,
+        command: &Command,
+    ) -> Result<Result<Vec<EventDraft>, Rejection>, HostError> {
         self.guest.call(
             "handle",
             |b, s| b.tollgate_eventsourcing_command_handler().call_handle(s, state, command),
@@ -47,7 +53,11 @@ impl AggregateActor {
 
     /// Calls `apply` with a batch of events.
     pub fn apply(&mut self, state: Option<&[u8]>, events: &[Event]) -> Result<Result<Vec<u8>, Rejection>, HostError> {
-        self.guest.call("apply", |b, s| b.tollgate_eventsourcing_command_handler().call_apply(s, state, events), |_| true)
+        self.guest.call(
+            "apply",
+            |b, s| b.tollgate_eventsourcing_command_handler().call_apply(s, state, events),
+            |_| true,
+        )
     }
 
     /// Calls `upcast`.
@@ -127,7 +137,10 @@ impl AggregateHost {
             return Ok(Outcome::Rejected(Rejection {
                 kind: RejectionKind::Malformed,
                 code: "wrong-stream".into(),
-                message: format!("command for stream `{}` sent to the `{}` aggregate", command.stream, self.info.stream),
+                message: format!(
+                    "command for stream `{}` sent to the `{}` aggregate",
+                    command.stream, self.info.stream
+                ),
             }));
         }
         if let Some(outcome) = self.keys.get(&command.key).and_then(|k| k.outcomes.get(&command.command_id)) {
@@ -156,7 +169,10 @@ impl AggregateHost {
                     .collect();
                 // Fold before committing: if apply fails, nothing was appended.
                 let new_state = self.actor.apply(state.as_deref(), &events)?.map_err(|r| HostError::Host {
-                    context: format!("apply events of command `{}` to {}/{}", command.command_id, command.stream, command.key),
+                    context: format!(
+                        "apply events of command `{}` to {}/{}",
+                        command.command_id, command.stream, command.key
+                    ),
                     message: format!("{}: {}", r.code, r.message),
                 })?;
                 let k = self.keys.entry(command.key.clone()).or_default();

@@ -1,8 +1,10 @@
 //! The one wasmtime `Engine` per process, its limits, and the linker with every import the
 //! harness provides.
 
+use crate::code_cache::CodeCache;
 use crate::error::HostError;
 use crate::state::StoreState;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
@@ -34,9 +36,10 @@ struct Inner {
     limits: Limits,
 }
 
-/// A wasmtime engine configured for actors, with its linker. Cheap to clone.
+/// A wasmtime engine configured for actors, with its linker and an optional cache of compiled
+/// code on disk. Cheap to clone.
 #[derive(Clone)]
-pub struct HostEngine(Arc<Inner>);
+pub struct HostEngine(Arc<Inner>, Option<Arc<CodeCache>>);
 
 impl HostEngine {
     /// Builds an engine with explicit pooling limits and starts its epoch ticker.
@@ -64,7 +67,7 @@ impl HostEngine {
         let engine = Engine::new(&config).map_err(HostError::host("create the wasmtime engine"))?;
         let linker = build_linker(&engine).map_err(HostError::host("link host imports"))?;
         spawn_epoch_ticker(&engine);
-        Ok(HostEngine(Arc::new(Inner { engine, linker, limits })))
+        Ok(HostEngine(Arc::new(Inner { engine, linker, limits }), None))
     }
 
     /// The process-wide engine with default limits, created on first use.
@@ -75,6 +78,31 @@ impl HostEngine {
         }
         let engine = HostEngine::new(Limits::default())?;
         Ok(SHARED.get_or_init(|| engine).clone())
+    }
+
+    /// This engine (the same wasmtime engine, shared) with compiled code cached under
+    /// `cache_dir/compiled/` (see [`crate::code_cache`]); [`Actor::load`](crate::Actor::load) then
+    /// compiles a component once per engine configuration, not once per process.
+    pub fn with_code_cache(&self, cache_dir: impl Into<PathBuf>) -> HostEngine {
+        HostEngine(self.0.clone(), Some(Arc::new(CodeCache::new(cache_dir))))
+    }
+
+    /// [`HostEngine::with_code_cache`] on the default cache directory
+    /// ([`code_cache::cache_dir`](crate::code_cache::cache_dir)); unchanged when there is none.
+    /// The CLI and the runtime use this.
+    pub fn with_default_code_cache(&self) -> HostEngine {
+        match crate::code_cache::cache_dir() {
+            Some(dir) => self.with_code_cache(dir),
+            None => {
+                tracing::debug!("no cache directory (HOME unset): compiled code is not cached");
+                self.clone()
+            }
+        }
+    }
+
+    /// The compiled-code cache, if any.
+    pub fn code_cache(&self) -> Option<&CodeCache> {
+        self.1.as_deref()
     }
 
     /// The wasmtime engine.
@@ -107,7 +135,7 @@ fn spawn_epoch_ticker(engine: &Engine) {
         .expect("spawn the epoch thread");
 }
 
-fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
+pub(crate) fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     use crate::bindings::{aggregate, policy, process_manager, projector, rater};
     let mut linker = Linker::new(engine);
     // Worlds share interfaces (logging, types); each world's add_to_linker defines them again.

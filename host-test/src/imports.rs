@@ -45,10 +45,7 @@ impl config::Host for StoreState {
 
 impl StoreState {
     fn bucket_name(&self, bucket: &Resource<BucketHandle>) -> Result<String, kv::Error> {
-        self.table
-            .get(bucket)
-            .map(|b| b.name.clone())
-            .map_err(|e| kv::Error::Other(format!("bad bucket handle: {e}")))
+        self.table.get(bucket).map(|b| b.name.clone()).map_err(|e| kv::Error::Other(format!("bad bucket handle: {e}")))
     }
 }
 
@@ -141,31 +138,66 @@ impl charging::Host for StoreState {
         self.services.clone().ok_or_else(|| no_services("reserve"))?.reserve(request)
     }
 
-    fn debit(&mut self, request_id: String, account: String, reservation_id: String, used_units: u64) -> Result<charging::DebitOutcome, charging::ChargingError> {
+    fn debit(
+        &mut self,
+        request_id: String,
+        account: String,
+        reservation_id: String,
+        used_units: u64,
+    ) -> Result<charging::DebitOutcome, charging::ChargingError> {
         self.fakes.record(
             "tollgate:billing/charging",
             "debit",
             vec![format!("request-id={request_id}"), format!("account={account}"), format!("used-units={used_units}")],
         );
-        self.services.clone().ok_or_else(|| no_services("debit"))?.debit(&request_id, &account, &reservation_id, used_units)
+        self.services.clone().ok_or_else(|| no_services("debit"))?.debit(
+            &request_id,
+            &account,
+            &reservation_id,
+            used_units,
+        )
     }
 
-    fn release(&mut self, request_id: String, account: String, reservation_id: String) -> Result<Money, charging::ChargingError> {
+    fn release(
+        &mut self,
+        request_id: String,
+        account: String,
+        reservation_id: String,
+    ) -> Result<Money, charging::ChargingError> {
         self.fakes.record(
             "tollgate:billing/charging",
             "release",
-            vec![format!("request-id={request_id}"), format!("account={account}"), format!("reservation-id={reservation_id}")],
+            vec![
+                format!("request-id={request_id}"),
+                format!("account={account}"),
+                format!("reservation-id={reservation_id}"),
+            ],
         );
         self.services.clone().ok_or_else(|| no_services("release"))?.release(&request_id, &account, &reservation_id)
     }
 
-    fn direct_debit(&mut self, request_id: String, account: String, amount: Money, description: String) -> Result<AccountStatus, charging::ChargingError> {
+    fn direct_debit(
+        &mut self,
+        request_id: String,
+        account: String,
+        amount: Money,
+        description: String,
+    ) -> Result<AccountStatus, charging::ChargingError> {
         self.fakes.record(
             "tollgate:billing/charging",
             "direct-debit",
-            vec![format!("request-id={request_id}"), format!("account={account}"), format!("amount={}", amount.minor_units)],
+            vec![
+                format!("request-id={request_id}"),
+                format!("account={account}"),
+                format!("amount={}", amount.minor_units),
+            ],
         );
-        self.services.clone().ok_or_else(|| no_services("direct-debit"))?.direct_debit(&request_id, &account, amount, &description)
+        self.services.clone().ok_or_else(|| no_services("direct-debit"))?.direct_debit(
+            &request_id,
+            &account,
+            amount,
+            &description,
+        )
     }
 
     fn balance_check(&mut self, account: String) -> Result<AccountStatus, charging::ChargingError> {
@@ -174,7 +206,11 @@ impl charging::Host for StoreState {
     }
 
     fn price_enquiry(&mut self, account: String, usage: Usage) -> Result<rating::Rated, charging::ChargingError> {
-        self.fakes.record("tollgate:billing/charging", "price-enquiry", vec![format!("account={account}"), format!("offer={}", usage.offer)]);
+        self.fakes.record(
+            "tollgate:billing/charging",
+            "price-enquiry",
+            vec![format!("account={account}"), format!("offer={}", usage.offer)],
+        );
         self.services.clone().ok_or_else(|| no_services("price-enquiry"))?.price_enquiry(&account, usage)
     }
 }

@@ -25,10 +25,12 @@ impl ProjectorActor {
     /// Wraps a loaded actor; fails unless it is a projector.
     pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Projector)?;
-        Ok(ProjectorActor { guest: Guest::new(actor, fakes, None, |pre, store| {
-            let instance = pre.instantiate(&mut *store)?;
-            Projector::new(&mut *store, &instance)
-        }) })
+        Ok(ProjectorActor {
+            guest: Guest::new(actor, fakes, None, |pre, store| {
+                let instance = pre.instantiate(&mut *store)?;
+                Projector::new(&mut *store, &instance)
+            }),
+        })
     }
 
     /// The instance lifecycle.
@@ -58,9 +60,9 @@ impl ProcessManagerActor {
         actor.expect_kind(ActorKind::ProcessManager)?;
         Ok(ProcessManagerActor {
             guest: Guest::new(actor, fakes, None, |pre, store| {
-            let instance = pre.instantiate(&mut *store)?;
-            ProcessManager::new(&mut *store, &instance)
-        }),
+                let instance = pre.instantiate(&mut *store)?;
+                ProcessManager::new(&mut *store, &instance)
+            }),
         })
     }
 
@@ -91,7 +93,11 @@ impl ProcessManagerActor {
         timer: &crate::aggregate::Timer,
         now: u64,
     ) -> Result<Result<Reaction, Rejection>, HostError> {
-        self.guest.call("on-timer", |b, s| b.tollgate_eventsourcing_process().call_on_timer(s, state, timer, now), |_| true)
+        self.guest.call(
+            "on-timer",
+            |b, s| b.tollgate_eventsourcing_process().call_on_timer(s, state, timer, now),
+            |_| true,
+        )
     }
 }
 
@@ -104,10 +110,12 @@ impl RaterActor {
     /// Wraps a loaded actor; fails unless it is a rater. Tariffs come from `fakes`' config.
     pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Rater)?;
-        Ok(RaterActor { guest: Guest::new(actor, fakes, None, |pre, store| {
-            let instance = pre.instantiate(&mut *store)?;
-            Rater::new(&mut *store, &instance)
-        }) })
+        Ok(RaterActor {
+            guest: Guest::new(actor, fakes, None, |pre, store| {
+                let instance = pre.instantiate(&mut *store)?;
+                Rater::new(&mut *store, &instance)
+            }),
+        })
     }
 
     /// The instance lifecycle.
@@ -130,10 +138,12 @@ impl PolicyActor {
     /// Wraps a loaded actor; fails unless it is a policy.
     pub fn new(actor: Actor, fakes: Fakes, services: Arc<dyn PolicyServices>) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Policy)?;
-        Ok(PolicyActor { guest: Guest::new(actor, fakes, Some(services), |pre, store| {
-            let instance = pre.instantiate(&mut *store)?;
-            Policy::new(&mut *store, &instance)
-        }) })
+        Ok(PolicyActor {
+            guest: Guest::new(actor, fakes, Some(services), |pre, store| {
+                let instance = pre.instantiate(&mut *store)?;
+                Policy::new(&mut *store, &instance)
+            }),
+        })
     }
 
     /// The instance lifecycle.

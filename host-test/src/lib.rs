@@ -3,6 +3,8 @@
 //!
 //! - [`HostEngine`]: one engine per process, pooling allocator with explicit limits, a CPU cap
 //!   per call (epoch interruption) and a memory cap per instance.
+//! - [`CodeCache`]: compiled code on disk, keyed by component and engine configuration
+//!   ([`HostEngine::with_code_cache`]).
 //! - [`Actor`]: a loaded component; loading checks it is a component, what role it exports,
 //!   and that every import is provided (the error names the missing interface).
 //! - WASI is linked with nothing granted: no preopens, environment, arguments or network; a
@@ -15,6 +17,7 @@
 pub mod actor;
 pub mod aggregate;
 pub mod bindings;
+pub mod code_cache;
 pub mod engine;
 pub mod error;
 pub mod fakes;
@@ -28,6 +31,7 @@ pub mod testing;
 
 pub use actor::{Actor, ActorKind};
 pub use aggregate::{AggregateActor, AggregateHost, Outcome};
+pub use code_cache::{CodeCache, CodeCacheStats};
 pub use engine::{HostEngine, Limits};
 pub use error::HostError;
 pub use fakes::Fakes;

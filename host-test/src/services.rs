@@ -12,11 +12,23 @@ pub trait PolicyServices: Send + Sync {
     /// Reserves and grants (`charging.reserve`).
     fn reserve(&self, request: ReserveRequest) -> Result<Grant, ChargingError>;
     /// Debits used units (`charging.debit`).
-    fn debit(&self, request_id: &str, account: &str, reservation_id: &str, used_units: u64) -> Result<DebitOutcome, ChargingError>;
+    fn debit(
+        &self,
+        request_id: &str,
+        account: &str,
+        reservation_id: &str,
+        used_units: u64,
+    ) -> Result<DebitOutcome, ChargingError>;
     /// Frees a hold (`charging.release`).
     fn release(&self, request_id: &str, account: &str, reservation_id: &str) -> Result<Money, ChargingError>;
     /// Charges without a reservation (`charging.direct-debit`).
-    fn direct_debit(&self, request_id: &str, account: &str, amount: Money, description: &str) -> Result<AccountStatus, ChargingError>;
+    fn direct_debit(
+        &self,
+        request_id: &str,
+        account: &str,
+        amount: Money,
+        description: &str,
+    ) -> Result<AccountStatus, ChargingError>;
     /// Reads an account (`charging.balance-check`).
     fn balance_check(&self, account: &str) -> Result<AccountStatus, ChargingError>;
     /// Prices usage for an account (`charging.price-enquiry`).

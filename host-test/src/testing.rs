@@ -102,7 +102,8 @@ impl AggregateTest {
 
     /// Builds a command envelope for this test's key, stamped with the virtual clock.
     pub fn command<C: Serialize>(&self, command_id: &str, command: &C) -> Command {
-        let (command_type, payload) = tollgate_sdk::codec::encode(command).expect("command is an externally tagged enum");
+        let (command_type, payload) =
+            tollgate_sdk::codec::encode(command).expect("command is an externally tagged enum");
         Command {
             stream: self.host.info().stream.clone(),
             key: self.key.clone(),
@@ -127,7 +128,10 @@ pub struct Then {
 impl Then {
     /// Asserts the command was accepted with exactly these events (decoded and compared).
     #[track_caller]
-    pub fn then_expect_events<E: DeserializeOwned + PartialEq + Debug>(self, expected: impl IntoIterator<Item = E>) -> Self {
+    pub fn then_expect_events<E: DeserializeOwned + PartialEq + Debug>(
+        self,
+        expected: impl IntoIterator<Item = E>,
+    ) -> Self {
         let expected: Vec<E> = expected.into_iter().collect();
         match &self.outcome {
             Ok(Outcome::Accepted(events)) => {
@@ -208,10 +212,8 @@ impl Then {
 fn describe(outcome: &Result<Outcome, HostError>) -> String {
     match outcome {
         Ok(Outcome::Accepted(events)) => {
-            let names: Vec<String> = events
-                .iter()
-                .map(|e| format!("{} {}", e.event_type, String::from_utf8_lossy(&e.payload)))
-                .collect();
+            let names: Vec<String> =
+                events.iter().map(|e| format!("{} {}", e.event_type, String::from_utf8_lossy(&e.payload))).collect();
             format!("events [{}]", names.join(", "))
         }
         Ok(Outcome::Rejected(r)) => format!("rejection `{}`: {}", r.code, r.message),

@@ -40,9 +40,7 @@ impl Credentials {
         match self {
             Credentials::Auto => load_credentials(registry),
             Credentials::Anonymous => Ok(RegistryAuth::Anonymous),
-            Credentials::Basic { username, password } => {
-                Ok(RegistryAuth::Basic(username.clone(), password.clone()))
-            }
+            Credentials::Basic { username, password } => Ok(RegistryAuth::Basic(username.clone(), password.clone())),
         }
     }
 }
@@ -109,26 +107,16 @@ pub fn credentials_from_docker_config(path: &Path, registry: &str) -> Result<Reg
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
         Err(source) => {
-            return Err(Error::Io {
-                action: "reading docker config",
-                path: path.to_path_buf(),
-                source,
-            });
+            return Err(Error::Io { action: "reading docker config", path: path.to_path_buf(), source });
         }
     };
     let fail = |reason: String| Error::Credentials {
         registry: registry.to_string(),
         reason: format!("{}: {reason}", path.display()),
     };
-    let config: DockerConfig =
-        serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let config: DockerConfig = serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
     let wanted = normalize_host(registry);
-    let Some(entry) = config
-        .auths
-        .iter()
-        .find(|(key, _)| normalize_host(key) == wanted)
-        .map(|(_, entry)| entry)
-    else {
+    let Some(entry) = config.auths.iter().find(|(key, _)| normalize_host(key) == wanted).map(|(_, entry)| entry) else {
         tracing::debug!(registry, path = %path.display(), "no docker config entry; anonymous");
         return Ok(RegistryAuth::Anonymous);
     };
@@ -136,11 +124,9 @@ pub fn credentials_from_docker_config(path: &Path, registry: &str) -> Result<Reg
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .map_err(|e| fail(format!("`auth` is not valid base64: {e}")))?;
-        let decoded = String::from_utf8(decoded)
-            .map_err(|_| fail("`auth` does not decode to UTF-8".to_string()))?;
-        let (user, pass) = decoded
-            .split_once(':')
-            .ok_or_else(|| fail("`auth` does not decode to `user:password`".to_string()))?;
+        let decoded = String::from_utf8(decoded).map_err(|_| fail("`auth` does not decode to UTF-8".to_string()))?;
+        let (user, pass) =
+            decoded.split_once(':').ok_or_else(|| fail("`auth` does not decode to `user:password`".to_string()))?;
         return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
     }
     if let (Some(user), Some(pass)) = (&entry.username, &entry.password) {
@@ -159,10 +145,7 @@ pub fn credentials_from_docker_config(path: &Path, registry: &str) -> Result<Reg
 /// Reduces a docker config key or registry name to a comparable host: no scheme, no path,
 /// lower case, and Docker Hub's many names folded into one.
 fn normalize_host(key: &str) -> String {
-    let key = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
+    let key = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
     let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
     match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_string(),
@@ -206,10 +189,7 @@ mod tests {
             credentials_from_docker_config(&path, "docker.io").unwrap(),
             RegistryAuth::Basic("hub".into(), "pw".into())
         );
-        assert_eq!(
-            credentials_from_docker_config(&path, "127.0.0.1:5001").unwrap(),
-            RegistryAuth::Anonymous
-        );
+        assert_eq!(credentials_from_docker_config(&path, "127.0.0.1:5001").unwrap(), RegistryAuth::Anonymous);
     }
 
     #[test]

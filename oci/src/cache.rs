@@ -26,9 +26,7 @@ pub fn default_cache_dir() -> Result<PathBuf> {
     if let Some(dir) = var("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("tollgate"));
     }
-    var("HOME")
-        .map(|home| PathBuf::from(home).join(".cache").join("tollgate"))
-        .ok_or(Error::NoCacheDir)
+    var("HOME").map(|home| PathBuf::from(home).join(".cache").join("tollgate")).ok_or(Error::NoCacheDir)
 }
 
 /// A cache of components pulled from OCI registries, keyed by digest.
@@ -76,11 +74,7 @@ impl Cache {
             Ok(text) => text.trim().to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(Error::Io {
-                    action: "reading cache entry",
-                    path: index,
-                    source,
-                });
+                return Err(Error::Io { action: "reading cache entry", path: index, source });
             }
         };
         let Ok(path) = self.blob_path(&layer_digest) else {
@@ -94,11 +88,7 @@ impl Cache {
                 Ok(None)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Io {
-                action: "reading cached component",
-                path,
-                source,
-            }),
+            Err(source) => Err(Error::Io { action: "reading cached component", path, source }),
         }
     }
 
@@ -128,19 +118,16 @@ impl Cache {
         persist(tmp, &path)?;
 
         let index = self.manifests_dir().join(sha256_hex(&digest, &digest)?);
-        let mut entry =
-            tempfile::NamedTempFile::new_in(self.manifests_dir()).map_err(|source| Error::Io {
-                action: "creating a temporary file in",
-                path: self.manifests_dir(),
-                source,
-            })?;
-        std::io::Write::write_all(&mut entry, pulled.layer_digest.as_bytes()).map_err(
-            |source| Error::Io {
-                action: "writing",
-                path: entry.path().to_path_buf(),
-                source,
-            },
-        )?;
+        let mut entry = tempfile::NamedTempFile::new_in(self.manifests_dir()).map_err(|source| Error::Io {
+            action: "creating a temporary file in",
+            path: self.manifests_dir(),
+            source,
+        })?;
+        std::io::Write::write_all(&mut entry, pulled.layer_digest.as_bytes()).map_err(|source| Error::Io {
+            action: "writing",
+            path: entry.path().to_path_buf(),
+            source,
+        })?;
         persist(entry, &index)?;
         Ok(path)
     }
@@ -154,11 +141,7 @@ impl Cache {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| Error::Io {
-                action: "starting an async runtime for",
-                path: self.dir.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Io { action: "starting an async runtime for", path: self.dir.clone(), source })?;
         runtime.block_on(self.resolve(reference, options))
     }
 }

@@ -137,9 +137,7 @@ pub struct WitPublishArgs {
 
 fn parse_annotation(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_string(), value.to_string()))
-        }
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
         _ => Err(format!("expected KEY=VALUE, got `{text}`")),
     }
 }
@@ -147,10 +145,8 @@ fn parse_annotation(text: &str) -> Result<(String, String), String> {
 /// Runs `command` on a private tokio runtime. Call it from synchronous code (not from inside
 /// another tokio runtime; use [`run_async`] there).
 pub fn run(command: Command) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(run_async(command))
 }
 
@@ -167,16 +163,10 @@ pub async fn run_async(command: Command) -> anyhow::Result<()> {
                 annotations: args.annotations.into_iter().collect::<BTreeMap<_, _>>(),
             };
             let pushed = crate::push_file(&args.reference, &args.file, &options).await?;
-            println!(
-                "pushed {} ({} bytes) as {}",
-                args.file.display(),
-                pushed.size,
-                pushed.pinned
-            );
+            println!("pushed {} ({} bytes) as {}", args.file.display(), pushed.size, pushed.pinned);
         }
         Command::Pull(args) => {
-            let pulled =
-                crate::pull(&args.reference, &args.output, &args.registry.options()).await?;
+            let pulled = crate::pull(&args.reference, &args.output, &args.registry.options()).await?;
             println!(
                 "pulled {} ({} bytes, layer {}) to {}",
                 pulled.pinned,
@@ -187,12 +177,10 @@ pub async fn run_async(command: Command) -> anyhow::Result<()> {
         }
         Command::Wit(WitCommand::Build(args)) => {
             let packages = crate::wit_build(&args.wit_dir)?;
-            std::fs::create_dir_all(&args.output)
-                .with_context(|| format!("creating `{}`", args.output.display()))?;
+            std::fs::create_dir_all(&args.output).with_context(|| format!("creating `{}`", args.output.display()))?;
             for (name, bytes) in packages {
                 let path = args.output.join(crate::wit_file_name(&name));
-                std::fs::write(&path, &bytes)
-                    .with_context(|| format!("writing `{}`", path.display()))?;
+                std::fs::write(&path, &bytes).with_context(|| format!("writing `{}`", path.display()))?;
                 println!("built {name} -> {} ({} bytes)", path.display(), bytes.len());
             }
         }
@@ -209,10 +197,7 @@ pub async fn run_async(command: Command) -> anyhow::Result<()> {
                 packages.retain(|(n, _)| args.packages.iter().any(|w| package_matches(n, w)));
             }
             let options = PushOptions {
-                registry: RegistryOptions {
-                    plain_http: args.plain_http,
-                    ..RegistryOptions::default()
-                },
+                registry: RegistryOptions { plain_http: args.plain_http, ..RegistryOptions::default() },
                 ..PushOptions::default()
             };
             for pushed in crate::wit_publish(&args.registry, &packages, &options).await? {
@@ -255,9 +240,7 @@ mod tests {
             "1.0.0",
         ])
         .unwrap();
-        let Command::Push(args) = cli.command else {
-            panic!("not push")
-        };
+        let Command::Push(args) = cli.command else { panic!("not push") };
         assert!(args.registry.plain_http && !args.registry.allow_latest);
         assert_eq!(args.annotations, [("k".to_string(), "v=w".to_string())]);
         assert_eq!(args.version.as_deref(), Some("1.0.0"));
@@ -267,17 +250,7 @@ mod tests {
             matches!(cli.command, Command::Pull(PullArgs { ref output, .. }) if output == &PathBuf::from("out.wasm"))
         );
         assert!(Cli::try_parse_from(["tollgate", "pull", "r/a:1"]).is_err());
-        assert!(
-            Cli::try_parse_from([
-                "tollgate",
-                "push",
-                "r/a:1",
-                "x.wasm",
-                "--annotation",
-                "nokey"
-            ])
-            .is_err()
-        );
+        assert!(Cli::try_parse_from(["tollgate", "push", "r/a:1", "x.wasm", "--annotation", "nokey"]).is_err());
         let cli = Cli::try_parse_from(["tollgate", "wit", "publish", "127.0.0.1:5000"]).unwrap();
         assert!(matches!(
             cli.command,

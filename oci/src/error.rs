@@ -38,9 +38,7 @@ pub enum Error {
     },
 
     /// The bytes to push are not a WebAssembly component or a wasm-encoded WIT package.
-    #[error(
-        "cannot push {what} to `{reference}`: not a WebAssembly component or WIT package: {source:#}"
-    )]
+    #[error("cannot push {what} to `{reference}`: not a WebAssembly component or WIT package: {source:#}")]
     InvalidComponent {
         /// What was being pushed (usually a file path).
         what: String,
@@ -153,9 +151,7 @@ pub enum Error {
     },
 
     /// A WIT package has no version, so it cannot be published under a semver tag.
-    #[error(
-        "WIT package `{package}` has no version (`package ns:name@x.y.z;`); it cannot be published"
-    )]
+    #[error("WIT package `{package}` has no version (`package ns:name@x.y.z;`); it cannot be published")]
     WitPackageWithoutVersion {
         /// The package name.
         package: String,
@@ -178,9 +174,7 @@ pub enum Error {
     },
 
     /// No cache directory could be determined.
-    #[error(
-        "no cache directory: set TOLLGATE_CACHE_DIR, XDG_CACHE_HOME or HOME, or pass one explicitly"
-    )]
+    #[error("no cache directory: set TOLLGATE_CACHE_DIR, XDG_CACHE_HOME or HOME, or pass one explicitly")]
     NoCacheDir,
 
     /// A blocking helper was called from inside an async runtime.

@@ -13,12 +13,7 @@ pub const OCI_SCHEME: &str = "oci://";
 /// digest get the tag `latest`, as every OCI client does.
 pub fn parse_reference(reference: &str) -> Result<Reference> {
     let trimmed = reference.strip_prefix(OCI_SCHEME).unwrap_or(reference);
-    trimmed
-        .parse::<Reference>()
-        .map_err(|source| Error::InvalidReference {
-            reference: reference.to_string(),
-            source,
-        })
+    trimmed.parse::<Reference>().map_err(|source| Error::InvalidReference { reference: reference.to_string(), source })
 }
 
 /// Whether `reference` resolves to the mutable `latest` tag: it names `latest` (explicitly, or by
@@ -31,9 +26,7 @@ pub fn is_latest(reference: &Reference) -> bool {
 pub(crate) fn parse_checked(reference: &str, allow_latest: bool) -> Result<Reference> {
     let parsed = parse_reference(reference)?;
     if !allow_latest && is_latest(&parsed) {
-        return Err(Error::LatestRefused {
-            reference: reference.to_string(),
-        });
+        return Err(Error::LatestRefused { reference: reference.to_string() });
     }
     Ok(parsed)
 }
@@ -42,18 +35,10 @@ pub(crate) fn parse_checked(reference: &str, allow_latest: bool) -> Result<Refer
 /// values (the hex part becomes a file name in the cache, so it must be exactly 64 hex digits).
 pub(crate) fn sha256_hex<'a>(reference: &str, digest: &'a str) -> Result<&'a str> {
     match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
             Ok(hex)
         }
-        _ => Err(Error::UnsupportedDigest {
-            reference: reference.to_string(),
-            digest: digest.to_string(),
-        }),
+        _ => Err(Error::UnsupportedDigest { reference: reference.to_string(), digest: digest.to_string() }),
     }
 }
 
@@ -113,9 +98,6 @@ mod tests {
         assert_eq!(sha256_hex("r", &format!("sha256:{hex}")).unwrap(), hex);
         assert!(sha256_hex("r", &format!("sha512:{hex}")).is_err());
         assert!(sha256_hex("r", "sha256:../../etc").is_err());
-        assert_eq!(
-            sha256_digest(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(sha256_digest(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 }

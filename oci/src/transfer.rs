@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use futures_util::StreamExt as _;
 use indicatif::ProgressBar;
 use oci_client::annotations::{
-    ORG_OPENCONTAINERS_IMAGE_CREATED, ORG_OPENCONTAINERS_IMAGE_DESCRIPTION,
-    ORG_OPENCONTAINERS_IMAGE_SOURCE, ORG_OPENCONTAINERS_IMAGE_VERSION,
+    ORG_OPENCONTAINERS_IMAGE_CREATED, ORG_OPENCONTAINERS_IMAGE_DESCRIPTION, ORG_OPENCONTAINERS_IMAGE_SOURCE,
+    ORG_OPENCONTAINERS_IMAGE_VERSION,
 };
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError};
@@ -17,8 +17,8 @@ use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_wasm::{
-    ToConfig as _, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE,
-    WASM_MANIFEST_MEDIA_TYPE, WasmClient, WasmConfig,
+    ToConfig as _, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE, WASM_MANIFEST_MEDIA_TYPE, WasmClient,
+    WasmConfig,
 };
 use sha2::Digest as _;
 use tempfile::NamedTempFile;
@@ -47,12 +47,7 @@ pub struct RegistryOptions {
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        Self {
-            plain_http: false,
-            allow_latest: false,
-            progress: true,
-            credentials: Credentials::Auto,
-        }
+        Self { plain_http: false, allow_latest: false, progress: true, credentials: Credentials::Auto }
     }
 }
 
@@ -116,48 +111,26 @@ pub struct Pulled {
 /// Builds a client for `options`.
 fn client(options: &RegistryOptions) -> WasmClient {
     let config = ClientConfig {
-        protocol: if options.plain_http {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
+        protocol: if options.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
         ..ClientConfig::default()
     };
     WasmClient::new(Client::new(config))
 }
 
 /// Resolves credentials for `reference` and stores them in `client`.
-async fn authenticate(
-    client: &WasmClient,
-    reference: &Reference,
-    options: &RegistryOptions,
-) -> Result<RegistryAuth> {
+async fn authenticate(client: &WasmClient, reference: &Reference, options: &RegistryOptions) -> Result<RegistryAuth> {
     let auth = options.credentials.to_auth(reference.resolve_registry())?;
-    client
-        .store_auth_if_needed(reference.resolve_registry(), &auth)
-        .await;
+    client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
     Ok(auth)
 }
 
-fn registry_error(
-    action: &'static str,
-    reference: &str,
-) -> impl FnOnce(OciDistributionError) -> Error {
+fn registry_error(action: &'static str, reference: &str) -> impl FnOnce(OciDistributionError) -> Error {
     let reference = reference.to_string();
-    move |source| Error::Registry {
-        action,
-        reference,
-        source,
-    }
+    move |source| Error::Registry { action, reference, source }
 }
 
 fn pinned(reference: &Reference, digest: &str) -> String {
-    format!(
-        "{}/{}@{}",
-        reference.registry(),
-        reference.repository(),
-        digest
-    )
+    format!("{}/{}@{}", reference.registry(), reference.repository(), digest)
 }
 
 /// Pushes `wasm` (a WebAssembly component or a wasm-encoded WIT package) to `reference`
@@ -190,9 +163,7 @@ pub(crate) async fn push_described(
 ) -> Result<Pushed> {
     let parsed = parse_checked(reference, options.registry.allow_latest)?;
     if parsed.tag().is_none() {
-        return Err(Error::PushNeedsTag {
-            reference: reference.to_string(),
-        });
+        return Err(Error::PushNeedsTag { reference: reference.to_string() });
     }
     let size = wasm.len() as u64;
     let invalid = |source: anyhow::Error| Error::InvalidComponent {
@@ -208,15 +179,11 @@ pub(crate) async fn push_described(
         };
         return Err(invalid(anyhow::anyhow!(reason)));
     }
-    let (wasm_config, layer) =
-        WasmConfig::from_raw_component(wasm, options.author.clone()).map_err(invalid)?;
+    let (wasm_config, layer) = WasmConfig::from_raw_component(wasm, options.author.clone()).map_err(invalid)?;
     let config = wasm_config.to_config().map_err(invalid)?;
 
     let mut annotations = BTreeMap::new();
-    annotations.insert(
-        ORG_OPENCONTAINERS_IMAGE_CREATED.to_string(),
-        wasm_config.created.to_rfc3339(),
-    );
+    annotations.insert(ORG_OPENCONTAINERS_IMAGE_CREATED.to_string(), wasm_config.created.to_rfc3339());
     for (key, value) in [
         (ORG_OPENCONTAINERS_IMAGE_VERSION, &options.version),
         (ORG_OPENCONTAINERS_IMAGE_SOURCE, &options.source),
@@ -228,11 +195,7 @@ pub(crate) async fn push_described(
     }
     annotations.extend(options.annotations.clone());
 
-    let mut manifest = OciImageManifest::build(
-        std::slice::from_ref(&layer),
-        &config,
-        Some(annotations.clone()),
-    );
+    let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, Some(annotations.clone()));
     manifest.media_type = Some(WASM_MANIFEST_MEDIA_TYPE.to_string());
     let layer_digest = manifest.layers[0].digest.clone();
     let config_digest = manifest.config.digest.clone();
@@ -240,18 +203,12 @@ pub(crate) async fn push_described(
     let client = client(&options.registry);
     // Stored in the client, which applies it to every blob and manifest request.
     authenticate(&client, &parsed, &options.registry).await?;
-    let bar = transfer_bar(
-        options.registry.progress,
-        size,
-        format!("pushing {reference}"),
-    );
+    let bar = transfer_bar(options.registry.progress, size, format!("pushing {reference}"));
 
     // The layer: skipped when the registry already has it, else uploaded in pieces so the
     // progress bar moves.
-    let exists = client
-        .blob_exists(&parsed, &layer_digest)
-        .await
-        .map_err(registry_error("checking the layer of", reference))?;
+    let exists =
+        client.blob_exists(&parsed, &layer_digest).await.map_err(registry_error("checking the layer of", reference))?;
     if exists {
         bar.inc(size);
     } else {
@@ -260,13 +217,12 @@ pub(crate) async fn push_described(
             .step_by(UPLOAD_CHUNK)
             .map(move |start| Ok(data.slice(start..(start + UPLOAD_CHUNK).min(data.len()))));
         let bar_ref = bar.clone();
-        let stream = futures_util::stream::iter(chunks).inspect(
-            move |chunk: &Result<bytes::Bytes, OciDistributionError>| {
+        let stream =
+            futures_util::stream::iter(chunks).inspect(move |chunk: &Result<bytes::Bytes, OciDistributionError>| {
                 if let Ok(chunk) = chunk {
                     bar_ref.inc(chunk.len() as u64);
                 }
-            },
-        );
+            });
         client
             .push_blob_stream(&parsed, stream, &layer_digest)
             .await
@@ -281,11 +237,7 @@ pub(crate) async fn push_described(
     let body = serde_json::to_vec(&manifest).expect("an OCI manifest always serializes");
     let manifest_digest = sha256_digest(&body);
     client
-        .push_manifest_raw(
-            &parsed,
-            body,
-            http::HeaderValue::from_static(WASM_MANIFEST_MEDIA_TYPE),
-        )
+        .push_manifest_raw(&parsed, body, http::HeaderValue::from_static(WASM_MANIFEST_MEDIA_TYPE))
         .await
         .map_err(registry_error("pushing the manifest of", reference))?;
     bar.finish_and_clear();
@@ -339,20 +291,12 @@ pub async fn manifest_digest(reference: &str, options: &RegistryOptions) -> Resu
 
 /// Moves a verified temporary file to `dest`, readable like any file the user writes.
 pub(crate) fn persist(tmp: NamedTempFile, dest: &Path) -> Result<()> {
-    let io = |action| {
-        move |source| Error::Io {
-            action,
-            path: dest.to_path_buf(),
-            source,
-        }
-    };
+    let io = |action| move |source| Error::Io { action, path: dest.to_path_buf(), source };
     tmp.as_file().sync_all().map_err(io("syncing"))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io("setting permissions of"))?;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io("setting permissions of"))?;
     }
     tmp.persist(dest).map_err(|e| io("writing")(e.error))?;
     Ok(())
@@ -369,18 +313,11 @@ pub(crate) async fn pull_verified(
     let auth = authenticate(&client, &parsed, options).await?;
 
     // Manifest.
-    let (body, served_digest) = client
-        .pull_manifest_raw(&parsed, &auth, &[WASM_MANIFEST_MEDIA_TYPE])
-        .await
-        .map_err(|source| match source {
-            OciDistributionError::DigestError(DigestError::VerificationError {
-                expected,
-                actual,
-            }) => Error::ManifestDigestMismatch {
-                reference: reference.to_string(),
-                expected,
-                actual,
-            },
+    let (body, served_digest) =
+        client.pull_manifest_raw(&parsed, &auth, &[WASM_MANIFEST_MEDIA_TYPE]).await.map_err(|source| match source {
+            OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
+                Error::ManifestDigestMismatch { reference: reference.to_string(), expected, actual }
+            }
             source => registry_error("pulling the manifest of", reference)(source),
         })?;
     let actual = sha256_digest(&body);
@@ -407,18 +344,13 @@ pub(crate) async fn pull_verified(
             actual
         }
     };
-    let not_wasm = |reason: String| Error::NotWasmArtifact {
-        reference: reference.to_string(),
-        reason,
-    };
+    let not_wasm = |reason: String| Error::NotWasmArtifact { reference: reference.to_string(), reason };
     let manifest: OciImageManifest = serde_json::from_slice(&body)
         .map_err(|e| not_wasm(format!("the manifest is not an OCI image manifest: {e}")))?;
     if let Some(media_type) = manifest.media_type.as_deref()
         && media_type != WASM_MANIFEST_MEDIA_TYPE
     {
-        return Err(not_wasm(format!(
-            "manifest media type is `{media_type}`, expected `{WASM_MANIFEST_MEDIA_TYPE}`"
-        )));
+        return Err(not_wasm(format!("manifest media type is `{media_type}`, expected `{WASM_MANIFEST_MEDIA_TYPE}`")));
     }
     if manifest.config.media_type != WASM_MANIFEST_CONFIG_MEDIA_TYPE {
         return Err(not_wasm(format!(
@@ -427,10 +359,7 @@ pub(crate) async fn pull_verified(
         )));
     }
     let [layer] = manifest.layers.as_slice() else {
-        return Err(not_wasm(format!(
-            "it has {} layers, expected exactly one",
-            manifest.layers.len()
-        )));
+        return Err(not_wasm(format!("it has {} layers, expected exactly one", manifest.layers.len())));
     };
     if layer.media_type != WASM_LAYER_MEDIA_TYPE {
         return Err(not_wasm(format!(
@@ -443,10 +372,7 @@ pub(crate) async fn pull_verified(
 
     // Config.
     let mut config_bytes = Vec::new();
-    client
-        .pull_blob(&parsed, &manifest.config, &mut config_bytes)
-        .await
-        .map_err(blob_error("config", reference))?;
+    client.pull_blob(&parsed, &manifest.config, &mut config_bytes).await.map_err(blob_error("config", reference))?;
     check_blob(
         reference,
         "config",
@@ -463,48 +389,25 @@ pub(crate) async fn pull_verified(
         .prefix(".tollgate-pull-")
         .suffix(".part")
         .tempfile_in(dir)
-        .map_err(|source| Error::Io {
-            action: "creating a temporary file in",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| Error::Io { action: "creating a temporary file in", path: dir.to_path_buf(), source })?;
     let file = tmp.as_file().try_clone().map_err(|source| Error::Io {
         action: "opening",
         path: tmp.path().to_path_buf(),
         source,
     })?;
-    let bar = transfer_bar(
-        options.progress,
-        u64::try_from(layer.size).unwrap_or(0),
-        format!("pulling {reference}"),
-    );
+    let bar = transfer_bar(options.progress, u64::try_from(layer.size).unwrap_or(0), format!("pulling {reference}"));
     let mut writer = HashingWriter {
         inner: tokio::fs::File::from_std(file),
         hasher: sha2::Sha256::new(),
         written: 0,
         bar: bar.clone(),
     };
-    client
-        .pull_blob(&parsed, layer, &mut writer)
-        .await
-        .map_err(blob_error("layer", reference))?;
+    client.pull_blob(&parsed, layer, &mut writer).await.map_err(blob_error("layer", reference))?;
     bar.finish_and_clear();
-    let HashingWriter {
-        inner,
-        hasher,
-        written,
-        ..
-    } = writer;
+    let HashingWriter { inner, hasher, written, .. } = writer;
     drop(inner);
     let layer_digest = format_sha256(hasher.finalize().as_slice());
-    check_blob(
-        reference,
-        "layer",
-        &layer.digest,
-        layer.size,
-        &layer_digest,
-        written,
-    )?;
+    check_blob(reference, "layer", &layer.digest, layer.size, &layer_digest, written)?;
 
     tracing::info!(reference, %manifest_digest, %layer_digest, "pulled and verified");
     let pulled = Pulled {
@@ -524,19 +427,10 @@ fn blob_error(blob: &'static str, reference: &str) -> impl FnOnce(OciDistributio
     let reference = reference.to_string();
     move |source| match source {
         OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
-            Error::BlobDigestMismatch {
-                reference,
-                blob,
-                expected,
-                actual,
-            }
+            Error::BlobDigestMismatch { reference, blob, expected, actual }
         }
         source => Error::Registry {
-            action: if blob == "layer" {
-                "pulling the layer of"
-            } else {
-                "pulling the config of"
-            },
+            action: if blob == "layer" { "pulling the layer of" } else { "pulling the config of" },
             reference,
             source,
         },
@@ -579,11 +473,7 @@ struct HashingWriter {
 }
 
 impl AsyncWrite for HashingWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &poll {

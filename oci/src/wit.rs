@@ -21,11 +21,8 @@ fn has_wit_files(dir: &Path) -> Result<bool> {
         source,
     })?;
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Io {
-            action: "reading directory",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let entry =
+            entry.map_err(|source| Error::Io { action: "reading directory", path: dir.to_path_buf(), source })?;
         let path = entry.path();
         if path.extension().is_some_and(|ext| ext == "wit") && path.is_file() {
             return Ok(true);
@@ -47,11 +44,8 @@ pub fn wit_package_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     })?;
     let mut dirs = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Io {
-            action: "reading directory",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let entry =
+            entry.map_err(|source| Error::Io { action: "reading directory", path: dir.to_path_buf(), source })?;
         let path = entry.path();
         if path.is_dir() && entry.file_name() != "deps" && has_wit_files(&path)? {
             dirs.push(path);
@@ -64,10 +58,7 @@ pub fn wit_package_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Parses one WIT package directory (with its `deps/`) and encodes it as a wasm-encoded WIT
 /// package, the format `wkg wit build` produces.
 pub fn wit_build_package(dir: &Path) -> Result<(PackageName, Vec<u8>)> {
-    let wit_error = |source: anyhow::Error| Error::Wit {
-        dir: dir.to_path_buf(),
-        source,
-    };
+    let wit_error = |source: anyhow::Error| Error::Wit { dir: dir.to_path_buf(), source };
     let mut resolve = Resolve::default();
     let (package, _sources) = resolve.push_dir(dir).map_err(wit_error)?;
     let bytes = wit_component::encode(&resolve, package).map_err(wit_error)?;
@@ -79,9 +70,7 @@ pub fn wit_build_package(dir: &Path) -> Result<(PackageName, Vec<u8>)> {
 pub fn wit_build(dir: &Path) -> Result<Vec<(PackageName, Vec<u8>)>> {
     let dirs = wit_package_dirs(dir)?;
     if dirs.is_empty() {
-        return Err(Error::NoWitPackages {
-            dir: dir.to_path_buf(),
-        });
+        return Err(Error::NoWitPackages { dir: dir.to_path_buf() });
     }
     let mut packages: Vec<(PackageName, Vec<u8>)> = Vec::with_capacity(dirs.len());
     for package_dir in &dirs {
@@ -112,37 +101,20 @@ pub fn wit_file_name(name: &PackageName) -> String {
 /// (`ghcr.io/acme` gives `ghcr.io/acme/tollgate/billing:0.1.0`), optionally prefixed with
 /// `oci://`. Packages without a version cannot be published.
 pub fn wit_reference(registry: &str, name: &PackageName) -> Result<String> {
-    let base = registry
-        .strip_prefix(OCI_SCHEME)
-        .unwrap_or(registry)
-        .trim_end_matches('/');
-    let invalid = |reason: &str| Error::InvalidRegistry {
-        registry: registry.to_string(),
-        reason: reason.to_string(),
-    };
+    let base = registry.strip_prefix(OCI_SCHEME).unwrap_or(registry).trim_end_matches('/');
+    let invalid = |reason: &str| Error::InvalidRegistry { registry: registry.to_string(), reason: reason.to_string() };
     if base.is_empty() {
         return Err(invalid("it is empty"));
     }
     if base.contains('@') || base.contains("://") {
-        return Err(invalid(
-            "expected `HOST[:PORT][/PREFIX]`, without scheme, tag or digest",
-        ));
+        return Err(invalid("expected `HOST[:PORT][/PREFIX]`, without scheme, tag or digest"));
     }
-    let version = name
-        .version
-        .as_ref()
-        .ok_or_else(|| Error::WitPackageWithoutVersion {
-            package: name.to_string(),
-        })?;
+    let version = name.version.as_ref().ok_or_else(|| Error::WitPackageWithoutVersion { package: name.to_string() })?;
     let reference = format!("{base}/{}/{}:{version}", name.namespace, name.name);
     // Let the reference grammar judge the result (and the registry part of it).
     let parsed = parse_reference(&reference)?;
-    if parsed.tag() != Some(version.to_string().as_str())
-        || !reference.starts_with(parsed.registry())
-    {
-        return Err(invalid(
-            "expected `HOST[:PORT][/PREFIX]`, without scheme, tag or digest",
-        ));
+    if parsed.tag() != Some(version.to_string().as_str()) || !reference.starts_with(parsed.registry()) {
+        return Err(invalid("expected `HOST[:PORT][/PREFIX]`, without scheme, tag or digest"));
     }
     Ok(reference)
 }
@@ -172,23 +144,15 @@ mod tests {
 
     fn name(text: &str) -> PackageName {
         let mut resolve = Resolve::default();
-        let id = resolve
-            .push_str("a.wit", &format!("package {text};\ninterface i {{}}\n"))
-            .unwrap();
+        let id = resolve.push_str("a.wit", &format!("package {text};\ninterface i {{}}\n")).unwrap();
         resolve.packages[id].name.clone()
     }
 
     #[test]
     fn references_follow_wkg_layout() {
         let billing = name("tollgate:billing@0.1.0");
-        assert_eq!(
-            wit_reference("127.0.0.1:5000", &billing).unwrap(),
-            "127.0.0.1:5000/tollgate/billing:0.1.0"
-        );
-        assert_eq!(
-            wit_reference("oci://ghcr.io/acme/", &billing).unwrap(),
-            "ghcr.io/acme/tollgate/billing:0.1.0"
-        );
+        assert_eq!(wit_reference("127.0.0.1:5000", &billing).unwrap(), "127.0.0.1:5000/tollgate/billing:0.1.0");
+        assert_eq!(wit_reference("oci://ghcr.io/acme/", &billing).unwrap(), "ghcr.io/acme/tollgate/billing:0.1.0");
         assert!(wit_reference("https://ghcr.io", &billing).is_err());
         assert!(wit_reference("ghcr.io:tag", &billing).is_err());
         let err = wit_reference("ghcr.io", &name("tollgate:billing")).unwrap_err();
@@ -201,11 +165,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base");
         std::fs::create_dir_all(&base).unwrap();
-        std::fs::write(
-            base.join("types.wit"),
-            "package test:base@0.2.0;\ninterface types { type money = s64; }\n",
-        )
-        .unwrap();
+        std::fs::write(base.join("types.wit"), "package test:base@0.2.0;\ninterface types { type money = s64; }\n")
+            .unwrap();
         let app = dir.path().join("app");
         std::fs::create_dir_all(app.join("deps")).unwrap();
         std::fs::write(
@@ -241,9 +202,6 @@ mod tests {
         assert!(err.to_string().contains("broken"), "{err}");
 
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            wit_build(empty.path()),
-            Err(Error::NoWitPackages { .. })
-        ));
+        assert!(matches!(wit_build(empty.path()), Err(Error::NoWitPackages { .. })));
     }
 }

@@ -21,26 +21,14 @@ fn credentials_come_from_env_then_docker_config() {
         std::env::remove_var(USERNAME_ENV);
         std::env::remove_var(PASSWORD_ENV);
     }
-    assert_eq!(
-        tollgate_oci::docker_config_path().unwrap(),
-        dir.path().join("config.json")
-    );
-    assert_eq!(
-        load_credentials("127.0.0.1:5000").unwrap(),
-        RegistryAuth::Basic("carol".into(), "from-config".into())
-    );
+    assert_eq!(tollgate_oci::docker_config_path().unwrap(), dir.path().join("config.json"));
+    assert_eq!(load_credentials("127.0.0.1:5000").unwrap(), RegistryAuth::Basic("carol".into(), "from-config".into()));
     assert_eq!(
         Credentials::Auto.to_auth("127.0.0.1:5000").unwrap(),
         RegistryAuth::Basic("carol".into(), "from-config".into())
     );
-    assert_eq!(
-        load_credentials("ghcr.io").unwrap(),
-        RegistryAuth::Anonymous
-    );
-    assert_eq!(
-        Credentials::Anonymous.to_auth("127.0.0.1:5000").unwrap(),
-        RegistryAuth::Anonymous
-    );
+    assert_eq!(load_credentials("ghcr.io").unwrap(), RegistryAuth::Anonymous);
+    assert_eq!(Credentials::Anonymous.to_auth("127.0.0.1:5000").unwrap(), RegistryAuth::Anonymous);
 
     // The environment wins over the file.
     // SAFETY: as above.
@@ -48,10 +36,7 @@ fn credentials_come_from_env_then_docker_config() {
         std::env::set_var(USERNAME_ENV, "dave");
         std::env::set_var(PASSWORD_ENV, "from-env");
     }
-    assert_eq!(
-        load_credentials("127.0.0.1:5000").unwrap(),
-        RegistryAuth::Basic("dave".into(), "from-env".into())
-    );
+    assert_eq!(load_credentials("127.0.0.1:5000").unwrap(), RegistryAuth::Basic("dave".into(), "from-env".into()));
 
     // Half a pair is a mistake worth reporting.
     // SAFETY: as above.

@@ -1,32 +1,28 @@
 //! Push and pull against a real registry (Debian's `docker-registry` on 127.0.0.1).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
-use support::{Registry, local, local_push, require_tool, tiny_component, workspace_root};
+use tollgate_oci::testing::{
+    Registry, actor_reference, actors_dir, local, local_push, require_reference_actors, require_tool, tiny_component,
+    workspace_root,
+};
 use tollgate_oci::{
-    Cache, Error, RegistryOptions, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE,
-    WASM_MANIFEST_MEDIA_TYPE, pull, push, wit_build, wit_publish,
+    Cache, Error, RegistryOptions, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE, WASM_MANIFEST_MEDIA_TYPE,
+    pull, push, wit_build, wit_publish,
 };
 
 /// Pulls `reference` into a fresh file and returns its bytes.
 async fn pull_bytes(reference: &str, options: &RegistryOptions) -> (Vec<u8>, tollgate_oci::Pulled) {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out.wasm");
-    let pulled = pull(reference, &dest, options)
-        .await
-        .unwrap_or_else(|e| panic!("pulling {reference}: {e}"));
+    let pulled = pull(reference, &dest, options).await.unwrap_or_else(|e| panic!("pulling {reference}: {e}"));
     assert_eq!(pulled.path, dest);
     (std::fs::read(&dest).unwrap(), pulled)
 }
 
 /// Files in `dir` (to check that a failed pull left nothing behind).
 fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
     entries
 }
@@ -42,9 +38,7 @@ async fn tiny_component_round_trips_with_annotations_and_config() {
     options.version = Some("0.1.0".into());
     options.source = Some("https://example.invalid/tollgate".into());
     options.description = Some("a tiny test actor".into());
-    options
-        .annotations
-        .insert("dev.tollgate.kind".into(), "aggregate".into());
+    options.annotations.insert("dev.tollgate.kind".into(), "aggregate".into());
     let pushed = push(&reference, wasm.clone(), &options).await.unwrap();
     assert!(pushed.pinned.ends_with(&pushed.manifest_digest));
 
@@ -54,18 +48,9 @@ async fn tiny_component_round_trips_with_annotations_and_config() {
     assert_eq!(pulled.layer_digest, pushed.layer_digest);
     assert_eq!(pulled.size, wasm.len() as u64);
     let annotation = |key: &str| pulled.annotations.get(key).map(String::as_str);
-    assert_eq!(
-        annotation("org.opencontainers.image.version"),
-        Some("0.1.0")
-    );
-    assert_eq!(
-        annotation("org.opencontainers.image.source"),
-        Some("https://example.invalid/tollgate")
-    );
-    assert_eq!(
-        annotation("org.opencontainers.image.description"),
-        Some("a tiny test actor")
-    );
+    assert_eq!(annotation("org.opencontainers.image.version"), Some("0.1.0"));
+    assert_eq!(annotation("org.opencontainers.image.source"), Some("https://example.invalid/tollgate"));
+    assert_eq!(annotation("org.opencontainers.image.description"), Some("a tiny test actor"));
     assert_eq!(annotation("dev.tollgate.kind"), Some("aggregate"));
     assert!(annotation("org.opencontainers.image.created").is_some());
 
@@ -82,22 +67,16 @@ async fn tiny_component_round_trips_with_annotations_and_config() {
     assert_eq!(by_digest.manifest_digest, pushed.manifest_digest);
 
     // Not a component: refused before anything reaches the registry.
-    let err = push(
-        &format!("{}/tollgate-test/junk:0.1.0", registry.host()),
-        b"\0asm\x01\0\0\0".to_vec(),
-        &local_push(),
-    )
-    .await
-    .unwrap_err();
+    let err =
+        push(&format!("{}/tollgate-test/junk:0.1.0", registry.host()), b"\0asm\x01\0\0\0".to_vec(), &local_push())
+            .await
+            .unwrap_err();
     assert!(matches!(err, Error::InvalidComponent { .. }), "{err}");
     assert!(err.to_string().contains("core wasm module"), "{err}");
-    let err = push(
-        &format!("{}/tollgate-test/junk:0.1.0", registry.host()),
-        b"not wasm at all".to_vec(),
-        &local_push(),
-    )
-    .await
-    .unwrap_err();
+    let err =
+        push(&format!("{}/tollgate-test/junk:0.1.0", registry.host()), b"not wasm at all".to_vec(), &local_push())
+            .await
+            .unwrap_err();
     assert!(matches!(err, Error::InvalidComponent { .. }), "{err}");
 }
 
@@ -109,9 +88,7 @@ async fn latest_is_refused_unless_allowed() {
     let wasm = tiny_component();
     let repo = format!("{}/tollgate-test/latest", registry.host());
     for reference in [repo.clone(), format!("{repo}:latest")] {
-        let err = push(&reference, wasm.clone(), &local_push())
-            .await
-            .unwrap_err();
+        let err = push(&reference, wasm.clone(), &local_push()).await.unwrap_err();
         assert!(matches!(err, Error::LatestRefused { .. }), "{err}");
         assert!(err.to_string().contains(&reference), "{err}");
     }
@@ -119,20 +96,14 @@ async fn latest_is_refused_unless_allowed() {
     let mut allow = local();
     allow.allow_latest = true;
     let dir = tempfile::tempdir().unwrap();
-    let err = pull(&repo, &dir.path().join("x.wasm"), &allow)
-        .await
-        .unwrap_err();
+    let err = pull(&repo, &dir.path().join("x.wasm"), &allow).await.unwrap_err();
     assert!(matches!(err, Error::Registry { .. }), "{err}");
 
     let mut options = local_push();
     options.registry.allow_latest = true;
-    let pushed = push(&format!("{repo}:latest"), wasm.clone(), &options)
-        .await
-        .unwrap();
+    let pushed = push(&format!("{repo}:latest"), wasm.clone(), &options).await.unwrap();
 
-    let err = pull(&repo, &dir.path().join("x.wasm"), &local())
-        .await
-        .unwrap_err();
+    let err = pull(&repo, &dir.path().join("x.wasm"), &local()).await.unwrap_err();
     assert!(matches!(err, Error::LatestRefused { .. }), "{err}");
     assert!(entries(dir.path()).is_empty());
 
@@ -150,97 +121,55 @@ async fn repository_wit_packages_round_trip() {
     };
     let wit_dir = workspace_root().join("wit");
     let packages = wit_build(&wit_dir).unwrap_or_else(|e| panic!("wit build: {e}"));
-    assert!(
-        !packages.is_empty(),
-        "no WIT package under {}",
-        wit_dir.display()
-    );
-    let pushed = wit_publish(&registry.host(), &packages, &local_push())
-        .await
-        .unwrap();
+    assert!(!packages.is_empty(), "no WIT package under {}", wit_dir.display());
+    let pushed = wit_publish(&registry.host(), &packages, &local_push()).await.unwrap();
     assert_eq!(pushed.len(), packages.len());
     for ((name, bytes), pushed) in packages.iter().zip(&pushed) {
-        let version = name
-            .version
-            .as_ref()
-            .expect("published packages have versions");
-        assert_eq!(
-            pushed.reference,
-            format!(
-                "{}/{}/{}:{version}",
-                registry.host(),
-                name.namespace,
-                name.name
-            )
-        );
+        let version = name.version.as_ref().expect("published packages have versions");
+        assert_eq!(pushed.reference, format!("{}/{}/{}:{version}", registry.host(), name.namespace, name.name));
         let (pulled_bytes, pulled) = pull_bytes(&pushed.reference, &local()).await;
         assert!(pulled_bytes == *bytes, "{name}: pulled bytes differ");
-        assert_eq!(
-            pulled.annotations.get("org.opencontainers.image.version"),
-            Some(&version.to_string())
-        );
+        assert_eq!(pulled.annotations.get("org.opencontainers.image.version"), Some(&version.to_string()));
         let component = pulled.config.component.as_ref().expect("component info");
-        assert!(
-            !component.exports.is_empty(),
-            "{name}: config lists no exports"
-        );
+        assert!(!component.exports.is_empty(), "{name}: config lists no exports");
     }
 }
 
 #[tokio::test]
 async fn built_actor_components_round_trip() {
-    let actors_dir = std::env::var_os("TOLLGATE_ACTORS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip2/release"));
-    let mut components = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(&actors_dir) {
-        for entry in dir {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "wasm") {
-                let bytes = std::fs::read(&path).unwrap();
-                // Only components; core modules are not actors.
-                if matches!(
-                    wit_component::decode(&bytes),
-                    Ok(wit_component::DecodedWasm::Component(..))
-                ) {
-                    components.push((path, bytes));
-                }
+    // The five reference actors must be there (under CI=true a missing one fails)...
+    let Some(reference_actors) = require_reference_actors() else {
+        return;
+    };
+    // ...and every other component next to them (test fixtures) goes along.
+    let mut components: Vec<PathBuf> = reference_actors.iter().map(|(_, p)| p.clone()).collect();
+    for entry in std::fs::read_dir(actors_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wasm") && !components.contains(&path) {
+            // Only components; core modules are not actors.
+            if matches!(
+                wit_component::decode(&std::fs::read(&path).unwrap()),
+                Ok(wit_component::DecodedWasm::Component(..))
+            ) {
+                components.push(path);
             }
         }
-    }
-    if components.is_empty() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no actor component in {} (CI=true): build them first (cargo xtask)",
-            actors_dir.display()
-        );
-        println!(
-            "skipping: no actor component in {} (build them first)",
-            actors_dir.display()
-        );
-        return;
     }
     let Some(registry) = Registry::start() else {
         return;
     };
-    for (path, wasm) in components {
-        let stem = path
-            .file_stem()
-            .unwrap()
-            .to_string_lossy()
-            .replace('_', "-");
-        let reference = format!("{}/tollgate-actors/{stem}:0.1.0", registry.host());
+    for path in components {
+        let wasm = std::fs::read(&path).unwrap();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let reference = actor_reference(&registry.host(), &stem);
         let pushed = tollgate_oci::push_file(&reference, &path, &local_push())
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (bytes, _) = pull_bytes(&reference, &local()).await;
+        let (bytes, pulled) = pull_bytes(&reference, &local()).await;
         assert!(bytes == wasm, "{}: pulled bytes differ", path.display());
+        assert!(pulled.config.component.is_some(), "{}: config lists no component", path.display());
         let (bytes, _) = pull_bytes(&pushed.pinned, &local()).await;
-        assert!(
-            bytes == wasm,
-            "{}: pulled-by-digest bytes differ",
-            path.display()
-        );
+        assert!(bytes == wasm, "{}: pulled-by-digest bytes differ", path.display());
     }
 }
 
@@ -264,28 +193,18 @@ async fn skopeo_reads_the_wasm_artifact_layout() {
             .arg(format!("docker://{reference}"))
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "skopeo failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "skopeo failed: {}", String::from_utf8_lossy(&output.stderr));
         output.stdout
     };
     let raw = inspect(&[]);
     let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(manifest["mediaType"], WASM_MANIFEST_MEDIA_TYPE);
-    assert_eq!(
-        manifest["config"]["mediaType"],
-        WASM_MANIFEST_CONFIG_MEDIA_TYPE
-    );
+    assert_eq!(manifest["config"]["mediaType"], WASM_MANIFEST_CONFIG_MEDIA_TYPE);
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0]["mediaType"], WASM_LAYER_MEDIA_TYPE);
     assert_eq!(layers[0]["digest"], pushed.layer_digest.as_str());
-    assert_eq!(
-        manifest["annotations"]["org.opencontainers.image.version"],
-        "1.2.3"
-    );
+    assert_eq!(manifest["annotations"]["org.opencontainers.image.version"], "1.2.3");
     {
         use sha2::Digest as _;
         let digest = sha2::Sha256::digest(&raw);
@@ -325,12 +244,7 @@ async fn tampered_blobs_are_refused_and_nothing_is_written() {
     for reference in [reference.as_str(), pushed.pinned.as_str()] {
         let err = pull(reference, &dest, &local()).await.unwrap_err();
         match &err {
-            Error::BlobDigestMismatch {
-                blob,
-                expected,
-                actual,
-                ..
-            } => {
+            Error::BlobDigestMismatch { blob, expected, actual, .. } => {
                 assert_eq!(*blob, "layer");
                 assert_eq!(expected, &pushed.layer_digest);
                 assert_ne!(actual, &pushed.layer_digest);
@@ -353,10 +267,7 @@ async fn tampered_blobs_are_refused_and_nothing_is_written() {
     // The cache refuses it too and keeps nothing.
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(cache_dir.path());
-    let err = cache
-        .resolve(&format!("oci://{reference}"), &local())
-        .await
-        .unwrap_err();
+    let err = cache.resolve(&format!("oci://{reference}"), &local()).await.unwrap_err();
     assert!(matches!(err, Error::BlobDigestMismatch { .. }), "{err}");
     let blobs = cache_dir.path().join("oci/blobs/sha256");
     assert!(!blobs.exists() || entries(&blobs).is_empty());
@@ -368,9 +279,7 @@ async fn tampered_blobs_are_refused_and_nothing_is_written() {
     std::fs::write(&manifest_data, text.replace("genuine", "GENUINE")).unwrap();
     let err = pull(&pushed.pinned, &dest, &local()).await.unwrap_err();
     match &err {
-        Error::ManifestDigestMismatch {
-            expected, actual, ..
-        } => {
+        Error::ManifestDigestMismatch { expected, actual, .. } => {
             assert_eq!(expected, &pushed.manifest_digest);
             assert_ne!(actual, &pushed.manifest_digest);
         }
@@ -392,17 +301,11 @@ async fn cache_pulls_once_per_digest() {
     assert_eq!(cache.dir(), cache_dir.path());
     assert_eq!(cache.lookup(&pushed.manifest_digest).unwrap(), None);
 
-    let path = cache
-        .resolve(&format!("oci://{reference}"), &local())
-        .await
-        .unwrap();
+    let path = cache.resolve(&format!("oci://{reference}"), &local()).await.unwrap();
     assert!(path.starts_with(cache_dir.path()));
     assert_eq!(std::fs::read(&path).unwrap(), wasm);
     assert_eq!(path, cache.blob_path(&pushed.layer_digest).unwrap());
-    assert_eq!(
-        cache.lookup(&pushed.manifest_digest).unwrap().as_deref(),
-        Some(path.as_path())
-    );
+    assert_eq!(cache.lookup(&pushed.manifest_digest).unwrap().as_deref(), Some(path.as_path()));
 
     // With the registry gone, a digest reference is served from the cache...
     drop(registry);
@@ -430,78 +333,27 @@ fn cli_push_pull_and_wit_build() {
     std::fs::write(&input, tiny_component()).unwrap();
     let reference = format!("{}/tollgate-test/cli:0.2.0", registry.host());
     let run = |args: &[&str]| {
-        let cli =
-            Cli::try_parse_from(std::iter::once("tollgate").chain(args.iter().copied())).unwrap();
+        let cli = Cli::try_parse_from(std::iter::once("tollgate").chain(args.iter().copied())).unwrap();
         tollgate_oci::cli::run(cli.command)
     };
-    run(&[
-        "push",
-        &reference,
-        input.to_str().unwrap(),
-        "--plain-http",
-        "--version",
-        "0.2.0",
-    ])
-    .unwrap();
-    run(&[
-        "pull",
-        &reference,
-        "-o",
-        output.to_str().unwrap(),
-        "--plain-http",
-    ])
-    .unwrap();
-    assert_eq!(
-        std::fs::read(&output).unwrap(),
-        std::fs::read(&input).unwrap()
-    );
-    let err = run(&[
-        "pull",
-        &format!("{}/tollgate-test/cli", registry.host()),
-        "-o",
-        "x.wasm",
-    ])
-    .unwrap_err();
+    run(&["push", &reference, input.to_str().unwrap(), "--plain-http", "--version", "0.2.0"]).unwrap();
+    run(&["pull", &reference, "-o", output.to_str().unwrap(), "--plain-http"]).unwrap();
+    assert_eq!(std::fs::read(&output).unwrap(), std::fs::read(&input).unwrap());
+    let err = run(&["pull", &format!("{}/tollgate-test/cli", registry.host()), "-o", "x.wasm"]).unwrap_err();
     assert!(err.to_string().contains("latest"), "{err}");
 
     let wit = dir.path().join("wit/tiny");
     std::fs::create_dir_all(&wit).unwrap();
-    std::fs::write(
-        wit.join("tiny.wit"),
-        "package test:tiny@0.1.0;\ninterface host { log: func(level: u32); }\n",
-    )
-    .unwrap();
+    std::fs::write(wit.join("tiny.wit"), "package test:tiny@0.1.0;\ninterface host { log: func(level: u32); }\n")
+        .unwrap();
     let built = dir.path().join("built");
-    run(&[
-        "wit",
-        "build",
-        "--wit-dir",
-        dir.path().join("wit").to_str().unwrap(),
-        "-o",
-        built.to_str().unwrap(),
-    ])
-    .unwrap();
+    run(&["wit", "build", "--wit-dir", dir.path().join("wit").to_str().unwrap(), "-o", built.to_str().unwrap()])
+        .unwrap();
     assert!(built.join("test_tiny@0.1.0.wasm").is_file());
-    run(&[
-        "wit",
-        "publish",
-        &registry.host(),
-        "--wit-dir",
-        dir.path().join("wit").to_str().unwrap(),
-        "--plain-http",
-    ])
-    .unwrap();
+    run(&["wit", "publish", &registry.host(), "--wit-dir", dir.path().join("wit").to_str().unwrap(), "--plain-http"])
+        .unwrap();
     let pulled = dir.path().join("tiny-wit.wasm");
-    run(&[
-        "pull",
-        &format!("{}/test/tiny:0.1.0", registry.host()),
-        "-o",
-        pulled.to_str().unwrap(),
-        "--plain-http",
-    ])
-    .unwrap();
-    assert_eq!(
-        std::fs::read(&pulled).unwrap(),
-        std::fs::read(built.join("test_tiny@0.1.0.wasm")).unwrap()
-    );
+    run(&["pull", &format!("{}/test/tiny:0.1.0", registry.host()), "-o", pulled.to_str().unwrap(), "--plain-http"])
+        .unwrap();
+    assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(built.join("test_tiny@0.1.0.wasm")).unwrap());
 }

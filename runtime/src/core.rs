@@ -81,7 +81,11 @@ impl Core {
     }
 
     /// Rates with a named rater.
-    pub fn rate_on(&mut self, actor: &str, request: &RatingRequest) -> Result<Result<Rated, RatingError>, RuntimeError> {
+    pub fn rate_on(
+        &mut self,
+        actor: &str,
+        request: &RatingRequest,
+    ) -> Result<Result<Rated, RatingError>, RuntimeError> {
         let rater = self.raters.get_mut(actor).ok_or_else(|| RuntimeError::NoSuchActor(actor.into()))?;
         Ok(rater.rate(request)?)
     }
@@ -148,7 +152,12 @@ impl Core {
         Ok(())
     }
 
-    pub(crate) fn apply_reaction(&mut self, slot: &mut ManagerSlot, instance: &str, reaction: Reaction) -> Result<(), RuntimeError> {
+    pub(crate) fn apply_reaction(
+        &mut self,
+        slot: &mut ManagerSlot,
+        instance: &str,
+        reaction: Reaction,
+    ) -> Result<(), RuntimeError> {
         for id in &reaction.cancel_timers {
             slot.timers.remove(&(instance.to_string(), id.clone()));
         }

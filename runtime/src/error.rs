@@ -12,6 +12,9 @@ pub enum RuntimeError {
     /// An actor failed to load or trapped.
     #[error(transparent)]
     Host(HostError),
+    /// An `oci://` actor could not be pulled.
+    #[error(transparent)]
+    Oci(#[from] tollgate_oci::Error),
     /// No actor of that name.
     #[error("no actor named `{0}` in the manifest")]
     NoSuchActor(String),

@@ -5,7 +5,9 @@
 
 use crate::core::Core;
 use std::sync::{Arc, Mutex};
-use tollgate_billing_model::account::{Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney};
+use tollgate_billing_model::account::{
+    Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney,
+};
 use tollgate_host::aggregate::{Command, Outcome, Rejection};
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
@@ -61,7 +63,12 @@ impl ChargingFacade {
     }
 
     /// Sends an account command; host failures become `end-user-service-denied`.
-    fn send(&self, request_id: &str, account: &str, command: &AccountCommand) -> Result<(Vec<AccountEvent>, Account), ChargingError> {
+    fn send(
+        &self,
+        request_id: &str,
+        account: &str,
+        command: &AccountCommand,
+    ) -> Result<(Vec<AccountEvent>, Account), ChargingError> {
         let mut core = self.lock();
         let (command_type, payload) = tollgate_sdk::codec::encode(command)
             .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("encode command: {e}")))?;
@@ -104,7 +111,9 @@ impl ChargingFacade {
         let request = exported::RatingRequest { usage: request.usage, counters: request.counters };
         let mut core = self.lock();
         match core.rate_on(&self.rater_actor, &request) {
-            Ok(Ok(r)) => Ok(imported::Rated { lines: r.lines, total: r.total, unit_price: r.unit_price, counters: r.counters }),
+            Ok(Ok(r)) => {
+                Ok(imported::Rated { lines: r.lines, total: r.total, unit_price: r.unit_price, counters: r.counters })
+            }
             Ok(Err(e)) => Err(match e {
                 exported::RatingError::UnknownOffer(s) => imported::RatingError::UnknownOffer(s),
                 exported::RatingError::UnknownRatingGroup(g) => imported::RatingError::UnknownRatingGroup(g),
@@ -136,18 +145,26 @@ impl PolicyServices for ChargingFacade {
         };
         let (events, account) = self.send(&request.request_id, &request.account, &command)?;
         match events.into_iter().next() {
-            Some(AccountEvent::Reserved { reservation_id, granted_units, held, expires_at, final_unit, .. }) => Ok(Grant {
-                reservation_id,
-                granted_units,
-                held: money(held, &account.currency),
-                expires_at,
-                final_unit: final_unit.then_some(FinalUnitAction::Terminate),
-            }),
+            Some(AccountEvent::Reserved { reservation_id, granted_units, held, expires_at, final_unit, .. }) => {
+                Ok(Grant {
+                    reservation_id,
+                    granted_units,
+                    held: money(held, &account.currency),
+                    expires_at,
+                    final_unit: final_unit.then_some(FinalUnitAction::Terminate),
+                })
+            }
             other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of reserve: {other:?}"))),
         }
     }
 
-    fn debit(&self, request_id: &str, account: &str, reservation_id: &str, used_units: u64) -> Result<DebitOutcome, ChargingError> {
+    fn debit(
+        &self,
+        request_id: &str,
+        account: &str,
+        reservation_id: &str,
+        used_units: u64,
+    ) -> Result<DebitOutcome, ChargingError> {
         let command = AccountCommand::Debit { reservation_id: reservation_id.into(), used_units };
         let (events, state) = self.send(request_id, account, &command)?;
         match events.into_iter().next() {
@@ -169,7 +186,13 @@ impl PolicyServices for ChargingFacade {
         }
     }
 
-    fn direct_debit(&self, request_id: &str, account: &str, amount: Money, description: &str) -> Result<AccountStatus, ChargingError> {
+    fn direct_debit(
+        &self,
+        request_id: &str,
+        account: &str,
+        amount: Money,
+        description: &str,
+    ) -> Result<AccountStatus, ChargingError> {
         let command = AccountCommand::DirectDebit {
             amount: ModelMoney::new(amount.minor_units, &amount.currency),
             description: description.into(),
@@ -189,7 +212,9 @@ impl PolicyServices for ChargingFacade {
             let (code, message) = match e {
                 imported::RatingError::OutsideGeoFence(m) => (ResultCode::EndUserServiceRejected, m),
                 imported::RatingError::UnknownOffer(m) => (ResultCode::RatingFailed, format!("unknown offer `{m}`")),
-                imported::RatingError::UnknownRatingGroup(g) => (ResultCode::RatingFailed, format!("unknown rating group {g}")),
+                imported::RatingError::UnknownRatingGroup(g) => {
+                    (ResultCode::RatingFailed, format!("unknown rating group {g}"))
+                }
                 imported::RatingError::InvalidTariff(m) => (ResultCode::RatingFailed, m),
             };
             error(code, message)

@@ -14,12 +14,14 @@ pub mod core;
 pub mod error;
 pub mod facade;
 pub mod manifest;
+pub mod resolve;
 
 pub use crate::core::RefusedCommand;
-pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
-pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
 pub use error::RuntimeError;
 pub use manifest::Manifest;
+pub use resolve::resolve_actor;
+pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
+pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
 
 use crate::core::{Core, ManagerSlot, ProjectorSlot};
 use serde::Serialize;
@@ -46,13 +48,21 @@ impl Loader {
         Loader { engine, cache: HashMap::new() }
     }
 
-    /// Loads `path`, checking its kind; compiled once per loader.
-    pub fn load(&mut self, path: &Path, kind: ActorKind) -> Result<Actor, RuntimeError> {
-        let actor = match self.cache.get(path) {
+    /// Loads `file` (a path, or `oci://REF` pulled over HTTPS: see [`resolve_actor`]),
+    /// checking its kind; compiled once per loader and file.
+    pub fn load(&mut self, file: &Path, kind: ActorKind) -> Result<Actor, RuntimeError> {
+        self.load_with(file, kind, false)
+    }
+
+    /// [`Loader::load`], speaking plain HTTP to the registry of an `oci://` file when
+    /// `plain_http`.
+    pub fn load_with(&mut self, file: &Path, kind: ActorKind, plain_http: bool) -> Result<Actor, RuntimeError> {
+        let path = resolve_actor(&file.to_string_lossy(), Path::new(""), plain_http)?;
+        let actor = match self.cache.get(&path) {
             Some(a) => a.clone(),
             None => {
-                let a = Actor::load(&self.engine, path)?;
-                self.cache.insert(path.into(), a.clone());
+                let a = Actor::load(&self.engine, &path)?;
+                self.cache.insert(path, a.clone());
                 a
             }
         };
@@ -78,7 +88,7 @@ impl Runtime {
             memory_bytes: manifest.limits.memory_mib << 20,
             ..Limits::default()
         };
-        let mut loader = Loader::new(HostEngine::new(limits)?);
+        let mut loader = Loader::new(HostEngine::new(limits)?.with_default_code_cache());
         Runtime::new(&manifest, &mut loader)
     }
 
@@ -100,7 +110,7 @@ impl Runtime {
         let mut policy_specs = Vec::new();
         for (name, spec) in &manifest.actors {
             let kind = manifest.kind(name);
-            let actor = loader.load(&spec.file, kind)?;
+            let actor = loader.load_with(&spec.file, kind, manifest.registry.plain_http)?;
             let fakes = Fakes::with_clock(clock.clone());
             fakes.replace_config(spec.config.clone());
             fakes_by_actor.insert(name.clone(), fakes.clone());
@@ -160,7 +170,8 @@ impl Runtime {
 
     /// A JSON command envelope for `stream`/`key`, stamped with the clock.
     pub fn command<C: Serialize>(&self, stream: &str, key: &str, command_id: &str, command: &C) -> Command {
-        let (command_type, payload) = tollgate_sdk::codec::encode(command).expect("commands are externally tagged enums");
+        let (command_type, payload) =
+            tollgate_sdk::codec::encode(command).expect("commands are externally tagged enums");
         Command {
             stream: stream.into(),
             key: key.into(),
@@ -198,7 +209,14 @@ impl Runtime {
 
     /// Records a fact reported from outside (e.g. the network's usage report on stream
     /// `session`), then dispatches it.
-    pub fn report<E: Serialize>(&mut self, stream: &str, key: &str, correlation_id: &str, report_id: &str, event: &E) -> Result<Event, RuntimeError> {
+    pub fn report<E: Serialize>(
+        &mut self,
+        stream: &str,
+        key: &str,
+        correlation_id: &str,
+        report_id: &str,
+        event: &E,
+    ) -> Result<Event, RuntimeError> {
         let (event_type, payload) = tollgate_sdk::codec::encode(event).expect("events are externally tagged enums");
         let mut core = self.lock();
         let event = core.append_external(Event {

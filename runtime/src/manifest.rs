@@ -20,7 +20,17 @@
 //! links = { charging = "account", rating = "rater" }
 //! ```
 //!
-//! Relative `file`s are resolved against the manifest's directory.
+//! Relative `file`s are resolved against the manifest's directory. A `file` may instead be an
+//! OCI reference, pulled (once per digest) through the cache of `tollgate-oci` when loaded:
+//!
+//! ```toml
+//! [registry]
+//! plain_http = true   # only for a local development registry; default: HTTPS
+//!
+//! [actors.account]
+//! kind = "aggregate"
+//! file = "oci://127.0.0.1:5000/tollgate/prepaid-account:0.1.0"
+//! ```
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -34,8 +44,21 @@ pub struct Manifest {
     /// Per-call limits for every actor.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// How to reach the registries of `oci://` actor files.
+    #[serde(default)]
+    pub registry: RegistrySpec,
     /// Actors by name.
     pub actors: BTreeMap<String, ActorSpec>,
+}
+
+/// The `[registry]` section: how `oci://` actor files are pulled.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// Talk plain HTTP instead of HTTPS (for a local development registry such as
+    /// `127.0.0.1:5000`). Default: false.
+    #[serde(default)]
+    pub plain_http: bool,
 }
 
 /// Limits as written in a manifest.
@@ -70,7 +93,7 @@ impl Default for LimitsSpec {
 pub struct ActorSpec {
     /// `aggregate`, `projector`, `process-manager`, `rater` or `policy`; checked on load.
     pub kind: String,
-    /// The component file.
+    /// The component file, or `oci://REGISTRY/REPO:TAG` (or `@sha256:DIGEST`).
     pub file: PathBuf,
     /// `wasi:config` values the actor reads.
     #[serde(default)]
@@ -139,7 +162,16 @@ impl Manifest {
                     format!("`{}` is not one of aggregate, projector, process-manager, rater, policy", actor.kind),
                 )
             })?;
-            if actor.file.is_relative() {
+            if let Some(reference) = actor.file.to_str().filter(|f| crate::resolve::is_oci(f)) {
+                let parsed = tollgate_oci::parse_reference(reference)
+                    .map_err(|e| invalid(format!("actors.{name}.file"), e.to_string()))?;
+                if tollgate_oci::is_latest(&parsed) {
+                    return Err(invalid(
+                        format!("actors.{name}.file"),
+                        format!("`{reference}` resolves to the mutable `latest` tag; name a version tag or a digest"),
+                    ));
+                }
+            } else if actor.file.is_relative() {
                 actor.file = base.join(&actor.file);
             }
             for (link, target) in &actor.links {
@@ -155,7 +187,10 @@ impl Manifest {
                 };
                 match kinds.get(target) {
                     None => {
-                        return Err(invalid(format!("actors.{name}.links.{link}"), format!("no actor named `{target}`")));
+                        return Err(invalid(
+                            format!("actors.{name}.links.{link}"),
+                            format!("no actor named `{target}`"),
+                        ));
                     }
                     Some(k) if *k != Some(wanted) => {
                         return Err(invalid(
@@ -200,9 +235,10 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let err = parse("[actors.p]\nkind = \"policy\"\nfile = \"p.wasm\"\nlinks = { charging = \"x\", rating = \"y\" }\n")
-            .unwrap_err()
-            .to_string();
+        let err =
+            parse("[actors.p]\nkind = \"policy\"\nfile = \"p.wasm\"\nlinks = { charging = \"x\", rating = \"y\" }\n")
+                .unwrap_err()
+                .to_string();
         assert_eq!(err, "m.toml: `actors.p.links.charging`: no actor named `x`");
         let err = parse("[actors.a]\nkind = \"aggregator\"\nfile = \"a.wasm\"\n").unwrap_err().to_string();
         assert!(err.contains("`actors.a.kind`"), "{err}");
@@ -210,5 +246,21 @@ mod tests {
         assert!(err.contains("missing field `file`") && err.contains("line"), "{err}");
         let err = parse("[actors.p]\nkind = \"policy\"\nfile = \"p.wasm\"\n").unwrap_err().to_string();
         assert!(err.contains("`actors.p.links.charging`: a policy needs this link"), "{err}");
+    }
+
+    #[test]
+    fn oci_files_are_kept_and_checked() {
+        let m = parse("[actors.a]\nkind = \"aggregate\"\nfile = \"oci://127.0.0.1:5000/t/a:0.1.0\"\n").unwrap();
+        assert_eq!(m.actors["a"].file, Path::new("oci://127.0.0.1:5000/t/a:0.1.0"));
+        assert!(!m.registry.plain_http);
+        let m = parse("[registry]\nplain_http = true\n[actors.a]\nkind = \"aggregate\"\nfile = \"a.wasm\"\n").unwrap();
+        assert!(m.registry.plain_http);
+        let err =
+            parse("[actors.a]\nkind = \"aggregate\"\nfile = \"oci://127.0.0.1:5000/t/a\"\n").unwrap_err().to_string();
+        assert!(err.contains("`actors.a.file`") && err.contains("latest"), "{err}");
+        let err = parse("[actors.a]\nkind = \"aggregate\"\nfile = \"oci://Bad Ref:1\"\n").unwrap_err().to_string();
+        assert!(err.contains("`actors.a.file`") && err.contains("invalid OCI reference"), "{err}");
+        let err = parse("[registry]\nplain-http = true\n[actors]\n").unwrap_err().to_string();
+        assert!(err.contains("plain-http"), "{err}");
     }
 }

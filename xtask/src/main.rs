@@ -1,4 +1,4 @@
-//! `cargo xtask <task>`: build the actors once, then test or demo with them.
+//! `cargo xtask <task>`: build the actors once, then test, demo or benchmark with them.
 //!
 //! Kept free of dependencies so it builds in seconds on a fresh machine.
 
@@ -22,7 +22,9 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-actors   build every actor and fixture into target/wasm32-wasip2/release/*.wasm
   test [ARGS]    build the actors once, then run every test (ARGS go to cargo test)
-  demo           build the actors, then run the edge demo";
+  demo           build the actors, then run the edge demo
+  bench [ARGS]   build the actors, run the benchmarks (ARGS go to cargo bench), then write
+                 target/bench-report.json and print it as a table";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Some("build-actors") => build_actors().map(|_| ()),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -126,8 +129,241 @@ fn test(extra: &[String]) -> Result<(), String> {
 }
 
 fn demo() -> Result<(), String> {
-    let dir = build_actors()?;
+    build_actors()?;
     let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "-p", "tollgate", "--", "demo", "--actors-dir"]).arg(&dir);
+    cmd.args(["run", "--quiet", "-p", "tollgate", "--", "demo", "--manifest", "examples/edge.toml"]);
     run(&mut cmd)
+}
+
+/// The target directory (where `bench-results.jsonl` and `bench-report.json` go).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
+/// Builds the actors, runs `cargo bench -p tollgate-benches` (each bench appends one JSON line
+/// per scenario to `target/bench-results.jsonl`), then writes `target/bench-report.json` (one
+/// object per scenario: `name`, `ops_per_sec`, `p50_ns`, `p99_ns`, `native_ratio`, plus `op`,
+/// `target`, `meets_target`) and prints it as a table.
+fn bench(extra: &[String]) -> Result<(), String> {
+    let dir = build_actors()?;
+    let target = target_dir();
+    let results = target.join("bench-results.jsonl");
+    match std::fs::remove_file(&results) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", results.display())),
+    }
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "tollgate-benches"])
+        .args(extra)
+        .env("TOLLGATE_ACTORS_DIR", &dir)
+        .env("TOLLGATE_BENCH_RESULTS", &results);
+    run(&mut cmd)?;
+    let text = std::fs::read_to_string(&results).map_err(|e| format!("{}: {e}", results.display()))?;
+    // One object per scenario, in the order they ran; a later line for a name replaces an
+    // earlier one.
+    let mut scenarios: Vec<Vec<(String, Json)>> = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let fields = parse_flat_object(line).map_err(|e| format!("{}:{}: {e}", results.display(), i + 1))?;
+        let name = field(&fields, "name").and_then(Json::as_str).ok_or_else(|| format!("{}:{}: no name", results.display(), i + 1))?;
+        match scenarios.iter_mut().find(|s| field(s, "name").and_then(Json::as_str) == Some(name)) {
+            Some(existing) => *existing = fields,
+            None => scenarios.push(fields),
+        }
+    }
+    let report = target.join("bench-report.json");
+    let objects: Vec<String> = scenarios
+        .iter()
+        .map(|s| {
+            let ordered = ["name", "ops_per_sec", "p50_ns", "p99_ns", "native_ratio", "op", "target", "meets_target"];
+            let body: Vec<String> = ordered
+                .iter()
+                .map(|k| format!("    \"{k}\": {}", field(s, k).cloned().unwrap_or(Json::Null).render()))
+                .collect();
+            format!("  {{\n{}\n  }}", body.join(",\n"))
+        })
+        .collect();
+    std::fs::write(&report, format!("[\n{}\n]\n", objects.join(",\n"))).map_err(|e| format!("{}: {e}", report.display()))?;
+    print_table(&scenarios);
+    println!("\nwrote {}", report.display());
+    Ok(())
+}
+
+fn field<'a>(fields: &'a [(String, Json)], key: &str) -> Option<&'a Json> {
+    fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+fn print_table(scenarios: &[Vec<(String, Json)>]) {
+    println!(
+        "\n{:<24} {:>14} {:>12} {:>12} {:>7}  {:<30} {}",
+        "scenario", "ops/s", "p50", "p99", "native", "target", "status"
+    );
+    for s in scenarios {
+        let num = |k: &str| field(s, k).and_then(Json::as_f64);
+        let text = |k: &str| field(s, k).and_then(Json::as_str).unwrap_or("").to_string();
+        let status = match field(s, "meets_target") {
+            Some(Json::Bool(true)) => "met",
+            Some(Json::Bool(false)) => "SHORT",
+            _ => "",
+        };
+        println!(
+            "{:<24} {:>14} {:>12} {:>12} {:>7}  {:<30} {}",
+            text("name"),
+            num("ops_per_sec").map_or("-".into(), |v| group_thousands(v.round() as u64)),
+            num("p50_ns").map_or("-".into(), duration),
+            num("p99_ns").map_or("-".into(), duration),
+            num("native_ratio").map_or("-".into(), |r| format!("{r:.2}x")),
+            text("target"),
+            status
+        );
+    }
+}
+
+fn group_thousands(v: u64) -> String {
+    let digits = v.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn duration(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} us", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+/// A JSON scalar: what the bench lines hold (xtask stays free of dependencies).
+#[derive(Clone, Debug, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(String),
+    Str(String),
+}
+
+impl Json {
+    fn as_str(&self) -> Option<&str> {
+        if let Json::Str(s) = self { Some(s) } else { None }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        if let Json::Num(n) = self { n.parse().ok() } else { None }
+    }
+
+    fn render(&self) -> String {
+        match self {
+            Json::Null => "null".into(),
+            Json::Bool(b) => b.to_string(),
+            Json::Num(n) => n.clone(),
+            Json::Str(s) => {
+                let mut out = String::from("\"");
+                for c in s.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+                out
+            }
+        }
+    }
+}
+
+/// Parses one flat JSON object whose values are strings, numbers, booleans or null.
+fn parse_flat_object(line: &str) -> Result<Vec<(String, Json)>, String> {
+    let mut chars = line.trim().chars().peekable();
+    let mut fields = Vec::new();
+    let skip_ws = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+    };
+    let expect = |chars: &mut std::iter::Peekable<std::str::Chars>, want: char| match chars.next() {
+        Some(c) if c == want => Ok(()),
+        other => Err(format!("expected `{want}`, found {other:?}")),
+    };
+    expect(&mut chars, '{')?;
+    skip_ws(&mut chars);
+    if chars.peek() == Some(&'}') {
+        return Ok(fields);
+    }
+    loop {
+        skip_ws(&mut chars);
+        let key = parse_string(&mut chars)?;
+        skip_ws(&mut chars);
+        expect(&mut chars, ':')?;
+        skip_ws(&mut chars);
+        let value = match chars.peek() {
+            Some('"') => Json::Str(parse_string(&mut chars)?),
+            Some(_) => {
+                let mut word = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c == ',' || c == '}' || c.is_whitespace() {
+                        break;
+                    }
+                    word.push(c);
+                    chars.next();
+                }
+                match word.as_str() {
+                    "null" => Json::Null,
+                    "true" => Json::Bool(true),
+                    "false" => Json::Bool(false),
+                    n if n.parse::<f64>().is_ok() => Json::Num(n.to_string()),
+                    other => return Err(format!("unsupported value `{other}` for `{key}`")),
+                }
+            }
+            None => return Err("unexpected end of line".into()),
+        };
+        fields.push((key, value));
+        skip_ws(&mut chars);
+        match chars.next() {
+            Some(',') => continue,
+            Some('}') => return Ok(fields),
+            other => return Err(format!("expected `,` or `}}`, found {other:?}")),
+        }
+    }
+}
+
+fn parse_string(chars: &mut std::iter::Peekable<std::str::Chars>) -> Result<String, String> {
+    if chars.next() != Some('"') {
+        return Err("expected a string".into());
+    }
+    let mut out = String::new();
+    loop {
+        match chars.next() {
+            Some('"') => return Ok(out),
+            Some('\\') => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some('b') => out.push('\u{8}'),
+                Some('f') => out.push('\u{c}'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let code = u32::from_str_radix(&hex, 16).map_err(|_| format!("bad escape \\u{hex}"))?;
+                    out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                }
+                Some(c) => out.push(c),
+                None => return Err("unterminated string".into()),
+            },
+            Some(c) => out.push(c),
+            None => return Err("unterminated string".into()),
+        }
+    }
 }

@@ -18,7 +18,14 @@ fn opened() -> E {
 }
 
 fn reserve(id: &str, units: u64, price: i64) -> C {
-    C::Reserve { reservation_id: id.into(), units, unit_price: eur(price), validity_ms: 60_000, offer: "voice".into(), counters: vec![] }
+    C::Reserve {
+        reservation_id: id.into(),
+        units,
+        unit_price: eur(price),
+        validity_ms: 60_000,
+        offer: "voice".into(),
+        counters: vec![],
+    }
 }
 
 fn reserved(id: &str, requested: u64, granted: u64, price: i64, final_unit: bool) -> E {
@@ -37,9 +44,27 @@ fn reserved(id: &str, requested: u64, granted: u64, price: i64, final_unit: bool
 
 fn with_counters(event: E, with: Vec<Counter>) -> E {
     match event {
-        E::Reserved { counters: _, reservation_id, offer, requested_units, granted_units, unit_price, held, expires_at, final_unit } => {
-            E::Reserved { counters: with, reservation_id, offer, requested_units, granted_units, unit_price, held, expires_at, final_unit }
-        }
+        E::Reserved {
+            counters: _,
+            reservation_id,
+            offer,
+            requested_units,
+            granted_units,
+            unit_price,
+            held,
+            expires_at,
+            final_unit,
+        } => E::Reserved {
+            counters: with,
+            reservation_id,
+            offer,
+            requested_units,
+            granted_units,
+            unit_price,
+            held,
+            expires_at,
+            final_unit,
+        },
         other => other,
     }
 }
@@ -75,11 +100,17 @@ fn every_command_on_an_unopened_account_is_unknown_account() {
 
 #[test]
 fn top_up_adds_money_and_checks_amount_and_currency() {
-    let then = account().given([opened()]).when(C::TopUp { amount: eur(500) }).then_expect_events([E::ToppedUp { amount: 500 }]);
+    let then = account()
+        .given([opened()])
+        .when(C::TopUp { amount: eur(500) })
+        .then_expect_events([E::ToppedUp { amount: 500 }]);
     assert_eq!(then.state::<Account>().balance, 500);
     account().given([opened()]).when(C::TopUp { amount: eur(0) }).then_expect_rejection("zero-amount");
     account().given([opened()]).when(C::TopUp { amount: eur(-5) }).then_expect_rejection("negative-amount");
-    account().given([opened()]).when(C::TopUp { amount: Money::new(5, "USD") }).then_expect_rejection("currency-mismatch");
+    account()
+        .given([opened()])
+        .when(C::TopUp { amount: Money::new(5, "USD") })
+        .then_expect_rejection("currency-mismatch");
 }
 
 #[test]
@@ -124,9 +155,19 @@ fn reserve_rejections() {
     funded().when(reserve("s1", 0, 1)).then_expect_rejection("zero-amount");
     funded().when(reserve("s1", 1, -1)).then_expect_rejection("negative-amount");
     funded()
-        .when(C::Reserve { reservation_id: "s1".into(), units: 1, unit_price: Money::new(1, "USD"), validity_ms: 1, offer: String::new(), counters: vec![] })
+        .when(C::Reserve {
+            reservation_id: "s1".into(),
+            units: 1,
+            unit_price: Money::new(1, "USD"),
+            validity_ms: 1,
+            offer: String::new(),
+            counters: vec![],
+        })
         .then_expect_rejection("currency-mismatch");
-    funded().given([reserved("s1", 1, 1, 1, false)]).when(reserve("s1", 1, 1)).then_expect_rejection("duplicate-reservation-id");
+    funded()
+        .given([reserved("s1", 1, 1, 1, false)])
+        .when(reserve("s1", 1, 1))
+        .then_expect_rejection("duplicate-reservation-id");
     account().given([opened()]).when(reserve("s1", 1, 1)).then_expect_rejection("insufficient-funds");
 }
 
@@ -165,7 +206,10 @@ fn release_frees_the_hold_without_charging() {
         .when(C::Release { reservation_id: "s1".into() })
         .then_expect_events([E::Released { reservation_id: "s1".into(), released: 20 }]);
     assert_eq!(then.state::<Account>().available(), 1000);
-    account().given([opened()]).when(C::Release { reservation_id: "s1".into() }).then_expect_rejection("unknown-reservation");
+    account()
+        .given([opened()])
+        .when(C::Release { reservation_id: "s1".into() })
+        .then_expect_rejection("unknown-reservation");
 }
 
 #[test]
@@ -176,7 +220,10 @@ fn expire_frees_the_hold_only_after_validity() {
     then.test().fakes().clock().set_ms(60_000);
     then.and_when(C::Expire { reservation_id: "s1".into() })
         .then_expect_events([E::Expired { reservation_id: "s1".into(), released: 20 }]);
-    account().given([opened()]).when(C::Expire { reservation_id: "s1".into() }).then_expect_rejection("unknown-reservation");
+    account()
+        .given([opened()])
+        .when(C::Expire { reservation_id: "s1".into() })
+        .then_expect_rejection("unknown-reservation");
 }
 
 #[test]
@@ -189,7 +236,10 @@ fn direct_debit_charges_within_available() {
         .given([opened(), E::ToppedUp { amount: 100 }, reserved("s1", 10, 10, 9, false)])
         .when(C::DirectDebit { amount: eur(11), description: "sms".into() })
         .then_expect_rejection("insufficient-funds");
-    account().given([opened()]).when(C::DirectDebit { amount: eur(0), description: String::new() }).then_expect_rejection("zero-amount");
+    account()
+        .given([opened()])
+        .when(C::DirectDebit { amount: eur(0), description: String::new() })
+        .then_expect_rejection("zero-amount");
 }
 
 #[test]
@@ -234,7 +284,9 @@ fn unknown_command_and_malformed_payload_are_distinct_rejections() {
     command.command_type = "withdraw".into();
     let then = test.when_command(command);
     match then.outcome() {
-        Ok(Outcome::Rejected(r)) => assert_eq!((r.kind, r.code.as_str()), (RejectionKind::UnknownCommand, "unknown-command")),
+        Ok(Outcome::Rejected(r)) => {
+            assert_eq!((r.kind, r.code.as_str()), (RejectionKind::UnknownCommand, "unknown-command"))
+        }
         other => panic!("{other:?}"),
     }
     let mut then = then;

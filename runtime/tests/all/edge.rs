@@ -6,9 +6,9 @@ use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money};
 use tollgate_billing_model::balance::{BUCKET, BalanceView};
 use tollgate_billing_model::session::{STREAM as SESSION, SessionEvent};
 use tollgate_billing_model::tariff::{Pricing, Tariff, config_key};
+use tollgate_host::HostEngine;
 use tollgate_host::aggregate::Outcome;
 use tollgate_host::fixtures::{self, ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION, PREPAID_ACCOUNT, RATER};
-use tollgate_host::HostEngine;
 use tollgate_runtime::{AdmissionRequest, Decision, Loader, Manifest, ResultCode, Runtime};
 
 fn tariffs() -> Vec<(String, Tariff)> {
@@ -17,7 +17,10 @@ fn tariffs() -> Vec<(String, Tariff)> {
         ("sms-bundle".into(), Tariff::new("EUR", Pricing::Bundle { size: 3, refill_price: 500 })),
         ("coffee".into(), Tariff::new("EUR", Pricing::Threshold { unit_price: 100, every: 11, discount_percent: 10 })),
         ("provider".into(), Tariff::new("EUR", Pricing::PerUnit { unit_price: 10 })),
-        ("vendor".into(), Tariff::new("EUR", Pricing::Composite { children: vec!["provider".into()], markup_percent: 10 })),
+        (
+            "vendor".into(),
+            Tariff::new("EUR", Pricing::Composite { children: vec!["provider".into()], markup_percent: 10 }),
+        ),
         ("roaming".into(), Tariff::new("EUR", Pricing::PerUnit { unit_price: 5 }).in_countries(&["DE", "AT"])),
     ]
 }
@@ -72,10 +75,20 @@ pub fn runtime() -> Runtime {
 }
 
 pub fn open(rt: &mut Runtime, account: &str, top_up: i64) {
-    let c = rt.command("account", account, &format!("{account}/open"), &AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 });
+    let c = rt.command(
+        "account",
+        account,
+        &format!("{account}/open"),
+        &AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 },
+    );
     assert!(matches!(rt.execute(&c).unwrap(), Outcome::Accepted(_)));
     if top_up > 0 {
-        let c = rt.command("account", account, &format!("{account}/top-up"), &AccountCommand::TopUp { amount: Money::new(top_up, "EUR") });
+        let c = rt.command(
+            "account",
+            account,
+            &format!("{account}/top-up"),
+            &AccountCommand::TopUp { amount: Money::new(top_up, "EUR") },
+        );
         assert!(matches!(rt.execute(&c).unwrap(), Outcome::Accepted(_)));
     }
 }
@@ -226,7 +239,14 @@ fn validity_expiry_releases_the_hold() {
 fn a_session_debits_updates_re_reserves_and_terminates() {
     let mut rt = runtime();
     open(&mut rt, "ivy", 1_000);
-    rt.report(SESSION, "call", "call", "call/started", &SessionEvent::Started { account: "ivy".into(), offer: "voice".into(), currency: "EUR".into() }).unwrap();
+    rt.report(
+        SESSION,
+        "call",
+        "call",
+        "call/started",
+        &SessionEvent::Started { account: "ivy".into(), offer: "voice".into(), currency: "EUR".into() },
+    )
+    .unwrap();
     granted(&rt.admit(&request("call", "ivy", "voice", 60, None)).unwrap());
     let update = SessionEvent::UsageReported {
         account: "ivy".into(),
@@ -247,7 +267,8 @@ fn a_session_debits_updates_re_reserves_and_terminates() {
 }
 
 fn terminate_reservation(rt: &mut Runtime, session: &str, account: &str, reservation: &str, used: u64) {
-    let report = SessionEvent::Terminated { account: account.into(), reservation_id: reservation.into(), used_units: used };
+    let report =
+        SessionEvent::Terminated { account: account.into(), reservation_id: reservation.into(), used_units: used };
     rt.report(SESSION, session, session, &format!("{session}/terminated"), &report).unwrap();
 }
 
@@ -264,7 +285,12 @@ fn the_projector_matches_the_aggregate_after_every_event() {
     check_projection(&rt, "jay");
     rt.advance_ms(60_000).unwrap();
     check_projection(&rt, "jay");
-    let c = rt.command("account", "jay", "dd", &AccountCommand::DirectDebit { amount: Money::new(7, "EUR"), description: "sms".into() });
+    let c = rt.command(
+        "account",
+        "jay",
+        "dd",
+        &AccountCommand::DirectDebit { amount: Money::new(7, "EUR"), description: "sms".into() },
+    );
     rt.execute(&c).unwrap();
     check_projection(&rt, "jay");
     let events = rt.events().iter().filter(|e| e.stream == "account" && e.key == "jay").count();

@@ -1,5 +1,9 @@
-//! Test support: a real OCI registry (Debian's `docker-registry`, i.e. CNCF distribution) on a
-//! free loopback port, plus small fixtures.
+//! Test support (cargo feature `testing`): a real OCI registry (Debian's `docker-registry`,
+//! i.e. CNCF distribution) on a free loopback port, plus small fixtures. Used by this crate's
+//! tests and by other crates' tests that need a registry (e.g. `tollgate-runtime`).
+//!
+//! Missing tools fail the test under `CI=true` and skip it elsewhere, with one `skipping:` line
+//! naming the Debian package to install.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -7,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tollgate_oci::{PushOptions, RegistryOptions};
+use crate::{PushOptions, Pushed, RegistryOptions};
 
 /// Where Debian installs the registry binary.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
-/// Whether a missing tool must fail the test (CI) rather than skip it.
-fn in_ci() -> bool {
+/// Whether a missing tool must fail the test (`CI=true`) rather than skip it.
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
@@ -23,17 +27,11 @@ pub fn require_tool(tool: &str, package: &str) -> Option<PathBuf> {
     let found = if tool.contains('/') {
         Some(PathBuf::from(tool)).filter(|p| p.is_file())
     } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(tool))
-                .find(|p| p.is_file())
-        })
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(tool)).find(|p| p.is_file()))
     };
     if found.is_none() {
-        assert!(
-            !in_ci(),
-            "`{tool}` is missing and CI=true: install the Debian package {package}"
-        );
+        assert!(!in_ci(), "`{tool}` is missing and CI=true: install the Debian package {package}");
         println!("skipping: install the Debian package {package}");
     }
     found
@@ -92,12 +90,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawning: {e}"))?;
-        let mut registry = Registry {
-            child,
-            port,
-            storage,
-            _config_dir: config_dir,
-        };
+        let mut registry = Registry { child, port, storage, _config_dir: config_dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = registry.child.try_wait() {
@@ -140,11 +133,7 @@ impl Registry {
     /// The file holding blob `digest` (`sha256:<hex>`) in the registry's storage.
     pub fn blob_data_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-        self.storage()
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        self.storage().join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 }
 
@@ -161,24 +150,69 @@ pub fn local() -> RegistryOptions {
         plain_http: true,
         allow_latest: false,
         progress: false,
-        credentials: tollgate_oci::Credentials::Anonymous,
+        credentials: crate::Credentials::Anonymous,
     }
 }
 
 /// Push options for the local registry.
 pub fn local_push() -> PushOptions {
-    PushOptions {
-        registry: local(),
-        ..PushOptions::default()
-    }
+    PushOptions { registry: local(), ..PushOptions::default() }
 }
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the crate lives in the workspace").to_path_buf()
+}
+
+/// The reference actors, by file stem (`<stem>.wasm`, built by `cargo xtask build-actors`).
+pub const REFERENCE_ACTORS: [&str; 5] =
+    ["prepaid_account", "rater", "admission_policy", "balance_projector", "charging_session"];
+
+/// Where the compiled actors are: `$TOLLGATE_ACTORS_DIR`, else
+/// `<workspace>/target/wasm32-wasip2/release`.
+pub fn actors_dir() -> PathBuf {
+    std::env::var_os("TOLLGATE_ACTORS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip2/release"))
+}
+
+/// The paths of the [`REFERENCE_ACTORS`], or `None` (after printing one `skipping:` line) when
+/// one is missing outside CI; under `CI=true` a missing actor fails.
+pub fn require_reference_actors() -> Option<Vec<(&'static str, PathBuf)>> {
+    let dir = actors_dir();
+    let paths: Vec<_> = REFERENCE_ACTORS.iter().map(|stem| (*stem, dir.join(format!("{stem}.wasm")))).collect();
+    if let Some((_, missing)) = paths.iter().find(|(_, p)| !p.is_file()) {
+        assert!(
+            !in_ci(),
+            "{} is missing and CI=true: build the actors first (cargo xtask build-actors)",
+            missing.display()
+        );
+        println!("skipping: {} is missing (build the actors with cargo xtask build-actors)", missing.display());
+        return None;
+    }
+    Some(paths)
+}
+
+/// The reference to push actor `stem` to: `REGISTRY/tollgate/<stem with dashes>:0.1.0`.
+pub fn actor_reference(registry: &str, stem: &str) -> String {
+    format!("{registry}/tollgate/{}:0.1.0", stem.replace('_', "-"))
+}
+
+/// Pushes every reference actor to `registry` (`127.0.0.1:PORT`) at [`actor_reference`], with
+/// [`local_push`] options; returns `(stem, file, what was pushed)` per actor.
+pub async fn push_reference_actors(
+    registry: &str,
+    actors: &[(&'static str, PathBuf)],
+) -> Vec<(&'static str, PathBuf, Pushed)> {
+    let mut pushed = Vec::new();
+    for (stem, path) in actors {
+        let reference = actor_reference(registry, stem);
+        let result = crate::push_file(&reference, path, &local_push())
+            .await
+            .unwrap_or_else(|e| panic!("pushing {}: {e}", path.display()));
+        pushed.push((*stem, path.clone(), result));
+    }
+    pushed
 }
 
 /// A tiny but real component: world `test:tiny/actor` importing `test:tiny/host` and
@@ -193,9 +227,7 @@ pub fn tiny_component() -> Vec<u8> {
              world actor { import host; export run: func(x: u32) -> u32; }\n",
         )
         .expect("valid WIT");
-    let world = resolve
-        .select_world(&[package], Some("actor"))
-        .expect("world exists");
+    let world = resolve.select_world(&[package], Some("actor")).expect("world exists");
     let mut module = wat::parse_str(
         r#"(module
              (import "test:tiny/host@0.1.0" "log" (func $log (param i32)))
@@ -205,13 +237,8 @@ pub fn tiny_component() -> Vec<u8> {
                local.get 0))"#,
     )
     .expect("valid WAT");
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-    )
-    .expect("metadata embeds");
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8)
+        .expect("metadata embeds");
     wit_component::ComponentEncoder::default()
         .module(&module)
         .expect("module is accepted")

@@ -1,0 +1,153 @@
+//! "admission": one full admission decision through `Runtime::admit` on warm instances: the
+//! policy component calls `config`, `charging.balance-check` (host reads the account state),
+//! `rating.rate` (the rater component) and `charging.reserve` (the account component's
+//! `handle` + `apply` through the aggregate host), then the runtime dispatches the new event.
+//!
+//! Every 16 admissions the open reservations are released (off the clock) so the account's
+//! state stays bounded. `admission` runs the admission path alone (account, rater, policy);
+//! `admission-edge` runs the whole edge manifest (plus the balance projector and the
+//! charging-session process manager, which every reserve and release also reaches).
+
+use criterion::Criterion;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use tollgate_benches::fixtures::{self, KEY};
+use tollgate_benches::measure::{self, PHASE, Report};
+use tollgate_billing_model::account::{AccountCommand, Money};
+use tollgate_host::aggregate::Outcome;
+use tollgate_host::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION, PREPAID_ACCOUNT, RATER};
+use tollgate_host::{HostEngine, Limits};
+use tollgate_runtime::{AdmissionRequest, Decision, Loader, Manifest, Runtime};
+
+/// Reservations open at most before they are released.
+const RELEASE_EVERY: usize = 16;
+
+fn manifest(edge: bool) -> Manifest {
+    let file = |name: &str| fixtures::actor(name).display().to_string();
+    let mut text = format!(
+        r#"
+[actors.account]
+kind = "aggregate"
+file = "{account}"
+
+[actors.policy]
+kind = "policy"
+file = "{policy}"
+links = {{ charging = "account", rating = "rater" }}
+config = {{ "validity-ms" = "30000" }}
+
+[actors.rater]
+kind = "rater"
+file = "{rater}"
+config = {{ "offer.voice" = '{{"kind":"per-unit","currency":"EUR","unit_price":2}}', "offer.coffee" = '{{"kind":"threshold","currency":"EUR","unit_price":100,"every":11,"discount_percent":10}}' }}
+"#,
+        account = file(PREPAID_ACCOUNT),
+        policy = file(ADMISSION_POLICY),
+        rater = file(RATER),
+    );
+    if edge {
+        text.push_str(&format!(
+            "\n[actors.balances]\nkind = \"projector\"\nfile = \"{}\"\n\n[actors.sessions]\nkind = \"process-manager\"\nfile = \"{}\"\n",
+            file(BALANCE_PROJECTOR),
+            file(CHARGING_SESSION)
+        ));
+    }
+    Manifest::parse(std::path::Path::new("bench.toml"), &text, std::path::Path::new(".")).expect("bench manifest")
+}
+
+/// A runtime with one open, well-funded account and the bookkeeping of outstanding grants.
+struct Bench {
+    rt: Runtime,
+    next: u64,
+    open: Vec<String>,
+}
+
+impl Bench {
+    fn new(loader: &mut Loader, edge: bool) -> Bench {
+        let mut rt = Runtime::new(&manifest(edge), loader).expect("runtime");
+        let open = AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 };
+        let top_up = AccountCommand::TopUp { amount: Money::new(1_000_000_000_000, "EUR") };
+        for (id, c) in [("open", open), ("top-up", top_up)] {
+            let c = rt.command("account", KEY, id, &c);
+            assert!(matches!(rt.execute(&c).expect("no host error"), Outcome::Accepted(_)));
+        }
+        Bench { rt, next: 0, open: Vec::new() }
+    }
+
+    /// Off the clock: releases the outstanding grants once there are `RELEASE_EVERY`.
+    fn housekeeping(&mut self) {
+        if self.open.len() < RELEASE_EVERY {
+            return;
+        }
+        for id in std::mem::take(&mut self.open) {
+            let c = self.rt.command("account", KEY, &format!("release/{id}"), &AccountCommand::Release { reservation_id: id });
+            assert!(matches!(self.rt.execute(&c).expect("no host error"), Outcome::Accepted(_)));
+        }
+    }
+
+    /// Builds the next request (off the clock).
+    fn request(&mut self) -> AdmissionRequest {
+        self.next += 1;
+        AdmissionRequest {
+            request_id: format!("req-{}", self.next),
+            subscriber: KEY.into(),
+            offer: "voice".into(),
+            rating_group: 1,
+            requested_units: 60,
+            country: None,
+        }
+    }
+
+    /// On the clock: one admission decision.
+    fn admit(&mut self, request: &AdmissionRequest) {
+        match self.rt.admit(request).expect("no host error") {
+            Decision::Granted(g) => {
+                black_box(&g);
+                self.open.push(request.request_id.clone());
+            }
+            Decision::Denied(d) => panic!("denied {:?}: {}", d.code, d.message),
+        }
+    }
+
+    fn timed_admit(&mut self) -> Duration {
+        self.housekeeping();
+        let request = self.request();
+        let t = Instant::now();
+        self.admit(&request);
+        t.elapsed()
+    }
+}
+
+fn run(c: &mut Criterion, loader: &mut Loader, name: &str, edge: bool) {
+    let mut bench = Bench::new(loader, edge);
+    c.bench_function(name, |b| b.iter_custom(|iters| (0..iters).map(|_| bench.timed_admit()).sum()));
+    if !measure::bench_mode() {
+        return;
+    }
+    let before = bench.next;
+    let timing = measure::measure_with_setup(
+        PHASE,
+        1_000,
+        |_| {
+            bench.housekeeping();
+            bench.request()
+        },
+        |request| bench.admit(&request),
+    );
+    let events = bench.rt.events().len();
+    println!("{name}: {} admissions in the timed loop; {events} events held in memory by the runtime", bench.next - before);
+    let op = "one Runtime::admit (policy -> rater -> account reserve), granted; releases off the clock";
+    let mut report = Report::new(name, op, &timing);
+    if !edge {
+        report = report.target(">= 200k/s, p99 <= 20 us", timing.ops_per_sec >= 200_000.0 && report.p99_ns <= 20_000);
+    }
+    report.write();
+}
+
+fn main() {
+    let mut loader = Loader::new(HostEngine::new(Limits::default()).expect("engine"));
+    let mut c = measure::criterion();
+    run(&mut c, &mut loader, "admission", false);
+    run(&mut c, &mut loader, "admission-edge", true);
+    c.final_summary();
+}

@@ -1,0 +1,392 @@
+//! The scenario file format (TOML or YAML) and its checks: every mistake names the file, and
+//! the line and field when the parser knows them.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tollgate_host::ActorKind;
+
+/// A scenario file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// The actor under test: a `.wasm` path relative to the file, or a name bound with `--actor`.
+    pub actor: String,
+    /// The kind the actor must be (optional; otherwise told by what the cases send it).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// For a policy: the actors serving its imports, `charging` (an account aggregate) and
+    /// `rating` (a rater).
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
+    /// The key (aggregate instance, subscriber) cases use unless they say otherwise.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The stream of events sent to projectors and process managers, unless an event says.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Setup shared by every case (a case's own `given` adds to it).
+    #[serde(default)]
+    pub given: Given,
+    /// The cases.
+    #[serde(rename = "case", default)]
+    pub cases: Vec<Case>,
+}
+
+/// What is true before the case acts.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Given {
+    /// The virtual clock, ms since the epoch.
+    #[serde(default)]
+    pub clock_ms: Option<u64>,
+    /// `wasi:config` values of the actor under test; non-strings are stored as JSON.
+    #[serde(default)]
+    pub config: BTreeMap<String, Value>,
+    /// `wasi:config` values of a linked actor, by link (`charging`, `rating`).
+    #[serde(default)]
+    pub link_config: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Key-value contents: bucket -> key -> value (strings as is, anything else as JSON).
+    #[serde(default)]
+    pub kv: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Events that already happened.
+    #[serde(default)]
+    pub events: Vec<Value>,
+    /// Commands that already ran (aggregates and policies' accounts); each must be accepted.
+    #[serde(default)]
+    pub commands: Vec<Value>,
+}
+
+/// One case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// Its name, printed with its result.
+    pub name: String,
+    /// The key, overriding the file's.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Setup.
+    #[serde(default)]
+    pub given: Given,
+    /// The one thing the case does.
+    pub when: When,
+    /// What must come of it.
+    #[serde(default)]
+    pub then: Then,
+}
+
+/// What a case does: exactly one of these.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// A command to an aggregate.
+    #[serde(default)]
+    pub command: Option<Value>,
+    /// An event to a projector or process manager.
+    #[serde(default)]
+    pub event: Option<Value>,
+    /// Several events, delivered in order (one batch for a projector).
+    #[serde(default)]
+    pub events: Option<Vec<Value>>,
+    /// A process manager's timer firing.
+    #[serde(default)]
+    pub timer: Option<TimerSpec>,
+    /// An admission request to a policy.
+    #[serde(default)]
+    pub admission: Option<AdmissionSpec>,
+    /// A rating request to a rater.
+    #[serde(default)]
+    pub rate: Option<RateSpec>,
+}
+
+/// A timer firing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSpec {
+    /// The timer id.
+    pub id: String,
+    /// The process instance (default: the only one with state, else the case key).
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// When it was due (default: the one set during `given`, else now).
+    #[serde(default)]
+    pub fire_at: Option<u64>,
+    /// Its payload (default: the one set during `given`, else empty); JSON unless a string.
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+/// An admission request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSpec {
+    /// The request id (default `req-1`).
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The subscriber (default the case key).
+    #[serde(default)]
+    pub subscriber: Option<String>,
+    /// The offer.
+    pub offer: String,
+    /// The rating group (default 1).
+    #[serde(default = "one")]
+    pub rating_group: u32,
+    /// Units asked for.
+    pub requested_units: u64,
+    /// Where the subscriber is.
+    #[serde(default)]
+    pub country: Option<String>,
+}
+
+/// A rating request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSpec {
+    /// The offer.
+    pub offer: String,
+    /// Units used.
+    pub units: u64,
+    /// The rating group (default 1).
+    #[serde(default = "one")]
+    pub rating_group: u32,
+    /// Where.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// The account's tariff counters.
+    #[serde(default)]
+    pub counters: Vec<CounterSpec>,
+}
+
+/// A tariff counter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterSpec {
+    /// The offer.
+    pub offer: String,
+    /// The counter's name.
+    pub name: String,
+    /// Its value.
+    pub value: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What must come of the case; only what is stated is checked.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Then {
+    /// Events appended (aggregate; a policy's account), compared by type and payload.
+    #[serde(default)]
+    pub events: Option<Vec<Value>>,
+    /// A rejection: its code, or a table of `code`, `kind`, `message`.
+    #[serde(default)]
+    pub rejection: Option<Value>,
+    /// A policy's decision: `granted`, `denied`, or a table compared on the fields stated.
+    #[serde(default)]
+    pub decision: Option<Value>,
+    /// A rater's price, compared on the fields stated.
+    #[serde(default)]
+    pub rated: Option<Value>,
+    /// A rater's error: its kind (`unknown-offer`, ...) or `{kind = detail}`.
+    #[serde(default)]
+    pub rating_error: Option<Value>,
+    /// Commands a process manager sent, compared by type and payload.
+    #[serde(default)]
+    pub commands: Option<Vec<Value>>,
+    /// Timers a process manager set, compared on the fields stated.
+    #[serde(default)]
+    pub timers: Option<Value>,
+    /// Timer ids a process manager cancelled.
+    #[serde(default)]
+    pub cancelled_timers: Option<Vec<String>>,
+    /// Whether the process instance finished.
+    #[serde(default)]
+    pub finished: Option<bool>,
+    /// Whether a process manager ignored the event (it correlates to no instance).
+    #[serde(default)]
+    pub ignored: Option<bool>,
+    /// The state afterwards (aggregate key, process instance), compared on the fields stated.
+    #[serde(default)]
+    pub state: Option<Value>,
+    /// Key-value contents afterwards: bucket -> key -> value, compared on the fields stated.
+    #[serde(default)]
+    pub kv: Option<BTreeMap<String, BTreeMap<String, Value>>>,
+    /// Host calls made while acting, in order: `interface function arg=value ...`.
+    #[serde(default)]
+    pub calls: Option<Vec<String>>,
+    /// The host error the case must end in (trap, cap): a part of its message.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// An event or command as a case states it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The type, e.g. `topped-up`.
+    pub ty: String,
+    /// The payload, as JSON.
+    pub payload: Value,
+    /// Envelope fields the file states (`key`, `sequence`, `command_id`, ...).
+    pub meta: Map<String, Value>,
+}
+
+/// Envelope fields a message may state.
+const META: [&str; 9] =
+    ["stream", "key", "sequence", "time", "command_id", "correlation_id", "causation_id", "schema_version", "instance"];
+
+impl Message {
+    /// Reads `{type = "..", payload = {..}, ...}`, `{"<type>" = {payload}}` or `"<type>"`.
+    pub fn parse(value: &Value, field: &str) -> anyhow::Result<Message> {
+        match value {
+            Value::String(ty) => Ok(Message { ty: ty.clone(), payload: Value::Null, meta: Map::new() }),
+            Value::Object(map) if map.contains_key("type") => {
+                let ty = map["type"].as_str().with_context(|| format!("`{field}.type` must be a string"))?.to_string();
+                let mut meta = Map::new();
+                let mut payload = Value::Null;
+                for (k, v) in map {
+                    match k.as_str() {
+                        "type" => {}
+                        "payload" => payload = v.clone(),
+                        k if META.contains(&k) => {
+                            meta.insert(k.to_string(), v.clone());
+                        }
+                        other => bail!(
+                            "`{field}`: unknown field `{other}`, expected `type`, `payload` or one of {}",
+                            META.map(|m| format!("`{m}`")).join(", ")
+                        ),
+                    }
+                }
+                Ok(Message { ty, payload, meta })
+            }
+            Value::Object(map) if map.len() == 1 => {
+                let (ty, payload) = map.iter().next().expect("one entry");
+                Ok(Message { ty: ty.clone(), payload: payload.clone(), meta: Map::new() })
+            }
+            _ => bail!(
+                "`{field}` must be `{{ type = \"..\", payload = {{..}} }}`, `{{ <type> = {{..}} }}` or a type name, not {value}"
+            ),
+        }
+    }
+
+    /// The payload bytes (JSON).
+    pub fn payload_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.payload).expect("JSON values encode")
+    }
+
+    /// A stated string envelope field.
+    pub fn meta_str(&self, name: &str) -> Option<String> {
+        self.meta.get(name).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+    }
+
+    /// A stated number envelope field.
+    pub fn meta_u64(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        match self.meta.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).with_context(|| format!("`{name}` must be a non-negative integer, not {v}")),
+        }
+    }
+
+    /// `{type, payload}` plus the stated envelope fields, as the diff shows it.
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("type".into(), Value::String(self.ty.clone()));
+        map.insert("payload".into(), self.payload.clone());
+        map.extend(self.meta.clone());
+        Value::Object(map)
+    }
+}
+
+/// Converts a config or key-value value to its stored text: strings as is, others as JSON.
+pub fn stored_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses a scenario file, TOML or (by extension `.yaml`/`.yml`) YAML.
+pub fn load(path: &Path) -> anyhow::Result<(ScenarioFile, PathBuf)> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!("{}: no such scenario file", path.display())
+        } else {
+            anyhow::anyhow!("{}: cannot read: {e}", path.display())
+        }
+    })?;
+    let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let file: ScenarioFile = if yaml {
+        serde_norway::from_str(&text).map_err(|e| match e.location() {
+            Some(l) => anyhow::anyhow!("{}:{}:{}: {e}", path.display(), l.line(), l.column()),
+            None => anyhow::anyhow!("{}: {e}", path.display()),
+        })?
+    } else {
+        toml::from_str(&text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            anyhow::anyhow!("{}:{line}:{column}: {}", path.display(), e.message().trim_end())
+        })?
+    };
+    if file.cases.is_empty() {
+        bail!("{}: no `[[case]]`: a scenario file needs at least one case", path.display());
+    }
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((file, base))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The kinds a case's `when` can be sent to.
+pub fn kinds_for(when: &When) -> anyhow::Result<&'static [ActorKind]> {
+    let mut found: Vec<(&str, &'static [ActorKind])> = Vec::new();
+    if when.command.is_some() {
+        found.push(("command", &[ActorKind::Aggregate]));
+    }
+    if when.event.is_some() {
+        found.push(("event", &[ActorKind::Projector, ActorKind::ProcessManager]));
+    }
+    if when.events.is_some() {
+        found.push(("events", &[ActorKind::Projector, ActorKind::ProcessManager]));
+    }
+    if when.timer.is_some() {
+        found.push(("timer", &[ActorKind::ProcessManager]));
+    }
+    if when.admission.is_some() {
+        found.push(("admission", &[ActorKind::Policy]));
+    }
+    if when.rate.is_some() {
+        found.push(("rate", &[ActorKind::Rater]));
+    }
+    match found.as_slice() {
+        [(_, kinds)] => Ok(kinds),
+        [] => bail!("`when` needs one of `command`, `event`, `events`, `timer`, `admission`, `rate`"),
+        many => bail!(
+            "`when` states {}: a case does one thing",
+            many.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(" and ")
+        ),
+    }
+}
+
+/// Merges the file's `given` under a case's.
+pub fn merge(file: &Given, case: &Given) -> Given {
+    let mut given = file.clone();
+    given.clock_ms = case.clock_ms.or(file.clock_ms);
+    given.config.extend(case.config.clone());
+    for (link, config) in &case.link_config {
+        given.link_config.entry(link.clone()).or_default().extend(config.clone());
+    }
+    for (bucket, entries) in &case.kv {
+        given.kv.entry(bucket.clone()).or_default().extend(entries.clone());
+    }
+    given.events.extend(case.events.clone());
+    given.commands.extend(case.commands.clone());
+    given
+}

@@ -1,0 +1,242 @@
+//! `tollgate test SCENARIO...`: given / when / then scenario files run against compiled actors.
+//!
+//! Every file is read and checked, and every actor loaded, before the first case runs, so a
+//! mistake in any of them stops the run with one error and no case output. Each case then runs
+//! on fresh instances with fresh fakes.
+
+pub mod compare;
+pub mod format;
+pub mod run;
+
+use anyhow::{Context, bail};
+use format::{Message, ScenarioFile, stored_text};
+use run::{Act, Actors, Prepared};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tollgate_host::{Actor, ActorKind, HostEngine};
+
+/// Arguments of `test`.
+#[derive(clap::Args)]
+#[command(after_help = "Scenario files are TOML (or YAML with a .yaml/.yml extension); the README's \
+    \"Scenario files\" section describes them. Prints one line per case and `N passed, N failed`; \
+    exits 1 when a case fails, with a diff of expected vs actual.")]
+pub struct Args {
+    /// Scenario files to run.
+    #[arg(required = true, value_name = "SCENARIO")]
+    scenarios: Vec<PathBuf>,
+    /// Binds an actor name to a component: a scenario's `actor = "NAME"` (or a path whose file
+    /// is NAME.wasm) then runs FILE. Repeatable.
+    #[arg(long = "actor", value_name = "NAME=FILE", value_parser = parse_binding)]
+    actors: Vec<(String, PathBuf)>,
+}
+
+fn parse_binding(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.into(), file.into())),
+        _ => Err(format!("`{s}` is not NAME=FILE.wasm")),
+    }
+}
+
+/// A file's cases, ready to run.
+struct Suite {
+    file: PathBuf,
+    actors: Actors,
+    cases: Vec<(Prepared, format::Then, Vec<Message>, Vec<Message>)>,
+}
+
+/// Runs the scenarios; exits 1 when a case failed.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let bindings: BTreeMap<String, PathBuf> = args.actors.into_iter().collect();
+    let engine = HostEngine::shared()?;
+    let mut compiled: BTreeMap<PathBuf, Actor> = BTreeMap::new();
+    let mut suites = Vec::new();
+    for path in &args.scenarios {
+        suites.push(prepare(path, &bindings, &engine, &mut compiled)?);
+    }
+    let mut loader = tollgate_runtime::Loader::new(engine);
+    let (mut passed, mut failed) = (0, 0);
+    for suite in &suites {
+        for (case, then, events, commands) in &suite.cases {
+            let label = format!("{} :: {}", suite.file.display(), case.name);
+            match run::run(&suite.actors, case, &mut loader) {
+                Err(setup) => {
+                    failed += 1;
+                    println!("FAILED {label}");
+                    println!("{}", indent(&format!("given: {setup}")));
+                }
+                Ok(outcome) => {
+                    let comparison = compare::compare(then, events, commands, &outcome);
+                    if comparison.passed() {
+                        passed += 1;
+                        println!("ok     {label}");
+                    } else {
+                        failed += 1;
+                        println!("FAILED {label}");
+                        if let Some(serde_json::Value::String(error)) = outcome.0.get("error") {
+                            println!("{}", indent(&format!("error: {error}")));
+                        }
+                        println!("{}", indent(&comparison.diff()));
+                    }
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn indent(text: &str) -> String {
+    text.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Resolves an actor reference: a bound name, or a path relative to the scenario's folder
+/// (replaced by a binding of its file stem, if any).
+fn resolve(reference: &str, base: &Path, bindings: &BTreeMap<String, PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(file) = bindings.get(reference) {
+        return Ok(file.clone());
+    }
+    if !reference.ends_with(".wasm") {
+        bail!("actor `{reference}` is not bound (pass `--actor {reference}=FILE.wasm`) and is not a .wasm path");
+    }
+    let path = base.join(reference);
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    Ok(bindings.get(stem).cloned().unwrap_or(path))
+}
+
+fn load(
+    path: &Path,
+    engine: &HostEngine,
+    compiled: &mut BTreeMap<PathBuf, Actor>,
+) -> Result<Actor, tollgate_host::HostError> {
+    if let Some(actor) = compiled.get(path) {
+        return Ok(actor.clone());
+    }
+    let actor = Actor::load(engine, path)?;
+    compiled.insert(path.into(), actor.clone());
+    Ok(actor)
+}
+
+fn wrong_kind(actor: &Actor, kinds: &[ActorKind], why: &str) -> anyhow::Error {
+    let expected = kinds.iter().map(|k| format!("`{}`", k.export())).collect::<Vec<_>>().join(" or ");
+    anyhow::anyhow!("{why} needs a {}, but {} is a {}: it does not export {expected}", kinds_list(kinds), actor.name(), actor.kind())
+}
+
+fn kinds_list(kinds: &[ActorKind]) -> String {
+    kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" or ")
+}
+
+fn prepare(
+    path: &Path,
+    bindings: &BTreeMap<String, PathBuf>,
+    engine: &HostEngine,
+    compiled: &mut BTreeMap<PathBuf, Actor>,
+) -> anyhow::Result<Suite> {
+    let (file, base) = format::load(path)?;
+    let at = |what: String| format!("{}: {what}", path.display());
+    let actor_file = resolve(&file.actor, &base, bindings).with_context(|| at("`actor`".into()))?;
+    let actor = load(&actor_file, engine, compiled).with_context(|| at(format!("actor `{}`", file.actor)))?;
+    if let Some(kind) = &file.kind {
+        let kind = ActorKind::from_name(kind).with_context(|| {
+            at(format!("`kind`: `{kind}` is not one of aggregate, projector, process-manager, rater, policy"))
+        })?;
+        actor.expect_kind(kind).with_context(|| at("`kind`".into()))?;
+    }
+    let mut links = BTreeMap::new();
+    for (link, reference) in &file.links {
+        let wanted = match link.as_str() {
+            "charging" => ActorKind::Aggregate,
+            "rating" => ActorKind::Rater,
+            other => bail!(at(format!("`links.{other}`: a policy links `charging` and `rating` only"))),
+        };
+        let file_path = resolve(reference, &base, bindings).with_context(|| at(format!("`links.{link}`")))?;
+        let linked = load(&file_path, engine, compiled).with_context(|| at(format!("`links.{link}`")))?;
+        linked.expect_kind(wanted).with_context(|| at(format!("`links.{link}`")))?;
+        links.insert(link.clone(), (file_path, linked));
+    }
+    if !links.is_empty() {
+        if actor.kind() != ActorKind::Policy {
+            bail!(at(format!("`links`: only a policy has links, and {} is a {}", actor.name(), actor.kind())));
+        }
+        for needed in ["charging", "rating"] {
+            if !links.contains_key(needed) {
+                bail!(at(format!("`links.{needed}`: a policy with links needs both `charging` and `rating`")));
+            }
+        }
+    }
+    let actors = Actors { actor: actor.clone(), file: actor_file, links };
+    let mut cases = Vec::new();
+    for (index, case) in file.cases.iter().enumerate() {
+        let at_case = |what: &str| format!("{}: case #{} `{}`: {what}", path.display(), index + 1, case.name);
+        let prepared = prepare_case(&file, case, &actor).map_err(|e| anyhow::anyhow!(at_case(&format!("{e:#}"))))?;
+        let events = parse_all(case.then.events.as_deref(), "then.events").map_err(|e| anyhow::anyhow!(at_case(&e.to_string())))?;
+        let commands =
+            parse_all(case.then.commands.as_deref(), "then.commands").map_err(|e| anyhow::anyhow!(at_case(&e.to_string())))?;
+        cases.push((prepared, case.then.clone(), events, commands));
+    }
+    Ok(Suite { file: path.into(), actors, cases })
+}
+
+fn parse_all(values: Option<&[serde_json::Value]>, field: &str) -> anyhow::Result<Vec<Message>> {
+    values
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Message::parse(v, &format!("{field}[{i}]")))
+        .collect()
+}
+
+fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyhow::Result<Prepared> {
+    let kinds = format::kinds_for(&case.when)?;
+    if !kinds.contains(&actor.kind()) {
+        let what = match &case.when {
+            w if w.command.is_some() => "`when.command`",
+            w if w.event.is_some() || w.events.is_some() => "`when.event`",
+            w if w.timer.is_some() => "`when.timer`",
+            w if w.admission.is_some() => "`when.admission`",
+            _ => "`when.rate`",
+        };
+        return Err(wrong_kind(actor, kinds, what));
+    }
+    let given = format::merge(&file.given, &case.given);
+    let kind = actor.kind();
+    if !given.events.is_empty() && matches!(kind, ActorKind::Rater | ActorKind::Policy) {
+        bail!(
+            "`given.events`: a {kind} has no events; {}",
+            if kind == ActorKind::Policy { "set its account up with `given.commands`" } else { "use `given.config`" }
+        );
+    }
+    if !given.commands.is_empty() && !matches!(kind, ActorKind::Aggregate | ActorKind::Policy) {
+        bail!("`given.commands`: only aggregates (and a policy's linked account) take commands");
+    }
+    for link in given.link_config.keys() {
+        if kind != ActorKind::Policy || !["charging", "rating"].contains(&link.as_str()) {
+            bail!("`given.link_config.{link}`: only a policy's `charging` and `rating` links have config");
+        }
+    }
+    let act = match &case.when {
+        w if w.command.is_some() => Act::Command(Message::parse(w.command.as_ref().expect("checked"), "when.command")?),
+        w if w.event.is_some() => Act::Events(vec![Message::parse(w.event.as_ref().expect("checked"), "when.event")?]),
+        w if w.events.is_some() => Act::Events(parse_all(w.events.as_deref(), "when.events")?),
+        w if w.timer.is_some() => Act::Timer(w.timer.clone().expect("checked")),
+        w if w.admission.is_some() => Act::Admission(w.admission.clone().expect("checked")),
+        w => Act::Rate(w.rate.clone().expect("checked")),
+    };
+    let config = |c: &BTreeMap<String, serde_json::Value>| c.iter().map(|(k, v)| (k.clone(), stored_text(v))).collect();
+    Ok(Prepared {
+        name: case.name.clone(),
+        key: case.key.clone().or_else(|| file.key.clone()).unwrap_or_else(|| tollgate_host::testing::TEST_KEY.into()),
+        stream: file.stream.clone(),
+        clock_ms: given.clock_ms.unwrap_or(0),
+        config: config(&given.config),
+        link_config: given.link_config.iter().map(|(k, c)| (k.clone(), config(c))).collect(),
+        kv: given
+            .kv
+            .iter()
+            .map(|(b, entries)| (b.clone(), entries.iter().map(|(k, v)| (k.clone(), stored_text(v).into_bytes())).collect()))
+            .collect(),
+        events: parse_all(Some(&given.events), "given.events")?,
+        commands: parse_all(Some(&given.commands), "given.commands")?,
+        act,
+    })
+}
