@@ -125,21 +125,25 @@ fn run(c: &mut Criterion, loader: &mut Loader, name: &str, edge: bool) {
         return;
     }
     let before = bench.next;
+    let bench = std::cell::RefCell::new(bench);
     let timing = measure::measure_with_setup(
         PHASE,
         1_000,
         |_| {
-            bench.housekeeping();
-            bench.request()
+            let mut b = bench.borrow_mut();
+            b.housekeeping();
+            b.request()
         },
-        |request| bench.admit(&request),
+        |request| bench.borrow_mut().admit(&request),
     );
+    let bench = bench.into_inner();
     let events = bench.rt.events().len();
     println!("{name}: {} admissions in the timed loop; {events} events held in memory by the runtime", bench.next - before);
     let op = "one Runtime::admit (policy -> rater -> account reserve), granted; releases off the clock";
     let mut report = Report::new(name, op, &timing);
     if !edge {
-        report = report.target(">= 200k/s, p99 <= 20 us", timing.ops_per_sec >= 200_000.0 && report.p99_ns <= 20_000);
+        let met = timing.ops_per_sec >= 200_000.0 && timing.p99() <= 20_000;
+        report = report.target(">= 200k/s, p99 <= 20 us", met);
     }
     report.write();
 }

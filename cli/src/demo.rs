@@ -129,7 +129,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "#", "time", "what happens", "outcome", "balance", "held", "available"
     );
     println!("{}", "-".repeat(142));
-    demo.command("open", "open an account in EUR", AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 })?;
+    demo.command(
+        "open",
+        "open an account in EUR",
+        AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 },
+    )?;
     demo.command("top-up-1", "top up 20.00 EUR", AccountCommand::TopUp { amount: Money::new(2_000, "EUR") })?;
 
     let started = SessionEvent::Started { account: SUBSCRIBER.into(), offer: "voice".into(), currency: "EUR".into() };
@@ -149,10 +153,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let end = SessionEvent::Terminated { account: SUBSCRIBER.into(), reservation_id: open, used_units: 25 };
     demo.report("call-1", "call-1/terminated", "call ends: 25 s more used", end)?;
 
-    let bundle: Vec<String> = (1..=4).map(|i| demo.one_use(&format!("sms-{i}"), "sms-bundle")).collect::<anyhow::Result<Vec<_>>>()?.into_iter().map(eur).collect();
+    let bundle: Vec<String> = (1..=4)
+        .map(|i| demo.one_use(&format!("sms-{i}"), "sms-bundle"))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .map(eur)
+        .collect();
     demo.row("4 SMS on a bundle of 3 (refill 5.00)", &format!("prices {}", bundle.join(" ")));
-    let coffee: Vec<i64> = (1..=11).map(|i| demo.one_use(&format!("coffee-{i}"), "coffee")).collect::<anyhow::Result<_>>()?;
-    demo.row("11 coffees at 1.00, every 11th 10% off", &format!("prices 10 x {} then {}", eur(coffee[0]), eur(coffee[10])));
+    let coffee: Vec<i64> =
+        (1..=11).map(|i| demo.one_use(&format!("coffee-{i}"), "coffee")).collect::<anyhow::Result<_>>()?;
+    demo.row(
+        "11 coffees at 1.00, every 11th 10% off",
+        &format!("prices 10 x {} then {}", eur(coffee[0]), eur(coffee[10])),
+    );
     demo.admission("vendor-1", "vendor", 10, None)?;
     demo.admission("roam-1", "roaming", 5, Some("FR"))?;
     demo.admission("roam-2", "roaming", 5, Some("AT"))?;
@@ -169,10 +182,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|b| serde_json::from_slice(&b))
         .transpose()?
         .unwrap_or_default();
-    println!("\nprojected balance (read model `balances`): balance {} EUR, held {}, available {}, {} ledger lines",
-        eur(view.balance), eur(view.held), eur(view.available), view.ledger.len());
+    println!(
+        "\nprojected balance (read model `balances`): balance {} EUR, held {}, available {}, {} ledger lines",
+        eur(view.balance),
+        eur(view.held),
+        eur(view.available),
+        view.ledger.len()
+    );
     for line in view.ledger.iter().rev().take(4).rev() {
-        println!("  #{:<3} {:<14} {:>8}  -> available {:>8}", line.sequence, line.event_type, eur(line.amount), eur(line.effective_balance));
+        println!(
+            "  #{:<3} {:<14} {:>8}  -> available {:>8}",
+            line.sequence,
+            line.event_type,
+            eur(line.amount),
+            eur(line.effective_balance)
+        );
     }
     let account = demo.rt.account(SUBSCRIBER).unwrap_or_default();
     anyhow::ensure!(view.available == account.available(), "read model and account disagree");

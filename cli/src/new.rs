@@ -11,7 +11,9 @@ use tollgate_host::ActorKind;
 
 /// Arguments of `new`.
 #[derive(clap::Args)]
-#[command(after_help = "Then: cd NAME && cargo build --target wasm32-wasip2 --release && tollgate test scenarios/*.toml")]
+#[command(
+    after_help = "Then: cd NAME && cargo build --target wasm32-wasip2 --release && tollgate test scenarios/*.toml"
+)]
 pub struct Args {
     /// The crate's name (and directory, unless `--path`): lowercase letters, digits, `-`, `_`.
     name: String,
@@ -51,9 +53,11 @@ fn template(kind: ActorKind) -> (&'static str, &'static str, &'static str) {
             include_str!("templates/process-manager_test.rs"),
             include_str!("templates/process-manager.toml"),
         ),
-        ActorKind::Rater => {
-            (include_str!("templates/rater.rs"), include_str!("templates/rater_test.rs"), include_str!("templates/rater.toml"))
-        }
+        ActorKind::Rater => (
+            include_str!("templates/rater.rs"),
+            include_str!("templates/rater_test.rs"),
+            include_str!("templates/rater.toml"),
+        ),
         ActorKind::Policy => (
             include_str!("templates/policy.rs"),
             include_str!("templates/policy_test.rs"),
@@ -84,8 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(git), _) => format!("{{ git = {} }}", toml_string(git)),
         (None, path) => {
             let path = path.clone().unwrap_or_else(default_sdk);
-            let path = std::fs::canonicalize(&path)
-                .with_context(|| format!("--sdk-path {}: no SDK there", path.display()))?;
+            let path =
+                std::fs::canonicalize(&path).with_context(|| format!("--sdk-path {}: no SDK there", path.display()))?;
             if !path.join("Cargo.toml").is_file() {
                 bail!("--sdk-path {}: no Cargo.toml there", path.display());
             }
@@ -94,7 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let crate_name = name.replace('-', "_");
     let fill = |text: &str| {
-        text.replace("{{name}}", name).replace("{{crate}}", &crate_name).replace("{{sdk}}", &sdk).replace("{{kind}}", kind.name())
+        text.replace("{{name}}", name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{sdk}}", &sdk)
+            .replace("{{kind}}", kind.name())
     };
     let (lib, test, scenario) = template(kind);
     let files: [(&str, String); 6] = [
@@ -106,7 +113,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("scenarios/example.toml", fill(scenario)),
     ];
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let staging = parent.join(format!(".{}.tollgate-new-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or(name), std::process::id()));
+    let staging = parent.join(format!(
+        ".{}.tollgate-new-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or(name),
+        std::process::id()
+    ));
     let write = || -> anyhow::Result<()> {
         for (file, text) in &files {
             let path = staging.join(file);

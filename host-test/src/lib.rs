@@ -12,7 +12,7 @@
 //!   panic message reaches the error.
 //! - A trap poisons its store: the instance is discarded and the next call gets a fresh one.
 //!   Business failures are rejections (WIT results), never traps.
-//! - [`testing::AggregateTest`]: `given(events).when(command).then_expect_events(..)`.
+//! - [`testing::AggregateTest`]: tests written `given(events).when(command).then_expect_events(..)`.
 
 pub mod actor;
 pub mod aggregate;

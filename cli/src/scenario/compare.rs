@@ -136,7 +136,11 @@ pub fn compare(then: &Then, events: &[Message], commands: &[Message], outcome: &
         put("commands", e, has("commands").then(|| messages(&actual_of("commands"), commands)));
     }
     if let Some(e) = &then.rejection {
-        put("rejection", e.clone(), has("rejection").then(|| name_or_partial(&actual_of("rejection"), e, Some("code"))));
+        put(
+            "rejection",
+            e.clone(),
+            has("rejection").then(|| name_or_partial(&actual_of("rejection"), e, Some("code"))),
+        );
     }
     if let Some(e) = &then.decision {
         put("decision", e.clone(), has("decision").then(|| name_or_partial(&actual_of("decision"), e, None)));
@@ -151,7 +155,11 @@ pub fn compare(then: &Then, events: &[Message], commands: &[Message], outcome: &
         }
     }
     if let Some(e) = &then.cancelled_timers {
-        put("cancelled_timers", serde_json::to_value(e).expect("strings encode"), has("cancelled_timers").then(|| actual_of("cancelled_timers")));
+        put(
+            "cancelled_timers",
+            serde_json::to_value(e).expect("strings encode"),
+            has("cancelled_timers").then(|| actual_of("cancelled_timers")),
+        );
     }
     for (name, e) in [("finished", then.finished), ("ignored", then.ignored)] {
         if let Some(e) = e {

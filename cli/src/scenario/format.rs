@@ -287,7 +287,9 @@ impl Message {
     pub fn meta_u64(&self, name: &str) -> anyhow::Result<Option<u64>> {
         match self.meta.get(name) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).with_context(|| format!("`{name}` must be a non-negative integer, not {v}")),
+            Some(v) => {
+                v.as_u64().map(Some).with_context(|| format!("`{name}` must be a non-negative integer, not {v}"))
+            }
         }
     }
 

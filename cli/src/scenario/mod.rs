@@ -26,9 +26,19 @@ pub struct Args {
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<PathBuf>,
     /// Binds an actor name to a component: a scenario's `actor = "NAME"` (or a path whose file
-    /// is NAME.wasm) then runs FILE. Repeatable.
+    /// is NAME.wasm) then runs FILE, which may be an `oci://REGISTRY/REPO:TAG` reference
+    /// (pulled once into the digest-keyed cache). Repeatable.
     #[arg(long = "actor", value_name = "NAME=FILE", value_parser = parse_binding)]
     actors: Vec<(String, PathBuf)>,
+    /// Use plain HTTP for `oci://` references (local registries only).
+    #[arg(long)]
+    plain_http: bool,
+    /// CPU time per call, in milliseconds; a call running longer fails its case.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    cpu_ms: u64,
+    /// Linear memory per instance, in MiB; growing past it fails the case.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    memory_mib: usize,
 }
 
 fn parse_binding(s: &str) -> Result<(String, PathBuf), String> {
@@ -47,12 +57,28 @@ struct Suite {
 
 /// Runs the scenarios; exits 1 when a case failed.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let bindings: BTreeMap<String, PathBuf> = args.actors.into_iter().collect();
-    let engine = HostEngine::shared()?;
+    // Pull `oci://` bindings once, before any case runs; scenario files may name `oci://` too.
+    let mut bindings = BTreeMap::new();
+    for (name, file) in args.actors {
+        let file = match file.to_str() {
+            Some(reference) if tollgate_runtime::resolve::is_oci(reference) => {
+                tollgate_runtime::resolve_actor(reference, Path::new("."), args.plain_http)?
+            }
+            _ => file,
+        };
+        bindings.insert(name, file);
+    }
+    let plain_http = args.plain_http;
+    if args.cpu_ms == 0 || args.memory_mib == 0 {
+        bail!("--cpu-ms and --memory-mib must be > 0");
+    }
+    let limits =
+        tollgate_host::Limits { cpu_ms: args.cpu_ms, memory_bytes: args.memory_mib << 20, ..Default::default() };
+    let engine = HostEngine::new(limits)?;
     let mut compiled: BTreeMap<PathBuf, Actor> = BTreeMap::new();
     let mut suites = Vec::new();
     for path in &args.scenarios {
-        suites.push(prepare(path, &bindings, &engine, &mut compiled)?);
+        suites.push(prepare(path, &bindings, plain_http, &engine, &mut compiled)?);
     }
     let mut loader = tollgate_runtime::Loader::new(engine);
     let (mut passed, mut failed) = (0, 0);
@@ -92,9 +118,17 @@ fn indent(text: &str) -> String {
 
 /// Resolves an actor reference: a bound name, or a path relative to the scenario's folder
 /// (replaced by a binding of its file stem, if any).
-fn resolve(reference: &str, base: &Path, bindings: &BTreeMap<String, PathBuf>) -> anyhow::Result<PathBuf> {
+fn resolve(
+    reference: &str,
+    base: &Path,
+    bindings: &BTreeMap<String, PathBuf>,
+    plain_http: bool,
+) -> anyhow::Result<PathBuf> {
     if let Some(file) = bindings.get(reference) {
         return Ok(file.clone());
+    }
+    if tollgate_runtime::resolve::is_oci(reference) {
+        return Ok(tollgate_runtime::resolve_actor(reference, base, plain_http)?);
     }
     if !reference.ends_with(".wasm") {
         bail!("actor `{reference}` is not bound (pass `--actor {reference}=FILE.wasm`) and is not a .wasm path");
@@ -119,7 +153,12 @@ fn load(
 
 fn wrong_kind(actor: &Actor, kinds: &[ActorKind], why: &str) -> anyhow::Error {
     let expected = kinds.iter().map(|k| format!("`{}`", k.export())).collect::<Vec<_>>().join(" or ");
-    anyhow::anyhow!("{why} needs a {}, but {} is a {}: it does not export {expected}", kinds_list(kinds), actor.name(), actor.kind())
+    anyhow::anyhow!(
+        "{why} needs a {}, but {} is a {}: it does not export {expected}",
+        kinds_list(kinds),
+        actor.name(),
+        actor.kind()
+    )
 }
 
 fn kinds_list(kinds: &[ActorKind]) -> String {
@@ -129,12 +168,13 @@ fn kinds_list(kinds: &[ActorKind]) -> String {
 fn prepare(
     path: &Path,
     bindings: &BTreeMap<String, PathBuf>,
+    plain_http: bool,
     engine: &HostEngine,
     compiled: &mut BTreeMap<PathBuf, Actor>,
 ) -> anyhow::Result<Suite> {
     let (file, base) = format::load(path)?;
     let at = |what: String| format!("{}: {what}", path.display());
-    let actor_file = resolve(&file.actor, &base, bindings).with_context(|| at("`actor`".into()))?;
+    let actor_file = resolve(&file.actor, &base, bindings, plain_http).with_context(|| at("`actor`".into()))?;
     let actor = load(&actor_file, engine, compiled).with_context(|| at(format!("actor `{}`", file.actor)))?;
     if let Some(kind) = &file.kind {
         let kind = ActorKind::from_name(kind).with_context(|| {
@@ -149,7 +189,7 @@ fn prepare(
             "rating" => ActorKind::Rater,
             other => bail!(at(format!("`links.{other}`: a policy links `charging` and `rating` only"))),
         };
-        let file_path = resolve(reference, &base, bindings).with_context(|| at(format!("`links.{link}`")))?;
+        let file_path = resolve(reference, &base, bindings, plain_http).with_context(|| at(format!("`links.{link}`")))?;
         let linked = load(&file_path, engine, compiled).with_context(|| at(format!("`links.{link}`")))?;
         linked.expect_kind(wanted).with_context(|| at(format!("`links.{link}`")))?;
         links.insert(link.clone(), (file_path, linked));
@@ -169,21 +209,17 @@ fn prepare(
     for (index, case) in file.cases.iter().enumerate() {
         let at_case = |what: &str| format!("{}: case #{} `{}`: {what}", path.display(), index + 1, case.name);
         let prepared = prepare_case(&file, case, &actor).map_err(|e| anyhow::anyhow!(at_case(&format!("{e:#}"))))?;
-        let events = parse_all(case.then.events.as_deref(), "then.events").map_err(|e| anyhow::anyhow!(at_case(&e.to_string())))?;
-        let commands =
-            parse_all(case.then.commands.as_deref(), "then.commands").map_err(|e| anyhow::anyhow!(at_case(&e.to_string())))?;
+        let events = parse_all(case.then.events.as_deref(), "then.events")
+            .map_err(|e| anyhow::anyhow!(at_case(&e.to_string())))?;
+        let commands = parse_all(case.then.commands.as_deref(), "then.commands")
+            .map_err(|e| anyhow::anyhow!(at_case(&e.to_string())))?;
         cases.push((prepared, case.then.clone(), events, commands));
     }
     Ok(Suite { file: path.into(), actors, cases })
 }
 
 fn parse_all(values: Option<&[serde_json::Value]>, field: &str) -> anyhow::Result<Vec<Message>> {
-    values
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Message::parse(v, &format!("{field}[{i}]")))
-        .collect()
+    values.unwrap_or_default().iter().enumerate().map(|(i, v)| Message::parse(v, &format!("{field}[{i}]"))).collect()
 }
 
 fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyhow::Result<Prepared> {
@@ -233,7 +269,9 @@ fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyh
         kv: given
             .kv
             .iter()
-            .map(|(b, entries)| (b.clone(), entries.iter().map(|(k, v)| (k.clone(), stored_text(v).into_bytes())).collect()))
+            .map(|(b, entries)| {
+                (b.clone(), entries.iter().map(|(k, v)| (k.clone(), stored_text(v).into_bytes())).collect())
+            })
             .collect(),
         events: parse_all(Some(&given.events), "given.events")?,
         commands: parse_all(Some(&given.commands), "given.commands")?,

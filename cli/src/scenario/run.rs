@@ -6,7 +6,9 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tollgate_host::aggregate::{Command, Event, EventDraft, Outcome as AggregateOutcome, Rejection, RejectionKind, Timer};
+use tollgate_host::aggregate::{
+    Command, Event, EventDraft, Outcome as AggregateOutcome, Rejection, RejectionKind, Timer,
+};
 use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision};
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
@@ -114,7 +116,14 @@ fn command(case: &Prepared, stream: &str, message: &Message, default_id: String,
 struct Sequencer(BTreeMap<(String, String), u64>);
 
 impl Sequencer {
-    fn event(&mut self, case: &Prepared, default_stream: &str, m: &Message, id: String, now: u64) -> Result<Event, String> {
+    fn event(
+        &mut self,
+        case: &Prepared,
+        default_stream: &str,
+        m: &Message,
+        id: String,
+        now: u64,
+    ) -> Result<Event, String> {
         let stream = m.meta_str("stream").unwrap_or_else(|| default_stream.to_string());
         let key = m.meta_str("key").unwrap_or_else(|| case.key.clone());
         let next = self.0.entry((stream.clone(), key.clone())).or_default();
@@ -609,8 +618,9 @@ fn policy(actors: &Actors, case: &Prepared, loader: &mut tollgate_runtime::Loade
         },
     }});
     let text = toml::to_string(&manifest).map_err(|e| format!("build the runtime manifest: {e}"))?;
-    let manifest = tollgate_runtime::Manifest::parse(std::path::Path::new("scenario"), &text, std::path::Path::new("."))
-        .map_err(|e| e.to_string())?;
+    let manifest =
+        tollgate_runtime::Manifest::parse(std::path::Path::new("scenario"), &text, std::path::Path::new("."))
+            .map_err(|e| e.to_string())?;
     let mut rt = tollgate_runtime::Runtime::new(&manifest, loader).map_err(|e| e.to_string())?;
     rt.clock().set_ms(case.clock_ms);
     let fakes = rt.fakes("policy").cloned().expect("the policy has fakes");

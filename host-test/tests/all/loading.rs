@@ -103,3 +103,20 @@ fn an_unprovided_import_is_named() {
     }
     assert!(err.to_string().contains("imports `test:needs-more/ledger`, which this host does not provide"), "{err}");
 }
+
+#[test]
+fn every_reference_actor_is_a_small_component_of_its_kind() {
+    use tollgate_host::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION, RATER};
+    for (name, kind) in [
+        (PREPAID_ACCOUNT, ActorKind::Aggregate),
+        (RATER, ActorKind::Rater),
+        (ADMISSION_POLICY, ActorKind::Policy),
+        (BALANCE_PROJECTOR, ActorKind::Projector),
+        (CHARGING_SESSION, ActorKind::ProcessManager),
+    ] {
+        let actor = fixture(name);
+        assert_eq!(actor.kind(), kind, "{name}");
+        assert!(actor.exports().iter().any(|e| e.starts_with("tollgate:")), "{name}");
+        assert!(actor.size() <= 256 * 1024, "{name} is {} bytes", actor.size());
+    }
+}

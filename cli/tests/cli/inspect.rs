@@ -1,0 +1,61 @@
+//! `tollgate inspect` says everything a component lacks to run here.
+
+use crate::{actor, run};
+
+/// An aggregate component importing two interfaces this host does not provide.
+pub fn needs_more() -> Vec<u8> {
+    use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
+    use wit_parser::{ManglingAndAbi, Resolve};
+
+    let mut resolve = Resolve::default();
+    resolve.push_dir(crate::root().join("wit/eventsourcing")).unwrap();
+    let pkg = resolve
+        .push_str(
+            "needs-more.wit",
+            "package test:needs-more;
+             interface ledger { post: func(); }
+             interface fx { convert: func(source: string, target: string) -> u64; }
+             world needs-more {
+                 import ledger;
+                 import fx;
+                 export tollgate:eventsourcing/command-handler@0.1.0;
+             }",
+        )
+        .unwrap();
+    let world = resolve.select_world(&[pkg], Some("needs-more")).unwrap();
+    let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).unwrap();
+    ComponentEncoder::default().module(&module).unwrap().validate(true).encode().unwrap()
+}
+
+#[test]
+fn every_missing_import_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("needs-more.wasm");
+    std::fs::write(&file, needs_more()).unwrap();
+    let (code, out, err) = run(&["inspect", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("runnable: no"), "{out}");
+    assert!(out.contains("missing import `test:needs-more/ledger`"), "{out}");
+    assert!(out.contains("missing import `test:needs-more/fx`"), "{out}");
+    let (code, json, _) = run(&["inspect", "--json", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["missing_imports"].as_array().unwrap().len(), 2, "{json}");
+}
+
+#[test]
+fn a_reference_actor_is_runnable() {
+    let (code, out, _) = run(&["inspect", &actor("charging_session")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("kind:     process-manager") && out.contains("runnable: yes"), "{out}");
+}
+
+#[test]
+fn every_verb_has_help() {
+    for verb in ["test", "new", "inspect"] {
+        let (code, out, _) = run(&[verb, "--help"]);
+        assert_eq!(code, 0, "{verb}");
+        assert!(out.contains("Usage: tollgate"), "{verb}: {out}");
+    }
+}
