@@ -68,11 +68,7 @@ pub trait Aggregate {
 
     /// Decides what `command` means for `state`: events to append, or a rejection.
     /// `envelope` carries the command's key, id and time (its payload is already decoded).
-    fn handle(
-        state: &Self::State,
-        command: Self::Command,
-        envelope: &Command,
-    ) -> Result<Vec<Self::Event>, Rejection>;
+    fn handle(state: &Self::State, command: Self::Command, envelope: &Command) -> Result<Vec<Self::Event>, Rejection>;
 
     /// Folds one event into the state. Must not fail: events are facts.
     fn apply(state: &mut Self::State, event: Self::Event);
@@ -130,14 +126,9 @@ pub fn handle<A: Aggregate>(state: Option<&[u8]>, command: &Command) -> Result<V
     events
         .iter()
         .map(|event| {
-            let (event_type, payload) = codec::encode(event)
-                .map_err(|e| Rejection::malformed("encode-event", e.to_string()))?;
-            Ok(EventDraft {
-                event_type,
-                schema_version: A::EVENT_SCHEMA_VERSION,
-                content_type: JSON.into(),
-                payload,
-            })
+            let (event_type, payload) =
+                codec::encode(event).map_err(|e| Rejection::malformed("encode-event", e.to_string()))?;
+            Ok(EventDraft { event_type, schema_version: A::EVENT_SCHEMA_VERSION, content_type: JSON.into(), payload })
         })
         .collect()
 }
@@ -204,9 +195,7 @@ pub(crate) fn check_content_type(content_type: &str, what: &str, name: &str) -> 
 /// [`export_aggregate!`](crate::export_aggregate).
 pub struct Adapter<A>(PhantomData<A>);
 
-impl<A: Aggregate> crate::bindings::aggregate::exports::tollgate::eventsourcing::command_handler::Guest
-    for Adapter<A>
-{
+impl<A: Aggregate> crate::bindings::aggregate::exports::tollgate::eventsourcing::command_handler::Guest for Adapter<A> {
     fn describe() -> AggregateInfo {
         describe::<A>()
     }
@@ -237,7 +226,7 @@ macro_rules! export_aggregate {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type TollgateAggregate = $crate::aggregate::Adapter<$ty>;
-            $crate::bindings::aggregate::export!(TollgateAggregate with_types_in $crate::bindings::aggregate);
+    $crate::bindings::aggregate::export!(TollgateAggregate with_types_in $crate::bindings::aggregate);
         };
     };
 }

@@ -207,8 +207,11 @@ mod tests {
             Just(Msg::Unit),
             any::<i64>().prop_map(Msg::Newtype),
             (any::<u8>(), ".*").prop_map(|(a, b)| Msg::Tuple(a, b)),
-            (".*", any::<i64>(), prop::collection::vec(".*", 0..3))
-                .prop_map(|(name, amount, tags)| Msg::Struct { name, amount, tags }),
+            (".*", any::<i64>(), prop::collection::vec(".*", 0..3)).prop_map(|(name, amount, tags)| Msg::Struct {
+                name,
+                amount,
+                tags
+            }),
         ]
     }
 

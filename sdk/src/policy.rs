@@ -46,7 +46,7 @@ macro_rules! export_policy {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type TollgatePolicy = $crate::policy::Adapter<$ty>;
-            $crate::bindings::policy::export!(TollgatePolicy with_types_in $crate::bindings::policy);
+    $crate::bindings::policy::export!(TollgatePolicy with_types_in $crate::bindings::policy);
         };
     };
 }

@@ -120,7 +120,11 @@ pub fn react<P: ProcessManager>(state: Option<&[u8]>, event: &Event) -> Result<W
 }
 
 /// Runs `P::on_timer` on encoded state.
-pub fn on_timer<P: ProcessManager>(state: Option<&[u8]>, timer: &Timer, now: TimestampMs) -> Result<WitReaction, Rejection> {
+pub fn on_timer<P: ProcessManager>(
+    state: Option<&[u8]>,
+    timer: &Timer,
+    now: TimestampMs,
+) -> Result<WitReaction, Rejection> {
     let mut state = decode_state::<P>(state)?;
     let reaction = P::on_timer(&mut state, timer, now)?;
     finish::<P>(state, reaction)

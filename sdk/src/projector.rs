@@ -61,9 +61,7 @@ pub fn project<P: Projector>(events: Vec<Event>) -> Result<(), Rejection> {
 /// Adapts a [`Projector`] to the generated `projection` export.
 pub struct Adapter<P>(PhantomData<P>);
 
-impl<P: Projector> crate::bindings::projector::exports::tollgate::eventsourcing::projection::Guest
-    for Adapter<P>
-{
+impl<P: Projector> crate::bindings::projector::exports::tollgate::eventsourcing::projection::Guest for Adapter<P> {
     fn subscriptions() -> Vec<String> {
         P::SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect()
     }
@@ -80,7 +78,7 @@ macro_rules! export_projector {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type TollgateProjector = $crate::projector::Adapter<$ty>;
-            $crate::bindings::projector::export!(TollgateProjector with_types_in $crate::bindings::projector);
+    $crate::bindings::projector::export!(TollgateProjector with_types_in $crate::bindings::projector);
         };
     };
 }

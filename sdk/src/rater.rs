@@ -41,7 +41,7 @@ macro_rules! export_rater {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type TollgateRater = $crate::rater::Adapter<$ty>;
-            $crate::bindings::rater::export!(TollgateRater with_types_in $crate::bindings::rater);
+    $crate::bindings::rater::export!(TollgateRater with_types_in $crate::bindings::rater);
         };
     };
 }

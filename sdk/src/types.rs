@@ -40,7 +40,6 @@ impl Rejection {
     }
 }
 
-
 impl Command {
     /// Builds a JSON command envelope from a typed command (a serde enum).
     ///
@@ -51,14 +50,9 @@ impl Command {
     /// let c = tollgate_sdk::Command::new("account", "alice", "cmd-1", &Cmd::TopUp { amount: 5 }).unwrap();
     /// assert_eq!(c.command_type, "top-up");
     /// ```
-    pub fn new<T: serde::Serialize>(
-        stream: &str,
-        key: &str,
-        command_id: &str,
-        command: &T,
-    ) -> Result<Self, Rejection> {
-        let (command_type, payload) = crate::codec::encode(command)
-            .map_err(|e| Rejection::malformed("encode-command", e.to_string()))?;
+    pub fn new<T: serde::Serialize>(stream: &str, key: &str, command_id: &str, command: &T) -> Result<Self, Rejection> {
+        let (command_type, payload) =
+            crate::codec::encode(command).map_err(|e| Rejection::malformed("encode-command", e.to_string()))?;
         Ok(Command {
             stream: stream.into(),
             key: key.into(),

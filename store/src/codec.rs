@@ -55,9 +55,7 @@ impl Enc {
     pub(crate) fn kv_writes(&mut self, ws: &[KvWrite]) -> &mut Self {
         self.u32(ws.len() as u32);
         for w in ws {
-            self.str(&w.bucket)
-                .str(&w.key)
-                .opt_bytes(w.value.as_deref());
+            self.str(&w.bucket).str(&w.key).opt_bytes(w.value.as_deref());
         }
         self
     }
@@ -91,14 +89,10 @@ impl<'a> Dec<'a> {
         Ok(self.take(1)?[0])
     }
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().map_err(|_| DecodeError)?,
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| DecodeError)?))
     }
     pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().map_err(|_| DecodeError)?,
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| DecodeError)?))
     }
     pub(crate) fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
         let n = self.u32()? as usize;
@@ -139,15 +133,7 @@ impl<'a> Dec<'a> {
         if n > self.buf.len() / 9 + 1 {
             return Err(DecodeError);
         }
-        (0..n)
-            .map(|_| {
-                Ok(KvWrite {
-                    bucket: self.str()?,
-                    key: self.str()?,
-                    value: self.opt_bytes()?,
-                })
-            })
-            .collect()
+        (0..n).map(|_| Ok(KvWrite { bucket: self.str()?, key: self.str()?, value: self.opt_bytes()? })).collect()
     }
 }
 

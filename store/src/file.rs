@@ -30,9 +30,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::{
-    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion,
-    KvWrite, NackOutcome, NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer,
-    stored_events, validate_append,
+    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion, KvWrite, NackOutcome,
+    NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer, stored_events, validate_append,
 };
 
 /// Tuning of a [`FileStore`].
@@ -46,10 +45,7 @@ pub struct FileOptions {
 
 impl Default for FileOptions {
     fn default() -> Self {
-        FileOptions {
-            segment_bytes: 64 << 20,
-            max_batch: 4096,
-        }
+        FileOptions { segment_bytes: 64 << 20, max_batch: 4096 }
     }
 }
 
@@ -116,44 +112,15 @@ struct Job {
 /// One log record.
 #[derive(Debug, Clone)]
 enum Record {
-    Events {
-        stream: String,
-        key: String,
-        first_sequence: u64,
-        first_position: u64,
-        events: Vec<NewEvent>,
-    },
-    Snapshot {
-        stream: String,
-        key: String,
-        snapshot: Snapshot,
-    },
-    Projection {
-        consumer: String,
-        position: u64,
-        writes: Vec<KvWrite>,
-    },
+    Events { stream: String, key: String, first_sequence: u64, first_position: u64, events: Vec<NewEvent> },
+    Snapshot { stream: String, key: String, snapshot: Snapshot },
+    Projection { consumer: String, position: u64, writes: Vec<KvWrite> },
     TimerPut(Timer),
     TimerCancel(String),
-    Ack {
-        consumer: String,
-        position: u64,
-    },
-    Nack {
-        consumer: String,
-        position: u64,
-        attempts: u32,
-    },
-    DeadLetter {
-        consumer: String,
-        position: u64,
-        attempts: u32,
-        reason: String,
-    },
-    Redrive {
-        consumer: String,
-        position: u64,
-    },
+    Ack { consumer: String, position: u64 },
+    Nack { consumer: String, position: u64, attempts: u32 },
+    DeadLetter { consumer: String, position: u64, attempts: u32, reason: String },
+    Redrive { consumer: String, position: u64 },
 }
 
 impl Record {
@@ -161,37 +128,13 @@ impl Record {
         let mut e = Enc::default();
         e.buf.extend_from_slice(&[0; HEADER]);
         match self {
-            Record::Events {
-                stream,
-                key,
-                first_sequence,
-                first_position,
-                events,
-            } => {
-                e.u8(1)
-                    .str(stream)
-                    .str(key)
-                    .u64(*first_sequence)
-                    .u64(*first_position)
-                    .events(events);
+            Record::Events { stream, key, first_sequence, first_position, events } => {
+                e.u8(1).str(stream).str(key).u64(*first_sequence).u64(*first_position).events(events);
             }
-            Record::Snapshot {
-                stream,
-                key,
-                snapshot,
-            } => {
-                e.u8(2)
-                    .str(stream)
-                    .str(key)
-                    .str(&snapshot.actor_digest)
-                    .u64(snapshot.sequence)
-                    .bytes(&snapshot.state);
+            Record::Snapshot { stream, key, snapshot } => {
+                e.u8(2).str(stream).str(key).str(&snapshot.actor_digest).u64(snapshot.sequence).bytes(&snapshot.state);
             }
-            Record::Projection {
-                consumer,
-                position,
-                writes,
-            } => {
+            Record::Projection { consumer, position, writes } => {
                 e.u8(3).str(consumer).u64(*position).kv_writes(writes);
             }
             Record::TimerPut(t) => {
@@ -203,24 +146,11 @@ impl Record {
             Record::Ack { consumer, position } => {
                 e.u8(6).str(consumer).u64(*position);
             }
-            Record::Nack {
-                consumer,
-                position,
-                attempts,
-            } => {
+            Record::Nack { consumer, position, attempts } => {
                 e.u8(7).str(consumer).u64(*position).u32(*attempts);
             }
-            Record::DeadLetter {
-                consumer,
-                position,
-                attempts,
-                reason,
-            } => {
-                e.u8(8)
-                    .str(consumer)
-                    .u64(*position)
-                    .u32(*attempts)
-                    .str(reason);
+            Record::DeadLetter { consumer, position, attempts, reason } => {
+                e.u8(8).str(consumer).u64(*position).u32(*attempts).str(reason);
             }
             Record::Redrive { consumer, position } => {
                 e.u8(9).str(consumer).u64(*position);
@@ -247,42 +177,15 @@ impl Record {
             2 => Record::Snapshot {
                 stream: d.str()?,
                 key: d.str()?,
-                snapshot: Snapshot {
-                    actor_digest: d.str()?,
-                    sequence: d.u64()?,
-                    state: d.bytes()?,
-                },
+                snapshot: Snapshot { actor_digest: d.str()?, sequence: d.u64()?, state: d.bytes()? },
             },
-            3 => Record::Projection {
-                consumer: d.str()?,
-                position: d.u64()?,
-                writes: d.kv_writes()?,
-            },
-            4 => Record::TimerPut(Timer {
-                id: d.str()?,
-                fire_at_ms: d.u64()?,
-                payload: d.bytes()?,
-            }),
+            3 => Record::Projection { consumer: d.str()?, position: d.u64()?, writes: d.kv_writes()? },
+            4 => Record::TimerPut(Timer { id: d.str()?, fire_at_ms: d.u64()?, payload: d.bytes()? }),
             5 => Record::TimerCancel(d.str()?),
-            6 => Record::Ack {
-                consumer: d.str()?,
-                position: d.u64()?,
-            },
-            7 => Record::Nack {
-                consumer: d.str()?,
-                position: d.u64()?,
-                attempts: d.u32()?,
-            },
-            8 => Record::DeadLetter {
-                consumer: d.str()?,
-                position: d.u64()?,
-                attempts: d.u32()?,
-                reason: d.str()?,
-            },
-            9 => Record::Redrive {
-                consumer: d.str()?,
-                position: d.u64()?,
-            },
+            6 => Record::Ack { consumer: d.str()?, position: d.u64()? },
+            7 => Record::Nack { consumer: d.str()?, position: d.u64()?, attempts: d.u32()? },
+            8 => Record::DeadLetter { consumer: d.str()?, position: d.u64()?, attempts: d.u32()?, reason: d.str()? },
+            9 => Record::Redrive { consumer: d.str()?, position: d.u64()? },
             _ => return Err(DecodeError),
         };
         if !d.is_empty() {
@@ -323,13 +226,7 @@ impl Commit {
         }
     }
     fn stored(&self) -> Vec<StoredEvent> {
-        stored_events(
-            &self.stream,
-            &self.key,
-            self.first_sequence,
-            &self.positions(),
-            &self.events,
-        )
+        stored_events(&self.stream, &self.key, self.first_sequence, &self.positions(), &self.events)
     }
 }
 
@@ -376,9 +273,7 @@ struct State {
 impl State {
     /// Index of the commit holding `position`.
     fn commit_index(&self, position: u64) -> Option<usize> {
-        let i = self
-            .commits
-            .partition_point(|c| c.last_position() < position);
+        let i = self.commits.partition_point(|c| c.last_position() < position);
         (i < self.commits.len() && self.commits[i].first_position <= position).then_some(i)
     }
 
@@ -388,10 +283,7 @@ impl State {
 
     fn insert_commit(&mut self, c: Commit, command_id: &str) {
         let idx = self.commits.len();
-        let ki = self
-            .keys
-            .entry((c.stream.clone(), c.key.clone()))
-            .or_default();
+        let ki = self.keys.entry((c.stream.clone(), c.key.clone())).or_default();
         ki.last_sequence = c.first_sequence + c.events.len() as u64 - 1;
         ki.commits.push(idx);
         if !command_id.is_empty() {
@@ -405,19 +297,10 @@ impl State {
     fn apply(&mut self, r: Record) {
         match r {
             Record::Events { .. } => {}
-            Record::Snapshot {
-                stream,
-                key,
-                snapshot,
-            } => {
-                self.snapshots
-                    .insert((stream, key, snapshot.actor_digest.clone()), snapshot);
+            Record::Snapshot { stream, key, snapshot } => {
+                self.snapshots.insert((stream, key, snapshot.actor_digest.clone()), snapshot);
             }
-            Record::Projection {
-                consumer,
-                position,
-                writes,
-            } => {
+            Record::Projection { consumer, position, writes } => {
                 for w in writes {
                     let k = (consumer.clone(), w.bucket, w.key);
                     match w.value {
@@ -434,26 +317,12 @@ impl State {
                 self.timers.remove(&id);
             }
             Record::Ack { consumer, position } => self.mark_done(&consumer, position),
-            Record::Nack {
-                consumer,
-                position,
-                attempts,
-            } => {
-                self.consumers
-                    .entry(consumer)
-                    .or_default()
-                    .attempts
-                    .insert(position, attempts);
+            Record::Nack { consumer, position, attempts } => {
+                self.consumers.entry(consumer).or_default().attempts.insert(position, attempts);
             }
-            Record::DeadLetter {
-                consumer,
-                position,
-                attempts,
-                reason,
-            } => {
+            Record::DeadLetter { consumer, position, attempts, reason } => {
                 self.mark_done(&consumer, position);
-                self.dead
-                    .insert((consumer, position), DeadRecord { attempts, reason });
+                self.dead.insert((consumer, position), DeadRecord { attempts, reason });
             }
             Record::Redrive { consumer, position } => {
                 self.dead.remove(&(consumer.clone(), position));
@@ -474,9 +343,7 @@ impl State {
         // Advance over the contiguous prefix of finished commits (positions are dense).
         loop {
             let next_first = cs.done_upto + 1;
-            let i = self
-                .commits
-                .partition_point(|c| c.last_position() < next_first);
+            let i = self.commits.partition_point(|c| c.last_position() < next_first);
             let Some(c) = self.commits.get(i) else { break };
             if c.first_position != next_first || !cs.done_above.remove(&c.last_position()) {
                 break;
@@ -556,9 +423,7 @@ impl Writer {
         let mut buf: Vec<u8> = Vec::new();
         for j in jobs {
             let len = j.bytes.len() as u64;
-            if self.size + buf.len() as u64 > 0
-                && self.size + buf.len() as u64 + len > self.options.segment_bytes
-            {
+            if self.size + buf.len() as u64 > 0 && self.size + buf.len() as u64 + len > self.options.segment_bytes {
                 self.flush(&buf)?;
                 buf.clear();
                 self.segment += 1;
@@ -568,9 +433,7 @@ impl Writer {
             buf.extend_from_slice(&j.bytes);
         }
         self.flush(&buf)?;
-        self.counters
-            .records
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        self.counters.records.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -579,9 +442,7 @@ impl Writer {
         self.file.sync_data()?;
         self.size += buf.len() as u64;
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -591,10 +452,7 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
 }
 
 fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
-    let f = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, n))?;
+    let f = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, n))?;
     File::open(dir)?.sync_all()?;
     Ok(f)
 }
@@ -630,8 +488,7 @@ impl FileStore {
     /// corrupt tail, and starts the writer thread.
     pub fn open_with(dir: impl AsRef<Path>, options: FileOptions) -> Result<FileStore> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let lock_path = dir.join("LOCK");
         let lock_file = OpenOptions::new()
             .create(true)
@@ -653,10 +510,7 @@ impl FileStore {
                     return Err(StoreError::Locked(dir.display().to_string()));
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(StoreError::io(
-                        format!("locking {}", lock_path.display()),
-                        e,
-                    ));
+                    return Err(StoreError::io(format!("locking {}", lock_path.display()), e));
                 }
             }
         }
@@ -672,10 +526,7 @@ impl FileStore {
             .collect();
         segments.sort_unstable();
 
-        let mut state = State {
-            next_position: 1,
-            ..State::default()
-        };
+        let mut state = State { next_position: 1, ..State::default() };
         let last = segments.last().copied();
         for &n in &segments {
             let path = segment_path(&dir, n);
@@ -691,9 +542,8 @@ impl FileStore {
                         path.display()
                     ))
                 })?;
-                replay(&mut state, record).map_err(|m| {
-                    StoreError::Corrupt(format!("{} offset {off}: {m}", path.display()))
-                })?;
+                replay(&mut state, record)
+                    .map_err(|m| StoreError::Corrupt(format!("{} offset {off}: {m}", path.display())))?;
             }
             if valid < data.len() {
                 if Some(n) != last {
@@ -725,16 +575,12 @@ impl FileStore {
                     .append(true)
                     .open(&path)
                     .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-                let size = f
-                    .metadata()
-                    .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
-                    .len();
+                let size = f.metadata().map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?.len();
                 (n, f, size)
             }
             None => {
-                let f = create_segment(&dir, 1).map_err(|e| {
-                    StoreError::io(format!("creating a segment in {}", dir.display()), e)
-                })?;
+                let f = create_segment(&dir, 1)
+                    .map_err(|e| StoreError::io(format!("creating a segment in {}", dir.display()), e))?;
                 (1, f, 0)
             }
         };
@@ -796,11 +642,8 @@ impl FileStore {
             return Err(StoreError::Poisoned(p.clone()));
         }
         let tx = lock(&self.inner.tx);
-        let tx = tx
-            .as_ref()
-            .ok_or_else(|| StoreError::Poisoned("store is closing".into()))?;
-        tx.send(job)
-            .map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))
+        let tx = tx.as_ref().ok_or_else(|| StoreError::Poisoned("store is closing".into()))?;
+        tx.send(job).map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))
     }
 
     async fn write(&self, record: Record) -> Result<()> {
@@ -808,18 +651,9 @@ impl FileStore {
         let (done, wait) = oneshot::channel();
         {
             let st = lock(&self.inner.state);
-            self.send(
-                &st,
-                Job {
-                    bytes,
-                    apply: Some(record),
-                    last_position: None,
-                    done,
-                },
-            )?;
+            self.send(&st, Job { bytes, apply: Some(record), last_position: None, done })?;
         }
-        wait.await
-            .map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))?
+        wait.await.map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))?
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -829,41 +663,16 @@ impl FileStore {
 
 /// Replays one record during recovery.
 fn replay(state: &mut State, r: Record) -> std::result::Result<(), String> {
-    if let Record::Events {
-        stream,
-        key,
-        first_sequence,
-        first_position,
-        events,
-    } = r
-    {
+    if let Record::Events { stream, key, first_sequence, first_position, events } = r {
         if first_position != state.next_position {
-            return Err(format!(
-                "events at position {first_position}, expected {}",
-                state.next_position
-            ));
+            return Err(format!("events at position {first_position}, expected {}", state.next_position));
         }
-        let expected_seq = state
-            .keys
-            .get(&(stream.clone(), key.clone()))
-            .map_or(0, |k| k.last_sequence)
-            + 1;
+        let expected_seq = state.keys.get(&(stream.clone(), key.clone())).map_or(0, |k| k.last_sequence) + 1;
         if first_sequence != expected_seq || events.is_empty() {
-            return Err(format!(
-                "events of {stream}/{key} at sequence {first_sequence}, expected {expected_seq}"
-            ));
+            return Err(format!("events of {stream}/{key} at sequence {first_sequence}, expected {expected_seq}"));
         }
         let command_id = events[0].command_id.clone();
-        state.insert_commit(
-            Commit {
-                stream,
-                key,
-                first_sequence,
-                first_position,
-                events,
-            },
-            &command_id,
-        );
+        state.insert_commit(Commit { stream, key, first_sequence, first_position, events }, &command_id);
     } else {
         state.apply(r);
     }
@@ -885,12 +694,7 @@ impl EventStore for FileStore {
             let mut st = self.state();
             let k = (stream.to_owned(), key.to_owned());
             let (actual, dup) = match st.keys.get(&k) {
-                Some(ki) => (
-                    ki.last_sequence,
-                    ki.command_ids
-                        .get(&command_id)
-                        .map(|&i| st.commits[i].result()),
-                ),
+                Some(ki) => (ki.last_sequence, ki.command_ids.get(&command_id).map(|&i| st.commits[i].result())),
                 None => (0, None),
             };
             if let Some(original) = dup {
@@ -902,12 +706,7 @@ impl EventStore for FileStore {
                 });
             }
             if !expected.matches(actual) {
-                return Err(StoreError::Conflict {
-                    stream: stream.to_owned(),
-                    key: key.to_owned(),
-                    expected,
-                    actual,
-                });
+                return Err(StoreError::Conflict { stream: stream.to_owned(), key: key.to_owned(), expected, actual });
             }
             let first_position = st.next_position;
             let record = Record::Events {
@@ -918,9 +717,7 @@ impl EventStore for FileStore {
                 events,
             };
             let bytes = record.encode();
-            let Record::Events { events, .. } = record else {
-                unreachable!("built above")
-            };
+            let Record::Events { events, .. } = record else { unreachable!("built above") };
             let commit = Commit {
                 stream: stream.to_owned(),
                 key: key.to_owned(),
@@ -930,20 +727,11 @@ impl EventStore for FileStore {
             };
             let result = commit.result();
             let last_position = commit.last_position();
-            self.send(
-                &st,
-                Job {
-                    bytes,
-                    apply: None,
-                    last_position: Some(last_position),
-                    done,
-                },
-            )?;
+            self.send(&st, Job { bytes, apply: None, last_position: Some(last_position), done })?;
             st.insert_commit(commit, &command_id);
             result
         };
-        wait.await
-            .map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))??;
+        wait.await.map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))??;
         Ok(result)
     }
 
@@ -960,11 +748,7 @@ impl EventStore for FileStore {
                 break;
             }
             if c.first_sequence + c.events.len() as u64 > from_sequence {
-                out.extend(
-                    c.stored()
-                        .into_iter()
-                        .filter(|e| e.sequence >= from_sequence),
-                );
+                out.extend(c.stored().into_iter().filter(|e| e.sequence >= from_sequence));
             }
         }
         Ok(out)
@@ -973,18 +757,13 @@ impl EventStore for FileStore {
     async fn last_sequence(&self, stream: &str, key: &str) -> Result<u64> {
         let durable = self.durable_position();
         let st = self.state();
-        Ok(st
-            .keys
-            .get(&(stream.to_owned(), key.to_owned()))
-            .map_or(0, |ki| st.durable_last_sequence(ki, durable)))
+        Ok(st.keys.get(&(stream.to_owned(), key.to_owned())).map_or(0, |ki| st.durable_last_sequence(ki, durable)))
     }
 
     async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {
         let durable = self.durable_position();
         let st = self.state();
-        let start = st
-            .commits
-            .partition_point(|c| c.last_position() < from_position.max(1));
+        let start = st.commits.partition_point(|c| c.last_position() < from_position.max(1));
         let mut out = Vec::new();
         for c in &st.commits[start..] {
             if c.last_position() > durable || out.len() >= max {
@@ -1004,9 +783,7 @@ impl EventStore for FileStore {
             return Err(StoreError::InvalidArgument("consumer name is empty".into()));
         }
         if options.max_deliver == 0 {
-            return Err(StoreError::InvalidArgument(
-                "max_deliver must be at least 1".into(),
-            ));
+            return Err(StoreError::InvalidArgument("max_deliver must be at least 1".into()));
         }
         let scan_from = {
             let st = self.state();
@@ -1043,60 +820,25 @@ impl EventStore for FileStore {
 
     async fn redrive(&self, name: &str, position: u64) -> Result<()> {
         if !self.state().dead.contains_key(&(name.to_owned(), position)) {
-            return Err(StoreError::NoSuchDeadLetter {
-                consumer: name.to_owned(),
-                position,
-            });
+            return Err(StoreError::NoSuchDeadLetter { consumer: name.to_owned(), position });
         }
-        self.write(Record::Redrive {
-            consumer: name.to_owned(),
-            position,
-        })
-        .await
+        self.write(Record::Redrive { consumer: name.to_owned(), position }).await
     }
 
     async fn put_snapshot(&self, stream: &str, key: &str, snapshot: Snapshot) -> Result<()> {
-        self.write(Record::Snapshot {
-            stream: stream.to_owned(),
-            key: key.to_owned(),
-            snapshot,
-        })
-        .await
+        self.write(Record::Snapshot { stream: stream.to_owned(), key: key.to_owned(), snapshot }).await
     }
 
-    async fn get_snapshot(
-        &self,
-        stream: &str,
-        key: &str,
-        actor_digest: &str,
-    ) -> Result<Option<Snapshot>> {
-        Ok(self
-            .state()
-            .snapshots
-            .get(&(stream.to_owned(), key.to_owned(), actor_digest.to_owned()))
-            .cloned())
+    async fn get_snapshot(&self, stream: &str, key: &str, actor_digest: &str) -> Result<Option<Snapshot>> {
+        Ok(self.state().snapshots.get(&(stream.to_owned(), key.to_owned(), actor_digest.to_owned())).cloned())
     }
 
-    async fn commit_projection(
-        &self,
-        consumer: &str,
-        position: u64,
-        writes: Vec<KvWrite>,
-    ) -> Result<()> {
+    async fn commit_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
         let checkpoint = self.state().checkpoints.get(consumer).copied().unwrap_or(0);
         if position <= checkpoint {
-            return Err(StoreError::StaleCheckpoint {
-                consumer: consumer.to_owned(),
-                position,
-                checkpoint,
-            });
+            return Err(StoreError::StaleCheckpoint { consumer: consumer.to_owned(), position, checkpoint });
         }
-        self.write(Record::Projection {
-            consumer: consumer.to_owned(),
-            position,
-            writes,
-        })
-        .await
+        self.write(Record::Projection { consumer: consumer.to_owned(), position, writes }).await
     }
 
     async fn checkpoint(&self, consumer: &str) -> Result<u64> {
@@ -1104,11 +846,7 @@ impl EventStore for FileStore {
     }
 
     async fn kv_get(&self, consumer: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .state()
-            .kv
-            .get(&(consumer.to_owned(), bucket.to_owned(), key.to_owned()))
-            .cloned())
+        Ok(self.state().kv.get(&(consumer.to_owned(), bucket.to_owned(), key.to_owned())).cloned())
     }
 
     async fn kv_list(&self, consumer: &str, bucket: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -1135,13 +873,7 @@ impl EventStore for FileStore {
     }
 
     async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>> {
-        let mut due: Vec<Timer> = self
-            .state()
-            .timers
-            .values()
-            .filter(|t| t.fire_at_ms <= now_ms)
-            .cloned()
-            .collect();
+        let mut due: Vec<Timer> = self.state().timers.values().filter(|t| t.fire_at_ms <= now_ms).cloned().collect();
         due.sort_by(|a, b| (a.fire_at_ms, &a.id).cmp(&(b.fire_at_ms, &b.id)));
         Ok(due)
     }
@@ -1177,16 +909,10 @@ impl FileConsumer {
             if let Some(c) = st.commit_at(pos) {
                 let attempt = cs.attempts.get(&pos).copied().unwrap_or(0) + 1;
                 self.in_flight.insert(pos, attempt);
-                out.push(Delivery {
-                    position: pos,
-                    events: c.stored(),
-                    attempt,
-                });
+                out.push(Delivery { position: pos, events: c.stored(), attempt });
             }
         }
-        let start = st
-            .commits
-            .partition_point(|c| c.last_position() < self.scan_from);
+        let start = st.commits.partition_point(|c| c.last_position() < self.scan_from);
         let mut settled_prefix = true;
         for c in &st.commits[start..] {
             if out.len() >= max {
@@ -1214,11 +940,7 @@ impl FileConsumer {
             }
             let attempt = cs.attempts.get(&last).copied().unwrap_or(0) + 1;
             self.in_flight.insert(last, attempt);
-            out.push(Delivery {
-                position: last,
-                events: c.stored(),
-                attempt,
-            });
+            out.push(Delivery { position: last, events: c.stored(), attempt });
         }
         out
     }
@@ -1226,10 +948,7 @@ impl FileConsumer {
     fn take_in_flight(&mut self, position: u64) -> Result<u32> {
         self.in_flight
             .remove(&position)
-            .ok_or_else(|| StoreError::NotDelivered {
-                consumer: self.name.clone(),
-                position,
-            })
+            .ok_or_else(|| StoreError::NotDelivered { consumer: self.name.clone(), position })
     }
 }
 
@@ -1256,13 +975,7 @@ impl Consumer for FileConsumer {
 
     async fn ack(&mut self, position: u64) -> Result<()> {
         let attempt = self.take_in_flight(position)?;
-        let res = self
-            .store
-            .write(Record::Ack {
-                consumer: self.name.clone(),
-                position,
-            })
-            .await;
+        let res = self.store.write(Record::Ack { consumer: self.name.clone(), position }).await;
         if res.is_err() {
             self.in_flight.insert(position, attempt);
         }
@@ -1282,25 +995,14 @@ impl Consumer for FileConsumer {
                 NackOutcome::DeadLettered,
             )
         } else {
-            (
-                Record::Nack {
-                    consumer: self.name.clone(),
-                    position,
-                    attempts: attempt,
-                },
-                NackOutcome::Redeliver,
-            )
+            (Record::Nack { consumer: self.name.clone(), position, attempts: attempt }, NackOutcome::Redeliver)
         };
         if let Err(e) = self.store.write(record).await {
             self.in_flight.insert(position, attempt);
             return Err(e);
         }
         if outcome == NackOutcome::Redeliver {
-            let first = self
-                .store
-                .state()
-                .commit_at(position)
-                .map_or(position, |c| c.first_position);
+            let first = self.store.state().commit_at(position).map_or(position, |c| c.first_position);
             self.scan_from = self.scan_from.min(first);
         }
         Ok(outcome)

@@ -216,11 +216,7 @@ pub struct ConsumerOptions {
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
-        ConsumerOptions {
-            stream: None,
-            max_deliver: 5,
-            ack_wait: Duration::from_secs(30),
-        }
+        ConsumerOptions { stream: None, max_deliver: 5, ack_wait: Duration::from_secs(30) }
     }
 }
 
@@ -263,9 +259,7 @@ pub struct DeadLetter {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Optimistic concurrency check failed.
-    #[error(
-        "version conflict on {stream}/{key}: expected {expected}, actual last sequence {actual}"
-    )]
+    #[error("version conflict on {stream}/{key}: expected {expected}, actual last sequence {actual}")]
     Conflict {
         /// Aggregate type.
         stream: String,
@@ -295,9 +289,7 @@ pub enum StoreError {
     #[error("unsupported store URL {0:?}: expected file:DIR or nats://HOST:PORT")]
     InvalidUrl(String),
     /// A projection commit would move the checkpoint backwards or keep it in place.
-    #[error(
-        "projection {consumer}: commit at position {position} is not after checkpoint {checkpoint}"
-    )]
+    #[error("projection {consumer}: commit at position {position} is not after checkpoint {checkpoint}")]
     StaleCheckpoint {
         /// Consumer (projection) name.
         consumer: String,
@@ -355,10 +347,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl StoreError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            context: context.into(),
-            source,
-        }
+        StoreError::Io { context: context.into(), source }
     }
 }
 
@@ -401,21 +390,11 @@ pub trait EventStore: Send + Sync {
     async fn put_snapshot(&self, stream: &str, key: &str, snapshot: Snapshot) -> Result<()>;
 
     /// The snapshot of `(stream, key)` written by `actor_digest`, if any.
-    async fn get_snapshot(
-        &self,
-        stream: &str,
-        key: &str,
-        actor_digest: &str,
-    ) -> Result<Option<Snapshot>>;
+    async fn get_snapshot(&self, stream: &str, key: &str, actor_digest: &str) -> Result<Option<Snapshot>>;
 
     /// Atomically applies `writes` to the projection's buckets and sets its checkpoint to
     /// `position`, which must be greater than the current checkpoint.
-    async fn commit_projection(
-        &self,
-        consumer: &str,
-        position: u64,
-        writes: Vec<KvWrite>,
-    ) -> Result<()>;
+    async fn commit_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()>;
 
     /// The projection's checkpoint (0 before its first commit).
     async fn checkpoint(&self, consumer: &str) -> Result<u64>;
@@ -479,10 +458,7 @@ pub fn find_duplicate(events: &[StoredEvent], command_id: &str) -> Option<Append
     if command_id.is_empty() {
         return None;
     }
-    let matching: Vec<&StoredEvent> = events
-        .iter()
-        .filter(|e| e.command_id == command_id)
-        .collect();
+    let matching: Vec<&StoredEvent> = events.iter().filter(|e| e.command_id == command_id).collect();
     let first = matching.first()?;
     let last = matching.last()?;
     Some(AppendResult {
@@ -508,9 +484,7 @@ pub(crate) fn validate_append(stream: &str, events: &[NewEvent]) -> Result<Strin
     }
     let command_id = events[0].command_id.clone();
     if events.iter().any(|e| e.command_id != command_id) {
-        return Err(StoreError::InvalidArgument(
-            "all events of one append must carry the same command_id".into(),
-        ));
+        return Err(StoreError::InvalidArgument("all events of one append must carry the same command_id".into()));
     }
     Ok(command_id)
 }
@@ -527,9 +501,7 @@ pub(crate) fn stored_events(
         .iter()
         .zip(positions)
         .enumerate()
-        .map(|(i, (e, &p))| {
-            StoredEvent::from_new(stream, key, first_sequence + i as u64, p, e.clone())
-        })
+        .map(|(i, (e, &p))| StoredEvent::from_new(stream, key, first_sequence + i as u64, p, e.clone()))
         .collect()
 }
 

@@ -34,9 +34,8 @@ use futures_util::StreamExt;
 use crate::codec::{Dec, Enc};
 use crate::subject::encode_token;
 use crate::{
-    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion,
-    KvWrite, NackOutcome, NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer,
-    stored_events, validate_append,
+    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion, KvWrite, NackOutcome,
+    NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer, stored_events, validate_append,
 };
 
 /// Settings of a [`NatsStore`].
@@ -52,11 +51,7 @@ pub struct NatsOptions {
 
 impl Default for NatsOptions {
     fn default() -> Self {
-        NatsOptions {
-            prefix: "tollgate".into(),
-            duplicate_window: Duration::from_secs(120),
-            max_append_retries: 64,
-        }
+        NatsOptions { prefix: "tollgate".into(), duplicate_window: Duration::from_secs(120), max_append_retries: 64 }
     }
 }
 
@@ -67,10 +62,7 @@ fn position(stream_sequence: u64, index: usize) -> u64 {
 }
 
 fn nats_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> StoreError {
-    move |e| StoreError::Nats {
-        op,
-        message: e.to_string(),
-    }
+    move |e| StoreError::Nats { op, message: e.to_string() }
 }
 
 /// The NATS JetStream event store (`nats://HOST:PORT`). Cheap to clone.
@@ -108,11 +100,7 @@ struct Batch {
 impl Batch {
     fn encode(&self) -> Bytes {
         let mut e = Enc::default();
-        e.u8(1)
-            .str(&self.stream)
-            .str(&self.key)
-            .u64(self.first_sequence)
-            .events(&self.events);
+        e.u8(1).str(&self.stream).str(&self.key).u64(self.first_sequence).events(&self.events);
         e.buf.into()
     }
 
@@ -137,23 +125,13 @@ impl Batch {
         AppendResult {
             first_sequence: self.first_sequence,
             last_sequence: self.last_sequence(),
-            positions: (0..self.events.len())
-                .map(|i| position(msg_seq, i))
-                .collect(),
+            positions: (0..self.events.len()).map(|i| position(msg_seq, i)).collect(),
         }
     }
 
     fn stored(&self, msg_seq: u64) -> Vec<StoredEvent> {
-        let positions: Vec<u64> = (0..self.events.len())
-            .map(|i| position(msg_seq, i))
-            .collect();
-        stored_events(
-            &self.stream,
-            &self.key,
-            self.first_sequence,
-            &positions,
-            &self.events,
-        )
+        let positions: Vec<u64> = (0..self.events.len()).map(|i| position(msg_seq, i)).collect();
+        stored_events(&self.stream, &self.key, self.first_sequence, &positions, &self.events)
     }
 }
 
@@ -177,28 +155,18 @@ fn decode_dead(data: &[u8]) -> Result<(u32, String, u64, Batch)> {
 }
 
 fn is_tombstone(headers: Option<&HeaderMap>) -> bool {
-    headers
-        .and_then(|h| h.get("KV-Operation"))
-        .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE")
+    headers.and_then(|h| h.get("KV-Operation")).is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE")
 }
 
 impl NatsStore {
     /// Connects to `nats://HOST:PORT` and creates the streams and buckets it needs.
     pub async fn connect(url: &str, options: NatsOptions) -> Result<NatsStore> {
-        if !options
-            .prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        if !options.prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             || options.prefix.is_empty()
         {
-            return Err(StoreError::InvalidArgument(format!(
-                "NATS prefix {:?} must match [a-z0-9-]+",
-                options.prefix
-            )));
+            return Err(StoreError::InvalidArgument(format!("NATS prefix {:?} must match [a-z0-9-]+", options.prefix)));
         }
-        let client = async_nats::connect(url)
-            .await
-            .map_err(nats_err("connect"))?;
+        let client = async_nats::connect(url).await.map_err(nats_err("connect"))?;
         let js = jetstream::new(client.clone());
         let p = options.prefix.clone();
         let events = get_or_create_stream(
@@ -255,19 +223,11 @@ impl NatsStore {
     }
 
     fn event_subject(&self, stream: &str, key: &str) -> String {
-        format!(
-            "{}.ev.{}.{}",
-            self.prefix,
-            encode_token(stream),
-            encode_token(key)
-        )
+        format!("{}.ev.{}.{}", self.prefix, encode_token(stream), encode_token(key))
     }
 
     /// The last message of `subject` in `stream`, if any.
-    async fn last_message(
-        stream: &stream::Stream,
-        subject: &str,
-    ) -> Result<Option<jetstream::message::StreamMessage>> {
+    async fn last_message(stream: &stream::Stream, subject: &str) -> Result<Option<jetstream::message::StreamMessage>> {
         match stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -278,10 +238,7 @@ impl NatsStore {
     async fn last_batch(&self, subject: &str) -> Result<Option<(u64, Batch)>> {
         match Self::last_message(&self.events, subject).await? {
             None => Ok(None),
-            Some(m) => Ok(Some((
-                m.sequence,
-                Batch::decode(&mut Dec::new(&m.payload))?,
-            ))),
+            Some(m) => Ok(Some((m.sequence, Batch::decode(&mut Dec::new(&m.payload))?))),
         }
     }
 
@@ -294,11 +251,7 @@ impl NatsStore {
         deliver: consumer::DeliverPolicy,
         mut f: impl FnMut(u64, &async_nats::Message) -> Result<bool> + Send,
     ) -> Result<()> {
-        let stream = self
-            .js
-            .get_stream_no_info(stream_name)
-            .await
-            .map_err(nats_err("get stream"))?;
+        let stream = self.js.get_stream_no_info(stream_name).await.map_err(nats_err("get stream"))?;
         let c = stream
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
@@ -344,77 +297,44 @@ impl NatsStore {
     }
 
     /// Loads a projection's state, finishing an interrupted apply first.
-    async fn ensure_applied(
-        &self,
-        cache: &mut HashMap<String, ProjState>,
-        consumer: &str,
-    ) -> Result<ProjState> {
+    async fn ensure_applied(&self, cache: &mut HashMap<String, ProjState>, consumer: &str) -> Result<ProjState> {
         if let Some(s) = cache.get(consumer) {
             return Ok(*s);
         }
         let subject = format!("{}.proj.{}", self.prefix, encode_token(consumer));
         let state = match Self::last_message(&self.proj_log, &subject).await? {
-            None => ProjState {
-                checkpoint: 0,
-                log_sequence: 0,
-            },
+            None => ProjState { checkpoint: 0, log_sequence: 0 },
             Some(m) => {
                 let (position, writes) = decode_projection(&m.payload)?;
-                let applied = match self
-                    .applied
-                    .get(encode_token(consumer))
-                    .await
-                    .map_err(nats_err("kv get"))?
-                {
+                let applied = match self.applied.get(encode_token(consumer)).await.map_err(nats_err("kv get"))? {
                     Some(v) => decode_u64(&v)?,
                     None => 0,
                 };
                 if applied < position {
-                    tracing::warn!(
-                        consumer,
-                        position,
-                        "finishing an interrupted projection commit"
-                    );
+                    tracing::warn!(consumer, position, "finishing an interrupted projection commit");
                     self.apply_projection(consumer, position, &writes).await?;
                 }
-                ProjState {
-                    checkpoint: position,
-                    log_sequence: m.sequence,
-                }
+                ProjState { checkpoint: position, log_sequence: m.sequence }
             }
         };
         cache.insert(consumer.to_owned(), state);
         Ok(state)
     }
 
-    async fn apply_projection(
-        &self,
-        consumer: &str,
-        position: u64,
-        writes: &[KvWrite],
-    ) -> Result<()> {
+    async fn apply_projection(&self, consumer: &str, position: u64, writes: &[KvWrite]) -> Result<()> {
         for w in writes {
             let key = projection_key(consumer, &w.bucket, &w.key);
             match &w.value {
                 Some(v) => {
-                    self.projections
-                        .put(key, Bytes::from(v.clone()))
-                        .await
-                        .map_err(nats_err("kv put"))?;
+                    self.projections.put(key, Bytes::from(v.clone())).await.map_err(nats_err("kv put"))?;
                 }
                 None => {
-                    self.projections
-                        .delete(key)
-                        .await
-                        .map_err(nats_err("kv delete"))?;
+                    self.projections.delete(key).await.map_err(nats_err("kv delete"))?;
                 }
             }
         }
         self.applied
-            .put(
-                encode_token(consumer),
-                Bytes::copy_from_slice(&position.to_le_bytes()),
-            )
+            .put(encode_token(consumer), Bytes::copy_from_slice(&position.to_le_bytes()))
             .await
             .map_err(nats_err("kv put"))?;
         Ok(())
@@ -430,10 +350,7 @@ impl NatsStore {
         batch: &Batch,
     ) -> Result<()> {
         self.dead
-            .put(
-                format!("{}.{position}", encode_token(consumer)),
-                encode_dead(attempts, reason, msg_seq, batch),
-            )
+            .put(format!("{}.{position}", encode_token(consumer)), encode_dead(attempts, reason, msg_seq, batch))
             .await
             .map_err(nats_err("kv put dead letter"))?;
         Ok(())
@@ -441,18 +358,11 @@ impl NatsStore {
 }
 
 fn projection_key(consumer: &str, bucket: &str, key: &str) -> String {
-    format!(
-        "{}.{}.{}",
-        encode_token(consumer),
-        encode_token(bucket),
-        encode_token(key)
-    )
+    format!("{}.{}.{}", encode_token(consumer), encode_token(bucket), encode_token(key))
 }
 
 fn decode_u64(v: &[u8]) -> Result<u64> {
-    Ok(u64::from_le_bytes(v.try_into().map_err(|_| {
-        StoreError::Corrupt("applied marker is not 8 bytes".into())
-    })?))
+    Ok(u64::from_le_bytes(v.try_into().map_err(|_| StoreError::Corrupt("applied marker is not 8 bytes".into()))?))
 }
 
 fn decode_projection(data: &[u8]) -> Result<(u64, Vec<KvWrite>)> {
@@ -461,13 +371,8 @@ fn decode_projection(data: &[u8]) -> Result<(u64, Vec<KvWrite>)> {
     Ok((d.u64().map_err(bad)?, d.kv_writes().map_err(bad)?))
 }
 
-async fn get_or_create_stream(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<stream::Stream> {
-    js.get_or_create_stream(config)
-        .await
-        .map_err(nats_err("create stream"))
+async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream> {
+    js.get_or_create_stream(config).await.map_err(nats_err("create stream"))
 }
 
 async fn get_or_create_kv(js: &jetstream::Context, bucket: &str) -> Result<kv::Store> {
@@ -488,9 +393,7 @@ async fn get_or_create_kv(js: &jetstream::Context, bucket: &str) -> Result<kv::S
         },
     )
     .await?;
-    js.get_key_value(bucket)
-        .await
-        .map_err(nats_err("open kv bucket"))
+    js.get_key_value(bucket).await.map_err(nats_err("open kv bucket"))
 }
 
 #[async_trait]
@@ -510,12 +413,7 @@ impl EventStore for NatsStore {
             command_id: command_id.clone(),
             original,
         };
-        let mut batch = Batch {
-            stream: stream.to_owned(),
-            key: key.to_owned(),
-            first_sequence: 0,
-            events,
-        };
+        let mut batch = Batch { stream: stream.to_owned(), key: key.to_owned(), first_sequence: 0, events };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -530,29 +428,15 @@ impl EventStore for NatsStore {
                 None => (0, 0),
             };
             if !expected.matches(actual) {
-                return Err(StoreError::Conflict {
-                    stream: stream.to_owned(),
-                    key: key.to_owned(),
-                    expected,
-                    actual,
-                });
+                return Err(StoreError::Conflict { stream: stream.to_owned(), key: key.to_owned(), expected, actual });
             }
             batch.first_sequence = actual + 1;
             let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                last_msg_seq.to_string().as_str(),
-            );
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, last_msg_seq.to_string().as_str());
             if !command_id.is_empty() {
                 headers.insert(
                     async_nats::header::NATS_MESSAGE_ID,
-                    format!(
-                        "{}.{}.{}",
-                        encode_token(stream),
-                        encode_token(key),
-                        command_id
-                    )
-                    .as_str(),
+                    format!("{}.{}.{}", encode_token(stream), encode_token(key), command_id).as_str(),
                 );
             }
             let ack = self
@@ -563,11 +447,7 @@ impl EventStore for NatsStore {
                 .await;
             match ack {
                 Ok(ack) if ack.duplicate => {
-                    let m = self
-                        .events
-                        .get_raw_message(ack.sequence)
-                        .await
-                        .map_err(nats_err("get message"))?;
+                    let m = self.events.get_raw_message(ack.sequence).await.map_err(nats_err("get message"))?;
                     let original = Batch::decode(&mut Dec::new(&m.payload))?;
                     return Err(duplicate(original.result(ack.sequence)));
                 }
@@ -599,32 +479,20 @@ impl EventStore for NatsStore {
             return Ok(v);
         }
         let mut out = Vec::new();
-        self.scan(
-            &self.events.cached_info().config.name,
-            subject,
-            consumer::DeliverPolicy::All,
-            |seq, m| {
-                let b = Batch::decode(&mut Dec::new(&m.payload))?;
-                if b.last_sequence() >= from_sequence {
-                    out.extend(
-                        b.stored(seq)
-                            .into_iter()
-                            .filter(|e| e.sequence >= from_sequence),
-                    );
-                }
-                Ok(true)
-            },
-        )
+        self.scan(&self.events.cached_info().config.name, subject, consumer::DeliverPolicy::All, |seq, m| {
+            let b = Batch::decode(&mut Dec::new(&m.payload))?;
+            if b.last_sequence() >= from_sequence {
+                out.extend(b.stored(seq).into_iter().filter(|e| e.sequence >= from_sequence));
+            }
+            Ok(true)
+        })
         .await?;
         Ok(out)
     }
 
     async fn last_sequence(&self, stream: &str, key: &str) -> Result<u64> {
         let subject = self.event_subject(stream, key);
-        Ok(self
-            .last_batch(&subject)
-            .await?
-            .map_or(0, |(_, b)| b.last_sequence()))
+        Ok(self.last_batch(&subject).await?.map_or(0, |(_, b)| b.last_sequence()))
     }
 
     async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {
@@ -656,9 +524,7 @@ impl EventStore for NatsStore {
             return Err(StoreError::InvalidArgument("consumer name is empty".into()));
         }
         if options.max_deliver == 0 {
-            return Err(StoreError::InvalidArgument(
-                "max_deliver must be at least 1".into(),
-            ));
+            return Err(StoreError::InvalidArgument("max_deliver must be at least 1".into()));
         }
         let durable = encode_token(name);
         let filter = match &options.stream {
@@ -674,23 +540,14 @@ impl EventStore for NatsStore {
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         };
-        let main = self
-            .events
-            .get_or_create_consumer(&durable, config.clone())
-            .await
-            .map_err(nats_err("create consumer"))?;
-        let redrive_stream = self
-            .js
-            .get_stream_no_info(format!("{}_redrive", self.prefix))
-            .await
-            .map_err(nats_err("get stream"))?;
+        let main =
+            self.events.get_or_create_consumer(&durable, config.clone()).await.map_err(nats_err("create consumer"))?;
+        let redrive_stream =
+            self.js.get_stream_no_info(format!("{}_redrive", self.prefix)).await.map_err(nats_err("get stream"))?;
         let redrive = redrive_stream
             .get_or_create_consumer(
                 &durable,
-                consumer::pull::Config {
-                    filter_subject: format!("{}.redrive.{durable}", self.prefix),
-                    ..config
-                },
+                consumer::pull::Config { filter_subject: format!("{}.redrive.{durable}", self.prefix), ..config },
             )
             .await
             .map_err(nats_err("create consumer"))?;
@@ -706,10 +563,7 @@ impl EventStore for NatsStore {
 
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         let mut out = Vec::new();
-        for (key, value) in self
-            .kv_scan(&self.dead, &format!("{}.*", encode_token(name)))
-            .await?
-        {
+        for (key, value) in self.kv_scan(&self.dead, &format!("{}.*", encode_token(name))).await? {
             let position = key
                 .rsplit('.')
                 .next()
@@ -736,29 +590,16 @@ impl EventStore for NatsStore {
             .await
             .map_err(nats_err("kv get dead letter"))?
             .filter(|e| e.operation == kv::Operation::Put)
-            .ok_or_else(|| StoreError::NoSuchDeadLetter {
-                consumer: name.to_owned(),
-                position,
-            })?;
+            .ok_or_else(|| StoreError::NoSuchDeadLetter { consumer: name.to_owned(), position })?;
         let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{key}.{}", entry.revision).as_str(),
-        );
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{key}.{}", entry.revision).as_str());
         self.js
-            .publish_with_headers(
-                format!("{}.redrive.{}", self.prefix, encode_token(name)),
-                headers,
-                entry.value,
-            )
+            .publish_with_headers(format!("{}.redrive.{}", self.prefix, encode_token(name)), headers, entry.value)
             .await
             .map_err(nats_err("publish redrive"))?
             .await
             .map_err(nats_err("publish redrive ack"))?;
-        self.dead
-            .delete(key)
-            .await
-            .map_err(nats_err("kv delete dead letter"))?;
+        self.dead.delete(key).await.map_err(nats_err("kv delete dead letter"))?;
         Ok(())
     }
 
@@ -767,12 +608,7 @@ impl EventStore for NatsStore {
         e.u64(snapshot.sequence).bytes(&snapshot.state);
         self.snapshots
             .put(
-                format!(
-                    "{}.{}.{}",
-                    encode_token(stream),
-                    encode_token(key),
-                    encode_token(&snapshot.actor_digest)
-                ),
+                format!("{}.{}.{}", encode_token(stream), encode_token(key), encode_token(&snapshot.actor_digest)),
                 e.buf.into(),
             )
             .await
@@ -780,20 +616,10 @@ impl EventStore for NatsStore {
         Ok(())
     }
 
-    async fn get_snapshot(
-        &self,
-        stream: &str,
-        key: &str,
-        actor_digest: &str,
-    ) -> Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, stream: &str, key: &str, actor_digest: &str) -> Result<Option<Snapshot>> {
         let v = self
             .snapshots
-            .get(format!(
-                "{}.{}.{}",
-                encode_token(stream),
-                encode_token(key),
-                encode_token(actor_digest)
-            ))
+            .get(format!("{}.{}.{}", encode_token(stream), encode_token(key), encode_token(actor_digest)))
             .await
             .map_err(nats_err("kv get snapshot"))?;
         let Some(v) = v else { return Ok(None) };
@@ -806,12 +632,7 @@ impl EventStore for NatsStore {
         }))
     }
 
-    async fn commit_projection(
-        &self,
-        consumer: &str,
-        position: u64,
-        writes: Vec<KvWrite>,
-    ) -> Result<()> {
+    async fn commit_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
         let mut cache = self.proj.lock().await;
         let state = self.ensure_applied(&mut cache, consumer).await?;
         if position <= state.checkpoint {
@@ -824,17 +645,11 @@ impl EventStore for NatsStore {
         let mut e = Enc::default();
         e.u64(position).kv_writes(&writes);
         let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            state.log_sequence.to_string().as_str(),
-        );
+        headers
+            .insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, state.log_sequence.to_string().as_str());
         let ack = self
             .js
-            .publish_with_headers(
-                format!("{}.proj.{}", self.prefix, encode_token(consumer)),
-                headers,
-                e.buf.into(),
-            )
+            .publish_with_headers(format!("{}.proj.{}", self.prefix, encode_token(consumer)), headers, e.buf.into())
             .await
             .map_err(nats_err("publish projection commit"))?
             .await;
@@ -856,13 +671,7 @@ impl EventStore for NatsStore {
         // The commit is durable in the log from here on; a failed apply is finished later.
         cache.remove(consumer);
         self.apply_projection(consumer, position, &writes).await?;
-        cache.insert(
-            consumer.to_owned(),
-            ProjState {
-                checkpoint: position,
-                log_sequence: ack.sequence,
-            },
-        );
+        cache.insert(consumer.to_owned(), ProjState { checkpoint: position, log_sequence: ack.sequence });
         Ok(())
     }
 
@@ -904,26 +713,15 @@ impl EventStore for NatsStore {
     async fn put_timer(&self, timer: Timer) -> Result<()> {
         let mut e = Enc::default();
         e.str(&timer.id).u64(timer.fire_at_ms).bytes(&timer.payload);
-        self.timers
-            .put(encode_token(&timer.id), e.buf.into())
-            .await
-            .map_err(nats_err("kv put timer"))?;
+        self.timers.put(encode_token(&timer.id), e.buf.into()).await.map_err(nats_err("kv put timer"))?;
         Ok(())
     }
 
     async fn cancel_timer(&self, id: &str) -> Result<bool> {
         let key = encode_token(id);
-        let exists = self
-            .timers
-            .get(key.clone())
-            .await
-            .map_err(nats_err("kv get timer"))?
-            .is_some();
+        let exists = self.timers.get(key.clone()).await.map_err(nats_err("kv get timer"))?.is_some();
         if exists {
-            self.timers
-                .delete(key)
-                .await
-                .map_err(nats_err("kv delete timer"))?;
+            self.timers.delete(key).await.map_err(nats_err("kv delete timer"))?;
         }
         Ok(exists)
     }
@@ -981,10 +779,7 @@ impl NatsConsumer {
                 let (_, _, seq, batch) = decode_dead(&m.payload)?;
                 (seq, batch)
             } else {
-                (
-                    info.stream_sequence,
-                    Batch::decode(&mut Dec::new(&m.payload))?,
-                )
+                (info.stream_sequence, Batch::decode(&mut Dec::new(&m.payload))?)
             };
             let last = position(msg_seq, batch.events.len() - 1);
             if let Some(p) = self.pending.get_mut(&last) {
@@ -1001,29 +796,12 @@ impl NatsConsumer {
             if delivered > self.options.max_deliver {
                 // Delivered (timed out) more often than allowed without an ack or nack.
                 let reason = format!("not acknowledged after {} deliveries", delivered - 1);
-                self.store
-                    .write_dead_letter(&self.name, last, delivered - 1, &reason, msg_seq, &batch)
-                    .await?;
-                m.double_ack_with(AckKind::Term)
-                    .await
-                    .map_err(nats_err("term"))?;
+                self.store.write_dead_letter(&self.name, last, delivered - 1, &reason, msg_seq, &batch).await?;
+                m.double_ack_with(AckKind::Term).await.map_err(nats_err("term"))?;
                 continue;
             }
-            out.push(Delivery {
-                position: last,
-                events: batch.stored(msg_seq),
-                attempt: delivered,
-            });
-            self.pending.insert(
-                last,
-                PendingDelivery {
-                    message: m,
-                    attempt: delivered,
-                    msg_seq,
-                    batch,
-                    redriven,
-                },
-            );
+            out.push(Delivery { position: last, events: batch.stored(msg_seq), attempt: delivered });
+            self.pending.insert(last, PendingDelivery { message: m, attempt: delivered, msg_seq, batch, redriven });
         }
         Ok(())
     }
@@ -1036,19 +814,8 @@ async fn collect_batch(
 ) -> Result<Vec<jetstream::Message>> {
     let mut out = Vec::new();
     let mut stream = match wait {
-        None => c
-            .fetch()
-            .max_messages(max)
-            .messages()
-            .await
-            .map_err(nats_err("fetch"))?,
-        Some(w) => c
-            .batch()
-            .max_messages(max)
-            .expires(w)
-            .messages()
-            .await
-            .map_err(nats_err("fetch"))?,
+        None => c.fetch().max_messages(max).messages().await.map_err(nats_err("fetch"))?,
+        Some(w) => c.batch().max_messages(max).expires(w).messages().await.map_err(nats_err("fetch"))?,
     };
     while let Some(m) = stream.next().await {
         out.push(m.map_err(nats_err("fetch message"))?);
@@ -1079,10 +846,7 @@ impl Consumer for NatsConsumer {
         let p = self
             .pending
             .remove(&position)
-            .ok_or_else(|| StoreError::NotDelivered {
-                consumer: self.name.clone(),
-                position,
-            })?;
+            .ok_or_else(|| StoreError::NotDelivered { consumer: self.name.clone(), position })?;
         p.message.double_ack().await.map_err(nats_err("ack"))?;
         Ok(())
     }
@@ -1091,29 +855,14 @@ impl Consumer for NatsConsumer {
         let p = self
             .pending
             .remove(&position)
-            .ok_or_else(|| StoreError::NotDelivered {
-                consumer: self.name.clone(),
-                position,
-            })?;
+            .ok_or_else(|| StoreError::NotDelivered { consumer: self.name.clone(), position })?;
         if p.attempt >= self.options.max_deliver {
-            self.store
-                .write_dead_letter(&self.name, position, p.attempt, reason, p.msg_seq, &p.batch)
-                .await?;
-            let kind = if p.redriven {
-                AckKind::Ack
-            } else {
-                AckKind::Term
-            };
-            p.message
-                .double_ack_with(kind)
-                .await
-                .map_err(nats_err("term"))?;
+            self.store.write_dead_letter(&self.name, position, p.attempt, reason, p.msg_seq, &p.batch).await?;
+            let kind = if p.redriven { AckKind::Ack } else { AckKind::Term };
+            p.message.double_ack_with(kind).await.map_err(nats_err("term"))?;
             Ok(NackOutcome::DeadLettered)
         } else {
-            p.message
-                .double_ack_with(AckKind::Nak(None))
-                .await
-                .map_err(nats_err("nak"))?;
+            p.message.double_ack_with(AckKind::Nak(None)).await.map_err(nats_err("nak"))?;
             Ok(NackOutcome::Redeliver)
         }
     }

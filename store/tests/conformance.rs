@@ -8,9 +8,7 @@ use common::conformance::Factory;
 use common::event;
 use common::nats_server::NatsServer;
 use tollgate_store::subject::encode_token;
-use tollgate_store::{
-    ConsumerOptions, EventStore, ExpectedVersion, FileStore, KvWrite, NatsOptions, NatsStore,
-};
+use tollgate_store::{ConsumerOptions, EventStore, ExpectedVersion, FileStore, KvWrite, NatsOptions, NatsStore};
 
 /// A file store in a temp dir; every `open` reopens the same directory.
 struct FileFactory {
@@ -19,9 +17,7 @@ struct FileFactory {
 
 impl FileFactory {
     fn new() -> Option<FileFactory> {
-        Some(FileFactory {
-            dir: tempfile::tempdir().expect("temp dir"),
-        })
+        Some(FileFactory { dir: tempfile::tempdir().expect("temp dir") })
     }
 }
 
@@ -81,20 +77,8 @@ async fn nats_ack_wait_exhaustion_dead_letters() {
         return;
     };
     let s = f.open().await;
-    let r = s
-        .append(
-            "account",
-            "k",
-            ExpectedVersion::Any,
-            vec![event("e", "c1", "x")],
-        )
-        .await
-        .unwrap();
-    let options = ConsumerOptions {
-        max_deliver: 2,
-        ack_wait: Duration::from_secs(1),
-        ..ConsumerOptions::default()
-    };
+    let r = s.append("account", "k", ExpectedVersion::Any, vec![event("e", "c1", "x")]).await.unwrap();
+    let options = ConsumerOptions { max_deliver: 2, ack_wait: Duration::from_secs(1), ..ConsumerOptions::default() };
     // A poison commit that crashes its consumer before it can ack or nack.
     for attempt in 1..=2 {
         let mut c = s.consumer("stuck", options.clone()).await.unwrap();
@@ -105,17 +89,9 @@ async fn nats_ack_wait_exhaustion_dead_letters() {
     let mut c = s.consumer("stuck", options).await.unwrap();
     assert!(c.next(1, Duration::from_secs(3)).await.unwrap().is_empty());
     let dead = s.dead_letters("stuck").await.unwrap();
-    assert_eq!(
-        dead.len(),
-        1,
-        "timed-out deliveries are dead-lettered, not dropped"
-    );
+    assert_eq!(dead.len(), 1, "timed-out deliveries are dead-lettered, not dropped");
     assert_eq!(dead[0].position, r.positions[0]);
-    assert!(
-        dead[0].reason.contains("not acknowledged"),
-        "{}",
-        dead[0].reason
-    );
+    assert!(dead[0].reason.contains("not acknowledged"), "{}", dead[0].reason);
 }
 
 /// NatsStore only: a projection commit whose KV apply was interrupted is finished on the
@@ -126,41 +102,19 @@ async fn nats_interrupted_projection_apply_is_finished() {
         return;
     };
     let s = f.open().await;
-    let write = |k: &str, v: &str| KvWrite {
-        bucket: "b".into(),
-        key: k.into(),
-        value: Some(v.as_bytes().to_vec()),
-    };
-    s.commit_projection("p", 10, vec![write("k1", "one"), write("k2", "two")])
-        .await
-        .unwrap();
+    let write = |k: &str, v: &str| KvWrite { bucket: "b".into(), key: k.into(), value: Some(v.as_bytes().to_vec()) };
+    s.commit_projection("p", 10, vec![write("k1", "one"), write("k2", "two")]).await.unwrap();
     drop(s);
     // Simulate a crash after the commit message but before the KV apply.
     let client = async_nats::connect(&f.server.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let applied = js.get_key_value("tollgate_applied").await.unwrap();
-    applied
-        .put(
-            encode_token("p"),
-            bytes::Bytes::copy_from_slice(&0u64.to_le_bytes()),
-        )
-        .await
-        .unwrap();
+    applied.put(encode_token("p"), bytes::Bytes::copy_from_slice(&0u64.to_le_bytes())).await.unwrap();
     let kv = js.get_key_value("tollgate_projections").await.unwrap();
-    kv.delete(format!(
-        "{}.{}.{}",
-        encode_token("p"),
-        encode_token("b"),
-        encode_token("k2")
-    ))
-    .await
-    .unwrap();
+    kv.delete(format!("{}.{}.{}", encode_token("p"), encode_token("b"), encode_token("k2"))).await.unwrap();
 
     let s = f.open().await;
-    assert_eq!(
-        s.kv_get("p", "b", "k2").await.unwrap(),
-        Some(b"two".to_vec())
-    );
+    assert_eq!(s.kv_get("p", "b", "k2").await.unwrap(), Some(b"two".to_vec()));
     assert_eq!(s.checkpoint("p").await.unwrap(), 10);
     assert_eq!(s.kv_list("p", "b").await.unwrap().len(), 2);
 }
@@ -171,20 +125,11 @@ async fn open_parses_urls() {
     let url = format!("file:{}", dir.path().display());
     let s = tollgate_store::open(&url).await.expect("file URL");
     drop(s);
-    assert!(matches!(
-        tollgate_store::open("redis://x").await,
-        Err(tollgate_store::StoreError::InvalidUrl(_))
-    ));
-    assert!(matches!(
-        tollgate_store::open("file:").await,
-        Err(tollgate_store::StoreError::InvalidUrl(_))
-    ));
+    assert!(matches!(tollgate_store::open("redis://x").await, Err(tollgate_store::StoreError::InvalidUrl(_))));
+    assert!(matches!(tollgate_store::open("file:").await, Err(tollgate_store::StoreError::InvalidUrl(_))));
     // A second open of the same directory is refused while the first is alive.
     let a = FileStore::open(dir.path()).unwrap();
-    assert!(matches!(
-        FileStore::open(dir.path()),
-        Err(tollgate_store::StoreError::Locked(_))
-    ));
+    assert!(matches!(FileStore::open(dir.path()), Err(tollgate_store::StoreError::Locked(_))));
     drop(a);
     FileStore::open(dir.path()).expect("lock released on drop");
 }

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use tollgate_store::{
-    EventStore, ExpectedVersion, FileOptions, FileStore, StoreError, StoredEvent, Timer,
-};
+use tollgate_store::{EventStore, ExpectedVersion, FileOptions, FileStore, StoreError, StoredEvent, Timer};
 
 use common::event;
 
@@ -40,11 +38,7 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let store = FileStore::open(&dir).expect("child opens the store");
         let mut tasks = Vec::new();
@@ -55,13 +49,8 @@ fn crash_child() {
                 let mut last = store.last_sequence("crash", &key).await.unwrap();
                 loop {
                     let n = 1 + (last % 3);
-                    let events = (1..=n)
-                        .map(|i| event("e", "", &payload(&key, last + i)))
-                        .collect();
-                    let r = store
-                        .append("crash", &key, ExpectedVersion::Exact(last), events)
-                        .await
-                        .expect("append");
+                    let events = (1..=n).map(|i| event("e", "", &payload(&key, last + i))).collect();
+                    let r = store.append("crash", &key, ExpectedVersion::Exact(last), events).await.expect("append");
                     last = r.last_sequence;
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {key} {} {}", r.first_sequence, r.last_sequence).unwrap();
@@ -82,17 +71,9 @@ async fn check_log(store: &FileStore) -> Vec<StoredEvent> {
     for (i, e) in all.iter().enumerate() {
         assert_eq!(e.position, i as u64 + 1, "positions are dense");
         let prev = last_seq.insert((e.stream.clone(), e.key.clone()), e.sequence);
-        assert_eq!(
-            e.sequence,
-            prev.unwrap_or(0) + 1,
-            "sequences are dense per key"
-        );
+        assert_eq!(e.sequence, prev.unwrap_or(0) + 1, "sequences are dense per key");
         if e.stream == "crash" {
-            assert_eq!(
-                e.payload,
-                payload(&e.key, e.sequence).as_bytes(),
-                "payload intact"
-            );
+            assert_eq!(e.payload, payload(&e.key, e.sequence).as_bytes(), "payload intact");
         }
     }
     all
@@ -101,11 +82,7 @@ async fn check_log(store: &FileStore) -> Vec<StoredEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("seed {seed}");
     let mut rng = Rng(seed);
     let exe = std::env::current_exe().unwrap();
@@ -115,13 +92,7 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
     while runs < 24 || (total_acked == 0 && started.elapsed() < Duration::from_secs(30)) {
         runs += 1;
         let mut child = Command::new(&exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "crash_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -129,11 +100,7 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
             .expect("spawn child");
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter(|l| l.starts_with("ACK "))
-                .collect::<Vec<_>>()
+            BufReader::new(stdout).lines().map_while(Result::ok).filter(|l| l.starts_with("ACK ")).collect::<Vec<_>>()
         });
         tokio::time::sleep(Duration::from_millis(20 + rng.next() % 180)).await;
         child.kill().expect("SIGKILL the child");
@@ -145,16 +112,9 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
         let all = check_log(&store).await;
         for line in &acked {
             let parts: Vec<&str> = line.split(' ').collect();
-            let (key, first, last) = (
-                parts[1],
-                parts[2].parse::<u64>().unwrap(),
-                parts[3].parse::<u64>().unwrap(),
-            );
+            let (key, first, last) = (parts[1], parts[2].parse::<u64>().unwrap(), parts[3].parse::<u64>().unwrap());
             let events = store.read("crash", key, first).await.unwrap();
-            assert!(
-                events.len() as u64 > last - first,
-                "run {runs}: acknowledged {line} is missing (seed {seed})"
-            );
+            assert!(events.len() as u64 > last - first, "run {runs}: acknowledged {line} is missing (seed {seed})");
             for (i, e) in events.iter().take((last - first + 1) as usize).enumerate() {
                 assert_eq!(e.sequence, first + i as u64);
                 assert_eq!(e.payload, payload(key, e.sequence).as_bytes());
@@ -162,12 +122,7 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
         }
         // Appends continue after recovery.
         let r = store
-            .append(
-                "parent",
-                "p",
-                ExpectedVersion::Any,
-                vec![event("e", "", "p")],
-            )
+            .append("parent", "p", ExpectedVersion::Any, vec![event("e", "", "p")])
             .await
             .expect("append after recovery");
         assert_eq!(*r.positions.last().unwrap(), all.len() as u64 + 1);
@@ -185,22 +140,10 @@ async fn build_log(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u64>, Vec<StoredEvent>)
     let mut ends = Vec::new();
     for i in 0..12u64 {
         if i == 9 {
-            store
-                .put_timer(Timer {
-                    id: "t".into(),
-                    fire_at_ms: 5,
-                    payload: b"timer".to_vec(),
-                })
-                .await
-                .unwrap();
+            store.put_timer(Timer { id: "t".into(), fire_at_ms: 5, payload: b"timer".to_vec() }).await.unwrap();
         } else {
-            let events = (0..1 + i % 2)
-                .map(|j| event("e", &format!("c{i}"), &format!("{i}-{j}")))
-                .collect();
-            store
-                .append("acct", &format!("k{}", i % 3), ExpectedVersion::Any, events)
-                .await
-                .unwrap();
+            let events = (0..1 + i % 2).map(|j| event("e", &format!("c{i}"), &format!("{i}-{j}"))).collect();
+            store.append("acct", &format!("k{}", i % 3), ExpectedVersion::Any, events).await.unwrap();
         }
         // An acknowledged write is on disk: the file length is the record boundary.
         ends.push(std::fs::metadata(&seg).unwrap().len());
@@ -236,27 +179,13 @@ async fn check_recovered(dir: &Path, intact: usize, events: &[StoredEvent], ends
         .collect();
     let store = FileStore::open(dir).expect("open damaged log");
     let got = store.read_all(0, usize::MAX).await.unwrap();
-    assert_eq!(
-        got.iter().collect::<Vec<_>>(),
-        expected,
-        "intact records: {intact}"
-    );
-    let commits: std::collections::BTreeSet<&str> =
-        got.iter().map(|e| e.command_id.as_str()).collect();
+    assert_eq!(got.iter().collect::<Vec<_>>(), expected, "intact records: {intact}");
+    let commits: std::collections::BTreeSet<&str> = got.iter().map(|e| e.command_id.as_str()).collect();
     assert_eq!(commits.len(), intact_commits);
     let timers = store.due_timers(10).await.unwrap();
-    assert_eq!(
-        timers.len(),
-        usize::from(intact > 9),
-        "timer record present iff intact"
-    );
+    assert_eq!(timers.len(), usize::from(intact > 9), "timer record present iff intact");
     let r = store
-        .append(
-            "acct",
-            "after",
-            ExpectedVersion::NoStream,
-            vec![event("e", "after", "z")],
-        )
+        .append("acct", "after", ExpectedVersion::NoStream, vec![event("e", "after", "z")])
         .await
         .expect("append after recovery");
     assert_eq!(r.positions, vec![expected.len() as u64 + 1]);
@@ -266,10 +195,7 @@ async fn check_recovered(dir: &Path, intact: usize, events: &[StoredEvent], ends
     assert!(len > boundary, "the new record follows the intact prefix");
     let store = FileStore::open(dir).unwrap_or_else(|e| panic!("reopen (intact {intact}): {e}"));
     assert_eq!(store.last_sequence("acct", "after").await.unwrap(), 1);
-    assert_eq!(
-        store.read_all(0, usize::MAX).await.unwrap().len(),
-        expected.len() + 1
-    );
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap().len(), expected.len() + 1);
 }
 
 fn reset(dir: &Path, seg: &Path, data: &[u8]) {
@@ -314,21 +240,10 @@ async fn flipped_bit_in_tail_at_every_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_before_the_last_segment_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let options = FileOptions {
-        segment_bytes: 256,
-        ..FileOptions::default()
-    };
+    let options = FileOptions { segment_bytes: 256, ..FileOptions::default() };
     let store = FileStore::open_with(dir.path(), options.clone()).unwrap();
     for i in 0..20 {
-        store
-            .append(
-                "acct",
-                "k",
-                ExpectedVersion::Any,
-                vec![event("e", &format!("c{i}"), "x")],
-            )
-            .await
-            .unwrap();
+        store.append("acct", "k", ExpectedVersion::Any, vec![event("e", &format!("c{i}"), "x")]).await.unwrap();
     }
     drop(store);
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.path())
@@ -358,24 +273,13 @@ async fn group_commit_shares_fsyncs() {
     let appends = (0..64).map(|i| {
         let store = store.clone();
         async move {
-            store
-                .append(
-                    "acct",
-                    &format!("k{i}"),
-                    ExpectedVersion::NoStream,
-                    vec![event("e", "", "x")],
-                )
-                .await
-                .unwrap()
+            store.append("acct", &format!("k{i}"), ExpectedVersion::NoStream, vec![event("e", "", "x")]).await.unwrap()
         }
     });
     let results = futures_util::future::join_all(appends).await;
     assert_eq!(results.len(), 64);
     let stats = store.stats();
     assert_eq!(stats.records, 64);
-    assert!(
-        stats.syncs < 32,
-        "concurrent appends share fsyncs: {stats:?}"
-    );
+    assert!(stats.syncs < 32, "concurrent appends share fsyncs: {stats:?}");
     assert_eq!(store.durable_position(), 64);
 }

@@ -25,10 +25,7 @@ impl Aggregate for PrepaidAccount {
             return open(account, currency, overdraft_limit);
         }
         if !account.open {
-            return Err(Rejection::business(
-                "unknown-account",
-                format!("account `{}` is not open", envelope.key),
-            ));
+            return Err(Rejection::business("unknown-account", format!("account `{}` is not open", envelope.key)));
         }
         match command {
             AccountCommand::Open { .. } => unreachable!("handled above"),
@@ -57,10 +54,7 @@ impl Aggregate for PrepaidAccount {
                 if granted == 0 {
                     return Err(Rejection::business(
                         "insufficient-funds",
-                        format!(
-                            "available {available} {} does not cover one unit at {price}",
-                            account.currency
-                        ),
+                        format!("available {available} {} does not cover one unit at {price}", account.currency),
                     ));
                 }
                 let held = i64::try_from(granted)

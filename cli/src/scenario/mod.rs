@@ -189,7 +189,8 @@ fn prepare(
             "rating" => ActorKind::Rater,
             other => bail!(at(format!("`links.{other}`: a policy links `charging` and `rating` only"))),
         };
-        let file_path = resolve(reference, &base, bindings, plain_http).with_context(|| at(format!("`links.{link}`")))?;
+        let file_path =
+            resolve(reference, &base, bindings, plain_http).with_context(|| at(format!("`links.{link}`")))?;
         let linked = load(&file_path, engine, compiled).with_context(|| at(format!("`links.{link}`")))?;
         linked.expect_kind(wanted).with_context(|| at(format!("`links.{link}`")))?;
         links.insert(link.clone(), (file_path, linked));

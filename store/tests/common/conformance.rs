@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_store::{
-    ConsumerOptions, EventStore, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, Timer,
-};
+use tollgate_store::{ConsumerOptions, EventStore, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, Timer};
 
 use super::event;
 
@@ -36,24 +34,14 @@ pub async fn append_and_read(f: &impl Factory) {
     assert!(r1.positions[0] >= 1 && r1.positions[0] < r1.positions[1]);
 
     let r2 = s
-        .append(
-            "account",
-            key,
-            ExpectedVersion::Exact(2),
-            vec![event("debited", "c2", "c")],
-        )
+        .append("account", key, ExpectedVersion::Exact(2), vec![event("debited", "c2", "c")])
         .await
         .expect("second append");
     assert_eq!((r2.first_sequence, r2.last_sequence), (3, 3));
     assert!(r2.positions[0] > r1.positions[1]);
 
     let other = s
-        .append(
-            "account",
-            "acc.2",
-            ExpectedVersion::NoStream,
-            vec![event("opened", "c3", "d")],
-        )
+        .append("account", "acc.2", ExpectedVersion::NoStream, vec![event("opened", "c3", "d")])
         .await
         .expect("other key");
     assert_eq!(other.first_sequence, 1, "sequences are per key");
@@ -73,16 +61,10 @@ pub async fn append_and_read(f: &impl Factory) {
     assert_eq!(all[2].position, r2.positions[0]);
 
     let tail = s.read("account", key, 2).await.unwrap();
-    assert_eq!(
-        tail.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-        vec![2, 3]
-    );
+    assert_eq!(tail.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![2, 3]);
     assert!(s.read("account", key, 4).await.unwrap().is_empty());
     assert!(s.read("account", "nobody", 1).await.unwrap().is_empty());
-    assert!(
-        s.read("order", key, 1).await.unwrap().is_empty(),
-        "streams are separate"
-    );
+    assert!(s.read("order", key, 1).await.unwrap().is_empty(), "streams are separate");
     assert_eq!(s.last_sequence("account", key).await.unwrap(), 3);
     assert_eq!(s.last_sequence("account", "nobody").await.unwrap(), 0);
 
@@ -91,13 +73,7 @@ pub async fn append_and_read(f: &impl Factory) {
         Err(StoreError::InvalidArgument(_))
     ));
     assert!(matches!(
-        s.append(
-            "account",
-            key,
-            ExpectedVersion::Any,
-            vec![event("x", "c8", ""), event("x", "c9", "")]
-        )
-        .await,
+        s.append("account", key, ExpectedVersion::Any, vec![event("x", "c8", ""), event("x", "c9", "")]).await,
         Err(StoreError::InvalidArgument(_))
     ));
 
@@ -109,48 +85,19 @@ pub async fn append_and_read(f: &impl Factory) {
 
 pub async fn optimistic_concurrency(f: &impl Factory) {
     let s = f.open().await;
-    s.append(
-        "account",
-        "k",
-        ExpectedVersion::NoStream,
-        vec![event("a", "", "1")],
-    )
-    .await
-    .unwrap();
-    match s
-        .append(
-            "account",
-            "k",
-            ExpectedVersion::NoStream,
-            vec![event("a", "", "2")],
-        )
-        .await
-    {
-        Err(StoreError::Conflict {
-            expected, actual, ..
-        }) => {
+    s.append("account", "k", ExpectedVersion::NoStream, vec![event("a", "", "1")]).await.unwrap();
+    match s.append("account", "k", ExpectedVersion::NoStream, vec![event("a", "", "2")]).await {
+        Err(StoreError::Conflict { expected, actual, .. }) => {
             assert_eq!(expected, ExpectedVersion::NoStream);
             assert_eq!(actual, 1);
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    match s
-        .append(
-            "account",
-            "k",
-            ExpectedVersion::Exact(5),
-            vec![event("a", "", "3")],
-        )
-        .await
-    {
+    match s.append("account", "k", ExpectedVersion::Exact(5), vec![event("a", "", "3")]).await {
         Err(StoreError::Conflict { actual: 1, .. }) => {}
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(
-        s.last_sequence("account", "k").await.unwrap(),
-        1,
-        "conflicts write nothing"
-    );
+    assert_eq!(s.last_sequence("account", "k").await.unwrap(), 1, "conflicts write nothing");
 
     // Racing appenders: exactly one wins each version; `Any` never loses events.
     let s: Arc<dyn EventStore> = Arc::from(s);
@@ -160,27 +107,16 @@ pub async fn optimistic_concurrency(f: &impl Factory) {
         tasks.push(tokio::spawn(async move {
             let mut wins = 0;
             for i in 0..5 {
-                let r = s
-                    .append(
-                        "account",
-                        "race",
-                        ExpectedVersion::Exact(i),
-                        vec![event("r", "", &format!("{t}"))],
-                    )
-                    .await;
+                let r =
+                    s.append("account", "race", ExpectedVersion::Exact(i), vec![event("r", "", &format!("{t}"))]).await;
                 match r {
                     Ok(_) => wins += 1,
                     Err(StoreError::Conflict { .. }) => {}
                     Err(e) => panic!("unexpected error {e}"),
                 }
-                s.append(
-                    "account",
-                    "any",
-                    ExpectedVersion::Any,
-                    vec![event("r", "", "x")],
-                )
-                .await
-                .expect("Any always succeeds");
+                s.append("account", "any", ExpectedVersion::Any, vec![event("r", "", "x")])
+                    .await
+                    .expect("Any always succeeds");
             }
             wins
         }));
@@ -193,30 +129,17 @@ pub async fn optimistic_concurrency(f: &impl Factory) {
     assert_eq!(s.last_sequence("account", "race").await.unwrap(), 5);
     let any = s.read("account", "any", 1).await.unwrap();
     assert_eq!(any.len(), 30);
-    assert!(
-        any.iter()
-            .enumerate()
-            .all(|(i, e)| e.sequence == i as u64 + 1)
-    );
+    assert!(any.iter().enumerate().all(|(i, e)| e.sequence == i as u64 + 1));
 }
 
 pub async fn duplicate_command(f: &impl Factory) {
     let s = f.open().await;
     let first = s
-        .append(
-            "account",
-            "k",
-            ExpectedVersion::NoStream,
-            vec![event("a", "cmd-1", "1"), event("b", "cmd-1", "2")],
-        )
+        .append("account", "k", ExpectedVersion::NoStream, vec![event("a", "cmd-1", "1"), event("b", "cmd-1", "2")])
         .await
         .unwrap();
     let check_dup = |r: Result<_, StoreError>| match r {
-        Err(StoreError::Duplicate {
-            command_id,
-            original,
-            ..
-        }) => {
+        Err(StoreError::Duplicate { command_id, original, .. }) => {
             assert_eq!(command_id, "cmd-1");
             assert_eq!(original, first);
         }
@@ -224,60 +147,20 @@ pub async fn duplicate_command(f: &impl Factory) {
     };
     // Retried with the same expectation: a duplicate, not a conflict.
     check_dup(
-        s.append(
-            "account",
-            "k",
-            ExpectedVersion::NoStream,
-            vec![event("a", "cmd-1", "1"), event("b", "cmd-1", "2")],
-        )
-        .await,
+        s.append("account", "k", ExpectedVersion::NoStream, vec![event("a", "cmd-1", "1"), event("b", "cmd-1", "2")])
+            .await,
     );
-    check_dup(
-        s.append(
-            "account",
-            "k",
-            ExpectedVersion::Any,
-            vec![event("a", "cmd-1", "1")],
-        )
-        .await,
-    );
-    s.append(
-        "account",
-        "k",
-        ExpectedVersion::Exact(2),
-        vec![event("c", "cmd-2", "3")],
-    )
-    .await
-    .unwrap();
+    check_dup(s.append("account", "k", ExpectedVersion::Any, vec![event("a", "cmd-1", "1")]).await);
+    s.append("account", "k", ExpectedVersion::Exact(2), vec![event("c", "cmd-2", "3")]).await.unwrap();
     // An older command, no longer the last one of the key.
-    check_dup(
-        s.append(
-            "account",
-            "k",
-            ExpectedVersion::Any,
-            vec![event("a", "cmd-1", "1")],
-        )
-        .await,
-    );
+    check_dup(s.append("account", "k", ExpectedVersion::Any, vec![event("a", "cmd-1", "1")]).await);
     // The same command id on another key is another command.
-    s.append(
-        "account",
-        "k2",
-        ExpectedVersion::Any,
-        vec![event("a", "cmd-1", "1")],
-    )
-    .await
-    .expect("command ids are scoped to a key");
+    s.append("account", "k2", ExpectedVersion::Any, vec![event("a", "cmd-1", "1")])
+        .await
+        .expect("command ids are scoped to a key");
     // Empty command ids are never de-duplicated.
     for _ in 0..2 {
-        s.append(
-            "account",
-            "k3",
-            ExpectedVersion::Any,
-            vec![event("a", "", "1")],
-        )
-        .await
-        .unwrap();
+        s.append("account", "k3", ExpectedVersion::Any, vec![event("a", "", "1")]).await.unwrap();
     }
     assert_eq!(s.last_sequence("account", "k3").await.unwrap(), 2);
     let events = s.read("account", "k", 1).await.unwrap();
@@ -286,49 +169,24 @@ pub async fn duplicate_command(f: &impl Factory) {
     assert_eq!(found, first);
     drop(s);
     let s = f.open().await;
-    check_dup(
-        s.append(
-            "account",
-            "k",
-            ExpectedVersion::Any,
-            vec![event("a", "cmd-1", "1")],
-        )
-        .await,
-    );
+    check_dup(s.append("account", "k", ExpectedVersion::Any, vec![event("a", "cmd-1", "1")]).await);
 }
 
 pub async fn read_all_order(f: &impl Factory) {
     let s = f.open().await;
     let mut expected = Vec::new();
     for i in 0..7u64 {
-        let (stream, key) = if i % 2 == 0 {
-            ("account", "a")
-        } else {
-            ("order", "o")
-        };
+        let (stream, key) = if i % 2 == 0 { ("account", "a") } else { ("order", "o") };
         let n = 1 + (i % 3) as usize;
-        let events = (0..n)
-            .map(|j| event("e", "", &format!("{i}-{j}")))
-            .collect();
-        let r = s
-            .append(stream, key, ExpectedVersion::Any, events)
-            .await
-            .unwrap();
+        let events = (0..n).map(|j| event("e", "", &format!("{i}-{j}"))).collect();
+        let r = s.append(stream, key, ExpectedVersion::Any, events).await.unwrap();
         for (j, p) in r.positions.iter().enumerate() {
             expected.push((*p, format!("{i}-{j}"), stream.to_owned()));
         }
     }
     let all = s.read_all(0, 1000).await.unwrap();
-    let got: Vec<(u64, String, String)> = all
-        .iter()
-        .map(|e| {
-            (
-                e.position,
-                String::from_utf8(e.payload.clone()).unwrap(),
-                e.stream.clone(),
-            )
-        })
-        .collect();
+    let got: Vec<(u64, String, String)> =
+        all.iter().map(|e| (e.position, String::from_utf8(e.payload.clone()).unwrap(), e.stream.clone())).collect();
     assert_eq!(got, expected, "global commit order");
     // Paging with a small max visits the same events.
     let mut paged = Vec::new();
@@ -357,65 +215,32 @@ pub async fn consumer_delivery(f: &impl Factory) {
                 "account",
                 &format!("k{i}"),
                 ExpectedVersion::Any,
-                vec![
-                    event("e", &format!("c{i}"), "x"),
-                    event("e", &format!("c{i}"), "y"),
-                ],
+                vec![event("e", &format!("c{i}"), "x"), event("e", &format!("c{i}"), "y")],
             )
             .await
             .unwrap();
         commits.push(*r.positions.last().unwrap());
     }
-    s.append(
-        "order",
-        "o1",
-        ExpectedVersion::Any,
-        vec![event("placed", "", "o")],
-    )
-    .await
-    .unwrap();
-    let options = ConsumerOptions {
-        stream: Some("account".into()),
-        max_deliver: 3,
-        ..ConsumerOptions::default()
-    };
+    s.append("order", "o1", ExpectedVersion::Any, vec![event("placed", "", "o")]).await.unwrap();
+    let options = ConsumerOptions { stream: Some("account".into()), max_deliver: 3, ..ConsumerOptions::default() };
     let mut c = s.consumer("billing-proj", options.clone()).await.unwrap();
     let d = c.next(10, WAIT).await.unwrap();
-    assert_eq!(
-        d.iter().map(|d| d.position).collect::<Vec<_>>(),
-        commits,
-        "filtered, in order"
-    );
+    assert_eq!(d.iter().map(|d| d.position).collect::<Vec<_>>(), commits, "filtered, in order");
     assert!(d.iter().all(|d| d.attempt == 1 && d.events.len() == 2));
     assert_eq!(d[1].events[0].key, "k1");
 
     c.ack(commits[0]).await.unwrap();
-    assert!(matches!(
-        c.ack(commits[0]).await,
-        Err(StoreError::NotDelivered { .. })
-    ));
-    assert_eq!(
-        c.nack(commits[1], "boom").await.unwrap(),
-        NackOutcome::Redeliver
-    );
+    assert!(matches!(c.ack(commits[0]).await, Err(StoreError::NotDelivered { .. })));
+    assert_eq!(c.nack(commits[1], "boom").await.unwrap(), NackOutcome::Redeliver);
     let d = c.next(10, WAIT).await.unwrap();
     assert_eq!(d.len(), 1, "only the nacked commit comes back: {d:?}");
     assert_eq!((d[0].position, d[0].attempt), (commits[1], 2));
-    assert_eq!(
-        c.nack(commits[1], "boom").await.unwrap(),
-        NackOutcome::Redeliver
-    );
+    assert_eq!(c.nack(commits[1], "boom").await.unwrap(), NackOutcome::Redeliver);
     let d = c.next(10, WAIT).await.unwrap();
     assert_eq!((d[0].position, d[0].attempt), (commits[1], 3));
-    assert_eq!(
-        c.nack(commits[1], "still boom").await.unwrap(),
-        NackOutcome::DeadLettered
-    );
+    assert_eq!(c.nack(commits[1], "still boom").await.unwrap(), NackOutcome::DeadLettered);
     c.ack(commits[2]).await.unwrap();
-    assert!(
-        c.next(10, SHORT).await.unwrap().is_empty(),
-        "nothing silently redelivered"
-    );
+    assert!(c.next(10, SHORT).await.unwrap().is_empty(), "nothing silently redelivered");
 
     let dead = s.dead_letters("billing-proj").await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -431,30 +256,16 @@ pub async fn consumer_delivery(f: &impl Factory) {
     drop(s);
     let s = f.open().await;
     let mut c = s.consumer("billing-proj", options.clone()).await.unwrap();
-    assert!(
-        c.next(10, SHORT).await.unwrap().is_empty(),
-        "acked commits are not redelivered"
-    );
+    assert!(c.next(10, SHORT).await.unwrap().is_empty(), "acked commits are not redelivered");
     assert_eq!(s.dead_letters("billing-proj").await.unwrap().len(), 1);
-    let r = s
-        .append(
-            "account",
-            "k9",
-            ExpectedVersion::Any,
-            vec![event("e", "c9", "z")],
-        )
-        .await
-        .unwrap();
+    let r = s.append("account", "k9", ExpectedVersion::Any, vec![event("e", "c9", "z")]).await.unwrap();
     let d = c.next(10, WAIT).await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].position, r.positions[0]);
     c.ack(d[0].position).await.unwrap();
 
     // Redrive: delivered again, with a fresh attempt count, then gone from the dead letters.
-    assert!(matches!(
-        s.redrive("billing-proj", 999_999).await,
-        Err(StoreError::NoSuchDeadLetter { .. })
-    ));
+    assert!(matches!(s.redrive("billing-proj", 999_999).await, Err(StoreError::NoSuchDeadLetter { .. })));
     s.redrive("billing-proj", commits[1]).await.unwrap();
     assert!(s.dead_letters("billing-proj").await.unwrap().is_empty());
     let d = c.next(10, WAIT).await.unwrap();
@@ -465,150 +276,65 @@ pub async fn consumer_delivery(f: &impl Factory) {
     assert!(c.next(10, SHORT).await.unwrap().is_empty());
 
     // A second consumer has its own checkpoint.
-    let mut other = s
-        .consumer("audit", ConsumerOptions::default())
-        .await
-        .unwrap();
+    let mut other = s.consumer("audit", ConsumerOptions::default()).await.unwrap();
     let d = other.next(10, WAIT).await.unwrap();
     assert_eq!(d.len(), 5, "all streams, from the start");
 }
 
 pub async fn snapshots_by_digest(f: &impl Factory) {
     let s = f.open().await;
-    assert_eq!(
-        s.get_snapshot("account", "k", "sha256:a").await.unwrap(),
-        None
-    );
-    let snap = |d: &str, seq, st: &[u8]| Snapshot {
-        actor_digest: d.into(),
-        sequence: seq,
-        state: st.to_vec(),
-    };
-    s.put_snapshot("account", "k", snap("sha256:a", 5, b"five"))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.get_snapshot("account", "k", "sha256:a").await.unwrap(),
-        Some(snap("sha256:a", 5, b"five"))
-    );
-    assert_eq!(
-        s.get_snapshot("account", "k", "sha256:b").await.unwrap(),
-        None,
-        "other digest"
-    );
-    assert_eq!(
-        s.get_snapshot("account", "k2", "sha256:a").await.unwrap(),
-        None,
-        "other key"
-    );
-    s.put_snapshot("account", "k", snap("sha256:a", 7, b"seven"))
-        .await
-        .unwrap();
-    s.put_snapshot("account", "k", snap("sha256:b", 6, b"six"))
-        .await
-        .unwrap();
+    assert_eq!(s.get_snapshot("account", "k", "sha256:a").await.unwrap(), None);
+    let snap = |d: &str, seq, st: &[u8]| Snapshot { actor_digest: d.into(), sequence: seq, state: st.to_vec() };
+    s.put_snapshot("account", "k", snap("sha256:a", 5, b"five")).await.unwrap();
+    assert_eq!(s.get_snapshot("account", "k", "sha256:a").await.unwrap(), Some(snap("sha256:a", 5, b"five")));
+    assert_eq!(s.get_snapshot("account", "k", "sha256:b").await.unwrap(), None, "other digest");
+    assert_eq!(s.get_snapshot("account", "k2", "sha256:a").await.unwrap(), None, "other key");
+    s.put_snapshot("account", "k", snap("sha256:a", 7, b"seven")).await.unwrap();
+    s.put_snapshot("account", "k", snap("sha256:b", 6, b"six")).await.unwrap();
     drop(s);
     let s = f.open().await;
-    assert_eq!(
-        s.get_snapshot("account", "k", "sha256:a").await.unwrap(),
-        Some(snap("sha256:a", 7, b"seven"))
-    );
-    assert_eq!(
-        s.get_snapshot("account", "k", "sha256:b").await.unwrap(),
-        Some(snap("sha256:b", 6, b"six"))
-    );
+    assert_eq!(s.get_snapshot("account", "k", "sha256:a").await.unwrap(), Some(snap("sha256:a", 7, b"seven")));
+    assert_eq!(s.get_snapshot("account", "k", "sha256:b").await.unwrap(), Some(snap("sha256:b", 6, b"six")));
 }
 
 fn put(bucket: &str, key: &str, v: &str) -> KvWrite {
-    KvWrite {
-        bucket: bucket.into(),
-        key: key.into(),
-        value: Some(v.as_bytes().to_vec()),
-    }
+    KvWrite { bucket: bucket.into(), key: key.into(), value: Some(v.as_bytes().to_vec()) }
 }
 
 pub async fn projection_commit(f: &impl Factory) {
     let s = f.open().await;
     assert_eq!(s.checkpoint("balances").await.unwrap(), 0);
-    let r1 = s
-        .append(
-            "account",
-            "a",
-            ExpectedVersion::Any,
-            vec![event("e", "", "1")],
-        )
-        .await
-        .unwrap();
-    let r2 = s
-        .append(
-            "account",
-            "b",
-            ExpectedVersion::Any,
-            vec![event("e", "", "2")],
-        )
-        .await
-        .unwrap();
+    let r1 = s.append("account", "a", ExpectedVersion::Any, vec![event("e", "", "1")]).await.unwrap();
+    let r2 = s.append("account", "b", ExpectedVersion::Any, vec![event("e", "", "2")]).await.unwrap();
     s.commit_projection(
         "balances",
         r1.positions[0],
-        vec![
-            put("by-id", "a", "10"),
-            put("by-id", "b.x", "20"),
-            put("totals", "all", "30"),
-        ],
+        vec![put("by-id", "a", "10"), put("by-id", "b.x", "20"), put("totals", "all", "30")],
     )
     .await
     .unwrap();
     assert_eq!(s.checkpoint("balances").await.unwrap(), r1.positions[0]);
-    assert_eq!(
-        s.kv_get("balances", "by-id", "a").await.unwrap(),
-        Some(b"10".to_vec())
-    );
+    assert_eq!(s.kv_get("balances", "by-id", "a").await.unwrap(), Some(b"10".to_vec()));
     assert_eq!(s.kv_get("balances", "by-id", "zz").await.unwrap(), None);
-    assert_eq!(
-        s.kv_get("other", "by-id", "a").await.unwrap(),
-        None,
-        "buckets are per consumer"
-    );
+    assert_eq!(s.kv_get("other", "by-id", "a").await.unwrap(), None, "buckets are per consumer");
     assert_eq!(
         s.kv_list("balances", "by-id").await.unwrap(),
         vec![("a".into(), b"10".to_vec()), ("b.x".into(), b"20".to_vec())]
     );
 
     // A stale commit is refused as a whole.
-    let stale = s
-        .commit_projection("balances", r1.positions[0], vec![put("by-id", "a", "BAD")])
-        .await;
-    assert!(
-        matches!(stale, Err(StoreError::StaleCheckpoint { .. })),
-        "{stale:?}"
-    );
-    assert_eq!(
-        s.kv_get("balances", "by-id", "a").await.unwrap(),
-        Some(b"10".to_vec())
-    );
+    let stale = s.commit_projection("balances", r1.positions[0], vec![put("by-id", "a", "BAD")]).await;
+    assert!(matches!(stale, Err(StoreError::StaleCheckpoint { .. })), "{stale:?}");
+    assert_eq!(s.kv_get("balances", "by-id", "a").await.unwrap(), Some(b"10".to_vec()));
 
     // A consumer of the same name resumes after the projection's checkpoint.
-    let mut c = s
-        .consumer("balances", ConsumerOptions::default())
-        .await
-        .unwrap();
+    let mut c = s.consumer("balances", ConsumerOptions::default()).await.unwrap();
     let d = c.next(10, WAIT).await.unwrap();
-    assert_eq!(
-        d.iter().map(|d| d.position).collect::<Vec<_>>(),
-        vec![r2.positions[0]]
-    );
+    assert_eq!(d.iter().map(|d| d.position).collect::<Vec<_>>(), vec![r2.positions[0]]);
     s.commit_projection(
         "balances",
         r2.positions[0],
-        vec![
-            KvWrite {
-                bucket: "by-id".into(),
-                key: "a".into(),
-                value: None,
-            },
-            put("by-id", "b.x", "21"),
-        ],
+        vec![KvWrite { bucket: "by-id".into(), key: "a".into(), value: None }, put("by-id", "b.x", "21")],
     )
     .await
     .unwrap();
@@ -616,28 +342,15 @@ pub async fn projection_commit(f: &impl Factory) {
     drop(s);
     let s = f.open().await;
     assert_eq!(s.checkpoint("balances").await.unwrap(), r2.positions[0]);
-    assert_eq!(
-        s.kv_list("balances", "by-id").await.unwrap(),
-        vec![("b.x".into(), b"21".to_vec())]
-    );
+    assert_eq!(s.kv_list("balances", "by-id").await.unwrap(), vec![("b.x".into(), b"21".to_vec())]);
     assert_eq!(s.kv_list("balances", "totals").await.unwrap().len(), 1);
-    let mut c = s
-        .consumer("balances", ConsumerOptions::default())
-        .await
-        .unwrap();
-    assert!(
-        c.next(10, SHORT).await.unwrap().is_empty(),
-        "commits at or below the checkpoint are never applied twice"
-    );
+    let mut c = s.consumer("balances", ConsumerOptions::default()).await.unwrap();
+    assert!(c.next(10, SHORT).await.unwrap().is_empty(), "commits at or below the checkpoint are never applied twice");
 }
 
 pub async fn timers_survive_reopen(f: &impl Factory) {
     let s = f.open().await;
-    let timer = |id: &str, at| Timer {
-        id: id.into(),
-        fire_at_ms: at,
-        payload: id.as_bytes().to_vec(),
-    };
+    let timer = |id: &str, at| Timer { id: id.into(), fire_at_ms: at, payload: id.as_bytes().to_vec() };
     s.put_timer(timer("t1", 100)).await.unwrap();
     s.put_timer(timer("t2", 50)).await.unwrap();
     s.put_timer(timer("t.3 *", 500)).await.unwrap();
@@ -649,27 +362,13 @@ pub async fn timers_survive_reopen(f: &impl Factory) {
     drop(s);
     let s = f.open().await;
     assert!(s.due_timers(200).await.unwrap().is_empty());
-    assert_eq!(
-        s.due_timers(1000).await.unwrap(),
-        vec![timer("t2", 300), timer("t.3 *", 500)]
-    );
+    assert_eq!(s.due_timers(1000).await.unwrap(), vec![timer("t2", 300), timer("t.3 *", 500)]);
 }
 
 pub async fn unacked_redelivered(f: &impl Factory) {
     let s = f.open().await;
-    let r = s
-        .append(
-            "account",
-            "k",
-            ExpectedVersion::Any,
-            vec![event("e", "c1", "x")],
-        )
-        .await
-        .unwrap();
-    let options = ConsumerOptions {
-        ack_wait: Duration::from_secs(1),
-        ..ConsumerOptions::default()
-    };
+    let r = s.append("account", "k", ExpectedVersion::Any, vec![event("e", "c1", "x")]).await.unwrap();
+    let options = ConsumerOptions { ack_wait: Duration::from_secs(1), ..ConsumerOptions::default() };
     let mut c = s.consumer("flaky", options.clone()).await.unwrap();
     let d = c.next(10, WAIT).await.unwrap();
     assert_eq!(d.len(), 1);

@@ -13,14 +13,11 @@ pub struct NatsServer {
 }
 
 fn find_binary() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.push("/usr/sbin".into());
     dirs.push("/usr/bin".into());
-    dirs.into_iter()
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
+    dirs.into_iter().map(|d| d.join("nats-server")).find(|p| p.is_file())
 }
 
 impl NatsServer {
@@ -29,9 +26,7 @@ impl NatsServer {
     pub fn start() -> Option<NatsServer> {
         let Some(bin) = find_binary() else {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "nats-server is not installed (CI=true): install the Debian package nats-server"
-                );
+                panic!("nats-server is not installed (CI=true): install the Debian package nats-server");
             }
             println!("skipping: install the Debian package nats-server");
             return None;
@@ -57,25 +52,14 @@ impl NatsServer {
                 break url;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                let log =
-                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
                 panic!("nats-server exited with {status}: {log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server wrote no ports file in 10 s"
-            );
+            assert!(Instant::now() < deadline, "nats-server wrote no ports file in 10 s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert!(
-            url.starts_with("nats://127.0.0.1:"),
-            "unexpected listen URL {url}"
-        );
-        Some(NatsServer {
-            child,
-            url,
-            _dir: dir,
-        })
+        assert!(url.starts_with("nats://127.0.0.1:"), "unexpected listen URL {url}");
+        Some(NatsServer { child, url, _dir: dir })
     }
 }
 
