@@ -80,7 +80,12 @@ impl Bench {
             return;
         }
         for id in std::mem::take(&mut self.open) {
-            let c = self.rt.command("account", KEY, &format!("release/{id}"), &AccountCommand::Release { reservation_id: id });
+            let c = self.rt.command(
+                "account",
+                KEY,
+                &format!("release/{id}"),
+                &AccountCommand::Release { reservation_id: id },
+            );
             assert!(matches!(self.rt.execute(&c).expect("no host error"), Outcome::Accepted(_)));
         }
     }
@@ -138,7 +143,10 @@ fn run(c: &mut Criterion, loader: &mut Loader, name: &str, edge: bool) {
     );
     let bench = bench.into_inner();
     let events = bench.rt.events().len();
-    println!("{name}: {} admissions in the timed loop; {events} events held in memory by the runtime", bench.next - before);
+    println!(
+        "{name}: {} admissions in the timed loop; {events} events held in memory by the runtime",
+        bench.next - before
+    );
     let op = "one Runtime::admit (policy -> rater -> account reserve), granted; releases off the clock";
     let mut report = Report::new(name, op, &timing);
     if !edge {

@@ -81,9 +81,15 @@ fn main() {
         .target("<= 5 ms (p99)", met)
         .write();
     let timing = measure::measure_with_setup(phase, 100, |_| (), |()| cache_file());
-    Report::new("cold-cache-file", "Component::deserialize_file (mmap) + instantiate_pre + instantiate + first handle", &timing).write();
+    Report::new(
+        "cold-cache-file",
+        "Component::deserialize_file (mmap) + instantiate_pre + instantiate + first handle",
+        &timing,
+    )
+    .write();
     let timing = measure::measure_with_setup(phase, 100, |_| (), |()| engine_setup());
-    Report::new("cold-engine", "HostEngine::new: pooling allocator, linker, epoch thread (once per process)", &timing).write();
+    Report::new("cold-engine", "HostEngine::new: pooling allocator, linker, epoch thread (once per process)", &timing)
+        .write();
 
     // Where the cached path's time goes.
     let split = |f: &dyn Fn()| {
@@ -97,5 +103,7 @@ fn main() {
     let component = deserialize();
     let link = split(&|| drop(black_box(engine.linker().instantiate_pre(&component).expect("link"))));
     let all = split(&|| first_call(&engine, &component, &state, &command));
-    println!("cold-cache breakdown: deserialize {deser:?}, instantiate_pre {link:?}, instantiate_pre + instantiate + first call {all:?}");
+    println!(
+        "cold-cache breakdown: deserialize {deser:?}, instantiate_pre {link:?}, instantiate_pre + instantiate + first call {all:?}"
+    );
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
+use tollgate_benches::fixtures;
 use tollgate_benches::measure::{self, PHASE, Report, Timing};
 use tollgate_benches::nats::NatsServer;
-use tollgate_benches::fixtures;
 use tollgate_store::{EventStore, ExpectedVersion, FileStore, NatsOptions, NatsStore, NewEvent};
 
 /// Concurrent appenders.
@@ -53,7 +53,8 @@ impl Appenders {
         let start = Instant::now();
         let mut handles = Vec::new();
         for t in 0..TASKS {
-            let (store, last, ids, payload) = (self.store.clone(), self.last.clone(), self.ids.clone(), self.payload.clone());
+            let (store, last, ids, payload) =
+                (self.store.clone(), self.last.clone(), self.ids.clone(), self.payload.clone());
             handles.push(tokio::spawn(async move {
                 let key = format!("acct-{t:03}");
                 let mut seq = last[t].load(Ordering::Relaxed);
@@ -112,9 +113,13 @@ fn scenario(c: &mut criterion::Criterion, rt: &Runtime, name: &str, appenders: &
     let (done, elapsed, latencies) = rt.block_on(appenders.run(Stop::Deadline(Instant::now() + PHASE)));
     let ops_per_sec = done as f64 / elapsed.as_secs_f64();
     let timing = Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies };
-    Report::new(name, &format!("one append of one event (1 command), {TASKS} concurrent appenders; latency per append"), &timing)
-        .target(target.0, ops_per_sec >= target.1)
-        .write();
+    Report::new(
+        name,
+        &format!("one append of one event (1 command), {TASKS} concurrent appenders; latency per append"),
+        &timing,
+    )
+    .target(target.0, ops_per_sec >= target.1)
+    .write();
 }
 
 fn main() {

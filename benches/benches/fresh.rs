@@ -46,9 +46,18 @@ fn main() {
         return;
     }
     let timing = measure::measure(PHASE, fresh);
-    Report::new("fresh", "new AggregateActor + first handle (reserve): instantiate from InstancePre (pooling) + call", &timing)
-        .target(">= 40k/s", timing.ops_per_sec >= 40_000.0)
-        .write();
+    Report::new(
+        "fresh",
+        "new AggregateActor + first handle (reserve): instantiate from InstancePre (pooling) + call",
+        &timing,
+    )
+    .target(">= 40k/s", timing.ops_per_sec >= 40_000.0)
+    .write();
     let timing = measure::measure(PHASE, raw);
-    Report::new("fresh-raw", "new store + InstancePre::instantiate + bindings + handle, without the harness's Guest", &timing).write();
+    Report::new(
+        "fresh-raw",
+        "new store + InstancePre::instantiate + bindings + handle, without the harness's Guest",
+        &timing,
+    )
+    .write();
 }

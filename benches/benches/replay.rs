@@ -48,8 +48,12 @@ fn main() {
     let full = wasm_rebuild(&mut wasm, None, &batches);
     assert_eq!(full, native_rebuild(None, native_batches.clone()), "wasm and native fold to the same bytes");
     assert_eq!(full, wasm_rebuild(&mut wasm, Some(&snapshot), tail), "snapshot + tail = full replay");
-    println!("replay: {EVENTS} events ({} bytes of payload), final state {} bytes, snapshot {} bytes",
-        events.iter().map(|e| e.payload.len()).sum::<usize>(), full.len(), snapshot.len());
+    println!(
+        "replay: {EVENTS} events ({} bytes of payload), final state {} bytes, snapshot {} bytes",
+        events.iter().map(|e| e.payload.len()).sum::<usize>(),
+        full.len(),
+        snapshot.len()
+    );
     let native_tail = &native_batches[native_batches.len() - 1..];
 
     let mut c = measure::criterion();
@@ -65,7 +69,11 @@ fn main() {
             b.iter(|| black_box(wasm_rebuild(&mut wasm, Some(&snapshot), tail)))
         });
         group.bench_function("native snapshot + 1k events", |b| {
-            b.iter_batched(|| native_tail.to_vec(), |n| black_box(native_rebuild(Some(&snapshot), n)), BatchSize::SmallInput)
+            b.iter_batched(
+                || native_tail.to_vec(),
+                |n| black_box(native_rebuild(Some(&snapshot), n)),
+                BatchSize::SmallInput,
+            )
         });
         group.finish();
     }
@@ -75,29 +83,67 @@ fn main() {
         return;
     }
     let per_event = |t: Timing, events: usize| Timing { ops_per_sec: t.ops_per_sec * events as f64, ..t };
-    let full_wasm = measure::measure_with_setup(PHASE, 10, |_| (), |()| {
-        black_box(wasm_rebuild(&mut wasm, None, &batches));
-    });
-    let full_native = measure::measure_with_setup(PHASE, 10, |_| native_batches.clone(), |n| {
-        black_box(native_rebuild(None, n));
-    });
-    let snap_wasm = measure::measure_with_setup(PHASE, 100, |_| (), |()| {
-        black_box(wasm_rebuild(&mut wasm, Some(&snapshot), tail));
-    });
-    let snap_native = measure::measure_with_setup(PHASE, 100, |_| native_tail.to_vec(), |n| {
-        black_box(native_rebuild(Some(&snapshot), n));
-    });
+    let full_wasm = measure::measure_with_setup(
+        PHASE,
+        10,
+        |_| (),
+        |()| {
+            black_box(wasm_rebuild(&mut wasm, None, &batches));
+        },
+    );
+    let full_native = measure::measure_with_setup(
+        PHASE,
+        10,
+        |_| native_batches.clone(),
+        |n| {
+            black_box(native_rebuild(None, n));
+        },
+    );
+    let snap_wasm = measure::measure_with_setup(
+        PHASE,
+        100,
+        |_| (),
+        |()| {
+            black_box(wasm_rebuild(&mut wasm, Some(&snapshot), tail));
+        },
+    );
+    let snap_native = measure::measure_with_setup(
+        PHASE,
+        100,
+        |_| native_tail.to_vec(),
+        |n| {
+            black_box(native_rebuild(Some(&snapshot), n));
+        },
+    );
     let full_ratio = full_wasm.mean_ns / full_native.mean_ns;
     let snap_ratio = snap_wasm.mean_ns / snap_native.mean_ns;
     let full_wasm = per_event(full_wasm, EVENTS);
     let met = full_wasm.ops_per_sec >= 1_000_000.0;
-    Report::new("replay-100k-wasm", "events/s; latencies: one rebuild from 100k events (100 apply calls of 1000)", &full_wasm)
-        .ratio(full_ratio)
-        .target(">= 1M events/s", met)
-        .write();
-    Report::new("replay-100k-native", "events/s; latencies: one rebuild from 100k events", &per_event(full_native, EVENTS)).write();
-    Report::new("replay-snapshot-wasm", "events/s; latencies: one rebuild from the 99k snapshot + 1k events (1 apply call)", &per_event(snap_wasm, BATCH))
-        .ratio(snap_ratio)
-        .write();
-    Report::new("replay-snapshot-native", "events/s; latencies: one rebuild from the 99k snapshot + 1k events", &per_event(snap_native, BATCH)).write();
+    Report::new(
+        "replay-100k-wasm",
+        "events/s; latencies: one rebuild from 100k events (100 apply calls of 1000)",
+        &full_wasm,
+    )
+    .ratio(full_ratio)
+    .target(">= 1M events/s", met)
+    .write();
+    Report::new(
+        "replay-100k-native",
+        "events/s; latencies: one rebuild from 100k events",
+        &per_event(full_native, EVENTS),
+    )
+    .write();
+    Report::new(
+        "replay-snapshot-wasm",
+        "events/s; latencies: one rebuild from the 99k snapshot + 1k events (1 apply call)",
+        &per_event(snap_wasm, BATCH),
+    )
+    .ratio(snap_ratio)
+    .write();
+    Report::new(
+        "replay-snapshot-native",
+        "events/s; latencies: one rebuild from the 99k snapshot + 1k events",
+        &per_event(snap_native, BATCH),
+    )
+    .write();
 }

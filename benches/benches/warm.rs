@@ -25,7 +25,8 @@ fn main() {
     let reserve = fixtures::command("bench-reserve", &fixtures::reserve("bench-r"), 1_700_000_000_000);
     let drafts = wasm.handle(Some(&s0), &reserve).expect("no trap").expect("reserve is accepted");
     assert_eq!(drafts.len(), 1);
-    let reserved = fixtures::events(&[tollgate_sdk::codec::decode(&drafts[0].event_type, &drafts[0].payload).unwrap()], 99);
+    let reserved =
+        fixtures::events(&[tollgate_sdk::codec::decode(&drafts[0].event_type, &drafts[0].payload).unwrap()], 99);
     let s1 = fixtures::fold(Some(&s0), &reserved);
     let release = fixtures::command("bench-release", &fixtures::release("bench-r"), 1_700_000_000_001);
     wasm.handle(Some(&s1), &release).expect("no trap").expect("release is accepted");
@@ -35,11 +36,11 @@ fn main() {
     println!("warm: account {KEY}: state {} bytes, reserve payload {} bytes", s0.len(), reserve.payload.len());
 
     let mut wasm_op = |i: u64| {
-        let r = if i % 2 == 0 { wasm.handle(Some(&s0), &reserve) } else { wasm.handle(Some(&s1), &release) };
+        let r = if i.is_multiple_of(2) { wasm.handle(Some(&s0), &reserve) } else { wasm.handle(Some(&s1), &release) };
         black_box(r.expect("no trap").expect("accepted"));
     };
     let native_op = |i: u64| {
-        let r = if i % 2 == 0 {
+        let r = if i.is_multiple_of(2) {
             tollgate_sdk::aggregate::handle::<Native>(Some(&s0), &native_reserve)
         } else {
             tollgate_sdk::aggregate::handle::<Native>(Some(&s1), &native_release)

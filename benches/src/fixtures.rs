@@ -125,7 +125,12 @@ pub fn realistic_history() -> Vec<AccountEvent> {
         let id = format!("{offer}-done-{i}");
         let counters = vec![counter(offer, "uses", 3 + i as u64), counter(offer, "refills", i as u64)];
         history.push(reserved(&id, offer, 10, *price, counters));
-        history.push(AccountEvent::Debited { reservation_id: id, used_units: 7, charged: 7 * price, released: 3 * price });
+        history.push(AccountEvent::Debited {
+            reservation_id: id,
+            used_units: 7,
+            charged: 7 * price,
+            released: 3 * price,
+        });
     }
     for i in 0..8 {
         let (offer, price) = offers[i % offers.len()];
@@ -166,7 +171,7 @@ pub fn replay_history(n: usize) -> Vec<AccountEvent> {
         history.push(reserved(&id, "voice", 60, 2, vec![counter("voice", "uses", session as u64 % 11)]));
         if session >= 8 {
             let old = format!("s-{}", session - 8);
-            history.push(if session % 2 == 0 {
+            history.push(if session.is_multiple_of(2) {
                 AccountEvent::Debited { reservation_id: old, used_units: 42, charged: 84, released: 36 }
             } else {
                 AccountEvent::Released { reservation_id: old, released: 120 }

@@ -13,7 +13,8 @@ pub struct NatsServer {
 }
 
 fn find_binary() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.push("/usr/sbin".into());
     dirs.push("/usr/bin".into());
     dirs.into_iter().map(|d| d.join("nats-server")).find(|p| p.is_file())
@@ -58,10 +59,18 @@ impl NatsServer {
 }
 
 fn read_ports_file(dir: &Path) -> Option<String> {
-    let entry = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("nats")?.as_array()?.iter().filter_map(|u| u.as_str()).find(|u| u.starts_with("nats://127.0.0.1:")).map(str::to_owned)
+    v.get("nats")?
+        .as_array()?
+        .iter()
+        .filter_map(|u| u.as_str())
+        .find(|u| u.starts_with("nats://127.0.0.1:"))
+        .map(str::to_owned)
 }
 
 impl Drop for NatsServer {

@@ -11,6 +11,37 @@ use crate::fakes::Fakes;
 use crate::guest::Guest;
 use std::collections::{BTreeMap, HashMap};
 
+/// Encodes a typed command (an externally tagged serde enum) into a JSON envelope whose
+/// correlation id is its command id.
+///
+/// ```
+/// #[derive(serde::Serialize)]
+/// #[serde(rename_all = "kebab-case")]
+/// enum Cmd { TopUp { amount: i64 } }
+/// let c = tollgate_host::aggregate::json_command("account", "alice", "c1", &Cmd::TopUp { amount: 5 }, 7).unwrap();
+/// assert_eq!((c.command_type.as_str(), c.time), ("top-up", 7));
+/// ```
+pub fn json_command<C: serde::Serialize>(
+    stream: &str,
+    key: &str,
+    command_id: &str,
+    command: &C,
+    time: u64,
+) -> Result<Command, tollgate_sdk::codec::CodecError> {
+    let (command_type, payload) = tollgate_sdk::codec::encode(command)?;
+    Ok(Command {
+        stream: stream.into(),
+        key: key.into(),
+        command_type,
+        content_type: tollgate_sdk::codec::JSON.into(),
+        payload,
+        command_id: command_id.into(),
+        correlation_id: command_id.into(),
+        causation_id: String::new(),
+        time,
+    })
+}
+
 /// An aggregate component's exports, called on a live instance.
 pub struct AggregateActor {
     guest: Guest<Aggregate>,

@@ -102,19 +102,14 @@ impl AggregateTest {
 
     /// Builds a command envelope for this test's key, stamped with the virtual clock.
     pub fn command<C: Serialize>(&self, command_id: &str, command: &C) -> Command {
-        let (command_type, payload) =
-            tollgate_sdk::codec::encode(command).expect("command is an externally tagged enum");
-        Command {
-            stream: self.host.info().stream.clone(),
-            key: self.key.clone(),
-            command_type,
-            content_type: tollgate_sdk::codec::JSON.into(),
-            payload,
-            command_id: command_id.into(),
-            correlation_id: command_id.into(),
-            causation_id: String::new(),
-            time: self.fakes.clock().now_ms(),
-        }
+        crate::aggregate::json_command(
+            &self.host.info().stream,
+            &self.key,
+            command_id,
+            command,
+            self.fakes.clock().now_ms(),
+        )
+        .expect("command is an externally tagged enum")
     }
 }
 

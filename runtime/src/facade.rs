@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tollgate_billing_model::account::{
     Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney,
 };
-use tollgate_host::aggregate::{Command, Outcome, Rejection};
+use tollgate_host::aggregate::{Outcome, Rejection};
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
 use tollgate_host::bindings::rater::tollgate::billing::types::{
@@ -70,19 +70,15 @@ impl ChargingFacade {
         command: &AccountCommand,
     ) -> Result<(Vec<AccountEvent>, Account), ChargingError> {
         let mut core = self.lock();
-        let (command_type, payload) = tollgate_sdk::codec::encode(command)
-            .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("encode command: {e}")))?;
-        let envelope = Command {
-            stream: tollgate_billing_model::account::STREAM.into(),
-            key: account.into(),
-            command_type,
-            content_type: tollgate_sdk::codec::JSON.into(),
-            payload,
-            command_id: request_id.into(),
-            correlation_id: request_id.into(),
-            causation_id: String::new(),
-            time: core.clock.now_ms(),
-        };
+        let now = core.clock.now_ms();
+        let envelope = tollgate_host::aggregate::json_command(
+            tollgate_billing_model::account::STREAM,
+            account,
+            request_id,
+            command,
+            now,
+        )
+        .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("encode command: {e}")))?;
         let outcome = core
             .execute_on(&self.account_actor, &envelope)
             .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("account actor failed: {e}")))?;

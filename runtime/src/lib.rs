@@ -170,19 +170,8 @@ impl Runtime {
 
     /// A JSON command envelope for `stream`/`key`, stamped with the clock.
     pub fn command<C: Serialize>(&self, stream: &str, key: &str, command_id: &str, command: &C) -> Command {
-        let (command_type, payload) =
-            tollgate_sdk::codec::encode(command).expect("commands are externally tagged enums");
-        Command {
-            stream: stream.into(),
-            key: key.into(),
-            command_type,
-            content_type: tollgate_sdk::codec::JSON.into(),
-            payload,
-            command_id: command_id.into(),
-            correlation_id: command_id.into(),
-            causation_id: String::new(),
-            time: self.clock.now_ms(),
-        }
+        tollgate_host::aggregate::json_command(stream, key, command_id, command, self.clock.now_ms())
+            .expect("commands are externally tagged enums")
     }
 
     /// Runs a command on the aggregate owning its stream, then dispatches the new events.

@@ -138,17 +138,7 @@ pub fn apply<A: Aggregate>(state: Option<&[u8]>, events: Vec<Event>) -> Result<V
     let mut state = decode_state::<A>(state)?;
     for event in events {
         let event = upcast::<A>(event)?;
-        check_content_type(&event.content_type, "event", &event.event_type)?;
-        let typed: A::Event = codec::decode(&event.event_type, &event.payload).map_err(|e| {
-            Rejection::malformed(
-                "malformed-event",
-                format!(
-                    "event `{}` #{} of {}/{} does not decode: {e}",
-                    event.event_type, event.sequence, event.stream, event.key
-                ),
-            )
-        })?;
-        A::apply(&mut state, typed);
+        A::apply(&mut state, decode_event(&event)?);
     }
     codec::to_json(&state).map_err(|e| Rejection::malformed("encode-state", e.to_string()))
 }
@@ -178,6 +168,20 @@ pub fn upcast<A: Aggregate>(event: Event) -> Result<Event, Rejection> {
         ));
     }
     upcast::<A>(raised)
+}
+
+/// Decodes a JSON event envelope into a typed event; a failure names the event.
+pub(crate) fn decode_event<T: DeserializeOwned>(event: &Event) -> Result<T, Rejection> {
+    check_content_type(&event.content_type, "event", &event.event_type)?;
+    codec::decode(&event.event_type, &event.payload).map_err(|e| {
+        Rejection::malformed(
+            "malformed-event",
+            format!(
+                "event `{}` #{} of {}/{} does not decode: {e}",
+                event.event_type, event.sequence, event.stream, event.key
+            ),
+        )
+    })
 }
 
 pub(crate) fn check_content_type(content_type: &str, what: &str, name: &str) -> Result<(), Rejection> {

@@ -73,16 +73,6 @@ pub trait ProcessManager {
     fn on_timer(state: &mut Self::State, timer: &Timer, now: TimestampMs) -> Result<Reaction, Rejection>;
 }
 
-fn decode_event<P: ProcessManager>(event: &Event) -> Result<P::Event, Rejection> {
-    crate::aggregate::check_content_type(&event.content_type, "event", &event.event_type)?;
-    codec::decode(&event.event_type, &event.payload).map_err(|e| {
-        Rejection::malformed(
-            "malformed-event",
-            format!("event `{}` of {}/{} does not decode: {e}", event.event_type, event.stream, event.key),
-        )
-    })
-}
-
 fn decode_state<P: ProcessManager>(state: Option<&[u8]>) -> Result<P::State, Rejection> {
     match state {
         None => Ok(P::State::default()),
@@ -108,12 +98,12 @@ fn finish<P: ProcessManager>(state: P::State, reaction: Reaction) -> Result<WitR
 /// Runs `P::correlate` on an encoded event.
 pub fn correlate<P: ProcessManager>(event: &Event) -> Option<String> {
     // An event the process manager cannot decode is not one it waits for.
-    decode_event::<P>(event).ok().and_then(|typed| P::correlate(&typed, event))
+    crate::aggregate::decode_event::<P::Event>(event).ok().and_then(|typed| P::correlate(&typed, event))
 }
 
 /// Runs `P::react` on encoded state and event.
 pub fn react<P: ProcessManager>(state: Option<&[u8]>, event: &Event) -> Result<WitReaction, Rejection> {
-    let typed = decode_event::<P>(event)?;
+    let typed = crate::aggregate::decode_event::<P::Event>(event)?;
     let mut state = decode_state::<P>(state)?;
     let reaction = P::react(&mut state, typed, event)?;
     finish::<P>(state, reaction)

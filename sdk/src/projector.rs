@@ -3,7 +3,6 @@
 //! The host commits a batch's key-value writes together with the projector's checkpoint, so a
 //! failed batch leaves nothing behind and is delivered again.
 
-use crate::codec;
 use crate::types::{Event, Rejection};
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
@@ -43,17 +42,7 @@ pub trait Projector {
 /// Decodes and projects a batch, stopping at the first failure.
 pub fn project<P: Projector>(events: Vec<Event>) -> Result<(), Rejection> {
     for event in &events {
-        crate::aggregate::check_content_type(&event.content_type, "event", &event.event_type)?;
-        let typed: P::Event = codec::decode(&event.event_type, &event.payload).map_err(|e| {
-            Rejection::malformed(
-                "malformed-event",
-                format!(
-                    "event `{}` #{} of {}/{} does not decode: {e}",
-                    event.event_type, event.sequence, event.stream, event.key
-                ),
-            )
-        })?;
-        P::project(typed, event)?;
+        P::project(crate::aggregate::decode_event(event)?, event)?;
     }
     Ok(())
 }

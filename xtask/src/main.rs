@@ -115,7 +115,10 @@ fn build_actors() -> Result<PathBuf, String> {
         let size = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?.len();
         println!("{:>8} bytes  {}", size, file.display());
         if *limited && size > ACTOR_SIZE_LIMIT {
-            return Err(format!("{} is {size} bytes, over the {ACTOR_SIZE_LIMIT}-byte limit for actors", file.display()));
+            return Err(format!(
+                "{} is {size} bytes, over the {ACTOR_SIZE_LIMIT}-byte limit for actors",
+                file.display()
+            ));
         }
     }
     Ok(dir)
@@ -168,7 +171,9 @@ fn bench(extra: &[String]) -> Result<(), String> {
     let mut scenarios: Vec<Vec<(String, Json)>> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields = parse_flat_object(line).map_err(|e| format!("{}:{}: {e}", results.display(), i + 1))?;
-        let name = field(&fields, "name").and_then(Json::as_str).ok_or_else(|| format!("{}:{}: no name", results.display(), i + 1))?;
+        let name = field(&fields, "name")
+            .and_then(Json::as_str)
+            .ok_or_else(|| format!("{}:{}: no name", results.display(), i + 1))?;
         match scenarios.iter_mut().find(|s| field(s, "name").and_then(Json::as_str) == Some(name)) {
             Some(existing) => *existing = fields,
             None => scenarios.push(fields),
@@ -186,7 +191,8 @@ fn bench(extra: &[String]) -> Result<(), String> {
             format!("  {{\n{}\n  }}", body.join(",\n"))
         })
         .collect();
-    std::fs::write(&report, format!("[\n{}\n]\n", objects.join(",\n"))).map_err(|e| format!("{}: {e}", report.display()))?;
+    std::fs::write(&report, format!("[\n{}\n]\n", objects.join(",\n")))
+        .map_err(|e| format!("{}: {e}", report.display()))?;
     print_table(&scenarios);
     println!("\nwrote {}", report.display());
     Ok(())
@@ -198,8 +204,8 @@ fn field<'a>(fields: &'a [(String, Json)], key: &str) -> Option<&'a Json> {
 
 fn print_table(scenarios: &[Vec<(String, Json)>]) {
     println!(
-        "\n{:<24} {:>14} {:>12} {:>12} {:>7}  {:<30} {}",
-        "scenario", "ops/s", "p50", "p99", "native", "target", "status"
+        "\n{:<24} {:>14} {:>12} {:>12} {:>7}  {:<30} status",
+        "scenario", "ops/s", "p50", "p99", "native", "target"
     );
     for s in scenarios {
         let num = |k: &str| field(s, k).and_then(Json::as_f64);
@@ -226,7 +232,7 @@ fn group_thousands(v: u64) -> String {
     let digits = v.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
