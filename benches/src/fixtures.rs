@@ -17,18 +17,7 @@ pub fn actor(name: &str) -> PathBuf {
 
 /// A host-side command envelope for the account stream.
 pub fn command(command_id: &str, command: &AccountCommand, time: u64) -> host::Command {
-    let (command_type, payload) = tollgate_sdk::codec::encode(command).expect("account commands encode");
-    host::Command {
-        stream: STREAM.into(),
-        key: KEY.into(),
-        command_type,
-        content_type: tollgate_sdk::codec::JSON.into(),
-        payload,
-        command_id: command_id.into(),
-        correlation_id: command_id.into(),
-        causation_id: String::new(),
-        time,
-    }
+    host::json_command(STREAM, KEY, command_id, command, time).expect("account commands encode")
 }
 
 /// The same envelope as the SDK (guest-side) type, for the native baseline.
