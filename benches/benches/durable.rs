@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tollgate_benches::fixtures;
 use tollgate_benches::measure::{self, PHASE, Report, Timing};
-use tollgate_benches::nats::NatsServer;
+use tollgate_store::testing::NatsServer;
 use tollgate_store::{EventStore, ExpectedVersion, FileStore, NatsOptions, NatsStore, NewEvent};
 
 /// Concurrent appenders.

@@ -12,4 +12,3 @@
 
 pub mod fixtures;
 pub mod measure;
-pub mod nats;

@@ -108,6 +108,8 @@ pub enum Outcome {
 
 #[derive(Default)]
 struct KeyState {
+    /// Last sequence folded into `state`.
+    sequence: u64,
     events: Vec<Event>,
     state: Option<Vec<u8>>,
     outcomes: HashMap<String, Outcome>,
@@ -115,10 +117,15 @@ struct KeyState {
 
 /// Keeps every key's events and state in memory, runs commands through an aggregate actor,
 /// and answers a command id it has seen with the original outcome, changing nothing twice.
+///
+/// A runtime that keeps events in an event store uses it [`without_history`](Self::without_history)
+/// as a cache of states: it [`restore`](Self::restore)s and [`fold`](Self::fold)s what it read
+/// and [`forget`](Self::forget)s a key whose append lost a race.
 pub struct AggregateHost {
     actor: AggregateActor,
     info: AggregateInfo,
     keys: BTreeMap<String, KeyState>,
+    history: bool,
 }
 
 impl AggregateHost {
@@ -126,7 +133,65 @@ impl AggregateHost {
     pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
         let mut actor = AggregateActor::new(actor, fakes)?;
         let info = actor.describe()?;
-        Ok(AggregateHost { actor, info, keys: BTreeMap::new() })
+        Ok(AggregateHost { actor, info, keys: BTreeMap::new(), history: true })
+    }
+
+    /// Keeps only each key's state and sequence: no events and no outcomes (an event store
+    /// holds them), so memory does not grow with the number of commands.
+    pub fn without_history(mut self) -> Self {
+        self.history = false;
+        self
+    }
+
+    /// The last sequence of `key` this host knows (0: none).
+    pub fn sequence(&self, key: &str) -> u64 {
+        self.keys.get(key).map_or(0, |k| k.sequence)
+    }
+
+    /// Sets `key` to a state read elsewhere (a snapshot), at `sequence`.
+    pub fn restore(&mut self, key: &str, state: Option<Vec<u8>>, sequence: u64) {
+        self.keys.insert(key.into(), KeyState { sequence, state, ..KeyState::default() });
+    }
+
+    /// Forgets everything about `key`.
+    pub fn forget(&mut self, key: &str) {
+        self.keys.remove(key);
+    }
+
+    /// Raises events written under an older schema version through the actor's `upcast`.
+    pub fn upcast(&mut self, events: Vec<Event>) -> Result<Vec<Event>, HostError> {
+        let current = self.info.event_schema_version;
+        events
+            .into_iter()
+            .map(|e| {
+                if e.schema_version >= current {
+                    return Ok(e);
+                }
+                let what = format!("{}/{} #{} `{}` v{}", e.stream, e.key, e.sequence, e.event_type, e.schema_version);
+                self.actor.upcast(&e)?.map_err(|r| HostError::Host {
+                    context: format!("upcast {what} to v{current}"),
+                    message: format!("{}: {}", r.code, r.message),
+                })
+            })
+            .collect()
+    }
+
+    /// Folds events already stored (upcasting older ones) into `key`'s state.
+    pub fn fold(&mut self, key: &str, events: Vec<Event>) -> Result<(), HostError> {
+        let Some(last) = events.last().map(|e| e.sequence) else { return Ok(()) };
+        let events = self.upcast(events)?;
+        let state = self.keys.get(key).and_then(|k| k.state.clone());
+        let new_state = self.actor.apply(state.as_deref(), &events)?.map_err(|r| HostError::Host {
+            context: format!("apply stored events to {}/{key}", self.info.stream),
+            message: format!("{}: {}", r.code, r.message),
+        })?;
+        let k = self.keys.entry(key.into()).or_default();
+        if self.history {
+            k.events.extend(events);
+        }
+        k.sequence = last;
+        k.state = Some(new_state);
+        Ok(())
     }
 
     /// The aggregate's description.
@@ -143,7 +208,7 @@ impl AggregateHost {
     pub fn seed(&mut self, key: &str, drafts: Vec<EventDraft>, time: u64) -> Result<Vec<Event>, HostError> {
         let current = self.keys.get(key);
         let state = current.and_then(|k| k.state.clone());
-        let first = current.map_or(0, |k| k.events.len() as u64) + 1;
+        let first = current.map_or(0, |k| k.sequence) + 1;
         let events: Vec<Event> = drafts
             .into_iter()
             .enumerate()
@@ -157,6 +222,7 @@ impl AggregateHost {
             message: format!("{}: {}", r.code, r.message),
         })?;
         let k = self.keys.entry(key.into()).or_default();
+        k.sequence += events.len() as u64;
         k.events.extend(events.iter().cloned());
         k.state = Some(new_state);
         Ok(events)
@@ -179,7 +245,7 @@ impl AggregateHost {
         }
         let current = self.keys.get(&command.key);
         let state = current.and_then(|k| k.state.clone());
-        let next = current.map_or(0, |k| k.events.len() as u64) + 1;
+        let next = current.map_or(0, |k| k.sequence) + 1;
         let outcome = match self.actor.handle(state.as_deref(), command)? {
             Err(rejection) => Outcome::Rejected(rejection),
             Ok(drafts) => {
@@ -207,16 +273,22 @@ impl AggregateHost {
                     message: format!("{}: {}", r.code, r.message),
                 })?;
                 let k = self.keys.entry(command.key.clone()).or_default();
-                k.events.extend(events.iter().cloned());
+                k.sequence += events.len() as u64;
+                if self.history {
+                    k.events.extend(events.iter().cloned());
+                }
                 k.state = Some(new_state);
                 Outcome::Accepted(events)
             }
         };
-        self.keys.entry(command.key.clone()).or_default().outcomes.insert(command.command_id.clone(), outcome.clone());
+        if self.history {
+            let k = self.keys.entry(command.key.clone()).or_default();
+            k.outcomes.insert(command.command_id.clone(), outcome.clone());
+        }
         Ok(outcome)
     }
 
-    /// Every event of `key`, oldest first.
+    /// Every event of `key`, oldest first (none [`without_history`](Self::without_history)).
     pub fn events(&self, key: &str) -> &[Event] {
         self.keys.get(key).map_or(&[], |k| &k.events)
     }

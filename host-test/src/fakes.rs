@@ -72,6 +72,9 @@ impl wasmtime_wasi::HostMonotonicClock for VirtualClock {
     }
 }
 
+/// One committed key-value write: (bucket, key, new value or `None` for a deletion).
+pub type KvChange = (String, String, Option<Vec<u8>>);
+
 /// Key-value contents: bucket -> key -> value.
 pub type Buckets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
@@ -81,6 +84,8 @@ struct State {
     buckets: Buckets,
     /// Writes of the call in progress: (bucket, key) -> new value or deletion.
     staged: BTreeMap<(String, String), Option<Vec<u8>>>,
+    /// Committed writes not yet taken by [`Fakes::take_kv_writes`], when recording.
+    written: Option<Vec<KvChange>>,
     logs: Vec<LogLine>,
     calls: Vec<HostCall>,
 }
@@ -156,6 +161,17 @@ impl Fakes {
         self.lock().buckets.clone()
     }
 
+    /// Starts recording committed key-value writes, so a runtime can persist exactly what
+    /// one successful call wrote (see [`Fakes::take_kv_writes`]).
+    pub fn record_kv_writes(&self) {
+        self.lock().written.get_or_insert_with(Vec::new);
+    }
+
+    /// The writes committed since the last take, oldest first (empty unless recording).
+    pub fn take_kv_writes(&self) -> Vec<KvChange> {
+        self.lock().written.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Log lines so far.
     pub fn logs(&self) -> Vec<LogLine> {
         self.lock().logs.clone()
@@ -214,6 +230,9 @@ impl Fakes {
         let mut s = self.lock();
         let staged = std::mem::take(&mut s.staged);
         for ((bucket, key), value) in staged {
+            if let Some(written) = s.written.as_mut() {
+                written.push((bucket.clone(), key.clone(), value.clone()));
+            }
             let b = s.buckets.entry(bucket).or_default();
             match value {
                 Some(v) => {

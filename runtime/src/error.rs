@@ -24,22 +24,22 @@ pub enum RuntimeError {
     /// Two aggregates claim the same stream.
     #[error("actors `{0}` and `{1}` both own stream `{2}`")]
     DuplicateStream(String, String, String),
-    /// A projector refused a batch; its checkpoint did not move and its writes were dropped.
-    #[error("projector `{projector}` refused events: {rejection}")]
-    Projection {
-        /// The projector.
-        projector: String,
-        /// Its rejection.
-        rejection: String,
+    /// The event store failed (or could not be opened).
+    #[error("event store {url}: {message}")]
+    Store {
+        /// The store's URL.
+        url: String,
+        /// What failed.
+        message: String,
     },
-    /// A process manager refused an event or timer.
-    #[error("process manager `{manager}` (instance `{instance}`) failed: {rejection}")]
-    Process {
-        /// The process manager.
-        manager: String,
-        /// The process instance.
-        instance: String,
-        /// Its rejection.
-        rejection: String,
+    /// A command kept losing the optimistic-concurrency race on its key.
+    #[error("{stream}/{key}: gave up after {attempts} attempts lost to concurrent writers")]
+    Contention {
+        /// The stream.
+        stream: String,
+        /// The key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
     },
 }

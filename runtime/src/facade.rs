@@ -90,7 +90,10 @@ impl ChargingFacade {
                     .map(|e| tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("undecodable account event: {e}")))?;
-                let state = core.account_state(&self.account_actor, account).unwrap_or_default();
+                let state = core
+                    .account_state(&self.account_actor, account)
+                    .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("read account: {e}")))?
+                    .unwrap_or_default();
                 Ok((events, state))
             }
         }
@@ -98,8 +101,9 @@ impl ChargingFacade {
 
     fn read(&self, account: &str) -> Result<Account, ChargingError> {
         match self.lock().account_state(&self.account_actor, account) {
-            Some(a) if a.open => Ok(a),
-            _ => Err(error(ResultCode::UserUnknown, format!("no account `{account}`"))),
+            Ok(Some(a)) if a.open => Ok(a),
+            Ok(_) => Err(error(ResultCode::UserUnknown, format!("no account `{account}`"))),
+            Err(e) => Err(error(ResultCode::EndUserServiceDenied, format!("read account: {e}"))),
         }
     }
 

@@ -1,31 +1,39 @@
 //! The tollgate runtime: runs the actors of a [manifest](manifest::Manifest) together.
 //!
-//! - Aggregates execute commands; their events go to one ordered log.
+//! - Aggregates execute commands against an [event store](journal::Journal): `file:DIR` (the
+//!   embedded log), `nats://HOST:PORT` (JetStream), or an ephemeral log when none is given.
+//!   Appends are checked against the key's sequence (optimistic concurrency, retried), a
+//!   repeated command id is answered from the log, and states are snapshotted every
+//!   `snapshot_every` events under the actor's digest.
 //! - A policy's `charging` import is a [facade](facade::ChargingFacade) over an account
 //!   aggregate and its `rating` import calls a rater component.
-//! - Every new event is delivered to projectors (in batches; their key-value writes commit only
-//!   when the batch succeeds) and process managers (whose commands run at once and whose
-//!   timers fire on the virtual clock).
-//! - Each actor has its own store: a trap in one discards only that instance.
-//!
-//! This runtime keeps events in memory.
+//! - Every commit is delivered to projectors and process managers through durable consumers;
+//!   their key-value writes (instance states) are committed with their checkpoint, so a
+//!   restart neither loses nor repeats them, and a delivery that keeps failing is
+//!   dead-lettered. Timers live in the store and fire on the runtime's clock.
+//! - Each actor has its own wasm store: a trap in one discards only that instance.
 
 pub mod core;
 pub mod error;
 pub mod facade;
+pub mod journal;
 pub mod manifest;
 pub mod resolve;
+pub mod stats;
 
-pub use crate::core::RefusedCommand;
+pub use crate::core::{RefusedCommand, TIMER_STREAM};
 pub use error::RuntimeError;
+pub use journal::Journal;
 pub use manifest::Manifest;
+pub use stats::Stats;
 pub use resolve::resolve_actor;
 pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
 pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
 
-use crate::core::{Core, ManagerSlot, ProjectorSlot};
+use crate::core::{AggregateSlot, Core, ManagerSlot, ProjectorSlot};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use tollgate_store::NewEvent;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tollgate_billing_model::account::{Account, STREAM as ACCOUNT_STREAM};
@@ -71,6 +79,13 @@ impl Loader {
     }
 }
 
+/// An engine with a manifest's limits and the default compiled-code cache.
+pub fn engine_for(manifest: &Manifest) -> Result<HostEngine, RuntimeError> {
+    let limits =
+        Limits { cpu_ms: manifest.limits.cpu_ms, memory_bytes: manifest.limits.memory_mib << 20, ..Limits::default() };
+    Ok(HostEngine::new(limits)?.with_default_code_cache())
+}
+
 /// Actors wired together by a manifest.
 pub struct Runtime {
     core: Arc<Mutex<Core>>,
@@ -80,32 +95,45 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Reads a manifest and starts its actors on an engine with the manifest's limits.
+    /// Reads a manifest and starts its actors over an ephemeral log, on an engine with the
+    /// manifest's limits.
     pub fn load(path: &Path) -> Result<Runtime, RuntimeError> {
-        let manifest = Manifest::load(path)?;
-        let limits = Limits {
-            cpu_ms: manifest.limits.cpu_ms,
-            memory_bytes: manifest.limits.memory_mib << 20,
-            ..Limits::default()
-        };
-        let mut loader = Loader::new(HostEngine::new(limits)?.with_default_code_cache());
-        Runtime::new(&manifest, &mut loader)
+        Runtime::load_with_store(path, None)
     }
 
-    /// Starts the actors of a parsed manifest.
+    /// [`Runtime::load`] over the store at `store` (`file:DIR` or `nats://HOST:PORT`).
+    pub fn load_with_store(path: &Path, store: Option<&str>) -> Result<Runtime, RuntimeError> {
+        let manifest = Manifest::load(path)?;
+        let mut loader = Loader::new(engine_for(&manifest)?);
+        let journal = match store {
+            Some(url) => Journal::open(url)?,
+            None => Journal::ephemeral()?,
+        };
+        Runtime::open(&manifest, &mut loader, journal)
+    }
+
+    /// Starts the actors of a parsed manifest over an ephemeral log.
     pub fn new(manifest: &Manifest, loader: &mut Loader) -> Result<Runtime, RuntimeError> {
+        Runtime::open(manifest, loader, Journal::ephemeral()?)
+    }
+
+    /// Starts the actors of a parsed manifest over `journal`: projectors and process managers
+    /// resume from their checkpoints, with their key-value contents, states and timers.
+    pub fn open(manifest: &Manifest, loader: &mut Loader, journal: Journal) -> Result<Runtime, RuntimeError> {
         let clock = VirtualClock::default();
         let mut core = Core {
             clock: clock.clone(),
+            journal,
             aggregates: BTreeMap::new(),
             streams: BTreeMap::new(),
             raters: BTreeMap::new(),
             projectors: Vec::new(),
             managers: Vec::new(),
-            log: Vec::new(),
-            external_sequences: BTreeMap::new(),
             refused: Vec::new(),
+            stats: Stats::default(),
+            snapshot_every: manifest.store.snapshot_every,
         };
+        let max_deliver = manifest.store.max_deliver;
         let mut fakes_by_actor = BTreeMap::new();
         let mut policy_specs = Vec::new();
         for (name, spec) in &manifest.actors {
@@ -116,32 +144,43 @@ impl Runtime {
             fakes_by_actor.insert(name.clone(), fakes.clone());
             match kind {
                 ActorKind::Aggregate => {
-                    let host = AggregateHost::new(actor, fakes)?;
-                    let stream = host.info().stream.clone();
+                    let digest = actor.digest().to_string();
+                    let host = AggregateHost::new(actor, fakes)?.without_history();
+                    let info = host.info();
+                    let stream = info.stream.clone();
+                    let snapshot_tag = format!("{digest}#state-v{}", info.state_version);
                     if let Some(other) = core.streams.insert(stream.clone(), name.clone()) {
                         return Err(RuntimeError::DuplicateStream(other, name.clone(), stream));
                     }
-                    core.aggregates.insert(name.clone(), host);
+                    core.aggregates.insert(name.clone(), AggregateSlot { host, snapshot_tag, loaded: HashMap::new() });
                 }
                 ActorKind::Rater => {
                     core.raters.insert(name.clone(), RaterActor::new(actor, fakes)?);
                 }
                 ActorKind::Projector => {
-                    let mut actor = ProjectorActor::new(actor, fakes)?;
+                    fakes.record_kv_writes();
+                    let mut actor = ProjectorActor::new(actor, fakes.clone())?;
                     let subscriptions = actor.subscriptions()?;
-                    core.projectors.push(ProjectorSlot { name: name.clone(), actor, subscriptions, checkpoint: 0 });
+                    let consumer = core.consumer(name, max_deliver)?;
+                    let mut slot =
+                        ProjectorSlot { name: name.clone(), actor, fakes, subscriptions, consumer, buckets: Vec::new() };
+                    core.restore_projection(&mut slot)?;
+                    core.projectors.push(slot);
                 }
                 ActorKind::ProcessManager => {
                     let mut actor = ProcessManagerActor::new(actor, fakes)?;
                     let subscriptions = actor.subscriptions()?;
-                    core.managers.push(ManagerSlot {
+                    let consumer = core.consumer(name, max_deliver)?;
+                    let mut slot = ManagerSlot {
                         name: name.clone(),
                         actor,
                         subscriptions,
-                        checkpoint: 0,
+                        consumer,
                         states: BTreeMap::new(),
                         timers: BTreeMap::new(),
-                    });
+                    };
+                    core.restore_manager(&mut slot)?;
+                    core.managers.push(slot);
                 }
                 ActorKind::Policy => policy_specs.push((name.clone(), actor, fakes, spec.links.clone())),
             }
@@ -191,8 +230,16 @@ impl Runtime {
     /// Asks the named policy for an admission decision, then dispatches.
     pub fn admit_with(&mut self, policy: &str, request: &AdmissionRequest) -> Result<Decision, RuntimeError> {
         let actor = self.policies.get_mut(policy).ok_or_else(|| RuntimeError::NoSuchActor(policy.into()))?;
+        let span = tracing::info_span!("admission", policy, correlation_id = %request.request_id, subscriber = %request.subscriber);
+        let _entered = span.enter();
         let decision = actor.decide(request)?;
-        self.lock().pump()?;
+        let code = match &decision {
+            Decision::Granted(_) => ResultCode::Success,
+            Decision::Denied(d) => d.code,
+        };
+        let mut core = self.lock();
+        *core.stats.result_codes.entry(result_code_name(code).into()).or_default() += 1;
+        core.pump()?;
         Ok(decision)
     }
 
@@ -220,7 +267,7 @@ impl Runtime {
             command_id: report_id.into(),
             correlation_id: correlation_id.into(),
             causation_id: String::new(),
-        });
+        })?;
         core.pump()?;
         Ok(event)
     }
@@ -231,16 +278,69 @@ impl Runtime {
         self.lock().fire_due_timers()
     }
 
-    /// The state of account `key` (from the aggregate owning stream `account`).
+    /// Delivers whatever is new in the store (e.g. written by another runtime) to projectors
+    /// and process managers.
+    pub fn pump(&mut self) -> Result<(), RuntimeError> {
+        self.lock().pump()
+    }
+
+    /// The state of account `key` (from the aggregate owning stream `account`), as of the
+    /// last event this runtime read or wrote.
     pub fn account(&self, key: &str) -> Option<Account> {
-        let core = self.lock();
+        let mut core = self.lock();
         let actor = core.streams.get(ACCOUNT_STREAM)?.clone();
+        core.account_state(&actor, key).ok().flatten()
+    }
+
+    /// Reads account `key` afresh from the store (other runtimes may have written it).
+    pub fn reload_account(&self, key: &str) -> Result<Option<Account>, RuntimeError> {
+        let mut core = self.lock();
+        let Some(actor) = core.streams.get(ACCOUNT_STREAM).cloned() else { return Ok(None) };
+        core.forget(&actor, key);
         core.account_state(&actor, key)
     }
 
-    /// Every event so far, in log order.
+    /// Every event in the store, in commit order.
     pub fn events(&self) -> Vec<Event> {
-        self.lock().log.clone()
+        let core = self.lock();
+        let all = core.journal.run("read log", core.journal.store().read_all(1, usize::MAX));
+        all.map(|v| v.into_iter().map(journal::from_stored).collect()).unwrap_or_default()
+    }
+
+    /// The event store.
+    pub fn journal(&self) -> Journal {
+        self.lock().journal.clone()
+    }
+
+    /// This runtime's counters so far.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    /// Records this runtime's counters as one event on [`stats::STATS_STREAM`] under `node`,
+    /// for `tollgate stats`.
+    pub fn record_stats(&self, node: &str, run_id: &str) -> Result<(), RuntimeError> {
+        let core = self.lock();
+        let event = NewEvent {
+            event_type: "counters-recorded".into(),
+            schema_version: 1,
+            content_type: tollgate_sdk::codec::JSON.into(),
+            payload: serde_json::to_vec(&core.stats).expect("counters encode"),
+            command_id: run_id.into(),
+            correlation_id: run_id.into(),
+            causation_id: String::new(),
+            time_ms: self.clock.now_ms(),
+        };
+        let result = core.journal.block_on(core.journal.store().append(
+            stats::STATS_STREAM,
+            node,
+            tollgate_store::ExpectedVersion::Any,
+            vec![event],
+        ));
+        match result {
+            Ok(_) | Err(tollgate_store::StoreError::Duplicate { .. }) => Ok(()),
+            Err(e) => Err(core.journal.error("record counters", e)),
+        }
     }
 
     /// Commands process managers sent that were refused.
@@ -260,5 +360,17 @@ impl Runtime {
             .iter()
             .flat_map(|m| m.timers.iter().map(|((i, id), t)| (m.name.clone(), i.clone(), id.clone(), t.fire_at)))
             .collect()
+    }
+}
+
+/// The WIT name of a result code (`success`, `quota-limit-reached`, ...).
+pub fn result_code_name(code: ResultCode) -> &'static str {
+    match code {
+        ResultCode::Success => "success",
+        ResultCode::EndUserServiceDenied => "end-user-service-denied",
+        ResultCode::QuotaLimitReached => "quota-limit-reached",
+        ResultCode::UserUnknown => "user-unknown",
+        ResultCode::RatingFailed => "rating-failed",
+        ResultCode::EndUserServiceRejected => "end-user-service-rejected",
     }
 }

@@ -20,6 +20,9 @@
 //! links = { charging = "account", rating = "rater" }
 //! ```
 //!
+//! An optional `[store]` section tunes how the event store is used (`snapshot_every = 100`,
+//! `max_deliver = 5`); which store is chosen when the runtime starts.
+//!
 //! Relative `file`s are resolved against the manifest's directory. A `file` may instead be an
 //! OCI reference, pulled (once per digest) through the cache of `tollgate-oci` when loaded:
 //!
@@ -47,8 +50,38 @@ pub struct Manifest {
     /// How to reach the registries of `oci://` actor files.
     #[serde(default)]
     pub registry: RegistrySpec,
+    /// How the runtime uses its event store.
+    #[serde(default)]
+    pub store: StoreSpec,
     /// Actors by name.
     pub actors: BTreeMap<String, ActorSpec>,
+}
+
+/// The `[store]` section. The store itself is chosen at run time (`--store`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    /// Write an aggregate snapshot once a key has this many events past its last one (0: never).
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Deliveries of one commit to a failing projector or process manager before it goes to
+    /// the dead letters.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+}
+
+fn default_snapshot_every() -> u64 {
+    100
+}
+
+fn default_max_deliver() -> u32 {
+    5
+}
+
+impl Default for StoreSpec {
+    fn default() -> Self {
+        StoreSpec { snapshot_every: default_snapshot_every(), max_deliver: default_max_deliver() }
+    }
 }
 
 /// The `[registry]` section: how `oci://` actor files are pulled.

@@ -28,6 +28,8 @@ mod codec;
 mod file;
 mod nats;
 pub mod subject;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::conformance::Factory;
 use common::event;
-use common::nats_server::NatsServer;
+use tollgate_store::testing::NatsServer;
 use tollgate_store::subject::encode_token;
 use tollgate_store::{ConsumerOptions, EventStore, ExpectedVersion, FileStore, KvWrite, NatsOptions, NatsStore};
 
@@ -34,7 +34,7 @@ struct NatsFactory {
 
 impl NatsFactory {
     fn start() -> Option<NatsFactory> {
-        NatsServer::start().map(|server| NatsFactory { server })
+        NatsServer::start_or_skip().map(|server| NatsFactory { server })
     }
 }
 

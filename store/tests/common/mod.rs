@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 pub mod conformance;
-pub mod nats_server;
 
 use tollgate_store::NewEvent;
 

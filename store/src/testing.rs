@@ -1,4 +1,9 @@
-//! A throw-away `nats-server -js` on a free loopback port, as the store's tests start it.
+//! Test support: a throw-away `nats-server -js` on a free loopback port (feature `testing`).
+//!
+//! ```no_run
+//! let Some(server) = tollgate_store::testing::NatsServer::start_or_skip() else { return };
+//! assert!(server.url.starts_with("nats://127.0.0.1:"));
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,6 +59,19 @@ impl NatsServer {
                 return Err("nats-server wrote no ports file in 10 s".into());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// For tests: a started server, or `None` after printing one line naming the package to
+    /// install. Under `CI=true` a missing or failing server panics instead of skipping.
+    pub fn start_or_skip() -> Option<NatsServer> {
+        match NatsServer::start() {
+            Ok(server) => Some(server),
+            Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("nats-server (CI=true): {why}"),
+            Err(why) => {
+                println!("skipping: {why}; install the Debian package nats-server");
+                None
+            }
         }
     }
 }

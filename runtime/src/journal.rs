@@ -1,0 +1,118 @@
+//! The runtime's event store, reached from synchronous actor calls.
+//!
+//! Actors run synchronously (a policy's imports call back into the runtime in the middle of a
+//! guest call), while [`EventStore`] is async; the journal owns a small tokio runtime and
+//! blocks on it. Call it from plain threads, never from inside another tokio runtime.
+
+use crate::error::RuntimeError;
+use std::future::Future;
+use std::sync::Arc;
+use tollgate_host::aggregate::Event;
+use tollgate_store::{EventStore, FileOptions, FileStore, NewEvent, StoredEvent};
+
+/// A shared handle on an event store. Clones share the store and its connection.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Dropped before the tokio runtime: a NATS client's tasks live on it.
+    store: Box<dyn EventStore>,
+    tokio: tokio::runtime::Runtime,
+    url: String,
+    _ephemeral: Option<tempfile::TempDir>,
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, RuntimeError> {
+    // One worker keeps a NATS connection's background tasks (pings, reconnects) running
+    // between calls without taking a core from the actors.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tollgate-store")
+        .enable_all()
+        .build()
+        .map_err(|e| RuntimeError::Store { url: "<runtime>".into(), message: format!("start tokio: {e}") })
+}
+
+impl Journal {
+    /// Opens `file:DIR` (the embedded log) or `nats://HOST:PORT` (JetStream).
+    pub fn open(url: &str) -> Result<Journal, RuntimeError> {
+        let tokio = tokio_runtime()?;
+        let store = tokio
+            .block_on(tollgate_store::open(url))
+            .map_err(|e| RuntimeError::Store { url: url.into(), message: e.to_string() })?;
+        Ok(Journal { inner: Arc::new(Inner { store, tokio, url: url.into(), _ephemeral: None }) })
+    }
+
+    /// An embedded log in a fresh temporary directory, removed when the last clone is dropped;
+    /// no fsync, because nothing in it outlives the process.
+    pub fn ephemeral() -> Result<Journal, RuntimeError> {
+        let tokio = tokio_runtime()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-ephemeral-")
+            .tempdir()
+            .map_err(|e| RuntimeError::Store { url: "<ephemeral>".into(), message: format!("temp dir: {e}") })?;
+        let url = format!("file:{}", dir.path().display());
+        let options = FileOptions { sync: false, ..FileOptions::default() };
+        let store = FileStore::open_with(dir.path(), options)
+            .map_err(|e| RuntimeError::Store { url: url.clone(), message: e.to_string() })?;
+        Ok(Journal { inner: Arc::new(Inner { store: Box::new(store), tokio, url, _ephemeral: Some(dir) }) })
+    }
+
+    /// The URL the store was opened with.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn EventStore {
+        self.inner.store.as_ref()
+    }
+
+    /// Runs a store future to completion.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.inner.tokio.block_on(future)
+    }
+
+    /// Runs one store call, naming the operation in the error.
+    pub fn run<T>(&self, op: &str, call: impl Future<Output = tollgate_store::Result<T>>) -> Result<T, RuntimeError> {
+        self.block_on(call).map_err(|e| self.error(op, e))
+    }
+
+    /// A store error as a runtime error naming this store and `op`.
+    pub fn error(&self, op: &str, e: tollgate_store::StoreError) -> RuntimeError {
+        RuntimeError::Store { url: self.inner.url.clone(), message: format!("{op}: {e}") }
+    }
+}
+
+/// The store's form of an event the host built.
+pub fn to_new(e: &Event) -> NewEvent {
+    NewEvent {
+        event_type: e.event_type.clone(),
+        schema_version: e.schema_version,
+        content_type: e.content_type.clone(),
+        payload: e.payload.clone(),
+        command_id: e.command_id.clone(),
+        correlation_id: e.correlation_id.clone(),
+        causation_id: e.causation_id.clone(),
+        time_ms: e.time,
+    }
+}
+
+/// The host's form of a stored event.
+pub fn from_stored(e: StoredEvent) -> Event {
+    Event {
+        stream: e.stream,
+        key: e.key,
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+        content_type: e.content_type,
+        payload: e.payload,
+        sequence: e.sequence,
+        time: e.time_ms,
+        command_id: e.command_id,
+        correlation_id: e.correlation_id,
+        causation_id: e.causation_id,
+    }
+}

@@ -1,0 +1,68 @@
+//! Counters a runtime keeps while it runs, printed by `tollgate stats` and `tollgate run`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Stream on which a runtime records its counters when it stops (one event per run, keyed by
+/// node), so `tollgate stats` can add them up from the store alone.
+pub const STATS_STREAM: &str = "tollgate.stats";
+
+/// Counters of one runtime (or the sum of several runs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Commands that appended events.
+    pub accepted: u64,
+    /// Commands an aggregate refused, by rejection code.
+    pub rejected: BTreeMap<String, u64>,
+    /// Commands answered from the log because their id was already committed.
+    pub duplicates: u64,
+    /// Appends that lost an optimistic-concurrency race (each was retried).
+    pub occ_conflicts: u64,
+    /// Admission decisions by result code (`success`, `credit-limit-reached`, ...).
+    pub result_codes: BTreeMap<String, u64>,
+    /// Snapshots written.
+    pub snapshots: u64,
+    /// Deliveries projectors and process managers failed (each nacked).
+    pub delivery_failures: u64,
+    /// Deliveries moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Timers fired.
+    pub timers_fired: u64,
+}
+
+impl Stats {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Stats) {
+        self.accepted += other.accepted;
+        for (k, v) in &other.rejected {
+            *self.rejected.entry(k.clone()).or_default() += v;
+        }
+        self.duplicates += other.duplicates;
+        self.occ_conflicts += other.occ_conflicts;
+        for (k, v) in &other.result_codes {
+            *self.result_codes.entry(k.clone()).or_default() += v;
+        }
+        self.snapshots += other.snapshots;
+        self.delivery_failures += other.delivery_failures;
+        self.dead_lettered += other.dead_lettered;
+        self.timers_fired += other.timers_fired;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_sums_every_counter() {
+        let mut a = Stats { accepted: 1, occ_conflicts: 2, ..Stats::default() };
+        a.rejected.insert("insufficient-funds".into(), 1);
+        let mut b = a.clone();
+        b.result_codes.insert("success".into(), 3);
+        a.add(&b);
+        assert_eq!(a.accepted, 2);
+        assert_eq!(a.occ_conflicts, 4);
+        assert_eq!(a.rejected["insufficient-funds"], 2);
+        assert_eq!(a.result_codes["success"], 3);
+    }
+}
