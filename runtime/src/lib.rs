@@ -307,6 +307,14 @@ impl Runtime {
         all.map(|v| v.into_iter().map(journal::from_stored).collect()).unwrap_or_default()
     }
 
+    /// The tag under which the aggregate owning `stream` writes snapshots: its component's
+    /// digest and state version, so another build never reads them.
+    pub fn snapshot_tag(&self, stream: &str) -> Option<String> {
+        let core = self.lock();
+        let actor = core.streams.get(stream)?;
+        Some(core.aggregates[actor].snapshot_tag.clone())
+    }
+
     /// The event store.
     pub fn journal(&self) -> Journal {
         self.lock().journal.clone()

@@ -5,9 +5,20 @@
 //! used units and frees the rest of the hold; `release` and `expire` free a hold; `direct-debit`
 //! charges a one-shot event. `available = balance - held + overdraft_limit` never goes below
 //! zero. Repeated command ids are answered by the host from the events they produced.
+//!
+//! Events are at schema version 2; version 1 logs are read through [`upcast`](Aggregate::upcast).
 
 use tollgate_billing_model::account::{Account, AccountCommand, AccountEvent, Money, STREAM};
-use tollgate_sdk::{Aggregate, Command, Rejection};
+use tollgate_sdk::{Aggregate, Command, Event, Rejection};
+
+/// `topped-up` and `direct-debited` as version 1 wrote them: `amount` was money (minor units
+/// and currency); version 2 keeps the minor units, an account having one currency.
+#[derive(serde::Deserialize)]
+struct V1Amount {
+    amount: Money,
+    #[serde(default)]
+    description: String,
+}
 
 /// The prepaid account aggregate.
 pub struct PrepaidAccount;
@@ -19,6 +30,7 @@ impl Aggregate for PrepaidAccount {
     type State = Account;
     type Command = AccountCommand;
     type Event = AccountEvent;
+    const EVENT_SCHEMA_VERSION: u32 = 2;
 
     fn handle(account: &Account, command: AccountCommand, envelope: &Command) -> Result<Vec<AccountEvent>, Rejection> {
         if let AccountCommand::Open { currency, overdraft_limit } = command {
@@ -118,6 +130,22 @@ impl Aggregate for PrepaidAccount {
 
     fn apply(account: &mut Account, event: AccountEvent) {
         account.apply(event);
+    }
+
+    fn upcast(mut event: Event) -> Result<Event, Rejection> {
+        if matches!(event.event_type.as_str(), "topped-up" | "direct-debited") {
+            let bad = |e: tollgate_sdk::codec::CodecError| Rejection::malformed("malformed-event", e.0);
+            let v1: V1Amount = tollgate_sdk::codec::from_json(&event.payload).map_err(bad)?;
+            let amount = v1.amount.minor_units;
+            let raised = if event.event_type == "topped-up" {
+                AccountEvent::ToppedUp { amount }
+            } else {
+                AccountEvent::DirectDebited { amount, description: v1.description }
+            };
+            event.payload = tollgate_sdk::codec::encode(&raised).map_err(bad)?.1;
+        }
+        event.schema_version = 2;
+        Ok(event)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The edge flow on the compiled reference actors: admission (policy -> rater -> account),
 //! sessions (process manager), expiry timers, and the balance read model.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money};
 use tollgate_billing_model::balance::{BUCKET, BalanceView};
 use tollgate_billing_model::session::{STREAM as SESSION, SessionEvent};
@@ -67,11 +67,16 @@ file = "{sessions}"
     Manifest::parse(std::path::Path::new("test.toml"), &text, std::path::Path::new(".")).unwrap()
 }
 
-/// A fresh runtime; components are compiled once per test binary.
-pub fn runtime() -> Runtime {
+/// The test binary's loader: components are compiled once per test binary.
+pub fn loader() -> MutexGuard<'static, Loader> {
     static LOADER: OnceLock<Mutex<Loader>> = OnceLock::new();
     let loader = LOADER.get_or_init(|| Mutex::new(Loader::new(HostEngine::shared().unwrap())));
-    Runtime::new(&manifest(), &mut loader.lock().unwrap()).unwrap()
+    loader.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh runtime over an ephemeral log.
+pub fn runtime() -> Runtime {
+    Runtime::new(&manifest(), &mut loader()).unwrap()
 }
 
 pub fn open(rt: &mut Runtime, account: &str, top_up: i64) {
@@ -104,7 +109,7 @@ pub fn request(id: &str, account: &str, offer: &str, units: u64, country: Option
     }
 }
 
-fn granted(d: &Decision) -> &tollgate_runtime::Granted {
+pub fn granted(d: &Decision) -> &tollgate_runtime::Granted {
     match d {
         Decision::Granted(g) => g,
         Decision::Denied(d) => panic!("denied {:?}: {}", d.code, d.message),

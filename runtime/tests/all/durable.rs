@@ -1,0 +1,177 @@
+//! The runtime over the embedded log: what survives a restart, snapshots, schema upcasting,
+//! dead letters.
+
+use crate::edge::{granted, loader, manifest, open, request};
+use std::path::Path;
+use tollgate_billing_model::account::{Account, AccountCommand, Money};
+use tollgate_billing_model::balance::{BUCKET, BalanceView};
+use tollgate_host::aggregate::Outcome;
+use tollgate_runtime::{Journal, Runtime};
+use tollgate_store::{ExpectedVersion, NewEvent, Snapshot};
+
+fn durable(dir: &Path, snapshot_every: u64) -> Runtime {
+    let mut manifest = manifest();
+    manifest.store.snapshot_every = snapshot_every;
+    let journal = Journal::open(&format!("file:{}", dir.display())).unwrap();
+    Runtime::open(&manifest, &mut loader(), journal).unwrap()
+}
+
+fn view(rt: &Runtime, account: &str) -> BalanceView {
+    let bytes = rt.fakes("balances").unwrap().kv_get(BUCKET, account).expect("projected");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn top_up(rt: &mut Runtime, account: &str, id: &str, amount: i64) -> Outcome {
+    let c = rt.command("account", account, id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") });
+    rt.execute(&c).unwrap()
+}
+
+#[test]
+fn a_restart_keeps_accounts_projections_and_answers_repeats_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (account, projected, first) = {
+        let mut rt = durable(dir.path(), 100);
+        open(&mut rt, "ada", 1_000);
+        let first = rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap();
+        (rt.account("ada").unwrap(), view(&rt, "ada"), granted(&first).grant.reservation_id.clone())
+    };
+    let mut rt = durable(dir.path(), 100);
+    assert_eq!(rt.account("ada").unwrap(), account, "state rebuilt from the log");
+    assert_eq!(view(&rt, "ada"), projected, "projection restored from the store");
+    let logged = rt.events().len();
+    let again = rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap();
+    assert_eq!(granted(&again).grant.reservation_id, first, "the repeat gets the original grant");
+    assert_eq!(rt.events().len(), logged, "a repeated request appends nothing");
+    assert_eq!(rt.account("ada").unwrap().held, 20, "held once, not twice");
+    assert_eq!(top_up(&mut rt, "ada", "ada/top-up", 1_000).clone_events().len(), 1, "answered with the original event");
+    assert_eq!(rt.account("ada").unwrap().balance, 1_000, "the repeated top-up changed nothing");
+    assert!(rt.stats().duplicates >= 2);
+    // New events after the restart are projected once, on top of the restored view.
+    assert!(matches!(top_up(&mut rt, "ada", "ada/top-up-2", 5), Outcome::Accepted(_)));
+    let after = view(&rt, "ada");
+    assert_eq!((after.balance, after.ledger.len()), (1_005, projected.ledger.len() + 1));
+}
+
+trait Events {
+    fn clone_events(&self) -> Vec<tollgate_host::aggregate::Event>;
+}
+
+impl Events for Outcome {
+    fn clone_events(&self) -> Vec<tollgate_host::aggregate::Event> {
+        match self {
+            Outcome::Accepted(e) => e.clone(),
+            Outcome::Rejected(r) => panic!("rejected: {}: {}", r.code, r.message),
+        }
+    }
+}
+
+#[test]
+fn snapshots_are_read_back_and_another_actor_build_ignores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = {
+        let mut rt = durable(dir.path(), 5);
+        open(&mut rt, "bo", 0);
+        for i in 0..11 {
+            top_up(&mut rt, "bo", &format!("t{i}"), 10);
+        }
+        assert_eq!(rt.stats().snapshots, 2, "12 events, a snapshot every 5");
+        rt.snapshot_tag("account").unwrap()
+    };
+    let journal = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
+    let stored = journal.block_on(journal.store().get_snapshot("account", "bo", &tag)).unwrap().expect("snapshot");
+    assert_eq!(stored.sequence, 10);
+    // Doctor the snapshot: if the runtime reads it, the doctored balance shows through.
+    let mut doctored: Account = serde_json::from_slice(&stored.state).unwrap();
+    doctored.balance += 1;
+    let doctored = Snapshot { state: serde_json::to_vec(&doctored).unwrap(), ..stored.clone() };
+    let other_build = Snapshot { actor_digest: "sha256:another-build#state-v1".into(), ..doctored.clone() };
+    journal.block_on(journal.store().put_snapshot("account", "bo", other_build)).unwrap();
+    drop(journal);
+    assert_eq!(durable(dir.path(), 5).account("bo").unwrap().balance, 110, "another build's snapshot is ignored");
+    let journal = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
+    journal.block_on(journal.store().put_snapshot("account", "bo", doctored)).unwrap();
+    drop(journal);
+    assert_eq!(durable(dir.path(), 5).account("bo").unwrap().balance, 111, "snapshot + tail, not a full replay");
+}
+
+#[test]
+fn process_manager_timers_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut rt = durable(dir.path(), 100);
+        open(&mut rt, "cy", 1_000);
+        granted(&rt.admit(&request("x1", "cy", "voice", 100, None)).unwrap());
+        assert_eq!(rt.timers().len(), 1);
+    }
+    let mut rt = durable(dir.path(), 100);
+    assert_eq!(rt.timers().len(), 1, "the expiry timer was reloaded");
+    assert_eq!(rt.account("cy").unwrap().held, 200);
+    assert!(rt.advance_ms(30_000).unwrap() >= 1, "it fires after the restart");
+    assert_eq!(rt.account("cy").unwrap().held, 0);
+    assert!(rt.timers().is_empty());
+    drop(rt);
+    let mut rt = durable(dir.path(), 100);
+    assert_eq!(rt.advance_ms(60_000).unwrap(), 0, "a fired timer does not come back");
+    assert_eq!(rt.events().iter().filter(|e| e.event_type == "expired").count(), 1);
+}
+
+fn v1(event_type: &str, payload: &str, command_id: &str) -> NewEvent {
+    NewEvent {
+        event_type: event_type.into(),
+        schema_version: 1,
+        content_type: "application/json".into(),
+        payload: payload.as_bytes().to_vec(),
+        command_id: command_id.into(),
+        correlation_id: command_id.into(),
+        causation_id: String::new(),
+        time_ms: 0,
+    }
+}
+
+#[test]
+fn a_log_written_at_schema_version_1_replays_through_the_version_2_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
+    let old = [
+        v1("opened", r#"{"currency":"EUR","overdraft_limit":0}"#, "o"),
+        v1("topped-up", r#"{"amount":{"minor_units":500,"currency":"EUR"}}"#, "t"),
+        v1("direct-debited", r#"{"amount":{"minor_units":120,"currency":"EUR"},"description":"sms"}"#, "d"),
+    ];
+    for (i, e) in old.into_iter().enumerate() {
+        journal.block_on(journal.store().append("account", "dee", ExpectedVersion::Exact(i as u64), vec![e])).unwrap();
+    }
+    drop(journal);
+    let mut rt = durable(dir.path(), 100);
+    rt.pump().unwrap();
+    let account = rt.account("dee").unwrap();
+    assert_eq!((account.balance, account.available()), (380, 380));
+    let projected = view(&rt, "dee");
+    assert_eq!((projected.balance, projected.ledger.len()), (380, 3), "the projector saw upcast events");
+    // New events are written at version 2 next to the old ones.
+    let events = top_up(&mut rt, "dee", "t2", 20).clone_events();
+    assert_eq!(events[0].schema_version, 2);
+    assert_eq!(rt.account("dee").unwrap().balance, 400);
+}
+
+#[test]
+fn a_delivery_that_keeps_failing_is_dead_lettered_then_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rt = durable(dir.path(), 100);
+    open(&mut rt, "eve", 100);
+    let journal = rt.journal();
+    let poison = v1("topped-up", "not json", "poison");
+    journal.block_on(journal.store().append("account", "mallory", ExpectedVersion::Any, vec![poison])).unwrap();
+    rt.pump().unwrap();
+    let dead = journal.block_on(journal.store().dead_letters("balances")).unwrap();
+    assert_eq!(dead.len(), 1, "after max_deliver attempts");
+    assert_eq!(dead[0].attempts, 5);
+    assert!(dead[0].reason.contains("malformed-event"), "{}", dead[0].reason);
+    assert_eq!(rt.stats().dead_lettered, 2, "the projector and the session manager both gave up");
+    // The rest of the log still flows.
+    top_up(&mut rt, "eve", "more", 5);
+    assert_eq!(view(&rt, "eve").balance, 105);
+    journal.block_on(journal.store().redrive("balances", dead[0].position)).unwrap();
+    rt.pump().unwrap();
+    let dead = journal.block_on(journal.store().dead_letters("balances")).unwrap();
+    assert_eq!((dead.len(), dead[0].attempts), (1, 5), "redriven, failed again, back with fresh attempts");
+}
