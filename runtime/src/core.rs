@@ -23,7 +23,9 @@ use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
 use tollgate_host::fakes::VirtualClock;
 use tollgate_host::kinds::{Rated, RatingError, RatingRequest, Reaction};
 use tollgate_host::{AggregateHost, Fakes, HostError, ProcessManagerActor, ProjectorActor, RaterActor};
-use tollgate_store::{Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError};
+use tollgate_store::{
+    Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError,
+};
 
 /// Stream of due process-manager timers (key `manager/instance`).
 pub const TIMER_STREAM: &str = "tollgate.timers";
@@ -153,10 +155,12 @@ impl Core {
     /// Loads what a projector committed before (its buckets) into its fakes.
     pub fn restore_projection(&self, slot: &mut ProjectorSlot) -> Result<(), RuntimeError> {
         let name = slot.name.as_str();
-        let Some(list) = self.journal.run("read projection", self.journal.store().kv_get(name, META, "buckets"))? else {
+        let Some(list) = self.journal.run("read projection", self.journal.store().kv_get(name, META, "buckets"))?
+        else {
             return Ok(());
         };
-        slot.buckets = serde_json::from_slice(&list).map_err(|e| self.journal.error("read projection", StoreError::Corrupt(e.to_string())))?;
+        slot.buckets = serde_json::from_slice(&list)
+            .map_err(|e| self.journal.error("read projection", StoreError::Corrupt(e.to_string())))?;
         for bucket in &slot.buckets {
             for (key, value) in self.journal.run("read projection", self.journal.store().kv_list(name, bucket))? {
                 slot.fakes.kv_set(bucket, &key, &value);
@@ -168,7 +172,11 @@ impl Core {
     /// Loads a process manager's instance states and open timers.
     pub fn restore_manager(&self, slot: &mut ManagerSlot) -> Result<(), RuntimeError> {
         let name = slot.name.as_str();
-        slot.states = self.journal.run("read process states", self.journal.store().kv_list(name, INSTANCES))?.into_iter().collect();
+        slot.states = self
+            .journal
+            .run("read process states", self.journal.store().kv_list(name, INSTANCES))?
+            .into_iter()
+            .collect();
         for timer in self.journal.run("read timers", self.journal.store().due_timers(u64::MAX))? {
             let Ok(key) = serde_json::from_str::<TimerKey>(&timer.id) else { continue };
             if key.manager == slot.name {
@@ -253,7 +261,8 @@ impl Core {
                 Outcome::Accepted(events) => events,
             };
             let new = events.iter().map(to_new).collect();
-            let appended = self.journal.block_on(self.journal.store().append(stream, key, ExpectedVersion::Exact(expected), new));
+            let appended =
+                self.journal.block_on(self.journal.store().append(stream, key, ExpectedVersion::Exact(expected), new));
             let slot = self.aggregates.get_mut(actor).expect("checked above");
             match appended {
                 Ok(result) => {
@@ -339,8 +348,12 @@ impl Core {
     /// repeated id returns the event first recorded under it.
     pub fn append_external(&mut self, event: Event) -> Result<Event, RuntimeError> {
         let (stream, key) = (event.stream.clone(), event.key.clone());
-        let appended =
-            self.journal.block_on(self.journal.store().append(&stream, &key, ExpectedVersion::Any, vec![to_new(&event)]));
+        let appended = self.journal.block_on(self.journal.store().append(
+            &stream,
+            &key,
+            ExpectedVersion::Any,
+            vec![to_new(&event)],
+        ));
         let sequence = match appended {
             Ok(result) => result.first_sequence,
             Err(StoreError::Duplicate { original, .. }) => {
@@ -382,7 +395,9 @@ impl Core {
     }
 
     fn next_deliveries(&self, consumer: &mut Box<dyn Consumer>) -> Result<Vec<Delivery>, RuntimeError> {
-        self.journal.block_on(consumer.next(DELIVERY_BATCH, Duration::ZERO)).map_err(|e| self.journal.error("next delivery", e))
+        self.journal
+            .block_on(consumer.next(DELIVERY_BATCH, Duration::ZERO))
+            .map_err(|e| self.journal.error("next delivery", e))
     }
 
     /// Events of a delivery the subscriber wants, raised to their aggregate's schema version.
@@ -402,9 +417,16 @@ impl Core {
     }
 
     /// Settles a delivery a subscriber failed: redelivered, or dead-lettered after its attempts.
-    fn fail(&mut self, who: &str, consumer: &mut Box<dyn Consumer>, position: u64, reason: &str) -> Result<(), RuntimeError> {
+    fn fail(
+        &mut self,
+        who: &str,
+        consumer: &mut Box<dyn Consumer>,
+        position: u64,
+        reason: &str,
+    ) -> Result<(), RuntimeError> {
         self.stats.delivery_failures += 1;
-        let outcome = self.journal.block_on(consumer.nack(position, reason)).map_err(|e| self.journal.error("nack", e))?;
+        let outcome =
+            self.journal.block_on(consumer.nack(position, reason)).map_err(|e| self.journal.error("nack", e))?;
         if outcome == NackOutcome::DeadLettered {
             self.stats.dead_lettered += 1;
             tracing::error!(consumer = who, position, reason, "delivery dead-lettered");
@@ -461,7 +483,8 @@ impl Core {
                 writes.push(KvWrite { bucket: META.into(), key: "buckets".into(), value: Some(list) });
             }
             let name = slot.name.as_str();
-            self.journal.run("commit projection", self.journal.store().commit_projection(name, delivery.position, writes))?;
+            self.journal
+                .run("commit projection", self.journal.store().commit_projection(name, delivery.position, writes))?;
             self.ack(&mut slot.consumer, delivery.position)?;
         }
         Ok(progressed)
@@ -483,7 +506,10 @@ impl Core {
                         .collect();
                     let name = slot.name.as_str();
                     if !writes.is_empty() {
-                        self.journal.run("commit process states", self.journal.store().commit_projection(name, delivery.position, writes))?;
+                        self.journal.run(
+                            "commit process states",
+                            self.journal.store().commit_projection(name, delivery.position, writes),
+                        )?;
                     }
                     for (instance, state) in changed {
                         match state {
@@ -507,8 +533,9 @@ impl Core {
     ) -> Result<(), RuntimeError> {
         for stored in &delivery.events {
             if stored.stream == TIMER_STREAM {
-                let fired: FiredTimer = serde_json::from_slice(&stored.payload)
-                    .map_err(|e| RuntimeError::Host(HostError::Host { context: "decode fired timer".into(), message: e.to_string() }))?;
+                let fired: FiredTimer = serde_json::from_slice(&stored.payload).map_err(|e| {
+                    RuntimeError::Host(HostError::Host { context: "decode fired timer".into(), message: e.to_string() })
+                })?;
                 if fired.key.manager != slot.name {
                     continue;
                 }
@@ -527,7 +554,8 @@ impl Core {
             if !slot.subscriptions.contains(&stored.stream) {
                 continue;
             }
-            let event = self.wanted(&Delivery { events: vec![stored.clone()], ..delivery.clone() }, &slot.subscriptions)?;
+            let event =
+                self.wanted(&Delivery { events: vec![stored.clone()], ..delivery.clone() }, &slot.subscriptions)?;
             let Some(event) = event.into_iter().next() else { continue };
             let Some(instance) = slot.actor.correlate(&event)? else { continue };
             let state = current(slot, changed, &instance);
@@ -594,8 +622,12 @@ impl Core {
                 event_type: "timer-fired".into(),
                 schema_version: 1,
                 content_type: tollgate_sdk::codec::JSON.into(),
-                payload: serde_json::to_vec(&FiredTimer { fire_at: timer.fire_at_ms, payload: timer.payload.clone(), key })
-                    .expect("timers encode"),
+                payload: serde_json::to_vec(&FiredTimer {
+                    fire_at: timer.fire_at_ms,
+                    payload: timer.payload.clone(),
+                    key,
+                })
+                .expect("timers encode"),
                 sequence: 0,
                 time: now,
                 // Firing twice (a crash before the cancel) records the timer once.

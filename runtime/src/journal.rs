@@ -8,7 +8,7 @@ use crate::error::RuntimeError;
 use std::future::Future;
 use std::sync::Arc;
 use tollgate_host::aggregate::Event;
-use tollgate_store::{EventStore, FileOptions, FileStore, NewEvent, StoredEvent};
+use tollgate_store::{EventStore, FileOptions, FileStore, NatsOptions, NatsStore, NewEvent, StoredEvent};
 
 /// A shared handle on an event store. Clones share the store and its connection.
 #[derive(Clone)]
@@ -43,6 +43,16 @@ impl Journal {
             .block_on(tollgate_store::open(url))
             .map_err(|e| RuntimeError::Store { url: url.into(), message: e.to_string() })?;
         Ok(Journal { inner: Arc::new(Inner { store, tokio, url: url.into(), _ephemeral: None }) })
+    }
+
+    /// JetStream at `url` with explicit options (e.g. a short request timeout for an edge node
+    /// that must notice quickly that it is cut off).
+    pub fn connect_nats(url: &str, options: NatsOptions) -> Result<Journal, RuntimeError> {
+        let tokio = tokio_runtime()?;
+        let store = tokio
+            .block_on(NatsStore::connect(url, options))
+            .map_err(|e| RuntimeError::Store { url: url.into(), message: e.to_string() })?;
+        Ok(Journal { inner: Arc::new(Inner { store: Box::new(store), tokio, url: url.into(), _ephemeral: None }) })
     }
 
     /// An embedded log in a fresh temporary directory, removed when the last clone is dropped;

@@ -18,6 +18,7 @@ pub mod error;
 pub mod facade;
 pub mod journal;
 pub mod manifest;
+pub mod quota;
 pub mod resolve;
 pub mod stats;
 
@@ -25,15 +26,14 @@ pub use crate::core::{RefusedCommand, TIMER_STREAM};
 pub use error::RuntimeError;
 pub use journal::Journal;
 pub use manifest::Manifest;
-pub use stats::Stats;
 pub use resolve::resolve_actor;
+pub use stats::Stats;
 pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
 pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
 
 use crate::core::{AggregateSlot, Core, ManagerSlot, ProjectorSlot};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use tollgate_store::NewEvent;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tollgate_billing_model::account::{Account, STREAM as ACCOUNT_STREAM};
@@ -43,6 +43,7 @@ use tollgate_host::{
     Actor, ActorKind, AggregateHost, Fakes, HostEngine, Limits, PolicyActor, ProcessManagerActor, ProjectorActor,
     RaterActor,
 };
+use tollgate_store::NewEvent;
 
 /// Loads and compiles actors once per path, for runtimes that share an engine.
 pub struct Loader {
@@ -162,8 +163,14 @@ impl Runtime {
                     let mut actor = ProjectorActor::new(actor, fakes.clone())?;
                     let subscriptions = actor.subscriptions()?;
                     let consumer = core.consumer(name, max_deliver)?;
-                    let mut slot =
-                        ProjectorSlot { name: name.clone(), actor, fakes, subscriptions, consumer, buckets: Vec::new() };
+                    let mut slot = ProjectorSlot {
+                        name: name.clone(),
+                        actor,
+                        fakes,
+                        subscriptions,
+                        consumer,
+                        buckets: Vec::new(),
+                    };
                     core.restore_projection(&mut slot)?;
                     core.projectors.push(slot);
                 }

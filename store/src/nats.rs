@@ -47,11 +47,19 @@ pub struct NatsOptions {
     pub duplicate_window: Duration,
     /// How often an append with `ExpectedVersion::Any` retries after losing a race.
     pub max_append_retries: u32,
+    /// How long one JetStream request (publish ack, message get) may take before it fails;
+    /// an edge node cut off from NATS wants this short.
+    pub request_timeout: Duration,
 }
 
 impl Default for NatsOptions {
     fn default() -> Self {
-        NatsOptions { prefix: "tollgate".into(), duplicate_window: Duration::from_secs(120), max_append_retries: 64 }
+        NatsOptions {
+            prefix: "tollgate".into(),
+            duplicate_window: Duration::from_secs(120),
+            max_append_retries: 64,
+            request_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -167,7 +175,8 @@ impl NatsStore {
             return Err(StoreError::InvalidArgument(format!("NATS prefix {:?} must match [a-z0-9-]+", options.prefix)));
         }
         let client = async_nats::connect(url).await.map_err(nats_err("connect"))?;
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.request_timeout);
         let p = options.prefix.clone();
         let events = get_or_create_stream(
             &js,

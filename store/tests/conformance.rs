@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::conformance::Factory;
 use common::event;
-use tollgate_store::testing::NatsServer;
 use tollgate_store::subject::encode_token;
+use tollgate_store::testing::NatsServer;
 use tollgate_store::{ConsumerOptions, EventStore, ExpectedVersion, FileStore, KvWrite, NatsOptions, NatsStore};
 
 /// A file store in a temp dir; every `open` reopens the same directory.

@@ -3,4 +3,5 @@
 
 mod durable;
 mod edge;
+mod jetstream;
 mod properties;

@@ -1,0 +1,305 @@
+//! The runtime over NATS JetStream: concurrent writers from two processes, and edge nodes
+//! that keep admitting while cut off from NATS.
+
+use crate::edge::loader;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tollgate_billing_model::account::{AccountCommand, Money};
+use tollgate_host::aggregate::Outcome;
+use tollgate_host::fixtures::{self, PREPAID_ACCOUNT};
+use tollgate_runtime::quota::{EdgeDecision, EdgeNode, QuotaPolicy, reap_expired_grants};
+use tollgate_runtime::{Journal, Manifest, Runtime};
+use tollgate_store::NatsOptions;
+use tollgate_store::testing::NatsServer;
+
+/// The core: just the account aggregate.
+fn core_manifest() -> Manifest {
+    let text = format!(
+        "[actors.account]\nkind = \"aggregate\"\nfile = {:?}\n",
+        fixtures::actor_path(PREPAID_ACCOUNT).display().to_string()
+    );
+    Manifest::parse(std::path::Path::new("core.toml"), &text, std::path::Path::new(".")).unwrap()
+}
+
+fn connect(url: &str) -> Runtime {
+    // Short requests, so a node cut off from NATS notices within a fraction of a second.
+    let options = NatsOptions { request_timeout: Duration::from_millis(300), ..NatsOptions::default() };
+    Runtime::open(&core_manifest(), &mut loader(), Journal::connect_nats(url, options).unwrap()).unwrap()
+}
+
+fn execute(rt: &mut Runtime, key: &str, id: &str, command: &AccountCommand) -> Outcome {
+    let c = rt.command("account", key, id, command);
+    rt.execute(&c).unwrap()
+}
+
+fn open_account(rt: &mut Runtime, key: &str, balance: i64) {
+    let open = AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 };
+    assert!(matches!(execute(rt, key, &format!("{key}/open"), &open), Outcome::Accepted(_)));
+    let top_up = AccountCommand::TopUp { amount: Money::new(balance, "EUR") };
+    assert!(matches!(execute(rt, key, &format!("{key}/top-up"), &top_up), Outcome::Accepted(_)));
+}
+
+const CHILD_ENV: &str = "TOLLGATE_RESERVER_CHILD";
+const TASKS: usize = 4;
+const RESERVES_PER_TASK: usize = 25;
+
+/// Runs only as a child of [`two_processes_never_grant_more_than_the_balance`]: `TASKS`
+/// threads, each with its own runtime and connection, reserve one unit at a time.
+#[test]
+fn reserver_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let (url, process) = spec.split_once(' ').unwrap();
+    let threads: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let url = url.to_string();
+            let process = process.to_string();
+            std::thread::spawn(move || {
+                let mut rt = connect(&url);
+                let mut granted = 0;
+                for i in 0..RESERVES_PER_TASK {
+                    let id = format!("p{process}-t{task}-{i}");
+                    let reserve = AccountCommand::Reserve {
+                        reservation_id: id.clone(),
+                        units: 1,
+                        unit_price: Money::new(10, "EUR"),
+                        validity_ms: 600_000,
+                        offer: String::new(),
+                        counters: Vec::new(),
+                    };
+                    match execute(&mut rt, "hot", &id, &reserve) {
+                        Outcome::Accepted(_) => granted += 1,
+                        Outcome::Rejected(r) => assert_eq!(r.code, "insufficient-funds", "{}", r.message),
+                    }
+                }
+                (granted, rt.stats().occ_conflicts)
+            })
+        })
+        .collect();
+    let (mut granted, mut conflicts) = (0u64, 0u64);
+    for t in threads {
+        let (g, c) = t.join().unwrap();
+        granted += g;
+        conflicts += c;
+    }
+    println!("RESULT {granted} {conflicts}");
+}
+
+#[test]
+fn two_processes_never_grant_more_than_the_balance() {
+    let Some(server) = NatsServer::start_or_skip() else { return };
+    let mut rt = connect(&server.url);
+    open_account(&mut rt, "hot", 600);
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "jetstream::reserver_child", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, format!("{} {p}", server.url))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (mut granted, mut conflicts) = (0u64, 0u64);
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stdout));
+        let text = String::from_utf8_lossy(&out.stdout);
+        // libtest prints the test's name on the same line.
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.trim()))
+            .unwrap_or_else(|| panic!("no result in {text}"));
+        let nums: Vec<u64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+        granted += nums[0];
+        conflicts += nums[1];
+    }
+    let requested = (2 * TASKS * RESERVES_PER_TASK) as u64;
+    println!(
+        "2 processes x {TASKS} tasks: {requested} one-unit reserves, {granted} granted, {conflicts} OCC conflicts"
+    );
+    assert!(conflicts >= 1, "writers raced on one key");
+    assert_eq!(granted, requested.min(60), "granted = min(balance / price, requested)");
+    let account = rt.reload_account("hot").unwrap().unwrap();
+    assert_eq!((account.held, account.available(), account.reservations.len()), (600, 0, 60));
+}
+
+/// A loopback TCP proxy in front of nats-server that can be cut (open connections are shut
+/// down, new ones refused) and restored: a network partition for one node.
+struct Partition {
+    url: String,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Partition {
+    fn new(upstream: &str) -> Partition {
+        let upstream = upstream.trim_start_matches("nats://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let mut guard = o.lock().unwrap();
+                guard.push(client.try_clone().unwrap());
+                guard.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Partition { url, cut, open }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+fn admit_n(edge: &mut EdgeNode, prefix: &str, n: usize, now: u64) -> (usize, usize) {
+    let mut admitted = 0;
+    for i in 0..n {
+        match edge.admit("sub", &format!("{prefix}-{i}"), 1, now).unwrap() {
+            EdgeDecision::Admitted { .. } => admitted += 1,
+            EdgeDecision::Denied { .. } => {}
+        }
+    }
+    (admitted, n - admitted)
+}
+
+fn used_value(edge: &EdgeNode) -> i64 {
+    edge.grants().values().map(|g| g.used as i64 * g.unit_price).sum()
+}
+
+fn unpaid(edge: &EdgeNode) -> i64 {
+    edge.grants().values().map(|g| g.settled.expect("settled").1).sum()
+}
+
+#[test]
+fn a_partitioned_node_admits_within_its_grants_and_converges_on_reconnect() {
+    let Some(server) = NatsServer::start_or_skip() else { return };
+    let partition = Partition::new(&server.url);
+    let policy = QuotaPolicy {
+        grant_units: 30,
+        unit_price: 10,
+        currency: "EUR".into(),
+        validity_ms: 10_000,
+        clock_skew_ms: 2_000,
+    };
+    let mut core = connect(&server.url);
+    open_account(&mut core, "sub", 1_000);
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let local = |d: &tempfile::TempDir| Journal::open(&format!("file:{}", d.path().display())).unwrap();
+    let mut a = EdgeNode::open("a", connect(&partition.url), local(&dirs.0), policy.clone()).unwrap();
+    let mut b = EdgeNode::open("b", connect(&server.url), local(&dirs.1), policy.clone()).unwrap();
+    let t0 = 1_000_000;
+    // Node a's clock runs 500 ms behind the core's: within the 2 s margin.
+    let a_clock = |core_ms: u64| core_ms - 500;
+
+    assert_eq!(admit_n(&mut a, "a0", 10, a_clock(t0)), (10, 0));
+    assert_eq!(admit_n(&mut b, "b0", 10, t0), (10, 0));
+    let exposure_at_cut = a.exposure();
+    assert_eq!(exposure_at_cut, 300, "one grant of 30 units at 10");
+
+    partition.cut();
+    // Cut off, a admits what its grant still covers, and no more.
+    assert_eq!(admit_n(&mut a, "a1", 25, a_clock(t0 + 1_000)), (20, 5));
+    let pending = a.settle(a_clock(t0 + 1_000), true).unwrap();
+    assert!(pending.unreachable.is_some() && pending.pending == 1, "{pending:?}");
+
+    // b settles; later the core reaps a's grant after validity + margin, and b spends the
+    // money it freed.
+    assert_eq!(b.settle(t0 + 5_000, true).unwrap().settled, 1);
+    core.clock().set_ms(t0 + 9_600);
+    assert!(
+        reap_expired_grants(&mut core, &["sub"], policy.clock_skew_ms).unwrap().is_empty(),
+        "not within the margin"
+    );
+    core.clock().set_ms(t0 + 11_600);
+    assert_eq!(reap_expired_grants(&mut core, &["sub"], policy.clock_skew_ms).unwrap(), vec!["a/sub/1".to_string()]);
+    let (b_admitted, b_denied) = admit_n(&mut b, "b1", 100, t0 + 12_000);
+    assert_eq!((b_admitted, b_denied), (90, 10), "b gets the 900 left, in grants of 30");
+    assert_eq!(b.settle(t0 + 12_000, true).unwrap().settled, 3);
+
+    partition.heal();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = a.settle(a_clock(t0 + 13_000), true).unwrap();
+        if report.pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never reached the core again: {report:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Converged: every grant settled, nothing held at the core, both sides agree on money.
+    assert_eq!((a.exposure(), b.exposure()), (0, 0));
+    let account = core.reload_account("sub").unwrap().unwrap();
+    assert!(account.reservations.is_empty() && account.held == 0);
+    assert!(account.available() >= 0, "the balance never went below zero");
+    let delivered = used_value(&a) + used_value(&b);
+    let charged = 1_000 - account.balance;
+    let overspend = delivered - charged;
+    println!(
+        "partition: delivered {delivered}, charged {charged}, overspend {overspend}, grants outstanding at the cut {exposure_at_cut}"
+    );
+    assert_eq!(overspend, unpaid(&a) + unpaid(&b), "the nodes account for every unpaid unit");
+    assert!(overspend <= exposure_at_cut, "overspend {overspend} > outstanding grants {exposure_at_cut}");
+    assert_eq!(overspend, 300, "a's grant was released and spent by b before a came back");
+
+    // A repeated request after all this is answered from a's log, using nothing.
+    assert!(matches!(a.admit("sub", "a0-0", 1, a_clock(t0 + 13_000)).unwrap(), EdgeDecision::Admitted { .. }));
+    let (used, grants) = (used_value(&a), a.grants().clone());
+    drop(a);
+    let reopened = EdgeNode::open("a", connect(&server.url), local(&dirs.0), policy).unwrap();
+    assert_eq!((used_value(&reopened), reopened.grants()), (used, &grants), "a's log rebuilds the same grants");
+}
+
+#[test]
+fn a_short_partition_costs_nothing() {
+    let Some(server) = NatsServer::start_or_skip() else { return };
+    let partition = Partition::new(&server.url);
+    let policy = QuotaPolicy {
+        grant_units: 50,
+        unit_price: 3,
+        currency: "EUR".into(),
+        validity_ms: 60_000,
+        clock_skew_ms: 5_000,
+    };
+    let mut core = connect(&server.url);
+    open_account(&mut core, "sub", 300);
+    let dir = tempfile::tempdir().unwrap();
+    let local = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
+    let mut a = EdgeNode::open("a", connect(&partition.url), local, policy).unwrap();
+    assert_eq!(admit_n(&mut a, "x", 5, 1_000), (5, 0));
+    partition.cut();
+    assert_eq!(admit_n(&mut a, "y", 50, 2_000), (45, 5), "the grant's 50 units, then nothing");
+    partition.heal();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.settle(3_000, true).unwrap().pending > 0 {
+        assert!(Instant::now() < deadline, "never reconnected");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let account = core.reload_account("sub").unwrap().unwrap();
+    assert_eq!((account.balance, account.held), (150, 0), "50 units at 3 charged once");
+    assert_eq!(unpaid(&a), 0);
+}
