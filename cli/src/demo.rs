@@ -7,7 +7,7 @@ use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_billing_model::balance::{BUCKET, BalanceView};
 use tollgate_billing_model::session::{STREAM as SESSION, SessionEvent};
 use tollgate_host::aggregate::Outcome;
-use tollgate_runtime::{AdmissionRequest, Decision, FinalUnitAction, ResultCode, Runtime};
+use tollgate_runtime::{AdmissionRequest, Decision, FinalUnitAction, Runtime};
 
 /// Arguments of `demo`.
 #[derive(clap::Args)]
@@ -15,6 +15,10 @@ pub struct Args {
     /// The manifest wiring the actors.
     #[arg(long, default_value = "examples/edge.toml")]
     manifest: PathBuf,
+    /// The event store: `file:DIR` (embedded, durable) or `nats://HOST:PORT`; an ephemeral
+    /// log when omitted. The store must not hold an earlier demo's subscriber.
+    #[arg(long)]
+    store: Option<String>,
 }
 
 const SUBSCRIBER: &str = "alice";
@@ -107,23 +111,24 @@ fn describe(decision: &Decision) -> String {
             format!("granted {} for {}{fui}", g.grant.granted_units, eur(g.price.minor_units))
         }
         Decision::Denied(d) => {
-            let code = match d.code {
-                ResultCode::Success => "success",
-                ResultCode::EndUserServiceDenied => "end-user-service-denied",
-                ResultCode::QuotaLimitReached => "quota-limit-reached",
-                ResultCode::UserUnknown => "user-unknown",
-                ResultCode::RatingFailed => "rating-failed",
-                ResultCode::EndUserServiceRejected => "end-user-service-rejected",
-            };
-            format!("denied: {code}")
+            format!("denied: {}", tollgate_runtime::result_code_name(d.code))
         }
     }
 }
 
 /// Runs the scenario.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut demo = Demo { rt: Runtime::load(&args.manifest)?, step: 0 };
-    println!("tollgate demo: subscriber `{SUBSCRIBER}` at an edge node ({})\n", args.manifest.display());
+    let mut demo = Demo { rt: Runtime::load_with_store(&args.manifest, args.store.as_deref())?, step: 0 };
+    anyhow::ensure!(
+        demo.rt.account(SUBSCRIBER).is_none(),
+        "the store {} already holds a demo subscriber `{SUBSCRIBER}`: use an empty store",
+        demo.rt.journal().url()
+    );
+    let store = args.store.as_deref().unwrap_or("an ephemeral log");
+    println!(
+        "tollgate demo: subscriber `{SUBSCRIBER}` at an edge node ({}, events in {store})\n",
+        args.manifest.display()
+    );
     println!(
         "{:>3} | {:>7} | {:<40} | {:<48} | {:>8} | {:>7} | {:>9}",
         "#", "time", "what happens", "outcome", "balance", "held", "available"
@@ -201,5 +206,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let account = demo.rt.account(SUBSCRIBER).unwrap_or_default();
     anyhow::ensure!(view.available == account.available(), "read model and account disagree");
     println!("\n{} events in the log; the read model agrees with the account.", demo.rt.events().len());
+    let stats = demo.rt.stats();
+    println!(
+        "counters: {} commands accepted, {} refused, {} repeats answered from the log, {} OCC conflicts, {} snapshots",
+        stats.accepted,
+        stats.rejected.values().sum::<u64>(),
+        stats.duplicates,
+        stats.occ_conflicts,
+        stats.snapshots
+    );
+    demo.rt.record_stats("demo", "demo")?;
     Ok(ExitCode::SUCCESS)
 }

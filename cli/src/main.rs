@@ -2,7 +2,9 @@
 
 mod demo;
 mod inspect;
+mod log;
 mod new;
+mod node;
 mod scenario;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,16 @@ enum Command {
     New(new::Args),
     /// Run the edge demo: a prepaid account through the harness, step by step.
     Demo(demo::Args),
+    /// Run a node over a durable store, reading JSON-lines requests (stdin or --input).
+    Run(node::Args),
+    /// Rebuild aggregates and projections from the log; rewrite projections that differ.
+    Replay(log::ReplayArgs),
+    /// Show the events of one stream key.
+    Events(log::EventsArgs),
+    /// List a consumer's dead letters, or redrive them.
+    DeadLetters(log::DeadLettersArgs),
+    /// Counters recorded by runs, dead-letter depth, outstanding grant exposure.
+    Stats(log::StatsArgs),
     #[command(flatten)]
     Oci(tollgate_oci::cli::Command),
 }
@@ -41,6 +53,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Test(args) => scenario::run(args),
         Command::New(args) => new::run(args),
+        Command::Run(args) => node::run(args),
+        Command::Replay(args) => log::replay(args),
+        Command::Events(args) => log::events(args),
+        Command::DeadLetters(args) => log::dead_letters(args),
+        Command::Stats(args) => log::stats(args),
         Command::Oci(cmd) => tollgate_oci::cli::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -32,7 +32,7 @@ pub const TIMER_STREAM: &str = "tollgate.timers";
 /// Bucket of a process manager's instance states.
 const INSTANCES: &str = "tollgate.instances";
 /// Bucket listing the buckets a projector wrote, so a restart can load them.
-const META: &str = "tollgate.meta";
+pub(crate) const META: &str = "tollgate.meta";
 /// How many recent command ids per key are remembered, so a retry whose events are older than
 /// the snapshot is still answered from the log rather than decided again.
 const DEDUP_HORIZON: u64 = 1024;

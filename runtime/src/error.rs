@@ -42,4 +42,12 @@ pub enum RuntimeError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A reported fact was refused.
+    #[error("cannot record a fact on stream `{stream}`: {message}")]
+    Report {
+        /// The stream.
+        stream: String,
+        /// Why.
+        message: String,
+    },
 }

@@ -19,6 +19,7 @@ pub mod facade;
 pub mod journal;
 pub mod manifest;
 pub mod quota;
+pub mod replay;
 pub mod resolve;
 pub mod stats;
 
@@ -260,8 +261,17 @@ impl Runtime {
         report_id: &str,
         event: &E,
     ) -> Result<Event, RuntimeError> {
-        let (event_type, payload) = tollgate_sdk::codec::encode(event).expect("events are externally tagged enums");
+        let (event_type, payload) = tollgate_sdk::codec::encode(event).map_err(|e| RuntimeError::Report {
+            stream: stream.into(),
+            message: format!("the event is not an externally tagged enum: {e}"),
+        })?;
         let mut core = self.lock();
+        if let Some(owner) = core.streams.get(stream) {
+            return Err(RuntimeError::Report {
+                stream: stream.into(),
+                message: format!("aggregate `{owner}` owns it: send it a command instead"),
+            });
+        }
         let event = core.append_external(Event {
             stream: stream.into(),
             key: key.into(),

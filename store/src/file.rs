@@ -846,6 +846,14 @@ impl EventStore for FileStore {
         self.write(Record::Projection { consumer: consumer.to_owned(), position, writes }).await
     }
 
+    async fn rebuild_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
+        let checkpoint = self.state().checkpoints.get(consumer).copied().unwrap_or(0);
+        if position < checkpoint {
+            return Err(StoreError::StaleCheckpoint { consumer: consumer.to_owned(), position, checkpoint });
+        }
+        self.write(Record::Projection { consumer: consumer.to_owned(), position, writes }).await
+    }
+
     async fn checkpoint(&self, consumer: &str) -> Result<u64> {
         Ok(self.state().checkpoints.get(consumer).copied().unwrap_or(0))
     }

@@ -398,6 +398,10 @@ pub trait EventStore: Send + Sync {
     /// `position`, which must be greater than the current checkpoint.
     async fn commit_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()>;
 
+    /// [`EventStore::commit_projection`] for a projection rebuilt from the log: `position` may
+    /// equal the current checkpoint (a rebuild at the head of an up-to-date projection).
+    async fn rebuild_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()>;
+
     /// The projection's checkpoint (0 before its first commit).
     async fn checkpoint(&self, consumer: &str) -> Result<u64>;
 

@@ -319,9 +319,10 @@ impl NatsStore {
                     Some(v) => decode_u64(&v)?,
                     None => 0,
                 };
-                if applied < position {
+                // The marker is the commit's message sequence: a rebuild may reuse a position.
+                if applied < m.sequence {
                     tracing::warn!(consumer, position, "finishing an interrupted projection commit");
-                    self.apply_projection(consumer, position, &writes).await?;
+                    self.apply_projection(consumer, m.sequence, &writes).await?;
                 }
                 ProjState { checkpoint: position, log_sequence: m.sequence }
             }
@@ -330,7 +331,7 @@ impl NatsStore {
         Ok(state)
     }
 
-    async fn apply_projection(&self, consumer: &str, position: u64, writes: &[KvWrite]) -> Result<()> {
+    async fn apply_projection(&self, consumer: &str, commit_sequence: u64, writes: &[KvWrite]) -> Result<()> {
         for w in writes {
             let key = projection_key(consumer, &w.bucket, &w.key);
             match &w.value {
@@ -343,7 +344,7 @@ impl NatsStore {
             }
         }
         self.applied
-            .put(encode_token(consumer), Bytes::copy_from_slice(&position.to_le_bytes()))
+            .put(encode_token(consumer), Bytes::copy_from_slice(&commit_sequence.to_le_bytes()))
             .await
             .map_err(nats_err("kv put"))?;
         Ok(())
@@ -403,6 +404,52 @@ async fn get_or_create_kv(js: &jetstream::Context, bucket: &str) -> Result<kv::S
     )
     .await?;
     js.get_key_value(bucket).await.map_err(nats_err("open kv bucket"))
+}
+
+impl NatsStore {
+    /// A projection commit; a rebuild may keep the checkpoint where it is.
+    async fn commit(&self, consumer: &str, position: u64, writes: Vec<KvWrite>, rebuild: bool) -> Result<()> {
+        let mut cache = self.proj.lock().await;
+        let state = self.ensure_applied(&mut cache, consumer).await?;
+        if position < state.checkpoint || (position == state.checkpoint && !rebuild) {
+            return Err(StoreError::StaleCheckpoint {
+                consumer: consumer.to_owned(),
+                position,
+                checkpoint: state.checkpoint,
+            });
+        }
+        let mut e = Enc::default();
+        e.u64(position).kv_writes(&writes);
+        let mut headers = HeaderMap::new();
+        headers
+            .insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, state.log_sequence.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(format!("{}.proj.{}", self.prefix, encode_token(consumer)), headers, e.buf.into())
+            .await
+            .map_err(nats_err("publish projection commit"))?
+            .await;
+        let ack = match ack {
+            Ok(a) => a,
+            Err(err) => {
+                cache.remove(consumer);
+                if err.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                    let now = self.ensure_applied(&mut cache, consumer).await?;
+                    return Err(StoreError::StaleCheckpoint {
+                        consumer: consumer.to_owned(),
+                        position,
+                        checkpoint: now.checkpoint,
+                    });
+                }
+                return Err(nats_err("publish projection commit ack")(err));
+            }
+        };
+        // The commit is durable in the log from here on; a failed apply is finished later.
+        cache.remove(consumer);
+        self.apply_projection(consumer, ack.sequence, &writes).await?;
+        cache.insert(consumer.to_owned(), ProjState { checkpoint: position, log_sequence: ack.sequence });
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -642,46 +689,11 @@ impl EventStore for NatsStore {
     }
 
     async fn commit_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
-        let mut cache = self.proj.lock().await;
-        let state = self.ensure_applied(&mut cache, consumer).await?;
-        if position <= state.checkpoint {
-            return Err(StoreError::StaleCheckpoint {
-                consumer: consumer.to_owned(),
-                position,
-                checkpoint: state.checkpoint,
-            });
-        }
-        let mut e = Enc::default();
-        e.u64(position).kv_writes(&writes);
-        let mut headers = HeaderMap::new();
-        headers
-            .insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, state.log_sequence.to_string().as_str());
-        let ack = self
-            .js
-            .publish_with_headers(format!("{}.proj.{}", self.prefix, encode_token(consumer)), headers, e.buf.into())
-            .await
-            .map_err(nats_err("publish projection commit"))?
-            .await;
-        let ack = match ack {
-            Ok(a) => a,
-            Err(err) => {
-                cache.remove(consumer);
-                if err.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
-                    let now = self.ensure_applied(&mut cache, consumer).await?;
-                    return Err(StoreError::StaleCheckpoint {
-                        consumer: consumer.to_owned(),
-                        position,
-                        checkpoint: now.checkpoint,
-                    });
-                }
-                return Err(nats_err("publish projection commit ack")(err));
-            }
-        };
-        // The commit is durable in the log from here on; a failed apply is finished later.
-        cache.remove(consumer);
-        self.apply_projection(consumer, position, &writes).await?;
-        cache.insert(consumer.to_owned(), ProjState { checkpoint: position, log_sequence: ack.sequence });
-        Ok(())
+        self.commit(consumer, position, writes, false).await
+    }
+
+    async fn rebuild_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
+        self.commit(consumer, position, writes, true).await
     }
 
     async fn checkpoint(&self, consumer: &str) -> Result<u64> {

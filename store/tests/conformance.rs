@@ -58,7 +58,7 @@ mod file {
     use super::*;
     conformance_tests!(FileFactory::new();
         append_and_read, optimistic_concurrency, duplicate_command, read_all_order,
-        consumer_delivery, snapshots_by_digest, projection_commit, timers_survive_reopen,
+        consumer_delivery, snapshots_by_digest, projection_commit, projection_rebuild, timers_survive_reopen,
         unacked_redelivered);
 }
 
@@ -66,7 +66,7 @@ mod nats {
     use super::*;
     conformance_tests!(NatsFactory::start();
         append_and_read, optimistic_concurrency, duplicate_command, read_all_order,
-        consumer_delivery, snapshots_by_digest, projection_commit, timers_survive_reopen,
+        consumer_delivery, snapshots_by_digest, projection_commit, projection_rebuild, timers_survive_reopen,
         unacked_redelivered);
 }
 

@@ -133,9 +133,17 @@ fn test(extra: &[String]) -> Result<(), String> {
 
 fn demo() -> Result<(), String> {
     build_actors()?;
+    // The demo's events go to the embedded log; each run starts from an empty one.
+    let store = target_dir().join("demo-store");
+    if store.exists() {
+        std::fs::remove_dir_all(&store).map_err(|e| format!("{}: {e}", store.display()))?;
+    }
     let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "-p", "tollgate", "--", "demo", "--manifest", "examples/edge.toml"]);
-    run(&mut cmd)
+    cmd.args(["run", "--quiet", "-p", "tollgate", "--", "demo", "--manifest", "examples/edge.toml", "--store"]);
+    cmd.arg(format!("file:{}", store.display()));
+    run(&mut cmd)?;
+    println!("\nThe log is kept: `cargo run -p tollgate -- events account alice --store file:{}`", store.display());
+    Ok(())
 }
 
 /// The target directory (where `bench-results.jsonl` and `bench-report.json` go).

@@ -497,17 +497,6 @@ fn rater(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
-fn result_code(code: ResultCode) -> &'static str {
-    match code {
-        ResultCode::Success => "success",
-        ResultCode::EndUserServiceDenied => "end-user-service-denied",
-        ResultCode::QuotaLimitReached => "quota-limit-reached",
-        ResultCode::UserUnknown => "user-unknown",
-        ResultCode::RatingFailed => "rating-failed",
-        ResultCode::EndUserServiceRejected => "end-user-service-rejected",
-    }
-}
-
 fn grant_json(g: &Grant) -> Value {
     let final_unit = match &g.final_unit {
         None => Value::Null,
@@ -524,14 +513,17 @@ fn grant_json(g: &Grant) -> Value {
     })
 }
 
-fn decision_json(d: &Decision) -> Value {
+/// A decision as the diff (and `tollgate run`) shows it.
+pub fn decision_json(d: &Decision) -> Value {
     match d {
         Decision::Granted(g) => json!({ "granted": {
             "grant": grant_json(&g.grant),
             "price": money_json(&g.price),
             "lines": lines_json(&g.lines),
         }}),
-        Decision::Denied(d) => json!({ "denied": { "code": result_code(d.code), "message": d.message } }),
+        Decision::Denied(d) => {
+            json!({ "denied": { "code": tollgate_runtime::result_code_name(d.code), "message": d.message } })
+        }
     }
 }
 

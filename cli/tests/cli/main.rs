@@ -1,8 +1,10 @@
-//! The `tollgate` binary, run as a user would: scenario files, errors, `new`, `inspect`.
+//! The `tollgate` binary, run as a user would: scenario files, errors, `new`, `inspect`, and
+//! a node over the embedded log.
 
 mod errors;
 mod inspect;
 mod new;
+mod node;
 mod oci;
 mod scenarios;
 

@@ -348,6 +348,23 @@ pub async fn projection_commit(f: &impl Factory) {
     assert!(c.next(10, SHORT).await.unwrap().is_empty(), "commits at or below the checkpoint are never applied twice");
 }
 
+pub async fn projection_rebuild(f: &impl Factory) {
+    let s = f.open().await;
+    let r = s.append("account", "a", ExpectedVersion::Any, vec![event("e", "", "1")]).await.unwrap();
+    let head = r.positions[0];
+    s.commit_projection("balances", head, vec![put("by-id", "a", "wrong"), put("by-id", "old", "1")]).await.unwrap();
+    // A rebuild at the head replaces contents without moving the checkpoint...
+    let fix = vec![put("by-id", "a", "right"), KvWrite { bucket: "by-id".into(), key: "old".into(), value: None }];
+    s.rebuild_projection("balances", head, fix).await.unwrap();
+    // ...but never moves it backwards.
+    let back = s.rebuild_projection("balances", head - 1, vec![put("by-id", "a", "BAD")]).await;
+    assert!(matches!(back, Err(StoreError::StaleCheckpoint { .. })), "{back:?}");
+    drop(s);
+    let s = f.open().await;
+    assert_eq!(s.checkpoint("balances").await.unwrap(), head);
+    assert_eq!(s.kv_list("balances", "by-id").await.unwrap(), vec![("a".into(), b"right".to_vec())]);
+}
+
 pub async fn timers_survive_reopen(f: &impl Factory) {
     let s = f.open().await;
     let timer = |id: &str, at| Timer { id: id.into(), fire_at_ms: at, payload: id.as_bytes().to_vec() };

@@ -1,0 +1,232 @@
+//! Commands that read (and repair) a store: `events`, `replay`, `dead-letters`, `stats`.
+
+use crate::scenario::run::event_json;
+use anyhow::Context;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tollgate_host::ActorKind;
+use tollgate_runtime::journal::from_stored;
+use tollgate_runtime::stats::STATS_STREAM;
+use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for, replay};
+
+/// Arguments of `events`.
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    /// The stream (aggregate type), e.g. `account`.
+    stream: String,
+    /// The key (aggregate id), e.g. `alice`.
+    key: String,
+    /// The event store: `file:DIR` or `nats://HOST:PORT`.
+    #[arg(long)]
+    store: String,
+    /// First sequence to show.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows one stream.
+pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let journal = Journal::open(&args.store)?;
+    let events = journal.run("read events", journal.store().read(&args.stream, &args.key, args.from))?;
+    if events.is_empty() {
+        eprintln!("{}/{}: no events at or after sequence {}", args.stream, args.key, args.from);
+    }
+    let mut out = std::io::stdout().lock();
+    for e in events {
+        let e = from_stored(e);
+        let written = if args.json {
+            writeln!(out, "{}", event_json(&e))
+        } else {
+            writeln!(
+                out,
+                "{:>5}  {:>13}  {:<16} v{}  {:<24} {}",
+                e.sequence,
+                e.time,
+                e.event_type,
+                e.schema_version,
+                e.command_id,
+                String::from_utf8_lossy(&e.payload)
+            )
+        };
+        if written.is_err() {
+            break; // e.g. piped into `head`
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `replay`.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// The manifest naming the aggregates and projectors.
+    manifest: PathBuf,
+    /// The event store.
+    #[arg(long)]
+    store: String,
+    /// Only compare; do not write rebuilt projections.
+    #[arg(long)]
+    check: bool,
+}
+
+fn per_second(n: u64, d: std::time::Duration) -> String {
+    if d.is_zero() { "-".into() } else { format!("{:.0}/s", n as f64 / d.as_secs_f64()) }
+}
+
+/// Rebuilds aggregates and projections from the log.
+pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let mut loader = Loader::new(engine_for(&manifest)?);
+    let journal = Journal::open(&args.store)?;
+    let report = replay::replay(&manifest, &mut loader, &journal, !args.check)?;
+    println!("read {} events in {:.1?} ({})", report.events, report.read, per_second(report.events, report.read));
+    for a in &report.aggregates {
+        println!(
+            "aggregate {:<12} stream {:<10} {:>6} keys {:>9} events in {:>9.1?} ({})",
+            a.actor,
+            a.stream,
+            a.keys,
+            a.events,
+            a.elapsed,
+            per_second(a.events, a.elapsed)
+        );
+    }
+    let mut stale = false;
+    for p in &report.projections {
+        let state = match (p.differing, p.repaired) {
+            (0, _) => "matches the store".to_string(),
+            (n, true) => format!("{n} entries differed: rewritten"),
+            (n, false) => {
+                stale = true;
+                format!("{n} entries differ (not written: --check)")
+            }
+        };
+        println!(
+            "projector {:<12} {:>9} events in {:>9.1?} ({}), {} entries: {state}",
+            p.projector,
+            p.events,
+            p.elapsed,
+            per_second(p.events, p.elapsed),
+            p.entries
+        );
+    }
+    Ok(if stale { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Arguments of `dead-letters`.
+#[derive(clap::Args)]
+pub struct DeadLettersArgs {
+    /// The consumer (projector or process manager name).
+    consumer: String,
+    /// The event store.
+    #[arg(long)]
+    store: String,
+    /// Redrive the dead letter at this position (repeatable).
+    #[arg(long, value_name = "POSITION")]
+    redrive: Vec<u64>,
+    /// Redrive every dead letter of the consumer.
+    #[arg(long, conflicts_with = "redrive")]
+    redrive_all: bool,
+}
+
+/// Lists a consumer's dead letters, or moves them back.
+pub fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+    let journal = Journal::open(&args.store)?;
+    let dead = journal.run("read dead letters", journal.store().dead_letters(&args.consumer))?;
+    let positions: Vec<u64> = if args.redrive_all { dead.iter().map(|d| d.position).collect() } else { args.redrive };
+    if positions.is_empty() {
+        println!("{}: {} dead letters", args.consumer, dead.len());
+        for d in &dead {
+            let what: Vec<String> =
+                d.events.iter().map(|e| format!("{}/{} #{} {}", e.stream, e.key, e.sequence, e.event_type)).collect();
+            println!(
+                "  position {:>8}  {} attempts  {}  reason: {}",
+                d.position,
+                d.attempts,
+                what.join(", "),
+                d.reason
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for position in positions {
+        journal
+            .run("redrive", journal.store().redrive(&args.consumer, position))
+            .with_context(|| format!("{}: redrive position {position}", args.consumer))?;
+        println!("{}: position {position} redriven; it is delivered again when the node runs", args.consumer);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `stats`.
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    /// The manifest (its projectors and process managers are the consumers to inspect).
+    manifest: PathBuf,
+    /// The event store.
+    #[arg(long)]
+    store: String,
+}
+
+/// Prints counters recorded by runs, dead-letter depth and outstanding grant exposure.
+pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let journal = Journal::open(&args.store)?;
+    let mut total = Stats::default();
+    let mut runs = 0;
+    let mut accounts = BTreeSet::new();
+    let mut from = 1;
+    loop {
+        let page = journal.run("read log", journal.store().read_all(from, 4096))?;
+        let Some(last) = page.last() else { break };
+        from = last.position + 1;
+        for e in page {
+            if e.stream == STATS_STREAM {
+                let run: Stats = serde_json::from_slice(&e.payload)
+                    .with_context(|| format!("{STATS_STREAM}/{} #{} does not decode", e.key, e.sequence))?;
+                total.add(&run);
+                runs += 1;
+            } else if e.stream == tollgate_billing_model::account::STREAM {
+                accounts.insert(e.key);
+            }
+        }
+    }
+    println!("counters of {runs} recorded runs:");
+    println!("  commands accepted      {}", total.accepted);
+    for (code, n) in &total.rejected {
+        println!("  rejected {code:<22} {n}");
+    }
+    println!("  duplicates answered    {}", total.duplicates);
+    println!("  OCC conflicts          {}", total.occ_conflicts);
+    for (code, n) in &total.result_codes {
+        println!("  admission {code:<21} {n}");
+    }
+    println!("  snapshots written      {}", total.snapshots);
+    println!("  delivery failures      {}", total.delivery_failures);
+    println!("  timers fired           {}", total.timers_fired);
+    println!("dead letters:");
+    for name in manifest.actors.keys() {
+        if matches!(manifest.kind(name), ActorKind::Projector | ActorKind::ProcessManager) {
+            let depth = journal.run("read dead letters", journal.store().dead_letters(name))?.len();
+            println!("  {name:<22} {depth}");
+        }
+    }
+    let mut loader = Loader::new(engine_for(&manifest)?);
+    let rt = Runtime::open(&manifest, &mut loader, journal)?;
+    let (mut held, mut grants) = (0i64, 0usize);
+    let mut currencies = BTreeSet::new();
+    for key in &accounts {
+        if let Some(account) = rt.account(key) {
+            held += account.held;
+            grants += account.reservations.len();
+            currencies.insert(account.currency);
+        }
+    }
+    let currency = currencies.into_iter().collect::<Vec<_>>().join("/");
+    println!("outstanding grants: {grants} over {} accounts, exposure {held} minor units {currency}", accounts.len());
+    Ok(ExitCode::SUCCESS)
+}
