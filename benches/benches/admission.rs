@@ -11,48 +11,26 @@
 use criterion::Criterion;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use tollgate_benches::fixtures::{self, KEY};
+use tollgate_benches::fixtures::KEY;
 use tollgate_benches::measure::{self, PHASE, Report};
 use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_host::aggregate::Outcome;
-use tollgate_host::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION, PREPAID_ACCOUNT, RATER};
 use tollgate_host::{HostEngine, Limits};
 use tollgate_runtime::{AdmissionRequest, Decision, Loader, Manifest, Runtime};
 
 /// Reservations open at most before they are released.
 const RELEASE_EVERY: usize = 16;
 
+/// `examples/edge.toml` on the built actors; without the projector and the process manager
+/// unless `edge`.
 fn manifest(edge: bool) -> Manifest {
-    let file = |name: &str| fixtures::actor(name).display().to_string();
-    let mut text = format!(
-        r#"
-[actors.account]
-kind = "aggregate"
-file = "{account}"
-
-[actors.policy]
-kind = "policy"
-file = "{policy}"
-links = {{ charging = "account", rating = "rater" }}
-config = {{ "validity-ms" = "30000" }}
-
-[actors.rater]
-kind = "rater"
-file = "{rater}"
-config = {{ "offer.voice" = '{{"kind":"per-unit","currency":"EUR","unit_price":2}}', "offer.coffee" = '{{"kind":"threshold","currency":"EUR","unit_price":100,"every":11,"discount_percent":10}}' }}
-"#,
-        account = file(PREPAID_ACCOUNT),
-        policy = file(ADMISSION_POLICY),
-        rater = file(RATER),
-    );
-    if edge {
-        text.push_str(&format!(
-            "\n[actors.balances]\nkind = \"projector\"\nfile = \"{}\"\n\n[actors.sessions]\nkind = \"process-manager\"\nfile = \"{}\"\n",
-            file(BALANCE_PROJECTOR),
-            file(CHARGING_SESSION)
-        ));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/edge.toml");
+    let mut manifest =
+        Manifest::load(&path).expect("examples/edge.toml").with_actors_dir(&tollgate_host::fixtures::actors_dir());
+    if !edge {
+        manifest.actors.retain(|name, _| !matches!(name.as_str(), "balances" | "sessions"));
     }
-    Manifest::parse(std::path::Path::new("bench.toml"), &text, std::path::Path::new(".")).expect("bench manifest")
+    manifest
 }
 
 /// A runtime with one open, well-funded account and the bookkeeping of outstanding grants.

@@ -168,6 +168,20 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// Points every local actor file at the file of the same name in `dir` (actors built
+    /// elsewhere, e.g. where `TOLLGATE_ACTORS_DIR` says); `oci://` files stay as they are.
+    pub fn with_actors_dir(mut self, dir: &Path) -> Manifest {
+        for spec in self.actors.values_mut() {
+            if crate::resolve::is_oci(&spec.file.to_string_lossy()) {
+                continue;
+            }
+            if let Some(name) = spec.file.file_name() {
+                spec.file = dir.join(name);
+            }
+        }
+        self
+    }
+
     /// Reads and checks a manifest file; relative actor files become absolute.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;

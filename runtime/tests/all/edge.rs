@@ -5,66 +5,16 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money};
 use tollgate_billing_model::balance::{BUCKET, BalanceView};
 use tollgate_billing_model::session::{STREAM as SESSION, SessionEvent};
-use tollgate_billing_model::tariff::{Pricing, Tariff, config_key};
 use tollgate_host::HostEngine;
 use tollgate_host::aggregate::Outcome;
-use tollgate_host::fixtures::{self, ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION, PREPAID_ACCOUNT, RATER};
+use tollgate_host::fixtures;
 use tollgate_runtime::{AdmissionRequest, Decision, Loader, Manifest, ResultCode, Runtime};
 
-fn tariffs() -> Vec<(String, Tariff)> {
-    vec![
-        ("voice".into(), Tariff::new("EUR", Pricing::PerUnit { unit_price: 2 })),
-        ("sms-bundle".into(), Tariff::new("EUR", Pricing::Bundle { size: 3, refill_price: 500 })),
-        ("coffee".into(), Tariff::new("EUR", Pricing::Threshold { unit_price: 100, every: 11, discount_percent: 10 })),
-        ("provider".into(), Tariff::new("EUR", Pricing::PerUnit { unit_price: 10 })),
-        (
-            "vendor".into(),
-            Tariff::new("EUR", Pricing::Composite { children: vec!["provider".into()], markup_percent: 10 }),
-        ),
-        ("roaming".into(), Tariff::new("EUR", Pricing::PerUnit { unit_price: 5 }).in_countries(&["DE", "AT"])),
-    ]
-}
-
-/// A manifest wiring the five reference actors, with the test tariffs.
+/// `examples/edge.toml` (the five reference actors and the tariffs of `tollgate demo`), on
+/// the actors this test run built.
 pub fn manifest() -> Manifest {
-    let file = |name: &str| fixtures::actor_path(name).display().to_string();
-    let mut text = format!(
-        r#"
-[actors.account]
-kind = "aggregate"
-file = "{account}"
-
-[actors.rater]
-kind = "rater"
-file = "{rater}"
-
-[actors.policy]
-kind = "policy"
-file = "{policy}"
-links = {{ charging = "account", rating = "rater" }}
-config = {{ "validity-ms" = "30000" }}
-
-[actors.balances]
-kind = "projector"
-file = "{projector}"
-
-[actors.sessions]
-kind = "process-manager"
-file = "{sessions}"
-
-[actors.rater.config]
-"#,
-        account = file(PREPAID_ACCOUNT),
-        rater = file(RATER),
-        policy = file(ADMISSION_POLICY),
-        projector = file(BALANCE_PROJECTOR),
-        sessions = file(CHARGING_SESSION),
-    );
-    for (offer, tariff) in tariffs() {
-        let json = serde_json::to_string(&tariff).unwrap();
-        text.push_str(&format!("{:?} = {:?}\n", config_key(&offer), json));
-    }
-    Manifest::parse(std::path::Path::new("test.toml"), &text, std::path::Path::new(".")).unwrap()
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/edge.toml");
+    Manifest::load(&path).unwrap().with_actors_dir(&fixtures::actors_dir())
 }
 
 /// The test binary's loader: components are compiled once per test binary.
