@@ -64,7 +64,8 @@ pub fn events(typed: &[AccountEvent], first_sequence: u64) -> Vec<host::Event> {
                 stream: STREAM.into(),
                 key: KEY.into(),
                 event_type,
-                schema_version: 1,
+                // The version prepaid-account writes (and its native baseline expects).
+                schema_version: 2,
                 content_type: tollgate_sdk::codec::JSON.into(),
                 payload,
                 sequence,

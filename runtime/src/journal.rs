@@ -36,23 +36,29 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, RuntimeError> {
 }
 
 impl Journal {
+    /// Opens a store on a fresh tokio runtime.
+    fn connect<F>(url: &str, open: impl FnOnce() -> F) -> Result<Journal, RuntimeError>
+    where
+        F: Future<Output = tollgate_store::Result<Box<dyn EventStore>>>,
+    {
+        let tokio = tokio_runtime()?;
+        let store =
+            tokio.block_on(open()).map_err(|e| RuntimeError::Store { url: url.into(), message: e.to_string() })?;
+        Ok(Journal { inner: Arc::new(Inner { store, tokio, url: url.into(), _ephemeral: None }) })
+    }
+
     /// Opens `file:DIR` (the embedded log) or `nats://HOST:PORT` (JetStream).
     pub fn open(url: &str) -> Result<Journal, RuntimeError> {
-        let tokio = tokio_runtime()?;
-        let store = tokio
-            .block_on(tollgate_store::open(url))
-            .map_err(|e| RuntimeError::Store { url: url.into(), message: e.to_string() })?;
-        Ok(Journal { inner: Arc::new(Inner { store, tokio, url: url.into(), _ephemeral: None }) })
+        Journal::connect(url, || tollgate_store::open(url))
     }
 
     /// JetStream at `url` with explicit options (e.g. a short request timeout for an edge node
     /// that must notice quickly that it is cut off).
     pub fn connect_nats(url: &str, options: NatsOptions) -> Result<Journal, RuntimeError> {
-        let tokio = tokio_runtime()?;
-        let store = tokio
-            .block_on(NatsStore::connect(url, options))
-            .map_err(|e| RuntimeError::Store { url: url.into(), message: e.to_string() })?;
-        Ok(Journal { inner: Arc::new(Inner { store: Box::new(store), tokio, url: url.into(), _ephemeral: None }) })
+        Journal::connect(
+            url,
+            || async move { Ok(Box::new(NatsStore::connect(url, options).await?) as Box<dyn EventStore>) },
+        )
     }
 
     /// An embedded log in a fresh temporary directory, removed when the last clone is dropped;
@@ -93,6 +99,20 @@ impl Journal {
     /// A store error as a runtime error naming this store and `op`.
     pub fn error(&self, op: &str, e: tollgate_store::StoreError) -> RuntimeError {
         RuntimeError::Store { url: self.inner.url.clone(), message: format!("{op}: {e}") }
+    }
+}
+
+/// A JSON event the runtime writes itself (not decided by an actor), e.g. a node's counters.
+pub fn json_event<T: serde::Serialize>(event_type: &str, body: &T, command_id: &str, time_ms: u64) -> NewEvent {
+    NewEvent {
+        event_type: event_type.into(),
+        schema_version: 1,
+        content_type: tollgate_sdk::codec::JSON.into(),
+        payload: serde_json::to_vec(body).expect("runtime records encode"),
+        command_id: command_id.into(),
+        correlation_id: command_id.into(),
+        causation_id: String::new(),
+        time_ms,
     }
 }
 

@@ -44,7 +44,6 @@ use tollgate_host::{
     Actor, ActorKind, AggregateHost, Fakes, HostEngine, Limits, PolicyActor, ProcessManagerActor, ProjectorActor,
     RaterActor,
 };
-use tollgate_store::NewEvent;
 
 /// Loads and compiles actors once per path, for runtimes that share an engine.
 pub struct Loader {
@@ -346,16 +345,7 @@ impl Runtime {
     /// for `tollgate stats`.
     pub fn record_stats(&self, node: &str, run_id: &str) -> Result<(), RuntimeError> {
         let core = self.lock();
-        let event = NewEvent {
-            event_type: "counters-recorded".into(),
-            schema_version: 1,
-            content_type: tollgate_sdk::codec::JSON.into(),
-            payload: serde_json::to_vec(&core.stats).expect("counters encode"),
-            command_id: run_id.into(),
-            correlation_id: run_id.into(),
-            causation_id: String::new(),
-            time_ms: self.clock.now_ms(),
-        };
+        let event = journal::json_event("counters-recorded", &core.stats, run_id, self.clock.now_ms());
         let result = core.journal.block_on(core.journal.store().append(
             stats::STATS_STREAM,
             node,

@@ -18,7 +18,7 @@
 
 use crate::error::RuntimeError;
 use crate::facade::result_code;
-use crate::journal::Journal;
+use crate::journal::{Journal, json_event};
 use crate::{ResultCode, Runtime};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -196,16 +196,7 @@ impl EdgeNode {
     /// Appends to the node's log (fsync'd by the embedded store), then folds.
     fn record(&mut self, command_id: &str, event: QuotaEvent, now: u64) -> Result<(), RuntimeError> {
         let (event_type, payload) = tollgate_sdk::codec::encode(&event).expect("quota events encode");
-        let new = NewEvent {
-            event_type,
-            schema_version: 1,
-            content_type: tollgate_sdk::codec::JSON.into(),
-            payload,
-            command_id: command_id.into(),
-            correlation_id: command_id.into(),
-            causation_id: String::new(),
-            time_ms: now,
-        };
+        let new = NewEvent { event_type, payload, ..json_event("", &(), command_id, now) };
         let store = self.local.store();
         let appended = store.append(QUOTA_STREAM, &self.node, ExpectedVersion::Exact(self.sequence), vec![new]);
         let result = self.local.run("append to the edge log", appended)?;

@@ -1,14 +1,14 @@
 //! The reference balance projector: one [`BalanceView`] per account in key-value bucket
 //! `balances`, key = account id.
 //!
-//! Every account event adds a ledger line with its signed effect on `available` and
-//! `available` afterwards, so `ledger.last().effective_balance == available ==
+//! Every account event adds a ledger line (the last [`LEDGER_LINES`] are kept) with its signed
+//! effect on `available` and `available` afterwards, so `ledger.last().effective_balance == available ==
 //! balance - held + overdraft_limit` always holds. Projection is idempotent per event: an
 //! event whose sequence is not above the last ledger line's is skipped, so a redelivered
 //! batch changes nothing twice.
 
 use tollgate_billing_model::account::{AccountEvent, STREAM};
-use tollgate_billing_model::balance::{BUCKET, BalanceView, LedgerLine};
+use tollgate_billing_model::balance::{BUCKET, BalanceView, LEDGER_LINES, LedgerLine};
 use tollgate_sdk::keyvalue::Bucket;
 use tollgate_sdk::{Event, Projector, Rejection};
 
@@ -86,6 +86,9 @@ pub fn apply(view: &mut BalanceView, event: AccountEvent, sequence: u64, event_t
         view.balance.checked_sub(view.held).and_then(|a| a.checked_add(view.overdraft_limit)).ok_or_else(overflow)?;
     let amount = view.available.checked_sub(before).ok_or_else(overflow)?;
     view.ledger.push(LedgerLine { sequence, event_type: event_type.into(), amount, effective_balance: view.available });
+    if view.ledger.len() > LEDGER_LINES {
+        view.ledger.drain(..view.ledger.len() - LEDGER_LINES);
+    }
     Ok(true)
 }
 
@@ -157,6 +160,17 @@ mod tests {
         assert_eq!(view, before);
         assert!(apply(&mut view, AccountEvent::ToppedUp { amount: 1 }, 3, "topped-up").unwrap());
         assert_eq!(view.balance, 101);
+    }
+
+    #[test]
+    fn the_ledger_keeps_the_latest_lines_and_still_skips_repeats() {
+        let mut view = BalanceView::default();
+        for sequence in 1..=150 {
+            assert!(apply(&mut view, AccountEvent::ToppedUp { amount: 1 }, sequence, "topped-up").unwrap());
+        }
+        assert_eq!(view.ledger.len(), LEDGER_LINES);
+        assert_eq!((view.ledger[0].sequence, view.last_sequence(), view.balance), (51, 150, 150));
+        assert!(!apply(&mut view, AccountEvent::ToppedUp { amount: 1 }, 150, "topped-up").unwrap());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Ledger lines a view keeps: the most recent ones (the account's log has them all), so a
+/// view's size, and the cost of projecting into it, stays the same however old the account.
+pub const LEDGER_LINES: usize = 100;
+
 /// The key-value bucket holding balance views.
 pub const BUCKET: &str = "balances";
 
@@ -25,7 +29,7 @@ pub struct BalanceView {
     pub overdraft_limit: i64,
     /// Open holds: reservation id -> money held.
     pub holds: BTreeMap<String, i64>,
-    /// Every projected event's effect on `available`, oldest first.
+    /// The effect on `available` of the last [`LEDGER_LINES`] projected events, oldest first.
     pub ledger: Vec<LedgerLine>,
 }
 
