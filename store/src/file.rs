@@ -975,7 +975,8 @@ impl Consumer for FileConsumer {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let out = self.collect(max.max(1));
-            if !out.is_empty() {
+            // A zero wait must not reach the timer: tokio rounds it up to the next 1 ms tick.
+            if !out.is_empty() || wait.is_zero() {
                 return Ok(out);
             }
             let mut rx = self.durable.clone();
