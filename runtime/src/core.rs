@@ -482,12 +482,23 @@ impl Core {
                 let list = serde_json::to_vec(&slot.buckets).expect("strings encode");
                 writes.push(KvWrite { bucket: META.into(), key: "buckets".into(), value: Some(list) });
             }
-            let name = slot.name.as_str();
-            self.journal
-                .run("commit projection", self.journal.store().commit_projection(name, delivery.position, writes))?;
+            self.commit(&slot.name, delivery.position, writes)?;
             self.ack(&mut slot.consumer, delivery.position)?;
         }
         Ok(progressed)
+    }
+
+    /// Commits a delivery's key-value writes with the consumer's checkpoint. A redriven dead
+    /// letter (or a commit another process already passed) is older than the checkpoint: its
+    /// writes land atomically without moving the checkpoint back.
+    fn commit(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<(), RuntimeError> {
+        let store = self.journal.store();
+        match self.journal.block_on(store.commit_projection(consumer, position, writes.clone())) {
+            Err(StoreError::StaleCheckpoint { checkpoint, .. }) => {
+                self.journal.run("commit an older delivery", store.rebuild_projection(consumer, checkpoint, writes))
+            }
+            other => other.map_err(|e| self.journal.error("commit delivery", e)),
+        }
     }
 
     fn manage(&mut self, slot: &mut ManagerSlot) -> Result<bool, RuntimeError> {
@@ -504,12 +515,8 @@ impl Core {
                         .iter()
                         .map(|(k, v)| KvWrite { bucket: INSTANCES.into(), key: k.clone(), value: v.clone() })
                         .collect();
-                    let name = slot.name.as_str();
                     if !writes.is_empty() {
-                        self.journal.run(
-                            "commit process states",
-                            self.journal.store().commit_projection(name, delivery.position, writes),
-                        )?;
+                        self.commit(&slot.name, delivery.position, writes)?;
                     }
                     for (instance, state) in changed {
                         match state {

@@ -175,3 +175,33 @@ fn a_delivery_that_keeps_failing_is_dead_lettered_then_redriven() {
     let dead = journal.block_on(journal.store().dead_letters("balances")).unwrap();
     assert_eq!((dead.len(), dead[0].attempts), (1, 5), "redriven, failed again, back with fresh attempts");
 }
+
+#[test]
+fn a_redriven_delivery_older_than_the_checkpoint_is_projected_without_moving_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rt = durable(dir.path(), 100);
+    let journal = rt.journal();
+    let store = journal.store();
+    // Zoe's account is opened while the projector is failing: its delivery is dead-lettered.
+    let opened =
+        NewEvent { schema_version: 2, ..v1("opened", r#"{"currency":"EUR","overdraft_limit":0}"#, "zoe/open") };
+    journal.block_on(store.append("account", "zoe", ExpectedVersion::NoStream, vec![opened])).unwrap();
+    let options = tollgate_store::ConsumerOptions { max_deliver: 1, ..Default::default() };
+    let mut outage = journal.block_on(store.consumer("balances", options)).unwrap();
+    let delivery = journal.block_on(outage.next(1, std::time::Duration::ZERO)).unwrap().remove(0);
+    journal.block_on(outage.nack(delivery.position, "projector was down")).unwrap();
+    drop(outage);
+    // Later events move the projection's checkpoint past it.
+    open(&mut rt, "amy", 10);
+    assert!(rt.fakes("balances").unwrap().kv_get(BUCKET, "zoe").is_none());
+    let checkpoint = journal.block_on(store.checkpoint("balances")).unwrap();
+    assert!(checkpoint > delivery.position);
+    journal.block_on(store.redrive("balances", delivery.position)).unwrap();
+    rt.pump().unwrap();
+    assert_eq!(view(&rt, "zoe").currency, "EUR", "the redriven event was projected");
+    assert_eq!(journal.block_on(store.checkpoint("balances")).unwrap(), checkpoint, "the checkpoint stayed");
+    assert!(journal.block_on(store.dead_letters("balances")).unwrap().is_empty());
+    drop(rt);
+    drop(journal);
+    assert_eq!(view(&durable(dir.path(), 100), "zoe").currency, "EUR", "and it was committed");
+}
