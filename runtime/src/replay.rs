@@ -8,7 +8,7 @@ use crate::{Loader, Manifest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tollgate_host::aggregate::Event;
-use tollgate_host::{ActorKind, AggregateHost, Fakes, ProjectorActor};
+use tollgate_host::{Actor, ActorKind, AggregateHost, Fakes, ProjectorActor};
 use tollgate_store::{KvWrite, StoredEvent};
 
 /// Events read per page, and handed to a projector per call.
@@ -81,13 +81,11 @@ pub fn replay(
     let mut report = ReplayReport { events: log.len() as u64, read: started.elapsed(), ..ReplayReport::default() };
     let head = log.last().map_or(0, |e| e.position);
     let mut hosts: BTreeMap<String, AggregateHost> = BTreeMap::new();
-    for (name, spec) in &manifest.actors {
+    for name in manifest.actors.keys() {
         if manifest.kind(name) != ActorKind::Aggregate {
             continue;
         }
-        let actor = loader.load_with(&spec.file, ActorKind::Aggregate, manifest.registry.plain_http)?;
-        let fakes = Fakes::new();
-        fakes.replace_config(spec.config.clone());
+        let (actor, fakes) = load(loader, manifest, name, ActorKind::Aggregate)?;
         let mut host = AggregateHost::new(actor, fakes)?.without_history();
         let stream = host.info().stream.clone();
         let mut by_key: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
@@ -109,13 +107,11 @@ pub fn replay(
         });
         hosts.insert(stream, host);
     }
-    for (name, spec) in &manifest.actors {
+    for name in manifest.actors.keys() {
         if manifest.kind(name) != ActorKind::Projector {
             continue;
         }
-        let actor = loader.load_with(&spec.file, ActorKind::Projector, manifest.registry.plain_http)?;
-        let fakes = Fakes::new();
-        fakes.replace_config(spec.config.clone());
+        let (actor, fakes) = load(loader, manifest, name, ActorKind::Projector)?;
         let mut projector = ProjectorActor::new(actor, fakes.clone())?;
         let subscriptions = projector.subscriptions()?;
         let mut wanted = Vec::new();
@@ -174,4 +170,13 @@ pub fn replay(
         });
     }
     Ok(report)
+}
+
+/// A manifest's actor with fresh fakes holding its configuration.
+fn load(loader: &mut Loader, manifest: &Manifest, name: &str, kind: ActorKind) -> Result<(Actor, Fakes), RuntimeError> {
+    let spec = &manifest.actors[name];
+    let actor = loader.load_with(&spec.file, kind, manifest.registry.plain_http)?;
+    let fakes = Fakes::new();
+    fakes.replace_config(spec.config.clone());
+    Ok((actor, fakes))
 }

@@ -194,10 +194,31 @@ fn unpaid(edge: &EdgeNode) -> i64 {
     edge.grants().values().map(|g| g.settled.expect("settled").1).sum()
 }
 
+/// A nats-server, a path to it that can be cut, and the core with account `sub` at `balance`.
+fn partitioned(balance: i64) -> Option<(NatsServer, Partition, Runtime)> {
+    let server = NatsServer::start_or_skip()?;
+    let partition = Partition::new(&server.url);
+    let mut core = connect(&server.url);
+    open_account(&mut core, "sub", balance);
+    Some((server, partition, core))
+}
+
+/// Settles every grant of `edge` once it reaches the core again (the client reconnects).
+fn settle_after_heal(edge: &mut EdgeNode, now: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = edge.settle(now, true).unwrap();
+        if report.pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the node never reached the core again: {report:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_partitioned_node_admits_within_its_grants_and_converges_on_reconnect() {
-    let Some(server) = NatsServer::start_or_skip() else { return };
-    let partition = Partition::new(&server.url);
+    let Some((server, partition, mut core)) = partitioned(1_000) else { return };
     let policy = QuotaPolicy {
         grant_units: 30,
         unit_price: 10,
@@ -205,8 +226,6 @@ fn a_partitioned_node_admits_within_its_grants_and_converges_on_reconnect() {
         validity_ms: 10_000,
         clock_skew_ms: 2_000,
     };
-    let mut core = connect(&server.url);
-    open_account(&mut core, "sub", 1_000);
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let local = |d: &tempfile::TempDir| Journal::open(&format!("file:{}", d.path().display())).unwrap();
     let mut a = EdgeNode::open("a", connect(&partition.url), local(&dirs.0), policy.clone()).unwrap();
@@ -241,15 +260,7 @@ fn a_partitioned_node_admits_within_its_grants_and_converges_on_reconnect() {
     assert_eq!(b.settle(t0 + 12_000, true).unwrap().settled, 3);
 
     partition.heal();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let report = a.settle(a_clock(t0 + 13_000), true).unwrap();
-        if report.pending == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "a never reached the core again: {report:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    settle_after_heal(&mut a, a_clock(t0 + 13_000));
 
     // Converged: every grant settled, nothing held at the core, both sides agree on money.
     assert_eq!((a.exposure(), b.exposure()), (0, 0));
@@ -276,8 +287,7 @@ fn a_partitioned_node_admits_within_its_grants_and_converges_on_reconnect() {
 
 #[test]
 fn a_short_partition_costs_nothing() {
-    let Some(server) = NatsServer::start_or_skip() else { return };
-    let partition = Partition::new(&server.url);
+    let Some((_server, partition, core)) = partitioned(300) else { return };
     let policy = QuotaPolicy {
         grant_units: 50,
         unit_price: 3,
@@ -285,8 +295,6 @@ fn a_short_partition_costs_nothing() {
         validity_ms: 60_000,
         clock_skew_ms: 5_000,
     };
-    let mut core = connect(&server.url);
-    open_account(&mut core, "sub", 300);
     let dir = tempfile::tempdir().unwrap();
     let local = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
     let mut a = EdgeNode::open("a", connect(&partition.url), local, policy).unwrap();
@@ -294,11 +302,7 @@ fn a_short_partition_costs_nothing() {
     partition.cut();
     assert_eq!(admit_n(&mut a, "y", 50, 2_000), (45, 5), "the grant's 50 units, then nothing");
     partition.heal();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.settle(3_000, true).unwrap().pending > 0 {
-        assert!(Instant::now() < deadline, "never reconnected");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    settle_after_heal(&mut a, 3_000);
     let account = core.reload_account("sub").unwrap().unwrap();
     assert_eq!((account.balance, account.held), (150, 0), "50 units at 3 charged once");
     assert_eq!(unpaid(&a), 0);
