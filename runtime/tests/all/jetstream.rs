@@ -24,10 +24,18 @@ fn core_manifest() -> Manifest {
     Manifest::parse(std::path::Path::new("core.toml"), &text, std::path::Path::new(".")).unwrap()
 }
 
-fn connect(url: &str) -> Runtime {
-    // Short requests, so a node cut off from NATS notices within a fraction of a second.
-    let options = NatsOptions { request_timeout: Duration::from_millis(300), ..NatsOptions::default() };
+fn connect_with(url: &str, options: NatsOptions) -> Runtime {
     Runtime::open(&core_manifest(), &mut loader(), Journal::connect_nats(url, options).unwrap()).unwrap()
+}
+
+fn connect(url: &str) -> Runtime {
+    connect_with(url, NatsOptions::default())
+}
+
+/// For the node behind the partition: short requests, so it notices within a fraction of a
+/// second that it is cut off (the others keep the default, patient under a loaded CI).
+fn connect_edge(url: &str) -> Runtime {
+    connect_with(url, NatsOptions { request_timeout: Duration::from_millis(500), ..NatsOptions::default() })
 }
 
 fn execute(rt: &mut Runtime, key: &str, id: &str, command: &AccountCommand) -> Outcome {
@@ -228,7 +236,7 @@ fn a_partitioned_node_admits_within_its_grants_and_converges_on_reconnect() {
     };
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let local = |d: &tempfile::TempDir| Journal::open(&format!("file:{}", d.path().display())).unwrap();
-    let mut a = EdgeNode::open("a", connect(&partition.url), local(&dirs.0), policy.clone()).unwrap();
+    let mut a = EdgeNode::open("a", connect_edge(&partition.url), local(&dirs.0), policy.clone()).unwrap();
     let mut b = EdgeNode::open("b", connect(&server.url), local(&dirs.1), policy.clone()).unwrap();
     let t0 = 1_000_000;
     // Node a's clock runs 500 ms behind the core's: within the 2 s margin.
@@ -297,7 +305,7 @@ fn a_short_partition_costs_nothing() {
     };
     let dir = tempfile::tempdir().unwrap();
     let local = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
-    let mut a = EdgeNode::open("a", connect(&partition.url), local, policy).unwrap();
+    let mut a = EdgeNode::open("a", connect_edge(&partition.url), local, policy).unwrap();
     assert_eq!(admit_n(&mut a, "x", 5, 1_000), (5, 0));
     partition.cut();
     assert_eq!(admit_n(&mut a, "y", 50, 2_000), (45, 5), "the grant's 50 units, then nothing");
