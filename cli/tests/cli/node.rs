@@ -151,3 +151,22 @@ fn dead_letters_are_listed_and_redriven() {
     assert_eq!(code, 0);
     assert!(out.contains("balances               1"), "{out}");
 }
+
+#[test]
+fn the_example_requests_run_on_the_example_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let actors = format!("{}/", tollgate_host::fixtures::actors_dir().display());
+    let text = std::fs::read_to_string(crate::root().join("examples/edge.toml")).unwrap();
+    let manifest = dir.path().join("edge.toml");
+    std::fs::write(&manifest, text.replace("../target/wasm32-wasip2/release/", &actors)).unwrap();
+    let input = crate::root().join("examples/requests.jsonl");
+    let store = format!("file:{}", dir.path().join("log").display());
+    let (code, out, err) =
+        run(&["run", manifest.to_str().unwrap(), "--store", &store, "--input", input.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let replies: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(replies.len(), 7);
+    assert!(replies.iter().all(|r| r.get("ok").is_some()), "{out}");
+    assert_eq!(replies[3]["ok"]["granted"]["grant"]["granted_units"], 60);
+    assert_eq!(replies[5]["ok"]["denied"]["code"], "end-user-service-rejected");
+}
