@@ -29,3 +29,24 @@ pub fn actors_dir() -> PathBuf {
 pub fn actor_path(name: &str) -> PathBuf {
     actors_dir().join(format!("{name}.wasm"))
 }
+
+/// An aggregate component that also imports `interfaces` of package `test:needs-more` (each a
+/// `(name, WIT body)` pair), which no tollgate host provides: the fixture for load errors.
+#[cfg(feature = "testing")]
+pub fn needs_more(interfaces: &[(&str, &str)]) -> Vec<u8> {
+    use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
+    use wit_parser::{ManglingAndAbi, Resolve};
+
+    let mut resolve = Resolve::default();
+    resolve.push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/eventsourcing")).expect("tollgate WIT");
+    let declared: String = interfaces.iter().map(|(name, body)| format!("interface {name} {{ {body} }}\n")).collect();
+    let imported: String = interfaces.iter().map(|(name, _)| format!("import {name};\n")).collect();
+    let text = format!(
+        "package test:needs-more;\n{declared}world needs-more {{\n{imported}export tollgate:eventsourcing/command-handler@0.1.0;\n}}"
+    );
+    let pkg = resolve.push_str("needs-more.wit", &text).expect("fixture WIT");
+    let world = resolve.select_world(&[pkg], Some("needs-more")).expect("fixture world");
+    let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).expect("embed metadata");
+    ComponentEncoder::default().module(&module).and_then(|e| e.validate(true).encode()).expect("encode component")
+}

@@ -4,28 +4,10 @@ use crate::{actor, run};
 
 /// An aggregate component importing two interfaces this host does not provide.
 pub fn needs_more() -> Vec<u8> {
-    use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
-    use wit_parser::{ManglingAndAbi, Resolve};
-
-    let mut resolve = Resolve::default();
-    resolve.push_dir(crate::root().join("wit/eventsourcing")).unwrap();
-    let pkg = resolve
-        .push_str(
-            "needs-more.wit",
-            "package test:needs-more;
-             interface ledger { post: func(); }
-             interface fx { convert: func(source: string, target: string) -> u64; }
-             world needs-more {
-                 import ledger;
-                 import fx;
-                 export tollgate:eventsourcing/command-handler@0.1.0;
-             }",
-        )
-        .unwrap();
-    let world = resolve.select_world(&[pkg], Some("needs-more")).unwrap();
-    let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
-    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).unwrap();
-    ComponentEncoder::default().module(&module).unwrap().validate(true).encode().unwrap()
+    tollgate_host::fixtures::needs_more(&[
+        ("ledger", "post: func();"),
+        ("fx", "convert: func(source: string, target: string) -> u64;"),
+    ])
 }
 
 #[test]

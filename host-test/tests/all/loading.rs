@@ -75,26 +75,7 @@ fn an_aggregate_is_not_a_rater() {
 
 #[test]
 fn an_unprovided_import_is_named() {
-    use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
-    use wit_parser::{ManglingAndAbi, Resolve};
-
-    let mut resolve = Resolve::default();
-    resolve.push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/eventsourcing")).unwrap();
-    let pkg = resolve
-        .push_str(
-            "needs-more.wit",
-            "package test:needs-more;
-             interface ledger { post: func(); }
-             world needs-more {
-                 import ledger;
-                 export tollgate:eventsourcing/command-handler@0.1.0;
-             }",
-        )
-        .unwrap();
-    let world = resolve.select_world(&[pkg], Some("needs-more")).unwrap();
-    let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
-    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).unwrap();
-    let component = ComponentEncoder::default().module(&module).unwrap().validate(true).encode().unwrap();
+    let component = tollgate_host::fixtures::needs_more(&[("ledger", "post: func();")]);
 
     let err = load_bytes("needs-more.wasm", &component);
     match &err {

@@ -42,31 +42,11 @@ fn reserved(id: &str, requested: u64, granted: u64, price: i64, final_unit: bool
     }
 }
 
-fn with_counters(event: E, with: Vec<Counter>) -> E {
-    match event {
-        E::Reserved {
-            counters: _,
-            reservation_id,
-            offer,
-            requested_units,
-            granted_units,
-            unit_price,
-            held,
-            expires_at,
-            final_unit,
-        } => E::Reserved {
-            counters: with,
-            reservation_id,
-            offer,
-            requested_units,
-            granted_units,
-            unit_price,
-            held,
-            expires_at,
-            final_unit,
-        },
-        other => other,
+fn with_counters(mut event: E, with: Vec<Counter>) -> E {
+    if let E::Reserved { counters, .. } = &mut event {
+        *counters = with;
     }
+    event
 }
 
 #[test]
