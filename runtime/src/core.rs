@@ -24,7 +24,7 @@ use tollgate_host::fakes::VirtualClock;
 use tollgate_host::kinds::{Rated, RatingError, RatingRequest, Reaction};
 use tollgate_host::{AggregateHost, Fakes, HostError, ProcessManagerActor, ProjectorActor, RaterActor};
 use tollgate_store::{
-    Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError,
+    Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, StoredEvent,
 };
 
 /// Stream of due process-manager timers (key `manager/instance`).
@@ -401,9 +401,9 @@ impl Core {
     }
 
     /// Events of a delivery the subscriber wants, raised to their aggregate's schema version.
-    fn wanted(&mut self, delivery: &Delivery, subscriptions: &[String]) -> Result<Vec<Event>, RuntimeError> {
+    fn wanted(&mut self, events: &[StoredEvent], subscriptions: &[String]) -> Result<Vec<Event>, RuntimeError> {
         let mut out = Vec::new();
-        for e in &delivery.events {
+        for e in events {
             if !subscriptions.contains(&e.stream) {
                 continue;
             }
@@ -446,7 +446,7 @@ impl Core {
         for delivery in deliveries {
             let span = tracing::info_span!("project", projector = %slot.name, position = delivery.position, correlation_id = %delivery.events[0].correlation_id);
             let _entered = span.enter();
-            let events = match self.wanted(&delivery, &slot.subscriptions) {
+            let events = match self.wanted(&delivery.events, &slot.subscriptions) {
                 Ok(events) => events,
                 Err(e) => {
                     self.fail(&slot.name, &mut slot.consumer, delivery.position, &e.to_string())?;
@@ -561,8 +561,7 @@ impl Core {
             if !slot.subscriptions.contains(&stored.stream) {
                 continue;
             }
-            let event =
-                self.wanted(&Delivery { events: vec![stored.clone()], ..delivery.clone() }, &slot.subscriptions)?;
+            let event = self.wanted(std::slice::from_ref(stored), &slot.subscriptions)?;
             let Some(event) = event.into_iter().next() else { continue };
             let Some(instance) = slot.actor.correlate(&event)? else { continue };
             let state = current(slot, changed, &instance);
