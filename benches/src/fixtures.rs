@@ -59,23 +59,27 @@ pub fn events(typed: &[AccountEvent], first_sequence: u64) -> Vec<host::Event> {
         .enumerate()
         .map(|(i, event)| {
             let (event_type, payload) = tollgate_sdk::codec::encode(event).expect("account events encode");
-            let sequence = first_sequence + i as u64;
-            host::Event {
-                stream: STREAM.into(),
-                key: KEY.into(),
-                event_type,
-                // The version prepaid-account writes (and its native baseline expects).
-                schema_version: 2,
-                content_type: tollgate_sdk::codec::JSON.into(),
-                payload,
-                sequence,
-                time: 1_700_000_000_000 + sequence,
-                command_id: format!("cmd-{sequence}"),
-                correlation_id: format!("cmd-{sequence}"),
-                causation_id: String::new(),
-            }
+            envelope(event_type, payload, first_sequence + i as u64)
         })
         .collect()
+}
+
+/// The envelope the store gives an encoded account event appended at `sequence`.
+pub fn envelope(event_type: String, payload: Vec<u8>, sequence: u64) -> host::Event {
+    host::Event {
+        stream: STREAM.into(),
+        key: KEY.into(),
+        event_type,
+        // The version prepaid-account writes (and its native baseline expects).
+        schema_version: 2,
+        content_type: tollgate_sdk::codec::JSON.into(),
+        payload,
+        sequence,
+        time: 1_700_000_000_000 + sequence,
+        command_id: format!("cmd-{sequence}"),
+        correlation_id: format!("cmd-{sequence}"),
+        causation_id: String::new(),
+    }
 }
 
 /// Folds events natively into an encoded state (the same code and encoding as the component).

@@ -26,6 +26,11 @@ impl GuestStderr {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// Drops what the guest wrote since the last call, without copying it.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn push(&self, bytes: &[u8]) {
         let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let room = STDERR_CAP.saturating_sub(buf.len());

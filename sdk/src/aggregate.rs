@@ -8,7 +8,6 @@
 use crate::codec::{self, JSON};
 use crate::types::{AggregateInfo, Command, Event, EventDraft, Rejection};
 use serde::{Serialize, de::DeserializeOwned};
-use std::marker::PhantomData;
 
 /// An event-sourced aggregate with typed state, commands and events.
 ///
@@ -59,7 +58,9 @@ pub trait Aggregate {
     /// snapshots are discarded and rebuilt from events.
     const STATE_VERSION: u32 = 1;
     /// The state, rebuilt from events; `Default` is the state before the first event.
-    /// Prefer ordered maps (`BTreeMap`) so its encoding is deterministic.
+    /// Prefer ordered maps (`BTreeMap`) so its encoding is deterministic. Decoding its encoding
+    /// must give it back (no `#[serde(skip)]` fields): a warm instance keeps the states it
+    /// encoded and reuses them when the host passes those bytes in again.
     type State: Serialize + DeserializeOwned + Default;
     /// The commands, an externally tagged serde enum.
     type Command: DeserializeOwned;
@@ -110,8 +111,22 @@ pub fn decode_state<A: Aggregate>(state: Option<&[u8]>) -> Result<A::State, Reje
 
 /// Runs `A::handle` on encoded state and command, returning encoded events.
 pub fn handle<A: Aggregate>(state: Option<&[u8]>, command: &Command) -> Result<Vec<EventDraft>, Rejection> {
+    let typed = decode_command::<A>(command)?;
+    decide::<A>(&decode_state::<A>(state)?, typed, command)
+}
+
+/// Folds encoded events into an encoded state, upcasting old ones first.
+pub fn apply<A: Aggregate>(state: Option<&[u8]>, events: Vec<Event>) -> Result<Vec<u8>, Rejection> {
+    let mut state = decode_state::<A>(state)?;
+    evolve::<A>(&mut state, events)?;
+    encode_state::<A>(&state)
+}
+
+// Inlined: the component calls each from one place, and a call costs size at opt-level "s".
+#[inline(always)]
+fn decode_command<A: Aggregate>(command: &Command) -> Result<A::Command, Rejection> {
     check_content_type(&command.content_type, "command", &command.command_type)?;
-    let typed: A::Command = codec::decode(&command.command_type, &command.payload).map_err(|e| {
+    codec::decode(&command.command_type, &command.payload).map_err(|e| {
         if codec::is_unknown_variant(&e) {
             Rejection::unknown_command(&command.command_type)
         } else {
@@ -120,10 +135,12 @@ pub fn handle<A: Aggregate>(state: Option<&[u8]>, command: &Command) -> Result<V
                 format!("payload of command `{}` does not decode: {e}", command.command_type),
             )
         }
-    })?;
-    let state = decode_state::<A>(state)?;
-    let events = A::handle(&state, typed, command)?;
-    events
+    })
+}
+
+#[inline(always)]
+fn decide<A: Aggregate>(state: &A::State, typed: A::Command, command: &Command) -> Result<Vec<EventDraft>, Rejection> {
+    A::handle(state, typed, command)?
         .iter()
         .map(|event| {
             let (event_type, payload) =
@@ -133,14 +150,136 @@ pub fn handle<A: Aggregate>(state: Option<&[u8]>, command: &Command) -> Result<V
         .collect()
 }
 
-/// Folds encoded events into an encoded state, upcasting old ones first.
-pub fn apply<A: Aggregate>(state: Option<&[u8]>, events: Vec<Event>) -> Result<Vec<u8>, Rejection> {
-    let mut state = decode_state::<A>(state)?;
+#[inline(always)]
+fn evolve<A: Aggregate>(state: &mut A::State, events: Vec<Event>) -> Result<(), Rejection> {
     for event in events {
         let event = upcast::<A>(event)?;
-        A::apply(&mut state, decode_event(&event)?);
+        A::apply(state, decode_event(&event)?);
     }
-    codec::to_json(&state).map_err(|e| Rejection::malformed("encode-state", e.to_string()))
+    Ok(())
+}
+
+#[inline(always)]
+fn encode_state<A: Aggregate>(state: &A::State) -> Result<Vec<u8>, Rejection> {
+    codec::to_json(state).map_err(|e| Rejection::malformed("encode-state", e.to_string()))
+}
+
+/// How many decoded states a [`StateCache`] keeps.
+pub const CACHED_STATES: usize = 8;
+
+/// The decoded states an instance saw last, keyed by their encoded bytes.
+///
+/// The host keeps the state and passes it in on every call, so a stateless adapter would
+/// decode the whole state for each command. The runtime calls `handle(S)`, then `apply(S)`
+/// with the resulting events, then `handle(S')` with the state `apply` returned: each of those
+/// finds its state here. A hit needs the exact bytes, so a cached state is always the decoding
+/// of what the host passed; this relies on `State` round-tripping through its encoding (see
+/// [`Aggregate::State`]). [`export_aggregate!`](crate::export_aggregate) keeps one per instance;
+/// natively it makes a baseline that does the same work.
+///
+/// ```
+/// # use tollgate_sdk::{aggregate::StateCache, Command, Event};
+/// # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Total { n: u64 }
+/// # #[derive(serde::Deserialize)] #[serde(rename_all = "kebab-case")] enum Add { Add { n: u64 } }
+/// # #[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = "kebab-case")] enum Added { Added { n: u64 } }
+/// # struct Counter;
+/// # impl tollgate_sdk::Aggregate for Counter {
+/// #     const STREAM: &'static str = "counter";
+/// #     type State = Total; type Command = Add; type Event = Added;
+/// #     fn handle(_: &Total, Add::Add { n }: Add, _: &Command) -> Result<Vec<Added>, tollgate_sdk::Rejection> {
+/// #         Ok(vec![Added::Added { n }])
+/// #     }
+/// #     fn apply(state: &mut Total, Added::Added { n }: Added) { state.n += n; }
+/// # }
+/// let mut cache = StateCache::<Counter>::new();
+/// let add = Command::new("counter", "c1", "cmd-1", &serde_json::json!({"add": {"n": 2}})).unwrap();
+/// let drafts = cache.handle(None, &add).unwrap();
+/// let draft = drafts[0].clone();
+/// let event = Event {
+///     stream: "counter".into(), key: "c1".into(), event_type: draft.event_type, schema_version: 1,
+///     content_type: draft.content_type, payload: draft.payload, sequence: 1, time: 0,
+///     command_id: "cmd-1".into(), correlation_id: String::new(), causation_id: String::new(),
+/// };
+/// let state = cache.apply(None, vec![event]).unwrap();
+/// assert_eq!(state, br#"{"n":2}"#);
+/// ```
+pub struct StateCache<A: Aggregate> {
+    slots: Vec<(Vec<u8>, A::State)>,
+    next: usize,
+}
+
+impl<A: Aggregate> StateCache<A> {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        StateCache { slots: Vec::new(), next: 0 }
+    }
+
+    /// [`handle`], decoding `state` only when this cache does not hold it.
+    pub fn handle(&mut self, state: Option<Vec<u8>>, command: &Command) -> Result<Vec<EventDraft>, Rejection> {
+        let typed = decode_command::<A>(command)?;
+        let initial;
+        let state = match state {
+            None => {
+                initial = A::State::default();
+                &initial
+            }
+            Some(bytes) => {
+                let at = match self.find(&bytes) {
+                    Some(at) => at,
+                    None => {
+                        let state = decode_state::<A>(Some(&bytes))?;
+                        self.insert(bytes, state)
+                    }
+                };
+                &self.slots[at].1
+            }
+        };
+        decide::<A>(state, typed, command)
+    }
+
+    /// [`apply`], starting from the cached decoding of `state` and keeping the result.
+    pub fn apply(&mut self, state: Option<Vec<u8>>, events: Vec<Event>) -> Result<Vec<u8>, Rejection> {
+        // The state being folded is superseded, so its slot is taken rather than copied.
+        let mut folded = match state {
+            None => A::State::default(),
+            Some(bytes) => match self.find(&bytes) {
+                Some(at) => self.slots.swap_remove(at).1,
+                None => decode_state::<A>(Some(&bytes))?,
+            },
+        };
+        evolve::<A>(&mut folded, events)?;
+        let bytes = encode_state::<A>(&folded)?;
+        self.insert(bytes.clone(), folded);
+        Ok(bytes)
+    }
+
+    fn find(&self, bytes: &[u8]) -> Option<usize> {
+        self.slots.iter().position(|(cached, _)| same_bytes(cached, bytes))
+    }
+
+    fn insert(&mut self, bytes: Vec<u8>, state: A::State) -> usize {
+        if self.slots.len() < CACHED_STATES {
+            self.slots.push((bytes, state));
+            return self.slots.len() - 1;
+        }
+        self.next = (self.next + 1) % CACHED_STATES;
+        self.slots[self.next] = (bytes, state);
+        self.next
+    }
+}
+
+impl<A: Aggregate> Default for StateCache<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `a == b` a word at a time: wasm's `memcmp` compares byte by byte, and a state is kilobytes.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let ((a_words, a_rest), (b_words, b_rest)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    a.len() == b.len()
+        && a_words.iter().zip(b_words).all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+        && a_rest == b_rest
 }
 
 /// Brings an event to `A::EVENT_SCHEMA_VERSION`, or rejects one from the future.
@@ -195,25 +334,31 @@ pub(crate) fn check_content_type(content_type: &str, what: &str, name: &str) -> 
     }
 }
 
-/// Adapts an [`Aggregate`] to the generated `command-handler` export. Used by
-/// [`export_aggregate!`](crate::export_aggregate).
-pub struct Adapter<A>(PhantomData<A>);
+/// Adapts an [`Aggregate`] to the generated `command-handler` export, with the instance's
+/// [`StateCache`]. Used by [`export_aggregate!`](crate::export_aggregate), which provides the
+/// cache: a static cannot be generic.
+pub trait Adapter: 'static {
+    /// The aggregate exported.
+    type Aggregate: Aggregate;
+    /// Runs `f` on the instance's cache.
+    fn with_cache<R>(f: impl FnOnce(&mut StateCache<Self::Aggregate>) -> R) -> R;
+}
 
-impl<A: Aggregate> crate::bindings::aggregate::exports::tollgate::eventsourcing::command_handler::Guest for Adapter<A> {
+impl<T: Adapter> crate::bindings::aggregate::exports::tollgate::eventsourcing::command_handler::Guest for T {
     fn describe() -> AggregateInfo {
-        describe::<A>()
+        describe::<T::Aggregate>()
     }
 
     fn handle(state: Option<Vec<u8>>, command: Command) -> Result<Vec<EventDraft>, Rejection> {
-        handle::<A>(state.as_deref(), &command)
+        T::with_cache(|cache| cache.handle(state, &command))
     }
 
     fn apply(state: Option<Vec<u8>>, events: Vec<Event>) -> Result<Vec<u8>, Rejection> {
-        apply::<A>(state.as_deref(), events)
+        T::with_cache(|cache| cache.apply(state, events))
     }
 
     fn upcast(event: Event) -> Result<Event, Rejection> {
-        upcast::<A>(event)
+        upcast::<T::Aggregate>(event)
     }
 }
 
@@ -229,8 +374,112 @@ macro_rules! export_aggregate {
     ($ty:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            type TollgateAggregate = $crate::aggregate::Adapter<$ty>;
+            struct TollgateAggregate;
+            ::std::thread_local! {
+                static CACHE: ::std::cell::RefCell<$crate::aggregate::StateCache<$ty>> =
+                    const { ::std::cell::RefCell::new($crate::aggregate::StateCache::new()) };
+            }
+            impl $crate::aggregate::Adapter for TollgateAggregate {
+                type Aggregate = $ty;
+                fn with_cache<R>(f: impl FnOnce(&mut $crate::aggregate::StateCache<$ty>) -> R) -> R {
+                    CACHE.with_borrow_mut(f)
+                }
+            }
     $crate::bindings::aggregate::export!(TollgateAggregate with_types_in $crate::bindings::aggregate);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    /// Tallies per name; `take` is refused when it would go below zero.
+    struct Tally;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    enum TallyCommand {
+        Add { name: String, n: u64 },
+        Take { name: String, n: u64 },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    enum TallyEvent {
+        Added { name: String, n: u64 },
+        Taken { name: String, n: u64 },
+    }
+
+    impl Aggregate for Tally {
+        const STREAM: &'static str = "tally";
+        type State = BTreeMap<String, u64>;
+        type Command = TallyCommand;
+        type Event = TallyEvent;
+
+        fn handle(state: &Self::State, command: TallyCommand, _: &Command) -> Result<Vec<TallyEvent>, Rejection> {
+            match command {
+                TallyCommand::Add { name, n } => Ok(vec![TallyEvent::Added { name, n }]),
+                TallyCommand::Take { name, n } if state.get(&name).copied().unwrap_or(0) >= n => {
+                    Ok(vec![TallyEvent::Taken { name, n }])
+                }
+                TallyCommand::Take { .. } => Err(Rejection::business("too-few", "not enough")),
+            }
+        }
+
+        fn apply(state: &mut Self::State, event: TallyEvent) {
+            match event {
+                TallyEvent::Added { name, n } => *state.entry(name).or_default() += n,
+                TallyEvent::Taken { name, n } => *state.entry(name).or_default() -= n,
+            }
+        }
+    }
+
+    fn event(draft: EventDraft, sequence: u64) -> Event {
+        Event {
+            stream: "tally".into(),
+            key: "t".into(),
+            event_type: draft.event_type,
+            schema_version: draft.schema_version,
+            content_type: draft.content_type,
+            payload: draft.payload,
+            sequence,
+            time: 0,
+            command_id: format!("c{sequence}"),
+            correlation_id: String::new(),
+            causation_id: String::new(),
+        }
+    }
+
+    proptest! {
+        /// Whatever states the host passes, old or new, in any order, the cache answers exactly
+        /// as decoding them afresh would.
+        #[test]
+        fn cached_answers_equal_fresh_ones(
+            steps in prop::collection::vec((any::<bool>(), 0..3usize, 1..5u64, any::<prop::sample::Index>()), 1..60)
+        ) {
+            let mut cache = StateCache::<Tally>::new();
+            let mut seen: Vec<Option<Vec<u8>>> = vec![None];
+            for (i, (add, name, n, pick)) in steps.into_iter().enumerate() {
+                let state = pick.get(&seen).clone();
+                let name = ["a", "b", "c"][name].to_string();
+                let body = if add { serde_json::json!({"add": {"name": name, "n": n}}) } else {
+                    serde_json::json!({"take": {"name": name, "n": n}})
+                };
+                let command = Command::new("tally", "t", &format!("c{i}"), &body).unwrap();
+                // The generated envelope types have no `PartialEq`; their Debug form shows every field.
+                let fresh = handle::<Tally>(state.as_deref(), &command);
+                prop_assert_eq!(format!("{:?}", cache.handle(state.clone(), &command)), format!("{fresh:?}"));
+                if let Ok(drafts) = fresh {
+                    let events: Vec<Event> = drafts.into_iter().map(|d| event(d, i as u64)).collect();
+                    let next = apply::<Tally>(state.as_deref(), events.clone()).unwrap();
+                    prop_assert_eq!(cache.apply(state, events).unwrap(), next.clone());
+                    seen.push(Some(next));
+                }
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: build the actors once, then test, demo or benchmark with them.
 //!
-//! Kept free of dependencies so it builds in seconds on a fresh machine.
+//! Its only dependencies are the two small crates that read and write wasm, so it builds in
+//! seconds on a fresh machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -112,6 +113,7 @@ fn build_actors() -> Result<PathBuf, String> {
     let dir = actors_dir();
     for ((_, limited), name) in COMPONENTS.iter().zip(&names) {
         let file = dir.join(format!("{}.wasm", name.replace('-', "_")));
+        strip_component_names(&file)?;
         let size = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?.len();
         println!("{:>8} bytes  {}", size, file.display());
         if *limited && size > ACTOR_SIZE_LIMIT {
@@ -122,6 +124,42 @@ fn build_actors() -> Result<PathBuf, String> {
         }
     }
     Ok(dir)
+}
+
+/// Custom sections of the outer component that only debuggers read. `strip = true` drops the
+/// core module's symbols, but wasm-component-ld then writes names for the component's own
+/// items: a few KiB that run nothing.
+const DEBUG_SECTIONS: &[&str] = &["component-name", "producers"];
+
+/// Rewrites `file` without its outer [`DEBUG_SECTIONS`]; every other section is copied byte
+/// for byte, so what the component does is unchanged.
+fn strip_component_names(file: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut stripped = wasm_encoder::Component::new();
+    let mut dropped = false;
+    // Nested modules' payloads come through too; only the outer component's sections are copied.
+    let mut depth = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        let payload = payload.map_err(|e| format!("{}: not a valid component: {e}", file.display()))?;
+        match &payload {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth -= 1,
+            wasmparser::Payload::CustomSection(c) if depth == 1 && DEBUG_SECTIONS.contains(&c.name()) => {
+                dropped = true;
+                continue;
+            }
+            _ => {}
+        }
+        if depth == 1
+            && let Some((id, range)) = payload.as_section()
+        {
+            stripped.section(&wasm_encoder::RawSection { id, data: &bytes[range] });
+        }
+    }
+    if !dropped {
+        return Ok(());
+    }
+    std::fs::write(file, stripped.finish()).map_err(|e| format!("{}: {e}", file.display()))
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
