@@ -1,7 +1,7 @@
 //! "replay": rebuild an account's state from 100k events with batched `apply` (1000 events per
 //! call), from scratch and from a snapshot (the state after 99k events, then the last 1k).
-//! Native baselines run `tollgate_sdk::aggregate::apply::<PrepaidAccount>` on the same events
-//! (its owned input is cloned off the clock).
+//! Native baselines run the SDK's `StateCache<PrepaidAccount>::apply`, what the component runs,
+//! on the same events (its owned input is cloned off the clock).
 //!
 //! `ops_per_sec` counts events; the latencies time one whole rebuild.
 
@@ -12,6 +12,7 @@ use tollgate_benches::measure::{self, PHASE, Report, Timing};
 use tollgate_host::aggregate::Event;
 use tollgate_host::fixtures::PREPAID_ACCOUNT;
 use tollgate_host::{Actor, AggregateActor, Fakes, HostEngine, Limits};
+use tollgate_sdk::aggregate::StateCache;
 
 const EVENTS: usize = 100_000;
 const BATCH: usize = 1_000;
@@ -26,10 +27,14 @@ fn wasm_rebuild(actor: &mut AggregateActor, snapshot: Option<&[u8]>, batches: &[
     state.expect("at least one batch")
 }
 
-fn native_rebuild(snapshot: Option<&[u8]>, batches: Vec<Vec<tollgate_sdk::Event>>) -> Vec<u8> {
+fn native_rebuild(
+    cache: &mut StateCache<Native>,
+    snapshot: Option<&[u8]>,
+    batches: Vec<Vec<tollgate_sdk::Event>>,
+) -> Vec<u8> {
     let mut state = snapshot.map(<[u8]>::to_vec);
     for batch in batches {
-        state = Some(tollgate_sdk::aggregate::apply::<Native>(state.as_deref(), batch).expect("events fold"));
+        state = Some(cache.apply(state, batch).expect("events fold"));
     }
     state.expect("at least one batch")
 }
@@ -38,6 +43,7 @@ fn main() {
     let engine = HostEngine::new(Limits::default()).expect("engine");
     let actor = Actor::load(&engine, fixtures::actor(PREPAID_ACCOUNT)).expect("load prepaid-account");
     let mut wasm = AggregateActor::new(actor, Fakes::new()).expect("aggregate actor");
+    let mut native = StateCache::<Native>::new();
 
     let events = fixtures::events(&fixtures::replay_history(EVENTS), 1);
     let batches: Vec<Vec<Event>> = events.chunks(BATCH).map(<[Event]>::to_vec).collect();
@@ -46,7 +52,11 @@ fn main() {
     let (head, tail) = batches.split_at(batches.len() - 1);
     let snapshot = wasm_rebuild(&mut wasm, None, head);
     let full = wasm_rebuild(&mut wasm, None, &batches);
-    assert_eq!(full, native_rebuild(None, native_batches.clone()), "wasm and native fold to the same bytes");
+    assert_eq!(
+        full,
+        native_rebuild(&mut native, None, native_batches.clone()),
+        "wasm and native fold to the same bytes"
+    );
     assert_eq!(full, wasm_rebuild(&mut wasm, Some(&snapshot), tail), "snapshot + tail = full replay");
     println!(
         "replay: {EVENTS} events ({} bytes of payload), final state {} bytes, snapshot {} bytes",
@@ -62,7 +72,11 @@ fn main() {
         group.sample_size(10).throughput(Throughput::Elements(EVENTS as u64));
         group.bench_function("wasm 100k events", |b| b.iter(|| black_box(wasm_rebuild(&mut wasm, None, &batches))));
         group.bench_function("native 100k events", |b| {
-            b.iter_batched(|| native_batches.clone(), |n| black_box(native_rebuild(None, n)), BatchSize::LargeInput)
+            b.iter_batched(
+                || native_batches.clone(),
+                |n| black_box(native_rebuild(&mut native, None, n)),
+                BatchSize::LargeInput,
+            )
         });
         group.sample_size(20).throughput(Throughput::Elements(BATCH as u64));
         group.bench_function("wasm snapshot + 1k events", |b| {
@@ -71,7 +85,7 @@ fn main() {
         group.bench_function("native snapshot + 1k events", |b| {
             b.iter_batched(
                 || native_tail.to_vec(),
-                |n| black_box(native_rebuild(Some(&snapshot), n)),
+                |n| black_box(native_rebuild(&mut native, Some(&snapshot), n)),
                 BatchSize::SmallInput,
             )
         });
@@ -96,7 +110,7 @@ fn main() {
         10,
         |_| native_batches.clone(),
         |n| {
-            black_box(native_rebuild(None, n));
+            black_box(native_rebuild(&mut native, None, n));
         },
     );
     let snap_wasm = measure::measure_with_setup(
@@ -112,7 +126,7 @@ fn main() {
         100,
         |_| native_tail.to_vec(),
         |n| {
-            black_box(native_rebuild(Some(&snapshot), n));
+            black_box(native_rebuild(&mut native, Some(&snapshot), n));
         },
     );
     let full_ratio = full_wasm.mean_ns / full_native.mean_ns;

@@ -42,7 +42,8 @@ pub struct FileOptions {
     /// Most records written per fsync.
     pub max_batch: usize,
     /// `fdatasync` each batch before acknowledging it. Only an ephemeral store (a runtime
-    /// without `--store`, whose directory is deleted on exit) turns this off.
+    /// without `--store`, whose directory is deleted on exit) turns this off; with nothing to
+    /// batch, each caller then writes its record itself instead of handing it to a writer thread.
     pub sync: bool,
 }
 
@@ -84,6 +85,9 @@ struct Inner {
     state: Arc<Mutex<State>>,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Without fsync there is nothing to batch, so no writer thread: each caller writes what is
+    /// queued itself, sparing two thread hand-offs per append.
+    inline: Option<Mutex<(Writer, mpsc::Receiver<Job>)>>,
     durable: watch::Receiver<u64>,
     counters: Arc<Counters>,
     _lock: File,
@@ -380,43 +384,48 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < self.options.max_batch {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+            self.commit(first, &rx);
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then completes them.
+    fn commit(&mut self, first: Job, rx: &mpsc::Receiver<Job>) {
+        let mut jobs = vec![first];
+        while jobs.len() < self.options.max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let poisoned = lock(&self.state).poisoned.clone();
+        let outcome = match poisoned {
+            Some(p) => Err(p),
+            None => self.write_batch(&jobs).map_err(|e| e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                let mut st = lock(&self.state);
+                let mut durable = *self.durable.borrow();
+                let mut done = Vec::with_capacity(jobs.len());
+                for j in jobs {
+                    if let Some(r) = j.apply {
+                        st.apply(r);
+                    }
+                    if let Some(p) = j.last_position {
+                        durable = durable.max(p);
+                    }
+                    done.push(j.done);
+                }
+                drop(st);
+                self.durable.send_replace(durable);
+                for d in done {
+                    let _ = d.send(Ok(()));
                 }
             }
-            let poisoned = lock(&self.state).poisoned.clone();
-            let outcome = match poisoned {
-                Some(p) => Err(p),
-                None => self.write_batch(&jobs).map_err(|e| e.to_string()),
-            };
-            match outcome {
-                Ok(()) => {
-                    let mut st = lock(&self.state);
-                    let mut durable = *self.durable.borrow();
-                    let mut done = Vec::with_capacity(jobs.len());
-                    for j in jobs {
-                        if let Some(r) = j.apply {
-                            st.apply(r);
-                        }
-                        if let Some(p) = j.last_position {
-                            durable = durable.max(p);
-                        }
-                        done.push(j.done);
-                    }
-                    drop(st);
-                    self.durable.send_replace(durable);
-                    for d in done {
-                        let _ = d.send(Ok(()));
-                    }
-                }
-                Err(msg) => {
-                    lock(&self.state).poisoned.get_or_insert(msg.clone());
-                    for j in jobs {
-                        let _ = j.done.send(Err(StoreError::Poisoned(msg.clone())));
-                    }
+            Err(msg) => {
+                lock(&self.state).poisoned.get_or_insert(msg.clone());
+                for j in jobs {
+                    let _ = j.done.send(Err(StoreError::Poisoned(msg.clone())));
                 }
             }
         }
@@ -595,6 +604,7 @@ impl FileStore {
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
+        let options_sync = options.sync;
         let writer = Writer {
             counters: counters.clone(),
             dir: dir.clone(),
@@ -605,16 +615,22 @@ impl FileStore {
             state: state.clone(),
             durable: durable_tx,
         };
-        let handle = std::thread::Builder::new()
-            .name("tollgate-store-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::io("spawning the writer thread", e))?;
+        let (handle, inline) = if options_sync {
+            let handle = std::thread::Builder::new()
+                .name("tollgate-store-writer".into())
+                .spawn(move || writer.run(rx))
+                .map_err(|e| StoreError::io("spawning the writer thread", e))?;
+            (Some(handle), None)
+        } else {
+            (None, Some(Mutex::new((writer, rx))))
+        };
         Ok(FileStore {
             inner: Arc::new(Inner {
                 dir,
                 state,
                 tx: Mutex::new(Some(tx)),
-                writer: Mutex::new(Some(handle)),
+                writer: Mutex::new(handle),
+                inline,
                 durable: durable_rx,
                 counters,
                 _lock: lock_file,
@@ -658,7 +674,20 @@ impl FileStore {
             let st = lock(&self.inner.state);
             self.send(&st, Job { bytes, apply: Some(record), last_position: None, done })?;
         }
+        self.write_queued();
         wait.await.map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))?
+    }
+
+    /// Without a writer thread, writes what callers queued (this one's job among them, unless
+    /// another caller already wrote it). Called with the state unlocked: the writer locks it.
+    fn write_queued(&self) {
+        if let Some(inline) = &self.inner.inline {
+            let mut inline = lock(inline);
+            let (writer, rx) = &mut *inline;
+            while let Ok(first) = rx.try_recv() {
+                writer.commit(first, rx);
+            }
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -736,6 +765,7 @@ impl EventStore for FileStore {
             st.insert_commit(commit, &command_id);
             result
         };
+        self.write_queued();
         wait.await.map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))??;
         Ok(result)
     }

@@ -8,22 +8,31 @@ use common::conformance::Factory;
 use common::event;
 use tollgate_store::subject::encode_token;
 use tollgate_store::testing::NatsServer;
-use tollgate_store::{ConsumerOptions, EventStore, ExpectedVersion, FileStore, KvWrite, NatsOptions, NatsStore};
+use tollgate_store::{
+    ConsumerOptions, EventStore, ExpectedVersion, FileOptions, FileStore, KvWrite, NatsOptions, NatsStore,
+};
 
 /// A file store in a temp dir; every `open` reopens the same directory.
 struct FileFactory {
     dir: tempfile::TempDir,
+    options: FileOptions,
 }
 
 impl FileFactory {
     fn new() -> Option<FileFactory> {
-        Some(FileFactory { dir: tempfile::tempdir().expect("temp dir") })
+        Some(FileFactory { dir: tempfile::tempdir().expect("temp dir"), options: FileOptions::default() })
+    }
+
+    /// Without fsync, as the runtime's ephemeral store: callers write inline, no writer thread.
+    fn unsynced() -> Option<FileFactory> {
+        let options = FileOptions { sync: false, ..FileOptions::default() };
+        Some(FileFactory { dir: tempfile::tempdir().expect("temp dir"), options })
     }
 }
 
 impl Factory for FileFactory {
     async fn open(&self) -> Box<dyn EventStore> {
-        Box::new(FileStore::open(self.dir.path()).expect("open file store"))
+        Box::new(FileStore::open_with(self.dir.path(), self.options.clone()).expect("open file store"))
     }
 }
 
@@ -57,6 +66,14 @@ impl Factory for NatsFactory {
 mod file {
     use super::*;
     conformance_tests!(FileFactory::new();
+        append_and_read, optimistic_concurrency, duplicate_command, read_all_order,
+        consumer_delivery, snapshots_by_digest, projection_commit, projection_rebuild, timers_survive_reopen,
+        unacked_redelivered);
+}
+
+mod file_unsynced {
+    use super::*;
+    conformance_tests!(FileFactory::unsynced();
         append_and_read, optimistic_concurrency, duplicate_command, read_all_order,
         consumer_delivery, snapshots_by_digest, projection_commit, projection_rebuild, timers_survive_reopen,
         unacked_redelivered);
