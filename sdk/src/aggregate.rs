@@ -117,9 +117,10 @@ pub fn handle<A: Aggregate>(state: Option<&[u8]>, command: &Command) -> Result<V
 
 /// Folds encoded events into an encoded state, upcasting old ones first.
 pub fn apply<A: Aggregate>(state: Option<&[u8]>, events: Vec<Event>) -> Result<Vec<u8>, Rejection> {
+    let capacity = state.map_or(0, <[u8]>::len) + STATE_SLACK;
     let mut state = decode_state::<A>(state)?;
     evolve::<A>(&mut state, events)?;
-    encode_state::<A>(&state)
+    encode_state::<A>(&state, capacity)
 }
 
 // Inlined: the component calls each from one place, and a call costs size at opt-level "s".
@@ -160,9 +161,16 @@ fn evolve<A: Aggregate>(state: &mut A::State, events: Vec<Event>) -> Result<(), 
 }
 
 #[inline(always)]
-fn encode_state<A: Aggregate>(state: &A::State) -> Result<Vec<u8>, Rejection> {
-    codec::to_json(state).map_err(|e| Rejection::malformed("encode-state", e.to_string()))
+/// Encodes a state into a buffer of `capacity` bytes: the previous state's length is a good
+/// guess, and a buffer grown from empty copies a large state several times over.
+fn encode_state<A: Aggregate>(state: &A::State, capacity: usize) -> Result<Vec<u8>, Rejection> {
+    let mut bytes = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut bytes, state).map_err(|e| Rejection::malformed("encode-state", e.to_string()))?;
+    Ok(bytes)
 }
+
+/// Room for growth when a state is re-encoded after `apply`.
+const STATE_SLACK: usize = 512;
 
 /// How many decoded states a [`StateCache`] keeps.
 pub const CACHED_STATES: usize = 8;
@@ -239,6 +247,7 @@ impl<A: Aggregate> StateCache<A> {
 
     /// [`apply`], starting from the cached decoding of `state` and keeping the result.
     pub fn apply(&mut self, state: Option<Vec<u8>>, events: Vec<Event>) -> Result<Vec<u8>, Rejection> {
+        let capacity = state.as_ref().map_or(0, Vec::len) + STATE_SLACK;
         // The state being folded is superseded, so its slot is taken rather than copied.
         let mut folded = match state {
             None => A::State::default(),
@@ -248,7 +257,7 @@ impl<A: Aggregate> StateCache<A> {
             },
         };
         evolve::<A>(&mut folded, events)?;
-        let bytes = encode_state::<A>(&folded)?;
+        let bytes = encode_state::<A>(&folded, capacity)?;
         self.insert(bytes.clone(), folded);
         Ok(bytes)
     }
