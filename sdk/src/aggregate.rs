@@ -123,8 +123,6 @@ pub fn apply<A: Aggregate>(state: Option<&[u8]>, events: Vec<Event>) -> Result<V
     encode_state::<A>(&state, capacity)
 }
 
-// Inlined: the component calls each from one place, and a call costs size at opt-level "s".
-#[inline(always)]
 fn decode_command<A: Aggregate>(command: &Command) -> Result<A::Command, Rejection> {
     check_content_type(&command.content_type, "command", &command.command_type)?;
     codec::decode(&command.command_type, &command.payload).map_err(|e| {
@@ -139,7 +137,6 @@ fn decode_command<A: Aggregate>(command: &Command) -> Result<A::Command, Rejecti
     })
 }
 
-#[inline(always)]
 fn decide<A: Aggregate>(state: &A::State, typed: A::Command, command: &Command) -> Result<Vec<EventDraft>, Rejection> {
     A::handle(state, typed, command)?
         .iter()
@@ -151,7 +148,6 @@ fn decide<A: Aggregate>(state: &A::State, typed: A::Command, command: &Command) 
         .collect()
 }
 
-#[inline(always)]
 fn evolve<A: Aggregate>(state: &mut A::State, events: Vec<Event>) -> Result<(), Rejection> {
     for event in events {
         let event = upcast::<A>(event)?;
@@ -160,7 +156,6 @@ fn evolve<A: Aggregate>(state: &mut A::State, events: Vec<Event>) -> Result<(), 
     Ok(())
 }
 
-#[inline(always)]
 /// Encodes a state into a buffer of `capacity` bytes: the previous state's length is a good
 /// guess, and a buffer grown from empty copies a large state several times over.
 fn encode_state<A: Aggregate>(state: &A::State, capacity: usize) -> Result<Vec<u8>, Rejection> {

@@ -604,7 +604,7 @@ impl FileStore {
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
-        let options_sync = options.sync;
+        let sync = options.sync;
         let writer = Writer {
             counters: counters.clone(),
             dir: dir.clone(),
@@ -615,7 +615,7 @@ impl FileStore {
             state: state.clone(),
             durable: durable_tx,
         };
-        let (handle, inline) = if options_sync {
+        let (handle, inline) = if sync {
             let handle = std::thread::Builder::new()
                 .name("tollgate-store-writer".into())
                 .spawn(move || writer.run(rx))
