@@ -159,9 +159,7 @@ fn evolve<A: Aggregate>(state: &mut A::State, events: Vec<Event>) -> Result<(), 
 /// Encodes a state into a buffer of `capacity` bytes: the previous state's length is a good
 /// guess, and a buffer grown from empty copies a large state several times over.
 fn encode_state<A: Aggregate>(state: &A::State, capacity: usize) -> Result<Vec<u8>, Rejection> {
-    let mut bytes = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut bytes, state).map_err(|e| Rejection::malformed("encode-state", e.to_string()))?;
-    Ok(bytes)
+    codec::to_json_in(Vec::with_capacity(capacity), state).map_err(|e| Rejection::malformed("encode-state", e.0))
 }
 
 /// Room for growth when a state is re-encoded after `apply`.

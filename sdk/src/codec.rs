@@ -84,7 +84,19 @@ pub fn is_unknown_variant(error: &CodecError) -> bool {
 
 /// Encodes a state (or any value) as JSON.
 pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    serde_json::to_vec(value).map_err(|e| CodecError(e.to_string()))
+    to_json_in(Vec::with_capacity(128), value)
+}
+
+/// [`to_json`] into `buffer` (appended to): a buffer sized for the expected output spares
+/// re-copying a large value as it grows.
+///
+/// ```
+/// let bytes = tollgate_sdk::codec::to_json_in(Vec::with_capacity(64), &[1, 2]).unwrap();
+/// assert_eq!(bytes, b"[1,2]");
+/// ```
+pub fn to_json_in<T: Serialize>(mut buffer: Vec<u8>, value: &T) -> Result<Vec<u8>, CodecError> {
+    serde_json::to_writer(&mut buffer, value).map_err(|e| CodecError(e.to_string()))?;
+    Ok(buffer)
 }
 
 /// Decodes a state (or any value) from JSON.
