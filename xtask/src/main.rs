@@ -113,7 +113,7 @@ fn build_actors() -> Result<PathBuf, String> {
     let dir = actors_dir();
     for ((_, limited), name) in COMPONENTS.iter().zip(&names) {
         let file = dir.join(format!("{}.wasm", name.replace('-', "_")));
-        strip_component_names(&file)?;
+        strip_debug_sections(&file)?;
         let size = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?.len();
         println!("{:>8} bytes  {}", size, file.display());
         if *limited && size > ACTOR_SIZE_LIMIT {
@@ -133,7 +133,7 @@ const DEBUG_SECTIONS: &[&str] = &["component-name", "producers"];
 
 /// Rewrites `file` without its outer [`DEBUG_SECTIONS`]; every other section is copied byte
 /// for byte, so what the component does is unchanged.
-fn strip_component_names(file: &Path) -> Result<(), String> {
+fn strip_debug_sections(file: &Path) -> Result<(), String> {
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut stripped = wasm_encoder::Component::new();
     let mut dropped = false;
