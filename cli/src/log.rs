@@ -1,4 +1,5 @@
-//! Commands that read (and repair) a store: `events`, `replay`, `dead-letters`, `stats`.
+//! Commands that read (and repair) a store: `events`, `replay`, `dead-letters`, `stats`. Those
+//! that only read open the store read-only, so they never change a byte of it.
 
 use crate::scenario::run::event_json;
 use anyhow::Context;
@@ -31,7 +32,7 @@ pub struct EventsArgs {
 
 /// Shows one stream.
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let journal = Journal::open(&args.store)?;
+    let journal = Journal::open_read_only(&args.store)?;
     let events = journal.run("read events", journal.store().read(&args.stream, &args.key, args.from))?;
     if events.is_empty() {
         eprintln!("{}/{}: no events at or after sequence {}", args.stream, args.key, args.from);
@@ -81,7 +82,8 @@ fn per_second(n: u64, d: std::time::Duration) -> String {
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.manifest)?;
     let mut loader = Loader::new(engine_for(&manifest)?);
-    let journal = Journal::open(&args.store)?;
+    // Only a repairing replay writes; a check must leave the store as it found it.
+    let journal = if args.check { Journal::open_read_only(&args.store)? } else { Journal::open(&args.store)? };
     let report = replay::replay(&manifest, &mut loader, &journal, !args.check)?;
     println!("read {} events in {:.1?} ({})", report.events, report.read, per_second(report.events, report.read));
     for a in &report.aggregates {
@@ -135,7 +137,8 @@ pub struct DeadLettersArgs {
 
 /// Lists a consumer's dead letters, or moves them back.
 pub fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
-    let journal = Journal::open(&args.store)?;
+    let redriving = args.redrive_all || !args.redrive.is_empty();
+    let journal = if redriving { Journal::open(&args.store)? } else { Journal::open_read_only(&args.store)? };
     let dead = journal.run("read dead letters", journal.store().dead_letters(&args.consumer))?;
     let positions: Vec<u64> = if args.redrive_all { dead.iter().map(|d| d.position).collect() } else { args.redrive };
     if positions.is_empty() {
@@ -175,7 +178,7 @@ pub struct StatsArgs {
 /// Prints counters recorded by runs, dead-letter depth and outstanding grant exposure.
 pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.manifest)?;
-    let journal = Journal::open(&args.store)?;
+    let journal = Journal::open_read_only(&args.store)?;
     let mut total = Stats::default();
     let mut runs = 0;
     let mut accounts = BTreeSet::new();

@@ -6,6 +6,7 @@ mod log;
 mod new;
 mod node;
 mod scenario;
+mod store;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     DeadLetters(log::DeadLettersArgs),
     /// Counters recorded by runs, dead-letter depth, outstanding grant exposure.
     Stats(log::StatsArgs),
+    /// Check the embedded log (`verify`) or cut it at a record boundary (`repair`).
+    Store(store::Args),
     #[command(flatten)]
     Oci(tollgate_oci::cli::Command),
 }
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Events(args) => log::events(args),
         Command::DeadLetters(args) => log::dead_letters(args),
         Command::Stats(args) => log::stats(args),
+        Command::Store(args) => store::run(args),
         Command::Oci(cmd) => tollgate_oci::cli::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -52,6 +52,12 @@ impl Journal {
         Journal::connect(url, || tollgate_store::open(url))
     }
 
+    /// Opens a store without writing to it (`tollgate events`, `stats`, `replay --check`, ...):
+    /// an embedded log is neither created nor repaired, and writes fail.
+    pub fn open_read_only(url: &str) -> Result<Journal, RuntimeError> {
+        Journal::connect(url, || tollgate_store::open_read_only(url))
+    }
+
     /// JetStream at `url` with explicit options (e.g. a short request timeout for an edge node
     /// that must notice quickly that it is cut off).
     pub fn connect_nats(url: &str, options: NatsOptions) -> Result<Journal, RuntimeError> {

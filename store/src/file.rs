@@ -1,23 +1,25 @@
 //! The embedded event store: an append-only, checksummed, segmented log with group commit.
 //!
-//! Layout of `DIR`: `LOCK` (held with an exclusive file lock while open) and segment files
-//! `00000000000000000001.seg`, ... Each record is `len: u32 LE | crc32(len ++ body): u32 LE |
-//! body`, where `body` starts with a tag byte. Everything (events, snapshots, projection
-//! commits, timers, consumer acks/nacks, dead letters, redrives) is a record of the same log,
-//! so it is all crash-safe the same way.
+//! Layout of `DIR`: `LOCK` (held with an exclusive file lock while open for writing, a shared
+//! one while open read-only) and segment files `00000000000000000001.seg`, ..., each starting
+//! with a header (magic, format version, segment number, store id; see `file/segment.rs`). Records
+//! are checksummed frames whose body starts with a tag byte. Everything (events, snapshots,
+//! projection commits, timers, consumer acks/nacks, dead letters, redrives) is a record of the
+//! same log, so it is all crash-safe the same way.
 //!
 //! Writes go to one writer thread that takes every queued record, writes them, and calls
 //! `fdatasync` once for the whole batch (group commit) before acknowledging any of them.
-//! On open the log is replayed into memory; a torn or corrupt record in the last segment is
-//! cut off together with everything after it (those writes were never acknowledged).
-//! Damage in an earlier segment is reported as [`StoreError::Corrupt`].
+//! On open the log is replayed into memory. Only an incomplete final record (a torn last
+//! write, never acknowledged) is dropped, and that is said on stderr. Anything else (a failed
+//! checksum, data after a bad record, a missing segment, a segment of another store) is
+//! [`StoreError::Corrupt`] naming the file and offset, and nothing is written.
 //!
 //! Events are kept in memory after replay (index by `(stream, key)` and by position), so reads
 //! never touch the disk. There is no compaction yet: snapshots and acks add to the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -28,10 +30,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 
+mod segment;
+
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::{
     AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion, KvWrite, NackOutcome,
     NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer, stored_events, validate_append,
+};
+pub use segment::{Damage, FORMAT_VERSION, SegmentReport};
+use segment::{
+    Header, LogScan, RECORD_HEADER, Roll, SEGMENT_HEADER, StoreId, create_segment, frame, hex, list_segments,
+    new_store_id, scan_log, segment_path,
 };
 
 /// Tuning of a [`FileStore`].
@@ -71,9 +80,6 @@ struct Counters {
     bytes: AtomicU64,
 }
 
-const HEADER: usize = 8;
-const SEGMENT_EXT: &str = "seg";
-
 /// The embedded event store (`file:DIR`). Cheap to clone; all clones share one log.
 #[derive(Clone)]
 pub struct FileStore {
@@ -90,7 +96,9 @@ struct Inner {
     inline: Option<Mutex<(Writer, mpsc::Receiver<Job>)>>,
     durable: watch::Receiver<u64>,
     counters: Arc<Counters>,
-    _lock: File,
+    /// Opened with [`FileStore::open_read_only`]: there is no writer.
+    read_only: bool,
+    _lock: Option<File>,
 }
 
 impl Drop for Inner {
@@ -119,21 +127,54 @@ struct Job {
 /// One log record.
 #[derive(Debug, Clone)]
 enum Record {
-    Events { stream: String, key: String, first_sequence: u64, first_position: u64, events: Vec<NewEvent> },
-    Snapshot { stream: String, key: String, snapshot: Snapshot },
-    Projection { consumer: String, position: u64, writes: Vec<KvWrite> },
+    Events {
+        stream: String,
+        key: String,
+        first_sequence: u64,
+        first_position: u64,
+        events: Vec<NewEvent>,
+    },
+    Snapshot {
+        stream: String,
+        key: String,
+        snapshot: Snapshot,
+    },
+    Projection {
+        consumer: String,
+        position: u64,
+        writes: Vec<KvWrite>,
+    },
     TimerPut(Timer),
     TimerCancel(String),
-    Ack { consumer: String, position: u64 },
-    Nack { consumer: String, position: u64, attempts: u32 },
-    DeadLetter { consumer: String, position: u64, attempts: u32, reason: String },
-    Redrive { consumer: String, position: u64 },
+    Ack {
+        consumer: String,
+        position: u64,
+    },
+    Nack {
+        consumer: String,
+        position: u64,
+        attempts: u32,
+    },
+    DeadLetter {
+        consumer: String,
+        position: u64,
+        attempts: u32,
+        reason: String,
+    },
+    Redrive {
+        consumer: String,
+        position: u64,
+    },
+    /// Last record of a full segment: the log continues in `next_segment`.
+    SegmentEnd {
+        next_segment: u64,
+    },
 }
 
 impl Record {
     fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
-        e.buf.extend_from_slice(&[0; HEADER]);
+        e.buf.extend_from_slice(&[0; RECORD_HEADER]);
         match self {
             Record::Events { stream, key, first_sequence, first_position, events } => {
                 e.u8(1).str(stream).str(key).u64(*first_sequence).u64(*first_position).events(events);
@@ -162,12 +203,12 @@ impl Record {
             Record::Redrive { consumer, position } => {
                 e.u8(9).str(consumer).u64(*position);
             }
+            Record::SegmentEnd { next_segment } => {
+                e.u8(10).u64(*next_segment);
+            }
         }
         let mut buf = e.buf;
-        let len = (buf.len() - HEADER) as u32;
-        buf[0..4].copy_from_slice(&len.to_le_bytes());
-        let crc = checksum(&buf[0..4], &buf[HEADER..]);
-        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        frame(&mut buf);
         buf
     }
 
@@ -193,6 +234,7 @@ impl Record {
             7 => Record::Nack { consumer: d.str()?, position: d.u64()?, attempts: d.u32()? },
             8 => Record::DeadLetter { consumer: d.str()?, position: d.u64()?, attempts: d.u32()?, reason: d.str()? },
             9 => Record::Redrive { consumer: d.str()?, position: d.u64()? },
+            10 => Record::SegmentEnd { next_segment: d.u64()? },
             _ => return Err(DecodeError),
         };
         if !d.is_empty() {
@@ -200,13 +242,6 @@ impl Record {
         }
         Ok(r)
     }
-}
-
-fn checksum(len: &[u8], body: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(len);
-    h.update(body);
-    h.finalize()
 }
 
 /// The events of one append.
@@ -303,7 +338,7 @@ impl State {
     /// Applies a non-event record (events are inserted with [`State::insert_commit`]).
     fn apply(&mut self, r: Record) {
         match r {
-            Record::Events { .. } => {}
+            Record::Events { .. } | Record::SegmentEnd { .. } => {}
             Record::Snapshot { stream, key, snapshot } => {
                 self.snapshots.insert((stream, key, snapshot.actor_digest.clone()), snapshot);
             }
@@ -373,6 +408,7 @@ impl State {
 struct Writer {
     dir: PathBuf,
     options: FileOptions,
+    store_id: StoreId,
     segment: u64,
     file: File,
     size: u64,
@@ -435,17 +471,29 @@ impl Writer {
         let mut buf: Vec<u8> = Vec::new();
         for j in jobs {
             let len = j.bytes.len() as u64;
-            if self.size + buf.len() as u64 > 0 && self.size + buf.len() as u64 + len > self.options.segment_bytes {
+            let used = self.size + buf.len() as u64;
+            if used > SEGMENT_HEADER as u64 && used + len > self.options.segment_bytes {
                 self.flush(&buf)?;
                 buf.clear();
-                self.segment += 1;
-                self.file = create_segment(&self.dir, self.segment)?;
-                self.size = 0;
+                self.roll()?;
             }
             buf.extend_from_slice(&j.bytes);
         }
         self.flush(&buf)?;
         self.counters.records.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Continues the log in a new segment. The new segment (whose header records where this
+    /// one's records end) exists on disk before this one gets its end-of-segment marker, so a
+    /// sealed segment without a successor is always damage, never a crash.
+    fn roll(&mut self) -> std::io::Result<()> {
+        let next = self.segment + 1;
+        let file = create_segment(&self.dir, next, self.size, &self.store_id, self.options.sync)?;
+        self.flush(&Record::SegmentEnd { next_segment: next }.encode())?;
+        self.segment = next;
+        self.file = file;
+        self.size = SEGMENT_HEADER as u64;
         Ok(())
     }
 
@@ -461,143 +509,32 @@ impl Writer {
     }
 }
 
-fn segment_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("{n:020}.{SEGMENT_EXT}"))
-}
-
-fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
-    let f = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, n))?;
-    File::open(dir)?.sync_all()?;
-    Ok(f)
-}
-
-/// Parses records from one segment. Returns the records and the length of the valid prefix.
-fn parse_segment(data: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while data.len() - off >= HEADER {
-        let len_bytes = &data[off..off + 4];
-        let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
-        if len == 0 || len > data.len() - off - HEADER {
-            break;
-        }
-        let body = &data[off + HEADER..off + HEADER + len];
-        if checksum(len_bytes, body) != crc {
-            break;
-        }
-        out.push((off, body));
-        off += HEADER + len;
-    }
-    (out, off)
-}
-
 impl FileStore {
     /// Opens (creating if needed) the store in `dir` with default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<FileStore> {
         FileStore::open_with(dir, FileOptions::default())
     }
 
-    /// Opens (creating if needed) the store in `dir`: replays the log, cuts off a torn or
-    /// corrupt tail, and starts the writer thread.
+    /// Opens (creating if needed) the store in `dir` for writing: replays the log, drops an
+    /// incomplete final record (said on stderr), finishes a roll to a new segment that a crash
+    /// interrupted, and starts the writer. Any other damage is [`StoreError::Corrupt`] naming
+    /// the file and offset, and then nothing was written.
     pub fn open_with(dir: impl AsRef<Path>, options: FileOptions) -> Result<FileStore> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        let lock_path = dir.join("LOCK");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io(format!("opening {}", lock_path.display()), e))?;
-        // A lock can outlive its holder for a moment when a concurrently spawned child
-        // process still has the descriptor between fork and exec: retry briefly.
-        let mut tries = 0;
-        loop {
-            match lock_file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(StoreError::Locked(dir.display().to_string()));
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(StoreError::io(format!("locking {}", lock_path.display()), e));
-                }
+        let lock_existed = dir.join("LOCK").exists();
+        let lock_file = lock_dir(&dir, true)?;
+        let (state, scan) = recover(&dir).inspect_err(|_| {
+            // A refused open leaves the directory as it found it.
+            if !lock_existed {
+                let _ = std::fs::remove_file(dir.join("LOCK"));
             }
+        })?;
+        let store_id = scan.store_id.unwrap_or_else(new_store_id);
+        if let Some(torn) = &scan.torn {
+            report_torn(torn, true);
         }
-
-        let mut segments: Vec<u64> = std::fs::read_dir(&dir)
-            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let stem = name.strip_suffix(&format!(".{SEGMENT_EXT}"))?;
-                stem.parse::<u64>().ok()
-            })
-            .collect();
-        segments.sort_unstable();
-
-        let mut state = State { next_position: 1, ..State::default() };
-        let last = segments.last().copied();
-        for &n in &segments {
-            let path = segment_path(&dir, n);
-            let mut data = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
-            let (records, valid) = parse_segment(&data);
-            for (off, body) in records {
-                let record = Record::decode(body).map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "{} offset {off}: record passed its checksum but does not decode",
-                        path.display()
-                    ))
-                })?;
-                replay(&mut state, record)
-                    .map_err(|m| StoreError::Corrupt(format!("{} offset {off}: {m}", path.display())))?;
-            }
-            if valid < data.len() {
-                if Some(n) != last {
-                    return Err(StoreError::Corrupt(format!(
-                        "{} is damaged at offset {valid}, and it is not the last segment",
-                        path.display()
-                    )));
-                }
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset = valid,
-                    dropped_bytes = data.len() - valid,
-                    "cutting off a torn or corrupt log tail"
-                );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-                f.set_len(valid as u64)
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| StoreError::io(format!("truncating {}", path.display()), e))?;
-            }
-        }
-
-        let (segment, file, size) = match last {
-            Some(n) => {
-                let path = segment_path(&dir, n);
-                let f = OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-                let size = f.metadata().map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?.len();
-                (n, f, size)
-            }
-            None => {
-                let f = create_segment(&dir, 1)
-                    .map_err(|e| StoreError::io(format!("creating a segment in {}", dir.display()), e))?;
-                (1, f, 0)
-            }
-        };
+        let (segment, file, size) = prepare_tail(&dir, &scan, &store_id, options.sync)?;
 
         let durable_pos = state.next_position - 1;
         let (durable_tx, durable_rx) = watch::channel(durable_pos);
@@ -609,6 +546,7 @@ impl FileStore {
             counters: counters.clone(),
             dir: dir.clone(),
             options,
+            store_id,
             segment,
             file,
             size,
@@ -633,9 +571,182 @@ impl FileStore {
                 inline,
                 durable: durable_rx,
                 counters,
+                read_only: false,
                 _lock: lock_file,
             }),
         })
+    }
+
+    /// Opens the existing store in `dir` without ever writing to it: no file is created,
+    /// truncated or locked exclusively (a shared lock keeps writers out while it is open). An
+    /// incomplete final record is left on disk and skipped (said on stderr); damage is
+    /// [`StoreError::Corrupt`]. Every write fails with [`StoreError::ReadOnly`].
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<FileStore> {
+        let dir = dir.as_ref().to_path_buf();
+        existing_dir(&dir)?;
+        let lock_file = lock_dir(&dir, false)?;
+        let (state, scan) = recover(&dir)?;
+        if let Some(torn) = &scan.torn {
+            report_torn(torn, false);
+        }
+        let (_, durable) = watch::channel(state.next_position - 1);
+        Ok(FileStore {
+            inner: Arc::new(Inner {
+                dir,
+                state: Arc::new(Mutex::new(state)),
+                tx: Mutex::new(None),
+                writer: Mutex::new(None),
+                inline: None,
+                durable,
+                counters: Arc::default(),
+                read_only: true,
+                _lock: lock_file,
+            }),
+        })
+    }
+
+    /// Reads the whole log of the store in `dir` without writing anything and reports what it
+    /// holds and every problem found (file and offset). Errors only when the directory cannot
+    /// be read or a writer holds it.
+    pub fn verify(dir: impl AsRef<Path>) -> Result<LogReport> {
+        let dir = dir.as_ref().to_path_buf();
+        existing_dir(&dir)?;
+        let _lock = lock_dir(&dir, false)?;
+        let mut state = State { next_position: 1, ..State::default() };
+        let mut events = 0u64;
+        let scan = scan_log(&dir, &mut |_, _, record, clean| {
+            if let Record::Events { events: e, .. } = &record {
+                events += e.len() as u64;
+            }
+            if clean { replay(&mut state, record) } else { Ok(()) }
+        })?;
+        Ok(LogReport {
+            dir,
+            store_id: scan.store_id.as_ref().map(hex),
+            records: scan.segments.iter().map(|s| s.report.records).sum(),
+            events,
+            last_position: state.next_position - 1,
+            segments: scan.segments.into_iter().map(|s| s.report).collect(),
+            torn_tail: scan.torn,
+            unfinished_roll: scan.roll.map(|r| r.segment),
+            problems: scan.problems,
+        })
+    }
+
+    /// Cuts the log of the store in `dir` at `offset` of segment `segment`, removing every
+    /// record from there on (later segments included), for an operator who decided to give up
+    /// what follows damage. `offset` must be a record boundary: the start of a complete
+    /// record, the end of the last complete one, just after the segment header, or 0 to remove
+    /// segment 1 (the whole log). The cut is appended to `DIR/REPAIRS.log`.
+    pub fn repair_truncate(dir: impl AsRef<Path>, segment: u64, offset: u64) -> Result<RepairReport> {
+        let dir = dir.as_ref().to_path_buf();
+        existing_dir(&dir)?;
+        let _lock = lock_dir(&dir, true)?;
+        let numbers = list_segments(&dir)?;
+        if !numbers.contains(&segment) {
+            let have = match (numbers.first(), numbers.last()) {
+                (Some(a), Some(b)) => format!("segments {a} to {b}"),
+                _ => "no segments".into(),
+            };
+            return Err(StoreError::InvalidArgument(format!(
+                "no segment {segment} in {} (it has {have})",
+                dir.display()
+            )));
+        }
+        let mut boundaries = BTreeSet::new();
+        let mut removed_records = 0u64;
+        let mut removed_positions: Vec<(u64, u64)> = Vec::new();
+        let scan = scan_log(&dir, &mut |n, off, record, _| {
+            if n == segment {
+                boundaries.insert(off);
+            }
+            if n > segment || (n == segment && off >= offset) {
+                removed_records += 1;
+                if let Record::Events { first_position, events, .. } = &record {
+                    let last = first_position + events.len() as u64 - 1;
+                    match removed_positions.last_mut() {
+                        Some((_, end)) if *end + 1 == *first_position => *end = last,
+                        _ => removed_positions.push((*first_position, last)),
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let seg = &scan.segments.iter().find(|s| s.report.number == segment).expect("listed").report;
+        let header_ok = matches!(
+            scan.segments.iter().find(|s| s.report.number == segment).map(|s| s.header),
+            Some(Header::Ok { .. })
+        );
+        if header_ok {
+            boundaries.insert(SEGMENT_HEADER as u64);
+            if !seg.sealed {
+                boundaries.insert(seg.valid_end);
+            }
+        }
+        let path = segment_path(&dir, segment);
+        if offset == 0 && segment > 1 {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} offset 0: removing segment {segment} whole would leave segment {} sealed without a \
+                 successor; cut segment {} at its end-of-segment marker instead (`tollgate store verify` \
+                 lists it as its last record), or segment {segment} at offset {SEGMENT_HEADER} to keep its header",
+                path.display(),
+                segment - 1,
+                segment - 1
+            )));
+        }
+        if offset != 0 && !boundaries.contains(&offset) {
+            let before = boundaries.range(..offset).next_back().map_or("none".to_string(), u64::to_string);
+            let after = boundaries.range(offset..).next().map_or("none".to_string(), u64::to_string);
+            let why = if seg.sealed && offset == seg.bytes {
+                " (it is after the segment's end-of-segment marker, which must go too)".to_string()
+            } else {
+                String::new()
+            };
+            return Err(StoreError::InvalidArgument(format!(
+                "{} offset {offset} is not a record boundary{why}: the nearest boundaries are {before} (before) and {after} (after)",
+                path.display()
+            )));
+        }
+        let later: Vec<&SegmentReport> =
+            scan.segments.iter().map(|s| &s.report).filter(|s| s.number > segment).collect();
+        let unreadable_here = seg.bytes - seg.valid_end.max(offset);
+        let report_removed_bytes = seg.bytes - offset + later.iter().map(|s| s.bytes).sum::<u64>();
+        let unreadable_bytes = unreadable_here + later.iter().map(|s| s.bytes - s.valid_end).sum::<u64>();
+        let io = |what: &str, p: &Path, e| StoreError::io(format!("{what} {}", p.display()), e);
+        if offset == 0 {
+            std::fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
+        } else {
+            let f = OpenOptions::new().write(true).open(&path).map_err(|e| io("opening", &path, e))?;
+            f.set_len(offset).and_then(|_| f.sync_all()).map_err(|e| io("truncating", &path, e))?;
+        }
+        let mut removed_segments = Vec::new();
+        for s in &later {
+            std::fs::remove_file(&s.path).map_err(|e| io("removing", &s.path, e))?;
+            removed_segments.push(s.path.clone());
+        }
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", &dir, e))?;
+        let report = RepairReport {
+            path,
+            offset,
+            removed_records,
+            removed_positions,
+            removed_bytes: report_removed_bytes,
+            unreadable_bytes,
+            removed_segments,
+            remaining: Vec::new(),
+        };
+        let log_path = dir.join("REPAIRS.log");
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .and_then(|mut f| writeln!(f, "unix time {secs}: {report}").and_then(|_| f.sync_all()))
+            .map_err(|e| io("writing", &log_path, e))?;
+        tracing::warn!(%report, "log cut by an operator");
+        let mut state = State { next_position: 1, ..State::default() };
+        let after = scan_log(&dir, &mut |_, _, record, clean| if clean { replay(&mut state, record) } else { Ok(()) })?;
+        Ok(RepairReport { remaining: after.problems, ..report })
     }
 
     /// The store's directory.
@@ -659,6 +770,9 @@ impl FileStore {
     }
 
     fn send(&self, st: &State, job: Job) -> Result<()> {
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly(self.inner.dir.display().to_string()));
+        }
         if let Some(p) = &st.poisoned {
             return Err(StoreError::Poisoned(p.clone()));
         }
@@ -693,6 +807,189 @@ impl FileStore {
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.inner.state)
     }
+}
+
+/// What [`FileStore::verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogReport {
+    /// The store directory.
+    pub dir: PathBuf,
+    /// The store id in the segment headers (hex); `None` for a store with no segment.
+    pub store_id: Option<String>,
+    /// Every segment file, in order.
+    pub segments: Vec<SegmentReport>,
+    /// Complete records (end-of-segment markers included).
+    pub records: u64,
+    /// Events in those records.
+    pub events: u64,
+    /// Last event position readable before the first problem (0: none).
+    pub last_position: u64,
+    /// An incomplete final record: not corruption (a torn last write, never acknowledged);
+    /// the next writable open drops it.
+    pub torn_tail: Option<Damage>,
+    /// A segment whose end-of-segment marker a crash kept from being written while its
+    /// successor was being created; the next writable open writes it.
+    pub unfinished_roll: Option<u64>,
+    /// Corruption: while any is listed, the store refuses to open.
+    pub problems: Vec<Damage>,
+}
+
+/// What [`FileStore::repair_truncate`] removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The segment that was cut.
+    pub path: PathBuf,
+    /// Where it was cut (0: the file was removed).
+    pub offset: u64,
+    /// Complete records removed (in the cut segment and in later ones).
+    pub removed_records: u64,
+    /// Positions of the removed events, as inclusive ranges.
+    pub removed_positions: Vec<(u64, u64)>,
+    /// All bytes removed.
+    pub removed_bytes: u64,
+    /// Of those, bytes that were not complete records (damaged or incomplete), whose
+    /// contents cannot be told.
+    pub unreadable_bytes: u64,
+    /// Later segment files that were deleted.
+    pub removed_segments: Vec<PathBuf>,
+    /// Problems the log still has after the cut (damage before it); empty when it opens.
+    pub remaining: Vec<Damage>,
+}
+
+impl std::fmt::Display for RepairReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cut {} at offset {}: removed {} records", self.path.display(), self.offset, self.removed_records)?;
+        if self.removed_positions.is_empty() {
+            write!(f, " (no events)")?;
+        } else {
+            let ranges: Vec<String> = self
+                .removed_positions
+                .iter()
+                .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .collect();
+            write!(f, " (events at positions {})", ranges.join(", "))?;
+        }
+        write!(f, ", {} bytes ({} of them unreadable)", self.removed_bytes, self.unreadable_bytes)?;
+        if !self.removed_segments.is_empty() {
+            let names: Vec<String> = self.removed_segments.iter().map(|p| p.display().to_string()).collect();
+            write!(f, ", deleted {}", names.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+fn existing_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(StoreError::io(
+            format!("opening the store {}", dir.display()),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+        ))
+    }
+}
+
+/// Locks `DIR/LOCK`: exclusively for a writer (creating the file), shared for a reader (which
+/// creates nothing: a directory without one is read unlocked).
+fn lock_dir(dir: &Path, write: bool) -> Result<Option<File>> {
+    let lock_path = dir.join("LOCK");
+    let file = if write {
+        OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)
+    } else {
+        File::open(&lock_path)
+    };
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if !write && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(format!("opening {}", lock_path.display()), e)),
+    };
+    // A lock can outlive its holder for a moment when a concurrently spawned child
+    // process still has the descriptor between fork and exec: retry briefly.
+    let mut tries = 0;
+    loop {
+        let attempt = if write { file.try_lock() } else { file.try_lock_shared() };
+        match attempt {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.display().to_string())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io(format!("locking {}", lock_path.display()), e));
+            }
+        }
+    }
+}
+
+/// Replays the log of `dir` into memory; any damage but an incomplete final record is
+/// [`StoreError::Corrupt`].
+fn recover(dir: &Path) -> Result<(State, LogScan)> {
+    let mut state = State { next_position: 1, ..State::default() };
+    let scan = scan_log(dir, &mut |_, _, record, clean| if clean { replay(&mut state, record) } else { Ok(()) })?;
+    if let Some(first) = scan.problems.first() {
+        let more = scan.problems.len() - 1;
+        return Err(StoreError::Corrupt(if more == 0 {
+            first.to_string()
+        } else {
+            format!("{first} (and {more} more: `tollgate store verify --store file:{}` lists them)", dir.display())
+        }));
+    }
+    Ok((state, scan))
+}
+
+/// Says on stderr, whatever the log level, that an incomplete final record is not replayed:
+/// an operator must see it even when tracing is off.
+fn report_torn(torn: &Damage, writable: bool) {
+    let action = if writable {
+        "it is dropped (a write cut short is never acknowledged)"
+    } else {
+        "it is skipped and left on disk (read-only open)"
+    };
+    eprintln!("tollgate store: {torn}: {action}");
+    tracing::warn!(segment = %torn.path.display(), offset = torn.offset, "{}: {action}", torn.problem);
+}
+
+/// Makes the end of the log appendable for a writer: finishes an interrupted roll, drops an
+/// incomplete final record, creates the first segment of a new store. Returns the segment to
+/// append to, its file and its length.
+fn prepare_tail(dir: &Path, scan: &LogScan, store_id: &StoreId, sync: bool) -> Result<(u64, File, u64)> {
+    let io = |what: &str, p: &Path, e| StoreError::io(format!("{what} {}", p.display()), e);
+    if let Some(Roll { segment, prev_end, rewrite_next_header }) = scan.roll {
+        // The successor must be whole before the marker says it exists.
+        if rewrite_next_header {
+            let next = segment_path(dir, segment + 1);
+            create_segment(dir, segment + 1, prev_end, store_id, sync).map_err(|e| io("creating", &next, e))?;
+        }
+        let path = segment_path(dir, segment);
+        let mut f = OpenOptions::new().append(true).open(&path).map_err(|e| io("opening", &path, e))?;
+        f.set_len(prev_end)
+            .and_then(|_| f.write_all(&Record::SegmentEnd { next_segment: segment + 1 }.encode()))
+            .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
+            .map_err(|e| io("sealing", &path, e))?;
+        eprintln!(
+            "tollgate store: {}: wrote the end-of-segment marker that a crash interrupted (segment {} follows)",
+            path.display(),
+            segment + 1
+        );
+    }
+    let Some(last) = scan.segments.last() else {
+        let f = create_segment(dir, 1, 0, store_id, sync).map_err(|e| io("creating a segment in", dir, e))?;
+        return Ok((1, f, SEGMENT_HEADER as u64));
+    };
+    let n = last.report.number;
+    let path = segment_path(dir, n);
+    if last.header == Header::Torn && scan.roll.is_none() {
+        // A new store whose first header a crash cut short.
+        let f = create_segment(dir, n, 0, store_id, sync).map_err(|e| io("creating", &path, e))?;
+        return Ok((n, f, SEGMENT_HEADER as u64));
+    }
+    let f = OpenOptions::new().append(true).open(&path).map_err(|e| io("opening", &path, e))?;
+    if let Some(torn) = &scan.torn {
+        f.set_len(torn.offset).and_then(|_| f.sync_all()).map_err(|e| io("truncating", &path, e))?;
+    }
+    let size = f.metadata().map_err(|e| io("stat", &path, e))?.len();
+    Ok((n, f, size))
 }
 
 /// Replays one record during recovery.

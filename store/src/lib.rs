@@ -36,7 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use file::{FileOptions, FileStats, FileStore};
+pub use file::{Damage, FORMAT_VERSION, FileOptions, FileStats, FileStore, LogReport, RepairReport, SegmentReport};
 pub use nats::{NatsOptions, NatsStore};
 
 /// Largest number of events accepted in one append (the JetStream position encoding reserves
@@ -319,9 +319,13 @@ pub enum StoreError {
     /// Another process holds the file store's directory.
     #[error("store directory {0} is locked by another process")]
     Locked(String),
-    /// Data on disk is damaged somewhere other than the tail of the log.
+    /// Data on disk is damaged: anything but an incomplete final record (a torn last write),
+    /// named by file and byte offset. The store refuses to open; nothing was written.
     #[error("corrupt log: {0}")]
     Corrupt(String),
+    /// A write was asked of a store opened read-only ([`FileStore::open_read_only`]).
+    #[error("store {0} is open read-only: nothing is written")]
+    ReadOnly(String),
     /// An earlier write or fsync failed; the file store refuses further writes.
     #[error("file store is poisoned after a failed write: {0}")]
     Poisoned(String),
@@ -453,6 +457,23 @@ pub async fn open(url: &str) -> Result<Box<dyn EventStore>> {
         Ok(Box::new(store))
     } else {
         Err(StoreError::InvalidUrl(url.to_owned()))
+    }
+}
+
+/// Opens a store from a URL for reading only. `file:DIR` opens with
+/// [`FileStore::open_read_only`]: nothing on disk is created, truncated or written, and a
+/// missing directory is an error. `nats://` connects as [`open`] does (JetStream reads do not
+/// change the log; missing stream and bucket definitions are still created).
+pub async fn open_read_only(url: &str) -> Result<Box<dyn EventStore>> {
+    match url.strip_prefix("file:") {
+        Some(rest) => {
+            let dir = rest.strip_prefix("//").unwrap_or(rest);
+            if dir.is_empty() {
+                return Err(StoreError::InvalidUrl(url.to_owned()));
+            }
+            Ok(Box::new(FileStore::open_read_only(dir)?))
+        }
+        None => open(url).await,
     }
 }
 

@@ -1,13 +1,15 @@
-//! Crash safety of the file store: SIGKILL under load, torn tails, flipped bits.
+//! Crash safety of the file store: SIGKILL under load, and the store-damage matrix (a bit
+//! flipped at every offset, a cut at every offset, each segment deleted).
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use tollgate_store::{EventStore, ExpectedVersion, FileOptions, FileStore, StoreError, StoredEvent, Timer};
+use tollgate_store::{EventStore, ExpectedVersion, FileOptions, FileStore, Snapshot, StoreError, StoredEvent, Timer};
 
 use common::event;
 
@@ -132,138 +134,354 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
     assert!(total_acked > 0, "the child never acknowledged anything");
 }
 
-/// Writes a log of 12 records (events, one timer) and returns the segment path, its bytes,
-/// the end offset of each record, and the events in order.
-async fn build_log(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u64>, Vec<StoredEvent>) {
-    let store = FileStore::open(dir).unwrap();
-    let seg = segment(dir);
-    let mut ends = Vec::new();
-    for i in 0..12u64 {
-        if i == 9 {
-            store.put_timer(Timer { id: "t".into(), fire_at_ms: 5, payload: b"timer".to_vec() }).await.unwrap();
-        } else {
-            let events = (0..1 + i % 2).map(|j| event("e", &format!("c{i}"), &format!("{i}-{j}"))).collect();
-            store.append("acct", &format!("k{}", i % 3), ExpectedVersion::Any, events).await.unwrap();
+/// Segment size of the damage matrix's log: small, so a dozen records span several segments.
+const MATRIX_SEGMENT_BYTES: u64 = 420;
+const SEGMENT_HEADER: usize = 48;
+const RECORD_HEADER: usize = 12;
+
+fn matrix_options() -> FileOptions {
+    // No fsync: the matrix opens thousands of damaged copies; durability is not what it tests.
+    FileOptions { segment_bytes: MATRIX_SEGMENT_BYTES, sync: false, ..FileOptions::default() }
+}
+
+/// One acknowledged write of the matrix log.
+struct Write {
+    /// (stream, key, command id) of an append; `None` for a timer or snapshot record.
+    append: Option<(String, String, String)>,
+    /// Events it committed.
+    events: usize,
+    /// Segment index and end offset of its record.
+    segment: usize,
+    end: u64,
+}
+
+/// A small log written through the store API, as it is on disk.
+struct MatrixLog {
+    /// Every file of the directory (the lock file included), as written.
+    files: BTreeMap<PathBuf, Vec<u8>>,
+    /// The segment files in order.
+    segments: Vec<PathBuf>,
+    writes: Vec<Write>,
+    /// Every event, in position order.
+    events: Vec<StoredEvent>,
+}
+
+/// Start and end offsets of the records of a segment (the format is checked elsewhere; the
+/// matrix only needs to know where records are).
+fn frames(bytes: &[u8]) -> Vec<(u64, u64, usize)> {
+    let mut out = Vec::new();
+    let mut off = SEGMENT_HEADER;
+    while off < bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        out.push((off as u64, (off + RECORD_HEADER + len) as u64, len));
+        off += RECORD_HEADER + len;
+    }
+    assert_eq!(off, bytes.len(), "records fill the segment");
+    out
+}
+
+fn dir_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+async fn build_matrix_log(dir: &Path) -> MatrixLog {
+    let store = FileStore::open_with(dir, matrix_options()).unwrap();
+    let mut appends = Vec::new();
+    for i in 0..13u64 {
+        match i {
+            4 => store.put_timer(Timer { id: "t".into(), fire_at_ms: 5, payload: b"timer".to_vec() }).await.unwrap(),
+            8 => store
+                .put_snapshot("acct", "k1", Snapshot { actor_digest: "d".into(), sequence: 1, state: b"s".to_vec() })
+                .await
+                .unwrap(),
+            _ => {
+                let (key, cmd) = (format!("k{}", i % 3), format!("c{i}"));
+                let events = (0..1 + i % 2).map(|j| event("e", &cmd, &format!("{i}-{j}"))).collect::<Vec<_>>();
+                let n = events.len();
+                store.append("acct", &key, ExpectedVersion::Any, events).await.unwrap();
+                appends.push(Some((("acct".to_string(), key, cmd), n)));
+                continue;
+            }
         }
-        // An acknowledged write is on disk: the file length is the record boundary.
-        ends.push(std::fs::metadata(&seg).unwrap().len());
+        appends.push(None);
     }
     let events = store.read_all(0, usize::MAX).await.unwrap();
     drop(store);
-    let bytes = std::fs::read(&seg).unwrap();
-    assert_eq!(bytes.len() as u64, *ends.last().unwrap());
-    (seg, bytes, ends, events)
-}
-
-fn segment(dir: &Path) -> PathBuf {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segs.sort();
-    segs.pop().expect("a segment file")
-}
-
-/// Opens damaged data and checks that exactly the first `intact` records survive and
-/// that the store accepts appends, which survive another reopen.
-async fn check_recovered(dir: &Path, intact: usize, events: &[StoredEvent], ends: &[u64]) {
-    // Records before index 9 are events; record 9 is the timer.
-    let intact_commits = intact.min(9) + intact.saturating_sub(10);
-    let expected: Vec<&StoredEvent> = events
-        .iter()
-        .filter(|e| {
-            let commit: u64 = e.command_id[1..].parse().unwrap();
-            (commit as usize) < intact && commit != 9
+    let files = dir_files(dir);
+    let segments: Vec<PathBuf> = files.keys().filter(|p| p.extension().is_some_and(|e| e == "seg")).cloned().collect();
+    // Records in write order, end-of-segment markers (9-byte bodies) aside.
+    let mut records = Vec::new();
+    for (s, path) in segments.iter().enumerate() {
+        for (_, end, len) in frames(&files[path]) {
+            if len != 9 {
+                records.push((s, end));
+            }
+        }
+    }
+    assert_eq!(records.len(), appends.len(), "one record per acknowledged write");
+    let writes = appends
+        .into_iter()
+        .zip(records)
+        .map(|(a, (segment, end))| match a {
+            Some((append, events)) => Write { append: Some(append), events, segment, end },
+            None => Write { append: None, events: 0, segment, end },
         })
-        .collect();
-    let store = FileStore::open(dir).expect("open damaged log");
-    let got = store.read_all(0, usize::MAX).await.unwrap();
-    assert_eq!(got.iter().collect::<Vec<_>>(), expected, "intact records: {intact}");
-    let commits: std::collections::BTreeSet<&str> = got.iter().map(|e| e.command_id.as_str()).collect();
-    assert_eq!(commits.len(), intact_commits);
-    let timers = store.due_timers(10).await.unwrap();
-    assert_eq!(timers.len(), usize::from(intact > 9), "timer record present iff intact");
-    let r = store
-        .append("acct", "after", ExpectedVersion::NoStream, vec![event("e", "after", "z")])
-        .await
-        .expect("append after recovery");
-    assert_eq!(r.positions, vec![expected.len() as u64 + 1]);
-    drop(store);
-    let len = std::fs::metadata(segment(dir)).unwrap().len();
-    let boundary = if intact == 0 { 0 } else { ends[intact - 1] };
-    assert!(len > boundary, "the new record follows the intact prefix");
-    let store = FileStore::open(dir).unwrap_or_else(|e| panic!("reopen (intact {intact}): {e}"));
-    assert_eq!(store.last_sequence("acct", "after").await.unwrap(), 1);
-    assert_eq!(store.read_all(0, usize::MAX).await.unwrap().len(), expected.len() + 1);
+        .collect::<Vec<_>>();
+    assert!(segments.len() >= 4, "the log spans several segments: {segments:?}");
+    let layout: Vec<(usize, u64)> = writes.iter().map(|w| (w.segment, w.end)).collect();
+    assert!(
+        writes.iter().filter(|w| w.segment == segments.len() - 1).count() >= 2,
+        "the last segment has records: {layout:?}"
+    );
+    MatrixLog { files, segments, writes, events }
 }
 
-fn reset(dir: &Path, seg: &Path, data: &[u8]) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|e| e == "seg") {
+/// What a damaged copy must do.
+#[derive(Debug)]
+enum Expect {
+    /// Refuse to open, naming this file at an offset no later than the damage.
+    Refused { file: PathBuf, at_most: u64 },
+    /// Open with exactly the writes whose records end at or before `cut` in the last segment
+    /// (all earlier segments whole); `torn` when the cut leaves an incomplete final record.
+    Recovered { cut: u64, torn: bool },
+}
+
+/// Puts `files` in place of the directory's contents (writing only what differs: the
+/// matrix runs thousands of cases).
+fn write_case(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) {
+    let now = dir_files(dir);
+    for p in now.keys() {
+        if !files.contains_key(p) {
             std::fs::remove_file(p).unwrap();
         }
     }
-    std::fs::write(seg, data).unwrap();
-}
-
-const TAIL_RECORDS: usize = 4;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncated_tail_at_every_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let (seg, bytes, ends, events) = build_log(dir.path()).await;
-    let tail_start = ends[ends.len() - 1 - TAIL_RECORDS];
-    for cut in tail_start..bytes.len() as u64 {
-        reset(dir.path(), &seg, &bytes[..cut as usize]);
-        let intact = ends.iter().filter(|&&e| e <= cut).count();
-        check_recovered(dir.path(), intact, &events, &ends).await;
+    for (p, b) in files {
+        if now.get(p) != Some(b) {
+            std::fs::write(p, b).unwrap();
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flipped_bit_in_tail_at_every_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let (seg, bytes, ends, events) = build_log(dir.path()).await;
-    let tail_start = ends[ends.len() - 1 - TAIL_RECORDS];
-    for off in tail_start..bytes.len() as u64 {
-        let mut damaged = bytes.clone();
-        damaged[off as usize] ^= 1 << (off % 8);
-        reset(dir.path(), &seg, &damaged);
-        // The damaged record and everything after it are dropped.
-        let intact = ends.iter().filter(|&&e| e <= off).count();
-        check_recovered(dir.path(), intact, &events, &ends).await;
+fn check_refused(case: &str, err: StoreError, file: &Path, at_most: u64) {
+    let StoreError::Corrupt(msg) = err else { panic!("{case}: expected Corrupt, got {err}") };
+    let name = file.display().to_string();
+    let rest = msg.split_once(&name).unwrap_or_else(|| panic!("{case}: the error does not name {name}: {msg}")).1;
+    let offset: u64 = rest
+        .strip_prefix(" offset ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{case}: no offset after the file name: {msg}"));
+    assert!(offset <= at_most, "{case}: offset {offset} is after the damage ({at_most}): {msg}");
+}
+
+async fn check_case(dir: &Path, log: &MatrixLog, case: &str, files: &BTreeMap<PathBuf, Vec<u8>>, expect: Expect) {
+    write_case(dir, files);
+    let before = dir_files(dir);
+    let read_only = FileStore::open_read_only(dir);
+    let report = FileStore::verify(dir).unwrap_or_else(|e| panic!("{case}: verify: {e}"));
+    let read_only_events = match &read_only {
+        Ok(store) => Some(store.read_all(0, usize::MAX).await.unwrap()),
+        Err(_) => None,
+    };
+    // Closed before the writable opens below (it holds a shared lock).
+    let read_only = read_only.map(drop);
+    assert_eq!(dir_files(dir), before, "{case}: a read-only open or verify changed a byte");
+    match expect {
+        Expect::Refused { file, at_most } => {
+            let Err(err) = read_only else { panic!("{case}: the read-only open accepted damage") };
+            check_refused(case, err, &file, at_most);
+            assert_eq!(report.problems.first().map(|d| &d.path), Some(&file), "{case}: verify names {file:?}");
+            match FileStore::open_with(dir, matrix_options()) {
+                Ok(_) => panic!("{case}: a writable open accepted damage"),
+                Err(e) => check_refused(case, e, &file, at_most),
+            }
+            assert_eq!(dir_files(dir), before, "{case}: a refused open wrote to the store");
+        }
+        Expect::Recovered { cut, torn } => {
+            let last = log.segments.len() - 1;
+            let kept: Vec<&Write> = log.writes.iter().filter(|w| w.segment < last || w.end <= cut).collect();
+            let expected = &log.events[..kept.iter().map(|w| w.events).sum::<usize>()];
+            read_only.unwrap_or_else(|e| panic!("{case}: read-only open: {e}"));
+            assert_eq!(read_only_events.as_deref(), Some(expected), "{case}: read-only open sees every kept event");
+            assert!(report.problems.is_empty(), "{case}: verify found {:?}", report.problems);
+            assert_eq!(report.torn_tail.is_some(), torn, "{case}: verify's torn tail: {:?}", report.torn_tail);
+            assert_eq!(report.last_position, expected.len() as u64, "{case}: verify's last position");
+            let store = FileStore::open_with(dir, matrix_options()).unwrap_or_else(|e| panic!("{case}: open: {e}"));
+            assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), expected, "{case}: every kept event");
+            for (stream, key, cmd) in kept.iter().filter_map(|w| w.append.as_ref()) {
+                let again = store.append(stream, key, ExpectedVersion::Any, vec![event("e", cmd, "again")]).await;
+                assert!(
+                    matches!(again, Err(StoreError::Duplicate { .. })),
+                    "{case}: acknowledged command {cmd} was accepted as new: {again:?}"
+                );
+            }
+            let r = store.append("acct", "after", ExpectedVersion::NoStream, vec![event("e", "after", "z")]).await;
+            assert_eq!(r.unwrap().positions, vec![expected.len() as u64 + 1], "{case}: appends continue");
+            drop(store);
+            let store = FileStore::open_with(dir, matrix_options()).unwrap_or_else(|e| panic!("{case}: reopen: {e}"));
+            assert_eq!(store.read_all(0, usize::MAX).await.unwrap().len(), expected.len() + 1, "{case}: reopen");
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damage_before_the_last_segment_is_reported() {
+async fn damage_matrix_a_flipped_bit_anywhere_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let options = FileOptions { segment_bytes: 256, ..FileOptions::default() };
-    let store = FileStore::open_with(dir.path(), options.clone()).unwrap();
-    for i in 0..20 {
-        store.append("acct", "k", ExpectedVersion::Any, vec![event("e", &format!("c{i}"), "x")]).await.unwrap();
+    let log = build_matrix_log(dir.path()).await;
+    check_case(dir.path(), &log, "undamaged", &log.files, Expect::Recovered { cut: u64::MAX, torn: false }).await;
+    let mut cases = 0;
+    for seg in &log.segments {
+        for off in 0..log.files[seg].len() {
+            let mut files = log.files.clone();
+            files.get_mut(seg).unwrap()[off] ^= 1 << (off % 8);
+            let case = format!("bit {} flipped at {} offset {off}", off % 8, seg.display());
+            check_case(dir.path(), &log, &case, &files, Expect::Refused { file: seg.clone(), at_most: off as u64 })
+                .await;
+            cases += 1;
+        }
     }
-    drop(store);
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segs.sort();
-    assert!(segs.len() >= 3, "small segments roll: {segs:?}");
-    let reopened = FileStore::open_with(dir.path(), options.clone()).unwrap();
-    assert_eq!(reopened.last_sequence("acct", "k").await.unwrap(), 20);
-    drop(reopened);
-    let mut first = std::fs::read(&segs[0]).unwrap();
-    first[20] ^= 0x10;
-    std::fs::write(&segs[0], &first).unwrap();
-    match FileStore::open_with(dir.path(), options) {
-        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("not the last segment"), "{msg}"),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, the store opened"),
+    println!("{cases} flipped bits, all refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_matrix_a_cut_anywhere_keeps_every_complete_record_or_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = build_matrix_log(dir.path()).await;
+    let last = log.segments.last().unwrap();
+    let mut recovered = 0;
+    for seg in &log.segments {
+        let bytes = &log.files[seg];
+        let boundaries: Vec<u64> = frames(bytes).iter().map(|f| f.1).collect();
+        for cut in 0..bytes.len() as u64 {
+            let mut files = log.files.clone();
+            files.get_mut(seg).unwrap().truncate(cut as usize);
+            let case = format!("{} cut at {cut}", seg.display());
+            let expect = if seg != last || cut < SEGMENT_HEADER as u64 {
+                // A segment that is followed by another (or whose successor was sealed in
+                // before it) lost bytes that were acknowledged: refused.
+                Expect::Refused { file: seg.clone(), at_most: cut }
+            } else {
+                recovered += 1;
+                // A cut at a record boundary of the last segment is a log that ended there:
+                // no byte on disk says otherwise. Anywhere else it leaves an incomplete final
+                // record, the only thing an open may drop.
+                let torn = cut != SEGMENT_HEADER as u64 && !boundaries.contains(&cut);
+                Expect::Recovered { cut, torn }
+            };
+            check_case(dir.path(), &log, &case, &files, expect).await;
+        }
     }
+    assert!(recovered > 100, "the last segment's cuts were tried: {recovered}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_matrix_each_missing_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = build_matrix_log(dir.path()).await;
+    for seg in &log.segments {
+        let mut files = log.files.clone();
+        files.remove(seg);
+        let case = format!("{} deleted", seg.display());
+        check_case(dir.path(), &log, &case, &files, Expect::Refused { file: seg.clone(), at_most: 0 }).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_of_another_store_is_refused() {
+    let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = build_matrix_log(ours.path()).await;
+    let other = build_matrix_log(theirs.path()).await;
+    let seg = &log.segments[1];
+    let mut files = log.files.clone();
+    files.insert(seg.clone(), other.files[&other.segments[1]].clone());
+    check_case(
+        ours.path(),
+        &log,
+        "segment 2 from another store",
+        &files,
+        Expect::Refused { file: seg.clone(), at_most: 28 },
+    )
+    .await;
+    let err = FileStore::open(ours.path()).err().expect("refused");
+    assert!(err.to_string().contains("another store"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_the_old_format_is_refused_naming_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    // Format version 1 had no segment header: a segment started with its first record.
+    let seg = dir.path().join("00000000000000000001.seg");
+    std::fs::write(&seg, [9, 0, 0, 0, 1, 2, 3, 4, 6, 0, 0, 0, 1, b'c', 0, 0, 0, 0, 0]).unwrap();
+    let before = dir_files(dir.path());
+    for err in [FileStore::open(dir.path()).err(), FileStore::open_read_only(dir.path()).err()] {
+        let err = err.expect("refused").to_string();
+        assert!(err.contains(&seg.display().to_string()) && err.contains("format version 2"), "{err}");
+    }
+    assert_eq!(dir_files(dir.path()), before, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roll_interrupted_by_a_crash_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = build_matrix_log(dir.path()).await;
+    let n = log.segments.len();
+    let (prev, last) = (&log.segments[n - 2], &log.segments[n - 1]);
+    let seal_at = frames(&log.files[prev]).last().unwrap().0;
+    // The crash came after the new segment's header was written (whole, or cut short) and
+    // before (or while) the previous segment got its end-of-segment marker.
+    for (header, marker) in [(SEGMENT_HEADER, 0), (SEGMENT_HEADER, 5), (20, 0), (3, 0)] {
+        let mut files = log.files.clone();
+        files.get_mut(last).unwrap().truncate(header);
+        files.get_mut(prev).unwrap().truncate(seal_at as usize + marker);
+        write_case(dir.path(), &files);
+        let case = format!("header {header} bytes, marker {marker} bytes");
+        let report = FileStore::verify(dir.path()).unwrap();
+        assert!(report.problems.is_empty(), "{case}: {:?}", report.problems);
+        assert_eq!(report.unfinished_roll, Some(n as u64 - 1), "{case}");
+        let kept = log.writes.iter().filter(|w| w.segment < n - 1).map(|w| w.events).sum::<usize>();
+        let store = FileStore::open_with(dir.path(), matrix_options()).unwrap();
+        assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), log.events[..kept], "{case}");
+        drop(store);
+        assert_eq!(std::fs::read(prev).unwrap(), log.files[prev], "{case}: the marker was written as a roll writes it");
+        assert_eq!(std::fs::read(last).unwrap(), log.files[last][..SEGMENT_HEADER], "{case}: the header too");
+        let report = FileStore::verify(dir.path()).unwrap();
+        assert!(report.problems.is_empty() && report.unfinished_roll.is_none(), "{case}: {report:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_cuts_at_a_record_boundary_only_and_says_what_it_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = build_matrix_log(dir.path()).await;
+    let seg = &log.segments[1];
+    let records = frames(&log.files[seg]);
+    let mut files = log.files.clone();
+    let damaged_at = records[0].0 as usize + 20;
+    files.get_mut(seg).unwrap()[damaged_at] ^= 0x40;
+    write_case(dir.path(), &files);
+    let report = FileStore::verify(dir.path()).unwrap();
+    let problem = report.problems.first().expect("damage found").clone();
+    assert_eq!((&problem.path, problem.offset), (seg, records[0].0), "{problem}");
+    let err = FileStore::repair_truncate(dir.path(), 2, records[0].0 + 1).expect_err("not a boundary");
+    assert!(err.to_string().contains("not a record boundary"), "{err}");
+    assert_eq!(dir_files(dir.path()), files, "a refused repair changes nothing");
+    let repaired = FileStore::repair_truncate(dir.path(), 2, problem.offset).unwrap();
+    assert!(repaired.remaining.is_empty(), "{:?}", repaired.remaining);
+    let kept = log.writes.iter().filter(|w| w.segment == 0).map(|w| w.events).sum::<usize>() as u64;
+    let total = log.events.len() as u64;
+    // The damaged record is unreadable; every readable event after the cut is listed.
+    let first_listed = repaired.removed_positions.first().unwrap().0;
+    assert!(first_listed > kept, "{repaired}");
+    assert_eq!(repaired.removed_positions.last().unwrap().1, total, "{repaired}");
+    assert!(repaired.unreadable_bytes > 0 && repaired.removed_segments.len() == log.segments.len() - 2, "{repaired}");
+    let logged = std::fs::read_to_string(dir.path().join("REPAIRS.log")).unwrap();
+    assert!(logged.contains(&repaired.to_string()), "{logged}");
+    let store = FileStore::open(dir.path()).unwrap();
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), log.events[..kept as usize]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

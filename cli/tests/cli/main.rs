@@ -7,6 +7,7 @@ mod new;
 mod node;
 mod oci;
 mod scenarios;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
