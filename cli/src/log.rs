@@ -211,6 +211,8 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     println!("  snapshots written      {}", total.snapshots);
     println!("  delivery failures      {}", total.delivery_failures);
     println!("  timers fired           {}", total.timers_fired);
+    println!("  reactions over bounds  {}", total.reactions_over_bounds);
+    println!("  holds released         {}", total.holds_released);
     println!("dead letters:");
     for name in manifest.actors.keys() {
         if matches!(manifest.kind(name), ActorKind::Projector | ActorKind::ProcessManager) {

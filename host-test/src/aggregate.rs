@@ -42,6 +42,28 @@ pub fn json_command<C: serde::Serialize>(
     })
 }
 
+/// Most events handed to one `apply` call when a stored tail is folded.
+pub const FOLD_BATCH_EVENTS: usize = 256;
+/// Most payload bytes handed to one `apply` call when a stored tail is folded (a single larger
+/// event still goes alone: it was applied alone when it was decided).
+pub const FOLD_BATCH_BYTES: usize = 1 << 20;
+
+/// The first field that identifies an event (rather than its content) that differs between
+/// `before` and `after`, by its WIT name.
+fn changed_identity(before: &Event, after: &Event) -> Option<&'static str> {
+    [
+        ("stream", before.stream == after.stream),
+        ("key", before.key == after.key),
+        ("sequence", before.sequence == after.sequence),
+        ("time", before.time == after.time),
+        ("command-id", before.command_id == after.command_id),
+        ("correlation-id", before.correlation_id == after.correlation_id),
+        ("causation-id", before.causation_id == after.causation_id),
+    ]
+    .into_iter()
+    .find_map(|(field, same)| (!same).then_some(field))
+}
+
 /// An aggregate component's exports, called on a live instance.
 pub struct AggregateActor {
     guest: Guest<Aggregate>,
@@ -159,6 +181,9 @@ impl AggregateHost {
     }
 
     /// Raises events written under an older schema version through the actor's `upcast`.
+    /// An upcast may change an event's type, schema version and payload only: one that moves
+    /// the event (stream, key, sequence, time, or its command, correlation or causation id) is
+    /// refused, naming the field, since dispatch, deduplication and ordering rely on them.
     pub fn upcast(&mut self, events: Vec<Event>) -> Result<Vec<Event>, HostError> {
         let current = self.info.event_schema_version;
         events
@@ -168,21 +193,49 @@ impl AggregateHost {
                     return Ok(e);
                 }
                 let what = format!("{}/{} #{} `{}` v{}", e.stream, e.key, e.sequence, e.event_type, e.schema_version);
-                self.actor.upcast(&e)?.map_err(|r| HostError::Host {
-                    context: format!("upcast {what} to v{current}"),
+                let context = format!("upcast {what} to v{current}");
+                let raised = self.actor.upcast(&e)?.map_err(|r| HostError::Host {
+                    context: context.clone(),
                     message: format!("{}: {}", r.code, r.message),
-                })
+                })?;
+                match changed_identity(&e, &raised) {
+                    Some(field) => Err(HostError::Host {
+                        context,
+                        message: format!("the upcast changed the event's `{field}`; an upcast may change only its type, schema version and payload"),
+                    }),
+                    None => Ok(raised),
+                }
             })
             .collect()
     }
 
-    /// Folds events already stored (upcasting older ones) into `key`'s state.
+    /// Folds events already stored (upcasting older ones) into `key`'s state, in batches of at
+    /// most [`FOLD_BATCH_EVENTS`] events and [`FOLD_BATCH_BYTES`] payload bytes: a tail that was
+    /// applied event by event within the CPU and memory caps is reloaded within them too,
+    /// however long it grew.
     pub fn fold(&mut self, key: &str, events: Vec<Event>) -> Result<(), HostError> {
+        let mut rest = events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(e) = rest.next_if(|e| {
+                batch.is_empty() || (batch.len() < FOLD_BATCH_EVENTS && bytes + e.payload.len() <= FOLD_BATCH_BYTES)
+            }) {
+                bytes += e.payload.len();
+                batch.push(e);
+            }
+            self.fold_batch(key, batch)?;
+        }
+        Ok(())
+    }
+
+    fn fold_batch(&mut self, key: &str, events: Vec<Event>) -> Result<(), HostError> {
         let Some(last) = events.last().map(|e| e.sequence) else { return Ok(()) };
+        let first = events[0].sequence;
         let events = self.upcast(events)?;
         let state = self.keys.get(key).and_then(|k| k.state.clone());
         let new_state = self.actor.apply(state.as_deref(), &events)?.map_err(|r| HostError::Host {
-            context: format!("apply stored events to {}/{key}", self.info.stream),
+            context: format!("apply stored events #{first}..=#{last} to {}/{key}", self.info.stream),
             message: format!("{}: {}", r.code, r.message),
         })?;
         let k = self.keys.entry(key.into()).or_default();

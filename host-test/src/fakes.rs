@@ -151,6 +151,13 @@ impl Fakes {
         self.lock().buckets.entry(bucket.into()).or_default().insert(key.into(), value.to_vec());
     }
 
+    /// Removes a key-value entry (e.g. to put back what a refused call wrote).
+    pub fn kv_remove(&self, bucket: &str, key: &str) {
+        if let Some(b) = self.lock().buckets.get_mut(bucket) {
+            b.remove(key);
+        }
+    }
+
     /// A committed key-value entry.
     pub fn kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         self.lock().buckets.get(bucket).and_then(|b| b.get(key)).cloned()

@@ -10,13 +10,22 @@
 //!   `max_deliver` attempts dead-lettered.
 //! - Process managers: like projectors, with instance states as their key-value writes.
 //!   Timers are kept in the store; a due timer becomes an event on [`TIMER_STREAM`], so its
-//!   reaction is checkpointed like any other delivery.
+//!   reaction is checkpointed like any other delivery. Due timers are recorded in batches
+//!   (concurrent appends, so the store group-commits them), at most
+//!   `reactions.max_timers_per_tick` per tick.
+//! - Cascades: every command and timer a reaction causes is one step deeper than the input it
+//!   reacted to and counts against the outside input at the root of the chain; a reaction over
+//!   a bound of the manifest's `[reactions]` does nothing and fails its delivery.
+//! - Namespaces: streams and buckets whose names start with [`RESERVED_PREFIX`] are the
+//!   runtime's; no actor or client can own, subscribe to, report on or write them.
 
 use crate::error::RuntimeError;
 use crate::journal::{Journal, from_stored, to_new};
+use crate::manifest::ReactionLimits;
 use crate::stats::Stats;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_billing_model::account::Account;
 use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
@@ -27,6 +36,9 @@ use tollgate_store::{
     Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, StoredEvent,
 };
 
+/// Prefix of the runtime's own streams and buckets ([`TIMER_STREAM`],
+/// [`crate::stats::STATS_STREAM`], the instance and meta buckets).
+pub const RESERVED_PREFIX: &str = "tollgate.";
 /// Stream of due process-manager timers (key `manager/instance`).
 pub const TIMER_STREAM: &str = "tollgate.timers";
 /// Bucket of a process manager's instance states.
@@ -40,6 +52,74 @@ const DEDUP_HORIZON: u64 = 1024;
 const MAX_ATTEMPTS: u32 = 64;
 /// Deliveries asked for at once.
 const DELIVERY_BATCH: usize = 256;
+/// Due timers of one key recorded concurrently (they race for the key's next sequence).
+const SAME_KEY_CONCURRENCY: usize = 16;
+/// Causes remembered (commands and timers by id, roots by effect count), oldest forgotten
+/// first: an input whose cause was forgotten counts as a new root, so memory stays bounded
+/// while every chain stays bounded by `max_cascade_depth` per run.
+const CASCADE_MEMORY: usize = 1 << 16;
+
+/// Whether `name` (a stream or a bucket) is in the runtime's own namespace.
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
+
+/// Where an input stands in a cascade of reactions.
+#[derive(Clone)]
+struct Cause {
+    /// Reactions between the outside input at the root and this one (0: it is the root).
+    depth: u32,
+    /// Names the outside input at the root of the chain.
+    root: Arc<str>,
+}
+
+/// The causes of commands and timers process managers sent, and how much each root caused.
+#[derive(Default)]
+pub(crate) struct Cascades {
+    /// (stream, key, command id) of a command, or (`""`, `""`, store id) of a timer.
+    causes: HashMap<(String, String, String), Cause>,
+    order: VecDeque<(String, String, String)>,
+    /// Commands and timers caused so far per root.
+    effects: HashMap<Arc<str>, u64>,
+    roots: VecDeque<Arc<str>>,
+}
+
+impl Cascades {
+    fn cause(&self, stream: &str, key: &str, id: &str) -> Option<Cause> {
+        self.causes.get(&(stream.to_string(), key.to_string(), id.to_string())).cloned()
+    }
+
+    fn remember(&mut self, stream: &str, key: &str, id: &str, cause: Cause) {
+        let entry = (stream.to_string(), key.to_string(), id.to_string());
+        if self.causes.insert(entry.clone(), cause).is_none() {
+            self.order.push_back(entry);
+            if self.order.len() > CASCADE_MEMORY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.causes.remove(&old);
+            }
+        }
+    }
+
+    fn effects(&self, root: &Arc<str>) -> u64 {
+        self.effects.get(root).copied().unwrap_or(0)
+    }
+
+    fn add_effects(&mut self, root: &Arc<str>, n: u64) {
+        match self.effects.get_mut(root) {
+            Some(count) => *count = count.saturating_add(n),
+            None => {
+                self.effects.insert(root.clone(), n);
+                self.roots.push_back(root.clone());
+                if self.roots.len() > CASCADE_MEMORY
+                    && let Some(old) = self.roots.pop_front()
+                {
+                    self.effects.remove(&old);
+                }
+            }
+        }
+    }
+}
 
 /// An aggregate actor, its cached states, and what was read of each key.
 pub(crate) struct AggregateSlot {
@@ -139,6 +219,29 @@ pub(crate) struct Core {
     pub stats: Stats,
     /// A snapshot is written once a key has this many events past its last one (0: never).
     pub snapshot_every: u64,
+    /// Bounds on what reactions may cause.
+    pub limits: ReactionLimits,
+    pub cascades: Cascades,
+    /// Holds made by the `decide` call under way, released if it fails (see
+    /// [`crate::Runtime::admit_with`]).
+    pub holds_in_decide: Vec<HoldInDecide>,
+}
+
+/// A reservation a policy made inside the `decide` call under way.
+#[derive(Debug, Clone)]
+pub(crate) struct HoldInDecide {
+    /// The aggregate actor holding it.
+    pub account_actor: String,
+    /// The account.
+    pub account: String,
+    /// The reservation.
+    pub reservation_id: String,
+}
+
+/// The command id of the release of `reservation_id` made by the failed decision on
+/// `request_id`: it names that decision in the log, and marks the request as answered.
+pub(crate) fn release_after_failed_decide(request_id: &str, reservation_id: &str) -> String {
+    format!("{request_id}/released-after-failed-decide/{reservation_id}")
 }
 
 fn host_error(context: String, rejection: &Rejection) -> HostError {
@@ -319,12 +422,25 @@ impl Core {
 
     /// Runs a command on the aggregate that owns its stream.
     pub fn execute(&mut self, command: &Command) -> Result<Outcome, RuntimeError> {
+        if is_reserved(&command.stream) {
+            return Err(RuntimeError::Reserved {
+                what: "a command may not go to stream".into(),
+                name: command.stream.clone(),
+            });
+        }
         let actor = self
             .streams
             .get(&command.stream)
             .cloned()
             .ok_or_else(|| RuntimeError::NoSuchStream(command.stream.clone()))?;
         self.execute_on(&actor, command)
+    }
+
+    /// Whether `command_id` is among the recent commands committed on `key` of an aggregate
+    /// (the last [`DEDUP_HORIZON`] of them).
+    pub fn recently_committed(&mut self, actor: &str, key: &str, command_id: &str) -> Result<bool, RuntimeError> {
+        self.load(actor, key)?;
+        Ok(self.aggregates[actor].loaded.get(key).is_some_and(|k| k.commands.contains_key(command_id)))
     }
 
     /// An account's decoded state, loading it from the store if needed.
@@ -462,16 +578,27 @@ impl Core {
                 Ok(Err(r)) => Some(format!("{}: {}", r.code, r.message)),
                 Err(e) => Some(e.to_string()),
             };
-            if let Some(reason) = refusal {
-                self.fail(&slot.name, &mut slot.consumer, delivery.position, &reason)?;
-                continue;
-            }
+            // What a failed call wrote is dropped here, so it is not committed with the next
+            // delivery.
             let mut writes: Vec<KvWrite> = slot
                 .fakes
                 .take_kv_writes()
                 .into_iter()
                 .map(|(bucket, key, value)| KvWrite { bucket, key, value })
                 .collect();
+            let refusal = refusal.or_else(|| {
+                let intruding = writes.iter().find(|w| is_reserved(&w.bucket))?;
+                let error = RuntimeError::Reserved {
+                    what: format!("projector `{}` may not write bucket", slot.name),
+                    name: intruding.bucket.clone(),
+                };
+                Some(format!("{error}; nothing of this delivery was committed"))
+            });
+            if let Some(reason) = refusal {
+                self.undo_writes(slot, &writes)?;
+                self.fail(&slot.name, &mut slot.consumer, delivery.position, &reason)?;
+                continue;
+            }
             let before = slot.buckets.len();
             for w in &writes {
                 if !slot.buckets.contains(&w.bucket) {
@@ -486,6 +613,19 @@ impl Core {
             self.ack(&mut slot.consumer, delivery.position)?;
         }
         Ok(progressed)
+    }
+
+    /// Puts back what a projector's failed call wrote, in its in-memory view, from the store
+    /// (where nothing of it was committed), so the view stays what was committed.
+    fn undo_writes(&self, slot: &ProjectorSlot, writes: &[KvWrite]) -> Result<(), RuntimeError> {
+        for w in writes {
+            let store = self.journal.store();
+            match self.journal.run("read projection", store.kv_get(&slot.name, &w.bucket, &w.key))? {
+                Some(value) => slot.fakes.kv_set(&w.bucket, &w.key, &value),
+                None => slot.fakes.kv_remove(&w.bucket, &w.key),
+            }
+        }
+        Ok(())
     }
 
     /// Commits a delivery's key-value writes with the consumer's checkpoint. A redriven dead
@@ -550,12 +690,12 @@ impl Core {
                 let state = current(slot, changed, &instance);
                 let timer = Timer { id: fired.key.id.clone(), fire_at: fired.fire_at, payload: fired.payload };
                 let now = self.clock.now_ms();
-                let reaction = slot
-                    .actor
-                    .on_timer(state.as_deref(), &timer, now)?
-                    .map_err(|r| host_error(format!("{} on timer `{}` of `{instance}`", slot.name, timer.id), &r))?;
+                let what = format!("{} on timer `{}` of `{instance}`", slot.name, timer.id);
+                let reaction =
+                    slot.actor.on_timer(state.as_deref(), &timer, now)?.map_err(|r| host_error(what.clone(), &r))?;
                 self.stats.timers_fired += 1;
-                self.apply_reaction(slot, &instance, reaction, changed)?;
+                let cause = self.cause_of(stored);
+                self.apply_reaction(slot, &instance, reaction, changed, &cause, &what)?;
                 continue;
             }
             if !slot.subscriptions.contains(&stored.stream) {
@@ -565,10 +705,66 @@ impl Core {
             let Some(event) = event.into_iter().next() else { continue };
             let Some(instance) = slot.actor.correlate(&event)? else { continue };
             let state = current(slot, changed, &instance);
-            let reaction = slot.actor.react(state.as_deref(), &event)?.map_err(|r| {
-                host_error(format!("{} reacting to {}/{} #{}", slot.name, event.stream, event.key, event.sequence), &r)
-            })?;
-            self.apply_reaction(slot, &instance, reaction, changed)?;
+            let what = format!("{} reacting to {}/{} #{}", slot.name, event.stream, event.key, event.sequence);
+            let reaction = slot.actor.react(state.as_deref(), &event)?.map_err(|r| host_error(what.clone(), &r))?;
+            let cause = self.cause_of(stored);
+            self.apply_reaction(slot, &instance, reaction, changed, &cause, &what)?;
+        }
+        Ok(())
+    }
+
+    /// The cascade an input belongs to: the one of the reaction that sent its command or set
+    /// its timer, or a new chain rooted at it.
+    fn cause_of(&self, input: &StoredEvent) -> Cause {
+        self.cascades.cause(&input.stream, &input.key, &input.command_id).unwrap_or_else(|| Cause {
+            depth: 0,
+            root: format!("{}/{} #{}", input.stream, input.key, input.sequence).into(),
+        })
+    }
+
+    /// Refuses a reaction (to an input at `cause`) that goes over a bound of `[reactions]`.
+    fn check_bounds(&self, reaction: &Reaction, cause: &Cause, what: &str) -> Result<(), RuntimeError> {
+        let limits = &self.limits;
+        let (commands, timers) = (reaction.commands.len() as u64, reaction.set_timers.len() as u64);
+        let over = |bound, limit: u64, message: String| {
+            Err(RuntimeError::ReactionBound { bound, limit, message: format!("{what}: {message}") })
+        };
+        if commands > u64::from(limits.max_commands_per_reaction) {
+            return over(
+                "max_commands_per_reaction",
+                limits.max_commands_per_reaction.into(),
+                format!("sends {commands} commands"),
+            );
+        }
+        if timers > u64::from(limits.max_timers_per_reaction) {
+            return over(
+                "max_timers_per_reaction",
+                limits.max_timers_per_reaction.into(),
+                format!("sets {timers} timers"),
+            );
+        }
+        let effects = commands + timers;
+        if effects == 0 {
+            return Ok(());
+        }
+        let depth = cause.depth.saturating_add(1);
+        if depth > limits.max_cascade_depth {
+            return over(
+                "max_cascade_depth",
+                limits.max_cascade_depth.into(),
+                format!(
+                    "would send commands or set timers at cascade depth {depth} (the chain started at {})",
+                    cause.root
+                ),
+            );
+        }
+        let total = self.cascades.effects(&cause.root).saturating_add(effects);
+        if total > limits.max_cascade_effects {
+            return over(
+                "max_cascade_effects",
+                limits.max_cascade_effects,
+                format!("would bring the commands and timers caused by {} to {total}", cause.root),
+            );
         }
         Ok(())
     }
@@ -579,7 +775,16 @@ impl Core {
         instance: &str,
         reaction: Reaction,
         changed: &mut BTreeMap<String, Option<Vec<u8>>>,
+        cause: &Cause,
+        what: &str,
     ) -> Result<(), RuntimeError> {
+        if let Err(e) = self.check_bounds(&reaction, cause, what) {
+            self.stats.reactions_over_bounds += 1;
+            return Err(e);
+        }
+        let effects = (reaction.commands.len() + reaction.set_timers.len()) as u64;
+        self.cascades.add_effects(&cause.root, effects);
+        let next = Cause { depth: cause.depth.saturating_add(1), root: cause.root.clone() };
         let mut cancel = reaction.cancel_timers.clone();
         if reaction.state.is_none() {
             cancel.extend(slot.timers.keys().filter(|(i, _)| i == instance).map(|(_, id)| id.clone()));
@@ -590,18 +795,30 @@ impl Core {
             slot.timers.remove(&(instance.to_string(), id));
         }
         if reaction.state.is_some() {
-            for timer in reaction.set_timers {
-                let stored = tollgate_store::Timer {
+            let stored: Vec<tollgate_store::Timer> = reaction
+                .set_timers
+                .iter()
+                .map(|timer| tollgate_store::Timer {
                     id: timer_key(&slot.name, instance, &timer.id),
                     fire_at_ms: timer.fire_at,
                     payload: timer.payload.clone(),
-                };
-                self.journal.run("set timer", self.journal.store().put_timer(stored))?;
+                })
+                .collect();
+            for t in &stored {
+                self.cascades.remember("", "", &t.id, next.clone());
+            }
+            // Concurrent puts: the store group-commits a reaction's timers in one sync.
+            let puts = stored.into_iter().map(|t| self.journal.store().put_timer(t));
+            for result in self.journal.block_on(futures_util::future::join_all(puts)) {
+                result.map_err(|e| self.journal.error("set timer", e))?;
+            }
+            for timer in reaction.set_timers {
                 slot.timers.insert((instance.to_string(), timer.id.clone()), timer);
             }
         }
         changed.insert(instance.into(), reaction.state);
         for command in reaction.commands {
+            self.cascades.remember(&command.stream, &command.key, &command.command_id, next.clone());
             if let Outcome::Rejected(rejection) = self.execute(&command)? {
                 tracing::warn!(manager = %slot.name, command = %command.command_type, code = %rejection.code, "command refused");
                 self.refused.push(RefusedCommand { manager: slot.name.clone(), command, rejection });
@@ -610,42 +827,106 @@ impl Core {
         Ok(())
     }
 
-    /// Records every timer due at `now` as an event on [`TIMER_STREAM`] (earliest first) and
-    /// dispatches it, until none is due (a reaction may set another); returns how many fired.
+    /// Records the timers due at `now` as events on [`TIMER_STREAM`] (earliest first, in
+    /// batches of `reactions.timer_batch`) and dispatches them, until none is due (a reaction
+    /// may set another) or `reactions.max_timers_per_tick` fired; returns how many fired.
+    /// Timers left due fire on the next tick.
     pub fn fire_due_timers(&mut self) -> Result<usize, RuntimeError> {
         let mut fired = 0;
+        let per_tick = self.limits.max_timers_per_tick as usize;
         loop {
             let now = self.clock.now_ms();
             let due = self.journal.run("read timers", self.journal.store().due_timers(now))?;
-            let ours = due.into_iter().find_map(|t| {
-                let key = serde_json::from_str::<TimerKey>(&t.id).ok()?;
-                self.managers.iter().any(|m| m.name == key.manager).then_some((t, key))
-            });
-            let Some((timer, key)) = ours else { return Ok(fired) };
-            let event = Event {
+            let room = per_tick.saturating_sub(fired).min(self.limits.timer_batch as usize);
+            let mut ours = due
+                .into_iter()
+                .filter_map(|t| {
+                    let key = serde_json::from_str::<TimerKey>(&t.id).ok()?;
+                    self.managers.iter().any(|m| m.name == key.manager).then_some((t, key))
+                })
+                .peekable();
+            if ours.peek().is_none() {
+                return Ok(fired);
+            }
+            if room == 0 {
+                tracing::warn!(
+                    fired,
+                    max_timers_per_tick = per_tick,
+                    "more timers are due than one tick may fire; the rest fire on the next tick"
+                );
+                return Ok(fired);
+            }
+            let batch: Vec<(tollgate_store::Timer, TimerKey)> = ours.take(room).collect();
+            fired += batch.len();
+            self.fire_batch(batch, now)?;
+            self.pump()?;
+        }
+    }
+
+    /// Records a batch of due timers and removes them from the store, each with concurrent
+    /// store calls, so a store that group-commits (the embedded log) syncs once per batch.
+    /// A timer recorded twice (a crash before its removal) keeps its first record: its event's
+    /// command id is the timer's id and due time.
+    fn fire_batch(&mut self, batch: Vec<(tollgate_store::Timer, TimerKey)>, now: u64) -> Result<(), RuntimeError> {
+        let fired: Vec<(String, String, String)> =
+            batch.iter().map(|(_, k)| (k.manager.clone(), k.instance.clone(), k.id.clone())).collect();
+        let events: Vec<Event> = batch
+            .into_iter()
+            .map(|(timer, key)| Event {
                 stream: TIMER_STREAM.into(),
                 key: format!("{}/{}", key.manager, key.instance),
                 event_type: "timer-fired".into(),
                 schema_version: 1,
                 content_type: tollgate_sdk::codec::JSON.into(),
-                payload: serde_json::to_vec(&FiredTimer {
-                    fire_at: timer.fire_at_ms,
-                    payload: timer.payload.clone(),
-                    key,
-                })
-                .expect("timers encode"),
+                payload: serde_json::to_vec(&FiredTimer { fire_at: timer.fire_at_ms, payload: timer.payload, key })
+                    .expect("timers encode"),
                 sequence: 0,
                 time: now,
-                // Firing twice (a crash before the cancel) records the timer once.
                 command_id: format!("{}@{}", timer.id, timer.fire_at_ms),
-                correlation_id: timer.id.clone(),
+                correlation_id: timer.id,
                 causation_id: String::new(),
-            };
-            self.append_external(event)?;
-            self.journal.run("cancel timer", self.journal.store().cancel_timer(&timer.id))?;
-            fired += 1;
-            self.pump()?;
+            })
+            .collect();
+        let store = self.journal.store();
+        // Appends to one key race for its next sequence (JetStream retries a lost race a
+        // bounded number of times), so each wave holds at most SAME_KEY_CONCURRENCY per key.
+        let mut waves: Vec<Vec<&Event>> = Vec::new();
+        let mut per_key: HashMap<&str, usize> = HashMap::new();
+        for e in &events {
+            let n = per_key.entry(e.key.as_str()).or_default();
+            let wave = *n / SAME_KEY_CONCURRENCY;
+            *n += 1;
+            if waves.len() <= wave {
+                waves.push(Vec::new());
+            }
+            waves[wave].push(e);
         }
+        for wave in waves {
+            let appends = wave.iter().map(|e| store.append(&e.stream, &e.key, ExpectedVersion::Any, vec![to_new(e)]));
+            for result in self.journal.block_on(futures_util::future::join_all(appends)) {
+                match result {
+                    Ok(_) => {}
+                    Err(StoreError::Duplicate { .. }) => self.stats.duplicates += 1,
+                    Err(e) => return Err(self.journal.error("record due timer", e)),
+                }
+            }
+        }
+        for e in &events {
+            // The timer's reaction continues the cascade of the reaction that set it.
+            if let Some(cause) = self.cascades.cause("", "", &e.correlation_id) {
+                self.cascades.remember(&e.stream, &e.key, &e.command_id, cause);
+            }
+        }
+        let cancels = events.iter().map(|e| store.cancel_timer(&e.correlation_id));
+        for result in self.journal.block_on(futures_util::future::join_all(cancels)) {
+            result.map_err(|e| self.journal.error("cancel fired timer", e))?;
+        }
+        for (manager, instance, id) in fired {
+            if let Some(slot) = self.managers.iter_mut().find(|m| m.name == manager) {
+                slot.timers.remove(&(instance, id));
+            }
+        }
+        Ok(())
     }
 }
 

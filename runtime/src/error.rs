@@ -42,6 +42,25 @@ pub enum RuntimeError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A process manager's reaction went over a bound of the manifest's `[reactions]`; it
+    /// had no effect.
+    #[error("{message}: over `reactions.{bound}` = {limit}")]
+    ReactionBound {
+        /// The manifest field, e.g. `max_cascade_depth`.
+        bound: &'static str,
+        /// Its value.
+        limit: u64,
+        /// Which reaction, and how far it went.
+        message: String,
+    },
+    /// An actor or a client reached for a stream or bucket of the runtime's own namespace.
+    #[error("{what} `{name}`: names starting with `{prefix}` are reserved for the runtime", prefix = crate::core::RESERVED_PREFIX)]
+    Reserved {
+        /// Who tried what, e.g. "projector `p` may not subscribe to stream".
+        what: String,
+        /// The reserved name.
+        name: String,
+    },
     /// A reported fact was refused.
     #[error("cannot record a fact on stream `{stream}`: {message}")]
     Report {

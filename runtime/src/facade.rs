@@ -3,7 +3,7 @@
 //! rater component. Request ids become command ids, so a repeated request changes nothing
 //! twice and gets its original answer.
 
-use crate::core::Core;
+use crate::core::{Core, HoldInDecide, release_after_failed_decide};
 use std::sync::{Arc, Mutex};
 use tollgate_billing_model::account::{
     Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney,
@@ -79,9 +79,15 @@ impl ChargingFacade {
             now,
         )
         .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("encode command: {e}")))?;
+        // `accepted` counts only appends, not commands answered from the log.
+        let appended_before = core.stats.accepted;
         let outcome = core
             .execute_on(&self.account_actor, &envelope)
             .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("account actor failed: {e}")))?;
+        if let (AccountCommand::Reserve { reservation_id, .. }, Outcome::Accepted(_)) = (command, &outcome) {
+            let new = core.stats.accepted > appended_before;
+            self.track_hold(&mut core, request_id, account, reservation_id, new)?;
+        }
         match outcome {
             Outcome::Rejected(r) => Err(error(result_code(&r), r.message)),
             Outcome::Accepted(events) => {
@@ -96,6 +102,37 @@ impl ChargingFacade {
                     .unwrap_or_default();
                 Ok((events, state))
             }
+        }
+    }
+
+    /// Remembers a new hold until the `decide` under way returns (it is released if that
+    /// fails); refuses a repeated request whose hold was released because its decision failed.
+    fn track_hold(
+        &self,
+        core: &mut Core,
+        request_id: &str,
+        account: &str,
+        reservation_id: &str,
+        new: bool,
+    ) -> Result<(), ChargingError> {
+        if new {
+            core.holds_in_decide.push(HoldInDecide {
+                account_actor: self.account_actor.clone(),
+                account: account.into(),
+                reservation_id: reservation_id.into(),
+            });
+            return Ok(());
+        }
+        let released = release_after_failed_decide(request_id, reservation_id);
+        match core.recently_committed(&self.account_actor, account, &released) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(error(
+                ResultCode::EndUserServiceDenied,
+                format!(
+                    "request `{request_id}` failed before it was answered and its hold was released; send a new request id"
+                ),
+            )),
+            Err(e) => Err(error(ResultCode::EndUserServiceDenied, format!("read account: {e}"))),
         }
     }
 

@@ -67,6 +67,12 @@ impl Journal {
         )
     }
 
+    /// A journal over a store opened by the caller (e.g. a [`FileStore`] whose writer
+    /// counters a test reads through a clone); `url` names it in errors.
+    pub fn with_store(url: &str, store: Box<dyn EventStore>) -> Result<Journal, RuntimeError> {
+        Ok(Journal { inner: Arc::new(Inner { store, tokio: tokio_runtime()?, url: url.into(), _ephemeral: None }) })
+    }
+
     /// An embedded log in a fresh temporary directory, removed when the last clone is dropped;
     /// no fsync, because nothing in it outlives the process.
     pub fn ephemeral() -> Result<Journal, RuntimeError> {

@@ -12,6 +12,12 @@
 //!   restart neither loses nor repeats them, and a delivery that keeps failing is
 //!   dead-lettered. Timers live in the store and fire on the runtime's clock.
 //! - Each actor has its own wasm store: a trap in one discards only that instance.
+//! - Work a delivery may cause is bounded (`[reactions]` in the manifest): cascade depth,
+//!   commands and timers per reaction and per outside input, timers per tick.
+//! - A hold a policy made inside a `decide` that failed (trap or cap) is released at once;
+//!   the release's command id names the failed decision.
+//! - Streams and buckets named `tollgate.*` are the runtime's own: no actor or client reaches
+//!   them.
 
 pub mod core;
 pub mod error;
@@ -23,7 +29,7 @@ pub mod replay;
 pub mod resolve;
 pub mod stats;
 
-pub use crate::core::{RefusedCommand, TIMER_STREAM};
+pub use crate::core::{RESERVED_PREFIX, RefusedCommand, TIMER_STREAM, is_reserved};
 pub use error::RuntimeError;
 pub use journal::Journal;
 pub use manifest::Manifest;
@@ -32,7 +38,7 @@ pub use stats::Stats;
 pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
 pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
 
-use crate::core::{AggregateSlot, Core, ManagerSlot, ProjectorSlot};
+use crate::core::{AggregateSlot, Core, ManagerSlot, ProjectorSlot, release_after_failed_decide};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -133,6 +139,9 @@ impl Runtime {
             refused: Vec::new(),
             stats: Stats::default(),
             snapshot_every: manifest.store.snapshot_every,
+            limits: manifest.reactions.clone(),
+            cascades: Default::default(),
+            holds_in_decide: Vec::new(),
         };
         let max_deliver = manifest.store.max_deliver;
         let mut fakes_by_actor = BTreeMap::new();
@@ -149,6 +158,10 @@ impl Runtime {
                     let host = AggregateHost::new(actor, fakes)?.without_history();
                     let info = host.info();
                     let stream = info.stream.clone();
+                    if is_reserved(&stream) {
+                        let what = format!("aggregate `{name}` may not own stream");
+                        return Err(RuntimeError::Reserved { what, name: stream });
+                    }
                     let snapshot_tag = format!("{digest}#state-v{}", info.state_version);
                     if let Some(other) = core.streams.insert(stream.clone(), name.clone()) {
                         return Err(RuntimeError::DuplicateStream(other, name.clone(), stream));
@@ -162,6 +175,7 @@ impl Runtime {
                     fakes.record_kv_writes();
                     let mut actor = ProjectorActor::new(actor, fakes.clone())?;
                     let subscriptions = actor.subscriptions()?;
+                    refuse_reserved_subscriptions("projector", name, &subscriptions)?;
                     let consumer = core.consumer(name, max_deliver)?;
                     let mut slot = ProjectorSlot {
                         name: name.clone(),
@@ -177,6 +191,7 @@ impl Runtime {
                 ActorKind::ProcessManager => {
                     let mut actor = ProcessManagerActor::new(actor, fakes)?;
                     let subscriptions = actor.subscriptions()?;
+                    refuse_reserved_subscriptions("process manager", name, &subscriptions)?;
                     let consumer = core.consumer(name, max_deliver)?;
                     let mut slot = ManagerSlot {
                         name: name.clone(),
@@ -236,10 +251,19 @@ impl Runtime {
 
     /// Asks the named policy for an admission decision, then dispatches.
     pub fn admit_with(&mut self, policy: &str, request: &AdmissionRequest) -> Result<Decision, RuntimeError> {
+        self.lock().holds_in_decide.clear();
         let actor = self.policies.get_mut(policy).ok_or_else(|| RuntimeError::NoSuchActor(policy.into()))?;
         let span = tracing::info_span!("admission", policy, correlation_id = %request.request_id, subscriber = %request.subscriber);
         let _entered = span.enter();
-        let decision = actor.decide(request)?;
+        let decided = actor.decide(request);
+        let holds = std::mem::take(&mut self.lock().holds_in_decide);
+        let decision = match decided {
+            Ok(decision) => decision,
+            Err(e) => {
+                self.release_holds_of_failed_decide(&request.request_id, holds, &e.to_string())?;
+                return Err(e.into());
+            }
+        };
         let code = match &decision {
             Decision::Granted(_) => ResultCode::Success,
             Decision::Denied(d) => d.code,
@@ -248,6 +272,55 @@ impl Runtime {
         *core.stats.result_codes.entry(result_code_name(code).into()).or_default() += 1;
         core.pump()?;
         Ok(decision)
+    }
+
+    /// Releases the holds a failed `decide` made: the client got an error, so nothing may stay
+    /// held for it. Each release's command id names the decision
+    /// ([`core::release_after_failed_decide`]), so a repeat of the request is refused rather
+    /// than answered with a released grant.
+    fn release_holds_of_failed_decide(
+        &self,
+        request_id: &str,
+        holds: Vec<core::HoldInDecide>,
+        failure: &str,
+    ) -> Result<(), RuntimeError> {
+        let mut core = self.lock();
+        for hold in holds {
+            let command_id = release_after_failed_decide(request_id, &hold.reservation_id);
+            let release = tollgate_billing_model::account::AccountCommand::Release {
+                reservation_id: hold.reservation_id.clone(),
+            };
+            let mut command = tollgate_host::aggregate::json_command(
+                ACCOUNT_STREAM,
+                &hold.account,
+                &command_id,
+                &release,
+                self.clock.now_ms(),
+            )
+            .expect("commands are externally tagged enums");
+            command.correlation_id = request_id.into();
+            match core.execute_on(&hold.account_actor, &command)? {
+                Outcome::Accepted(_) => {
+                    core.stats.holds_released += 1;
+                    tracing::warn!(
+                        request_id,
+                        account = %hold.account,
+                        reservation = %hold.reservation_id,
+                        failure,
+                        "released a hold made by a decision that failed"
+                    );
+                }
+                Outcome::Rejected(r) => tracing::error!(
+                    request_id,
+                    account = %hold.account,
+                    reservation = %hold.reservation_id,
+                    code = %r.code,
+                    "could not release a hold made by a decision that failed: {}",
+                    r.message
+                ),
+            }
+        }
+        core.pump()
     }
 
     /// Records a fact reported from outside (e.g. the network's usage report on stream
@@ -264,6 +337,12 @@ impl Runtime {
             stream: stream.into(),
             message: format!("the event is not an externally tagged enum: {e}"),
         })?;
+        if is_reserved(stream) {
+            return Err(RuntimeError::Report {
+                stream: stream.into(),
+                message: format!("streams starting with `{RESERVED_PREFIX}` are the runtime's own"),
+            });
+        }
         let mut core = self.lock();
         if let Some(owner) = core.streams.get(stream) {
             return Err(RuntimeError::Report {
@@ -375,6 +454,17 @@ impl Runtime {
             .iter()
             .flat_map(|m| m.timers.iter().map(|((i, id), t)| (m.name.clone(), i.clone(), id.clone(), t.fire_at)))
             .collect()
+    }
+}
+
+/// Refuses an actor that subscribes to one of the runtime's own streams.
+fn refuse_reserved_subscriptions(kind: &str, name: &str, subscriptions: &[String]) -> Result<(), RuntimeError> {
+    match subscriptions.iter().find(|s| is_reserved(s)) {
+        Some(stream) => Err(RuntimeError::Reserved {
+            what: format!("{kind} `{name}` may not subscribe to stream"),
+            name: stream.clone(),
+        }),
+        None => Ok(()),
     }
 }
 

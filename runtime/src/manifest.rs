@@ -23,6 +23,19 @@
 //! An optional `[store]` section tunes how the event store is used (`snapshot_every = 100`,
 //! `max_deliver = 5`); which store is chosen when the runtime starts.
 //!
+//! An optional `[reactions]` section bounds the work process managers may cause (see
+//! [`ReactionLimits`]; defaults shown):
+//!
+//! ```toml
+//! [reactions]
+//! max_cascade_depth = 16            # reactions in a chain from one outside input
+//! max_cascade_effects = 4096        # commands + timers one outside input may cause in all
+//! max_commands_per_reaction = 64
+//! max_timers_per_reaction = 64
+//! max_timers_per_tick = 4096        # the rest stay due until the next tick
+//! timer_batch = 256                 # due timers recorded per store round trip
+//! ```
+//!
 //! Relative `file`s are resolved against the manifest's directory. A `file` may instead be an
 //! OCI reference, pulled (once per digest) through the cache of `tollgate-oci` when loaded:
 //!
@@ -53,6 +66,9 @@ pub struct Manifest {
     /// How the runtime uses its event store.
     #[serde(default)]
     pub store: StoreSpec,
+    /// How much work one delivery to a process manager may cause.
+    #[serde(default)]
+    pub reactions: ReactionLimits,
     /// Actors by name.
     pub actors: BTreeMap<String, ActorSpec>,
 }
@@ -81,6 +97,84 @@ fn default_max_deliver() -> u32 {
 impl Default for StoreSpec {
     fn default() -> Self {
         StoreSpec { snapshot_every: default_snapshot_every(), max_deliver: default_max_deliver() }
+    }
+}
+
+/// The `[reactions]` section: bounds on the work process managers may cause, so a manager
+/// whose commands lead back to itself, or whose timers set new due timers, cannot keep a node
+/// busy for ever. A reaction over a bound has no effect; its delivery fails with a reason
+/// naming the bound and, like any failing delivery, ends in the dead letters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactionLimits {
+    /// Longest chain of reactions from one outside input (a client's command or report, or a
+    /// timer restored from the store) to a command or timer: an input is depth 0, what a
+    /// reaction to depth `d` sends or sets is depth `d + 1`.
+    #[serde(default = "default_max_cascade_depth")]
+    pub max_cascade_depth: u32,
+    /// Commands plus timers one outside input may cause through all its reactions.
+    #[serde(default = "default_max_cascade_effects")]
+    pub max_cascade_effects: u64,
+    /// Commands one reaction may send.
+    #[serde(default = "default_max_per_reaction")]
+    pub max_commands_per_reaction: u32,
+    /// Timers one reaction may set.
+    #[serde(default = "default_max_per_reaction")]
+    pub max_timers_per_reaction: u32,
+    /// Timers fired per clock tick; the rest stay due and fire on the next tick.
+    #[serde(default = "default_max_timers_per_tick")]
+    pub max_timers_per_tick: u32,
+    /// Due timers recorded per store round trip (one group-committed fsync for the batch).
+    #[serde(default = "default_timer_batch")]
+    pub timer_batch: u32,
+}
+
+fn default_max_cascade_depth() -> u32 {
+    16
+}
+
+fn default_max_cascade_effects() -> u64 {
+    4096
+}
+
+fn default_max_per_reaction() -> u32 {
+    64
+}
+
+fn default_max_timers_per_tick() -> u32 {
+    4096
+}
+
+fn default_timer_batch() -> u32 {
+    256
+}
+
+impl Default for ReactionLimits {
+    fn default() -> Self {
+        ReactionLimits {
+            max_cascade_depth: default_max_cascade_depth(),
+            max_cascade_effects: default_max_cascade_effects(),
+            max_commands_per_reaction: default_max_per_reaction(),
+            max_timers_per_reaction: default_max_per_reaction(),
+            max_timers_per_tick: default_max_timers_per_tick(),
+            timer_batch: default_timer_batch(),
+        }
+    }
+}
+
+impl ReactionLimits {
+    /// The first field that is 0 (each bound must let at least one thing through).
+    fn zero_field(&self) -> Option<&'static str> {
+        [
+            ("max_cascade_depth", self.max_cascade_depth == 0),
+            ("max_cascade_effects", self.max_cascade_effects == 0),
+            ("max_commands_per_reaction", self.max_commands_per_reaction == 0),
+            ("max_timers_per_reaction", self.max_timers_per_reaction == 0),
+            ("max_timers_per_tick", self.max_timers_per_tick == 0),
+            ("timer_batch", self.timer_batch == 0),
+        ]
+        .into_iter()
+        .find_map(|(field, zero)| zero.then_some(field))
     }
 }
 
@@ -200,6 +294,9 @@ impl Manifest {
         if manifest.limits.memory_mib == 0 {
             return Err(invalid("limits.memory_mib".into(), "must be > 0".into()));
         }
+        if let Some(field) = manifest.reactions.zero_field() {
+            return Err(invalid(format!("reactions.{field}"), "must be > 0".into()));
+        }
         let kinds: BTreeMap<String, Option<ActorKind>> =
             manifest.actors.iter().map(|(n, a)| (n.clone(), ActorKind::from_name(&a.kind))).collect();
         for (name, actor) in &mut manifest.actors {
@@ -293,6 +390,19 @@ mod tests {
         assert!(err.contains("missing field `file`") && err.contains("line"), "{err}");
         let err = parse("[actors.p]\nkind = \"policy\"\nfile = \"p.wasm\"\n").unwrap_err().to_string();
         assert!(err.contains("`actors.p.links.charging`: a policy needs this link"), "{err}");
+    }
+
+    #[test]
+    fn reaction_limits_default_and_must_be_positive() {
+        let m = parse("[actors]\n").unwrap();
+        assert_eq!(m.reactions.max_cascade_depth, 16);
+        assert_eq!(m.reactions.timer_batch, 256);
+        let m = parse("[reactions]\nmax_cascade_depth = 3\n[actors]\n").unwrap();
+        assert_eq!(m.reactions.max_cascade_depth, 3);
+        let err = parse("[reactions]\nmax_timers_per_tick = 0\n[actors]\n").unwrap_err().to_string();
+        assert_eq!(err, "m.toml: `reactions.max_timers_per_tick`: must be > 0");
+        let err = parse("[reactions]\nmax_depth = 3\n[actors]\n").unwrap_err().to_string();
+        assert!(err.contains("max_depth"), "{err}");
     }
 
     #[test]

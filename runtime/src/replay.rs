@@ -1,7 +1,9 @@
 //! `tollgate replay`: rebuilds aggregate states and projections from the whole log, timed,
-//! and repairs projections whose stored contents differ from the rebuild.
+//! and repairs projections whose stored contents differ from the rebuild. Each key's events
+//! are folded in bounded batches ([`tollgate_host::aggregate::FOLD_BATCH_EVENTS`]), so a long
+//! tail replays within the same CPU cap as the node.
 
-use crate::core::META;
+use crate::core::{META, is_reserved};
 use crate::error::RuntimeError;
 use crate::journal::{Journal, from_stored};
 use crate::{Loader, Manifest};
@@ -130,10 +132,20 @@ pub fn replay(
             })?;
         }
         let elapsed = t.elapsed();
-        let rebuilt = fakes.kv_snapshot();
+        let mut rebuilt = fakes.kv_snapshot();
+        // A projector's writes to the runtime's own buckets were refused when it ran live;
+        // they are not part of its projection here either.
+        rebuilt.retain(|bucket, _| {
+            let reserved = is_reserved(bucket);
+            if reserved {
+                tracing::warn!(projector = %name, bucket, "replay ignores writes to a bucket reserved for the runtime");
+            }
+            !reserved
+        });
         let mut buckets: BTreeSet<String> = rebuilt.keys().cloned().collect();
         if let Some(list) = journal.run("read projection", journal.store().kv_get(name, META, "buckets"))? {
-            buckets.extend(serde_json::from_slice::<Vec<String>>(&list).unwrap_or_default());
+            let listed = serde_json::from_slice::<Vec<String>>(&list).unwrap_or_default();
+            buckets.extend(listed.into_iter().filter(|b| !is_reserved(b)));
         }
         let mut writes = Vec::new();
         for bucket in &buckets {

@@ -28,6 +28,12 @@ pub struct Stats {
     pub dead_lettered: u64,
     /// Timers fired.
     pub timers_fired: u64,
+    /// Reactions refused for going over a bound of `[reactions]` (each failed its delivery).
+    #[serde(default)]
+    pub reactions_over_bounds: u64,
+    /// Holds released because the decision that made them failed (trap or cap).
+    #[serde(default)]
+    pub holds_released: u64,
 }
 
 impl Stats {
@@ -46,6 +52,8 @@ impl Stats {
         self.delivery_failures += other.delivery_failures;
         self.dead_lettered += other.dead_lettered;
         self.timers_fired += other.timers_fired;
+        self.reactions_over_bounds += other.reactions_over_bounds;
+        self.holds_released += other.holds_released;
     }
 }
 

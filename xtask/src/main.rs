@@ -16,6 +16,12 @@ const COMPONENTS: &[(&str, bool)] = &[
     ("actors/balance-projector", true),
     ("actors/charging-session", true),
     ("host-test/fixtures/misbehaving", false),
+    ("host-test/fixtures/cascading-manager", false),
+    ("host-test/fixtures/timer-storm", false),
+    ("host-test/fixtures/huge-tail", false),
+    ("host-test/fixtures/reserve-then-trap", false),
+    ("host-test/fixtures/namespace-intruder", false),
+    ("host-test/fixtures/lying-upcaster", false),
 ];
 
 const USAGE: &str = "usage: cargo xtask <task>

@@ -3,5 +3,6 @@
 
 mod durable;
 mod edge;
+mod hostile;
 mod jetstream;
 mod properties;
