@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Counter, Money, STREAM};
+use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::aggregate as host;
 
 /// Account every bench works on.
@@ -98,10 +99,12 @@ fn reserved(id: &str, offer: &str, units: u64, unit_price: i64, counters: Vec<Co
         offer: offer.into(),
         requested_units: units,
         granted_units: units,
-        unit_price,
+        price: units as i64 * unit_price,
         held: units as i64 * unit_price,
         expires_at: 1_700_000_030_000,
         final_unit: false,
+        // The form of events written before price plans: their counters are recorded on debit.
+        plan: vec![],
         counters,
     }
 }
@@ -139,10 +142,10 @@ pub fn reserve(reservation_id: &str) -> AccountCommand {
     AccountCommand::Reserve {
         reservation_id: reservation_id.into(),
         units: 60,
-        unit_price: Money::new(2, "EUR"),
+        plan: vec![PriceTerm::PerUnit { offer: "voice".into(), unit_price: 2 }],
+        currency: "EUR".into(),
         validity_ms: 30_000,
         offer: "voice".into(),
-        counters: vec![counter("voice", "uses", 12)],
     }
 }
 

@@ -28,9 +28,11 @@ struct Demo {
     step: u32,
 }
 
+/// Renders minor units as `units.cents`; `unsigned_abs` keeps `i64::MIN` from overflowing.
 fn eur(minor: i64) -> String {
     let sign = if minor < 0 { "-" } else { "" };
-    format!("{sign}{}.{:02}", minor.abs() / 100, minor.abs() % 100)
+    let abs = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 impl Demo {

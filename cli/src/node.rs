@@ -101,7 +101,8 @@ fn handle(rt: &mut Runtime, request: Request) -> anyhow::Result<Value> {
 /// Runs the node until its input ends.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut rt = Runtime::load_with_store(&args.manifest, Some(&args.store))?;
-    let started = wall_ms();
+    // Never before the log's last event (the runtime's clock starts there).
+    let started = wall_ms().max(rt.clock().now_ms());
     rt.clock().set_ms(started);
     rt.pump().context("catching up with the store")?;
     let input: Box<dyn BufRead> = match &args.input {

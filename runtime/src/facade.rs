@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use tollgate_billing_model::account::{
     Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney,
 };
+use tollgate_billing_model::pricing::PriceTerm as ModelTerm;
 use tollgate_host::aggregate::{Outcome, Rejection};
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
 use tollgate_host::bindings::rater::tollgate::billing::types::{
-    AccountStatus, Counter, FinalUnitAction, Grant, Money, ResultCode, Usage,
+    AccountStatus, BundleTerm, CompositeTerm, Counter, FinalUnitAction, Grant, Money, PerUnitTerm, PriceTerm,
+    ResultCode, ThresholdTerm, Usage,
 };
 use tollgate_host::kinds as exported;
 use tollgate_host::services::PolicyServices;
@@ -43,17 +45,33 @@ fn money(minor_units: i64, currency: &str) -> Money {
     Money { minor_units, currency: currency.into() }
 }
 
+fn counters(counters: Vec<ModelCounter>) -> Vec<Counter> {
+    counters.into_iter().map(|c| Counter { offer: c.offer, name: c.name, value: c.value }).collect()
+}
+
+/// The account as charging reports it: counters include the open reservations' units, so the
+/// next use is rated after the granted ones.
 fn status(key: &str, account: &Account) -> AccountStatus {
     AccountStatus {
         account: key.into(),
         balance: money(account.balance, &account.currency),
         held: money(account.held, &account.currency),
         available: money(account.available(), &account.currency),
-        counters: account
-            .all_counters()
-            .into_iter()
-            .map(|c| Counter { offer: c.offer, name: c.name, value: c.value })
-            .collect(),
+        counters: counters(account.reserved_counter_list()),
+    }
+}
+
+/// A `tollgate:billing` price term as the model's.
+pub fn model_term(term: PriceTerm) -> ModelTerm {
+    match term {
+        PriceTerm::PerUnit(PerUnitTerm { offer, unit_price }) => ModelTerm::PerUnit { offer, unit_price },
+        PriceTerm::Bundle(BundleTerm { offer, size, refill_price }) => ModelTerm::Bundle { offer, size, refill_price },
+        PriceTerm::Threshold(ThresholdTerm { offer, unit_price, every, discount }) => {
+            ModelTerm::Threshold { offer, unit_price, every, discount }
+        }
+        PriceTerm::Composite(CompositeTerm { offer, markup_percent, children }) => {
+            ModelTerm::Composite { offer, markup_percent, children }
+        }
     }
 }
 
@@ -148,14 +166,13 @@ impl ChargingFacade {
         let request = exported::RatingRequest { usage: request.usage, counters: request.counters };
         let mut core = self.lock();
         match core.rate_on(&self.rater_actor, &request) {
-            Ok(Ok(r)) => {
-                Ok(imported::Rated { lines: r.lines, total: r.total, unit_price: r.unit_price, counters: r.counters })
-            }
+            Ok(Ok(r)) => Ok(imported::Rated { lines: r.lines, total: r.total, plan: r.plan, counters: r.counters }),
             Ok(Err(e)) => Err(match e {
                 exported::RatingError::UnknownOffer(s) => imported::RatingError::UnknownOffer(s),
                 exported::RatingError::UnknownRatingGroup(g) => imported::RatingError::UnknownRatingGroup(g),
                 exported::RatingError::OutsideGeoFence(s) => imported::RatingError::OutsideGeoFence(s),
                 exported::RatingError::InvalidTariff(s) => imported::RatingError::InvalidTariff(s),
+                exported::RatingError::UsageOverflow(s) => imported::RatingError::UsageOverflow(s),
             }),
             Err(host) => Err(imported::RatingError::InvalidTariff(format!("rater failed: {host}"))),
         }
@@ -171,26 +188,33 @@ impl PolicyServices for ChargingFacade {
         let command = AccountCommand::Reserve {
             reservation_id: request.reservation_id.clone(),
             units: request.units,
-            unit_price: ModelMoney::new(request.unit_price.minor_units, &request.unit_price.currency),
+            plan: request.plan.into_iter().map(model_term).collect(),
+            currency: request.currency,
             validity_ms: request.validity_ms,
             offer: request.offer.clone(),
-            counters: request
-                .counters
-                .into_iter()
-                .map(|c| ModelCounter { offer: c.offer, name: c.name, value: c.value })
-                .collect(),
         };
+        // A repeated request id is answered with the original `reserved` event: the original
+        // grant, price and counters, whatever happened since.
         let (events, account) = self.send(&request.request_id, &request.account, &command)?;
         match events.into_iter().next() {
-            Some(AccountEvent::Reserved { reservation_id, granted_units, held, expires_at, final_unit, .. }) => {
-                Ok(Grant {
-                    reservation_id,
-                    granted_units,
-                    held: money(held, &account.currency),
-                    expires_at,
-                    final_unit: final_unit.then_some(FinalUnitAction::Terminate),
-                })
-            }
+            Some(AccountEvent::Reserved {
+                reservation_id,
+                granted_units,
+                price,
+                held,
+                expires_at,
+                final_unit,
+                counters: rated_from,
+                ..
+            }) => Ok(Grant {
+                reservation_id,
+                granted_units,
+                price: money(price, &account.currency),
+                counters: counters(rated_from),
+                held: money(held, &account.currency),
+                expires_at,
+                final_unit: final_unit.then_some(FinalUnitAction::Terminate),
+            }),
             other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of reserve: {other:?}"))),
         }
     }
@@ -253,6 +277,7 @@ impl PolicyServices for ChargingFacade {
                     (ResultCode::RatingFailed, format!("unknown rating group {g}"))
                 }
                 imported::RatingError::InvalidTariff(m) => (ResultCode::RatingFailed, m),
+                imported::RatingError::UsageOverflow(m) => (ResultCode::RatingFailed, format!("usage overflow: {m}")),
             };
             error(code, message)
         })

@@ -114,6 +114,39 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// The time of the store's last event (by position), 0 when it has none. A runtime's clock
+    /// starts there at the earliest, so event times never go backwards across a restart, even
+    /// when the host's clock does. Found with O(log n) one-event reads (an exponential, then a
+    /// binary search for the last position), not by reading the log.
+    pub fn last_event_time(&self) -> Result<u64, RuntimeError> {
+        let store = self.store();
+        let first_from = |position: u64| -> Result<Option<StoredEvent>, RuntimeError> {
+            Ok(self.run("find the log's last event", store.read_all(position, 1))?.into_iter().next())
+        };
+        let Some(mut last) = first_from(1)? else { return Ok(0) };
+        // Invariant: `last` is an event; no event lies at or after `past`.
+        let mut past = loop {
+            if last.position == u64::MAX {
+                return Ok(last.time_ms);
+            }
+            let probe = last.position.saturating_mul(2).max(last.position + 1);
+            match first_from(probe)? {
+                Some(event) => last = event,
+                None => break probe,
+            }
+        };
+        while past - last.position > 1 {
+            let mid = last.position + (past - last.position) / 2;
+            match first_from(mid)? {
+                Some(event) => last = event,
+                None => past = mid,
+            }
+        }
+        Ok(last.time_ms)
+    }
+}
+
 /// A JSON event the runtime writes itself (not decided by an actor), e.g. a node's counters.
 pub fn json_event<T: serde::Serialize>(event_type: &str, body: &T, command_id: &str, time_ms: u64) -> NewEvent {
     NewEvent {

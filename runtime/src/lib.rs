@@ -128,6 +128,8 @@ impl Runtime {
     /// resume from their checkpoints, with their key-value contents, states and timers.
     pub fn open(manifest: &Manifest, loader: &mut Loader, journal: Journal) -> Result<Runtime, RuntimeError> {
         let clock = VirtualClock::default();
+        // Event times never go backwards across a restart: the clock starts at the last one.
+        clock.set_ms(journal.last_event_time()?);
         let mut core = Core {
             clock: clock.clone(),
             journal,

@@ -23,6 +23,7 @@ use crate::{ResultCode, Runtime};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money, STREAM as ACCOUNT_STREAM};
+use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::aggregate::{Event, Outcome, Rejection};
 use tollgate_store::{ExpectedVersion, NewEvent};
 
@@ -97,6 +98,21 @@ pub struct LocalGrant {
     pub expires_at: u64,
     /// `(charged, unpaid)` once settled.
     pub settled: Option<(i64, i64)>,
+}
+
+impl LocalGrant {
+    /// Money for every granted unit (what the core held), saturating: the core held it, so it fits.
+    fn price_of_units(&self) -> i64 {
+        i64::try_from(self.units).ok().and_then(|u| u.checked_mul(self.unit_price)).unwrap_or(i64::MAX)
+    }
+
+    /// Money for the used units; `None` when it cannot be represented.
+    fn price_of_used(&self) -> Option<i64> {
+        if self.unit_price == 0 {
+            return Some(0);
+        }
+        i64::try_from(self.used).ok()?.checked_mul(self.unit_price)
+    }
 }
 
 /// The answer to a local admission.
@@ -181,7 +197,8 @@ impl EdgeNode {
             }
             QuotaEvent::UsageAdmitted { reservation_id, units } => {
                 if let Some(g) = self.grants.get_mut(&reservation_id) {
-                    g.used += units;
+                    // Admission checked `units <= g.units - g.used`; saturate for a damaged log.
+                    g.used = g.used.saturating_add(units);
                 }
                 self.admitted.insert(command_id.into(), reservation_id);
             }
@@ -211,8 +228,13 @@ impl EdgeNode {
     }
 
     /// Money held at the core for grants this node has not settled: what it could still owe.
+    /// Each grant's money was held by the core, so it fits; the sum saturates rather than wrap.
     pub fn exposure(&self) -> i64 {
-        self.grants.values().filter(|g| g.settled.is_none()).map(|g| g.units as i64 * g.unit_price).sum()
+        self.grants
+            .values()
+            .filter(|g| g.settled.is_none())
+            .map(LocalGrant::price_of_units)
+            .fold(0, i64::saturating_add)
     }
 
     /// The runtime the node reaches the core through.
@@ -236,7 +258,10 @@ impl EdgeNode {
             return Ok(EdgeDecision::Admitted { reservation_id: reservation_id.clone() });
         }
         let usable = |g: &&LocalGrant| {
-            g.subscriber == subscriber && g.settled.is_none() && now < g.expires_at && g.units - g.used >= units
+            g.subscriber == subscriber
+                && g.settled.is_none()
+                && now < g.expires_at
+                && g.units.checked_sub(g.used).is_some_and(|left| left >= units)
         };
         let reservation_id = match self.grants.values().find(usable) {
             Some(g) => g.reservation_id.clone(),
@@ -263,10 +288,10 @@ impl EdgeNode {
         let command = AccountCommand::Reserve {
             reservation_id: reservation_id.clone(),
             units,
-            unit_price: Money::new(self.policy.unit_price, &self.policy.currency),
+            plan: vec![PriceTerm::PerUnit { offer: String::new(), unit_price: self.policy.unit_price }],
+            currency: self.policy.currency.clone(),
             validity_ms: self.policy.validity_ms,
             offer: String::new(),
-            counters: Vec::new(),
         };
         self.core.clock().set_ms(now);
         let envelope = self.core.command(ACCOUNT_STREAM, subscriber, &reservation_id, &command);
@@ -284,12 +309,12 @@ impl EdgeNode {
             Ok(Outcome::Accepted(events)) => events,
         };
         match decode(&events).as_deref() {
-            Some([AccountEvent::Reserved { granted_units, unit_price, expires_at, .. }]) => {
+            Some([AccountEvent::Reserved { granted_units, expires_at, .. }]) => {
                 let event = QuotaEvent::GrantObtained {
                     subscriber: subscriber.into(),
                     reservation_id: reservation_id.clone(),
                     units: *granted_units,
-                    unit_price: *unit_price,
+                    unit_price: self.policy.unit_price,
                     expires_at: *expires_at,
                 };
                 self.record(&reservation_id, event, now)?;
@@ -338,7 +363,15 @@ impl EdgeNode {
             AccountCommand::Debit { reservation_id: id.clone(), used_units: grant.used }
         };
         let envelope = self.core.command(ACCOUNT_STREAM, account, &format!("{id}/debit"), &command);
-        let owed = grant.used as i64 * grant.unit_price;
+        let owed = grant.price_of_used().ok_or_else(|| {
+            refused(
+                id,
+                &Rejection::business(
+                    "amount-overflow",
+                    format!("{} units x {} overflows", grant.used, grant.unit_price),
+                ),
+            )
+        })?;
         let rejection = match self.core.execute(&envelope)? {
             Outcome::Accepted(events) => {
                 let charged = match decode(&events).as_deref() {

@@ -6,7 +6,8 @@ pub use crate::bindings::policy::tollgate::admission::types::{AdmissionRequest, 
 pub use crate::bindings::policy::tollgate::billing::charging;
 pub use crate::bindings::policy::tollgate::billing::rating;
 pub use crate::bindings::policy::tollgate::billing::types::{
-    AccountStatus, Counter, FinalUnitAction, Grant, Money, PriceLine, ResultCode, Usage,
+    AccountStatus, BundleTerm, CompositeTerm, Counter, FinalUnitAction, Grant, Money, PerUnitTerm, PriceLine,
+    PriceTerm, ResultCode, ThresholdTerm, Usage,
 };
 
 /// An admission policy.

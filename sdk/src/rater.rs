@@ -3,19 +3,23 @@
 use std::marker::PhantomData;
 
 pub use crate::bindings::rater::exports::tollgate::billing::rating::{Rated, RatingError, RatingRequest};
-pub use crate::bindings::rater::tollgate::billing::types::{Counter, Money, PriceLine, Usage};
+pub use crate::bindings::rater::tollgate::billing::types::{
+    BundleTerm, CompositeTerm, Counter, Money, PerUnitTerm, PriceLine, PriceTerm, ThresholdTerm, Usage,
+};
 
 /// A rater: usage and counters in, price lines out.
 ///
 /// ```
-/// use tollgate_sdk::rater::{Money, Rated, Rater, RatingError, RatingRequest};
+/// use tollgate_sdk::rater::{Money, PerUnitTerm, PriceTerm, Rated, Rater, RatingError, RatingRequest};
 ///
 /// struct Flat;
 /// impl Rater for Flat {
 ///     fn rate(request: RatingRequest) -> Result<Rated, RatingError> {
-///         let unit = Money { minor_units: 2, currency: "EUR".into() };
-///         let total = Money { minor_units: 2 * request.usage.units as i64, currency: "EUR".into() };
-///         Ok(Rated { lines: vec![], total, unit_price: unit, counters: request.counters })
+///         let units = i64::try_from(request.usage.units).ok().and_then(|u| u.checked_mul(2));
+///         let units = units.ok_or_else(|| RatingError::UsageOverflow("2 x units overflows".into()))?;
+///         let total = Money { minor_units: units, currency: "EUR".into() };
+///         let plan = vec![PriceTerm::PerUnit(PerUnitTerm { offer: request.usage.offer, unit_price: 2 })];
+///         Ok(Rated { lines: vec![], total, plan, counters: request.counters })
 ///     }
 /// }
 /// tollgate_sdk::export_rater!(Flat);

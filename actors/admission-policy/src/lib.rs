@@ -4,20 +4,24 @@
 //!    `user-unknown`).
 //! 2. `rating.rate` of the requested units with the account's counters: outside the offer's
 //!    geo-fence is `end-user-service-rejected`, any other rating error `rating-failed`.
-//! 3. `charging.reserve` under reservation id = request id, at the rated unit price, valid for
-//!    config `validity-ms` (default 60000), recording the rated counters: an error is a denial
-//!    with its code (e.g. `quota-limit-reached`).
-//! 4. Granted: the grant, its price (`granted-units x unit-price`) and the price lines (rated
-//!    again for the granted units when fewer were granted than asked for).
+//! 3. `charging.reserve` under reservation id = request id, with the rating's price plan,
+//!    valid for config `validity-ms` (default 60000): an error is a denial with its code
+//!    (e.g. `quota-limit-reached`).
+//! 4. Granted: the grant, its price (the grant's, rated by the account with the same plan from
+//!    the counters it names) and the price lines: the first rating's when the grant matches it,
+//!    otherwise the rating of the granted units from the grant's counters. The price is the sum
+//!    of the lines, always.
 //!
-//! The host de-duplicates `reserve` by request id, so a repeated request answers the same grant.
+//! The host de-duplicates `reserve` by request id and answers a repeat with the original
+//! grant, price and counters, so a repeated request answers the original decision even after
+//! other uses moved the counters on.
 //! The decision logic is [`decide`], generic over [`Services`] so it runs natively against
 //! fakes; the component passes the real imports ([`Host`]). It never panics.
 
 use tollgate_sdk::policy::charging::{ChargingError, ReserveRequest};
 use tollgate_sdk::policy::rating::{Rated, RatingError, RatingRequest};
 use tollgate_sdk::policy::{
-    AccountStatus, AdmissionRequest, Decision, Denied, Grant, Granted, Money, Policy, ResultCode, Usage,
+    AccountStatus, AdmissionRequest, Counter, Decision, Denied, Grant, Granted, Policy, PriceLine, ResultCode, Usage,
 };
 
 /// Config key: how long a grant is valid, in milliseconds.
@@ -86,6 +90,7 @@ pub fn rating_denial(offer: &str, error: RatingError) -> (ResultCode, String) {
             (ResultCode::RatingFailed, format!("offer `{offer}` does not rate rating group {g}"))
         }
         RatingError::InvalidTariff(m) => (ResultCode::RatingFailed, format!("invalid tariff: {m}")),
+        RatingError::UsageOverflow(m) => (ResultCode::RatingFailed, format!("usage overflow: {m}")),
     }
 }
 
@@ -113,28 +118,28 @@ pub fn decide(request: &AdmissionRequest, services: &impl Services) -> Decision 
         Ok(status) => status,
         Err(e) => return denied(e.code, e.message),
     };
-    let rating_request = |units| RatingRequest {
+    let rating_request = |units, counters: &[Counter]| RatingRequest {
         usage: Usage {
             offer: request.offer.clone(),
             rating_group: request.rating_group,
             units,
             country: request.country.clone(),
         },
-        counters: status.counters.clone(),
+        counters: counters.to_vec(),
     };
-    let rated = match services.rate(&rating_request(request.requested_units)) {
+    let rated = match services.rate(&rating_request(request.requested_units, &status.counters)) {
         Ok(rated) => rated,
         Err(e) => {
             let (code, message) = rating_denial(&request.offer, e);
             return denied(code, message);
         }
     };
-    if rated.unit_price.currency != status.balance.currency {
+    if rated.total.currency != status.balance.currency {
         return denied(
             ResultCode::RatingFailed,
             format!(
                 "offer `{}` is priced in {} but account `{}` is in {}",
-                request.offer, rated.unit_price.currency, request.subscriber, status.balance.currency
+                request.offer, rated.total.currency, request.subscriber, status.balance.currency
             ),
         );
     }
@@ -143,36 +148,43 @@ pub fn decide(request: &AdmissionRequest, services: &impl Services) -> Decision 
         account: request.subscriber.clone(),
         reservation_id: request.request_id.clone(),
         units: request.requested_units,
-        unit_price: rated.unit_price.clone(),
+        plan: rated.plan,
+        currency: rated.total.currency.clone(),
         validity_ms,
         offer: request.offer.clone(),
-        counters: rated.counters.clone(),
     };
     let grant = match services.reserve(&reserve) {
         Ok(grant) => grant,
         Err(e) => return denied(e.code, e.message),
     };
-    let price = i64::try_from(grant.granted_units)
-        .ok()
-        .and_then(|units| units.checked_mul(rated.unit_price.minor_units))
-        .unwrap_or(grant.held.minor_units);
-    let lines = if grant.granted_units == request.requested_units {
+    let same = grant.granted_units == request.requested_units && grant.price.minor_units == rated.total.minor_units;
+    let lines = if same {
         rated.lines
     } else {
-        // Fewer units granted: describe the price of what was granted. Rating is pure, so
-        // asking again changes nothing; should it fail, the requested units' lines stand.
-        services.rate(&rating_request(grant.granted_units)).map(|r| r.lines).unwrap_or(rated.lines)
+        // Fewer units granted, or a repeat answered with the original grant: describe the
+        // grant's units from the counters its price was rated from. Rating is pure, so this is
+        // the original description unless the tariff changed since; then one line states the
+        // grant's price, which stays what was held and will be charged.
+        match services.rate(&rating_request(grant.granted_units, &grant.counters)) {
+            Ok(r) if r.total.minor_units == grant.price.minor_units => r.lines,
+            _ => vec![PriceLine {
+                offer: request.offer.clone(),
+                description: "price of the granted units".into(),
+                units: grant.granted_units,
+                amount: grant.price.clone(),
+            }],
+        }
     };
-    let price = Money { minor_units: price, currency: grant.held.currency.clone() };
+    let price = grant.price.clone();
     Decision::Granted(Granted { grant, price, lines })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
-    use tollgate_sdk::policy::{Counter, PriceLine};
+    use tollgate_sdk::policy::{Money, PerUnitTerm, PriceTerm};
 
     fn eur(minor_units: i64) -> Money {
         Money { minor_units, currency: "EUR".into() }
@@ -182,7 +194,7 @@ mod tests {
     /// request id like the real one.
     struct Fake {
         accounts: BTreeMap<String, i64>,
-        unit_price: i64,
+        unit_price: Cell<i64>,
         rating_error: Option<fn() -> RatingError>,
         config: BTreeMap<String, String>,
         reserves: RefCell<Vec<ReserveRequest>>,
@@ -194,7 +206,7 @@ mod tests {
         fn new() -> Self {
             Fake {
                 accounts: BTreeMap::from([("alice".to_string(), 100)]),
-                unit_price: 2,
+                unit_price: Cell::new(2),
                 rating_error: None,
                 config: BTreeMap::new(),
                 reserves: RefCell::default(),
@@ -226,7 +238,8 @@ mod tests {
             }
             assert_eq!(request.counters.len(), 1, "the account's counters are passed on");
             self.rated_units.borrow_mut().push(request.usage.units);
-            let total = request.usage.units as i64 * self.unit_price;
+            let unit_price = self.unit_price.get();
+            let total = request.usage.units as i64 * unit_price;
             Ok(Rated {
                 lines: vec![PriceLine {
                     offer: request.usage.offer.clone(),
@@ -235,7 +248,7 @@ mod tests {
                     amount: eur(total),
                 }],
                 total: eur(total),
-                unit_price: eur(self.unit_price),
+                plan: vec![PriceTerm::PerUnit(PerUnitTerm { offer: request.usage.offer.clone(), unit_price })],
                 counters: vec![Counter { offer: "voice".into(), name: "seen".into(), value: 5 }],
             })
         }
@@ -246,7 +259,9 @@ mod tests {
                 return Ok(grant.clone());
             }
             let status = self.balance_check(&request.account)?;
-            let price = request.unit_price.minor_units;
+            let [PriceTerm::PerUnit(PerUnitTerm { unit_price: price, .. })] = request.plan[..] else {
+                panic!("the fake account prices per unit only");
+            };
             let affordable = if price == 0 { request.units } else { (status.available.minor_units / price) as u64 };
             let granted_units = request.units.min(affordable);
             if granted_units == 0 {
@@ -258,6 +273,8 @@ mod tests {
             let grant = Grant {
                 reservation_id: request.reservation_id.clone(),
                 granted_units,
+                price: eur(granted_units as i64 * price),
+                counters: status.counters,
                 held: eur(granted_units as i64 * price),
                 expires_at: request.validity_ms,
                 final_unit: None,
@@ -305,8 +322,22 @@ mod tests {
         let reserves = fake.reserves.borrow();
         let r = &reserves[0];
         assert_eq!((r.request_id.as_str(), r.reservation_id.as_str(), r.account.as_str()), ("r1", "r1", "alice"));
-        assert_eq!((r.units, r.unit_price.minor_units, r.validity_ms), (10, 2, DEFAULT_VALIDITY_MS));
-        assert_eq!((r.offer.as_str(), r.counters[0].value), ("voice", 5));
+        assert_eq!((r.units, r.currency.as_str(), r.validity_ms), (10, "EUR", DEFAULT_VALIDITY_MS));
+        assert!(matches!(r.plan[..], [PriceTerm::PerUnit(PerUnitTerm { unit_price: 2, .. })]));
+        assert_eq!(r.offer, "voice");
+    }
+
+    #[test]
+    fn a_repeat_answers_the_original_price_and_lines_after_the_tariff_moved() {
+        let fake = Fake::new();
+        let first = granted(decide(&request("r1", "alice", 10), &fake));
+        // The rating now differs (as after other uses moved the counters on): the repeat still
+        // answers the grant's price, and lines that add up to it.
+        fake.unit_price.set(3);
+        let again = granted(decide(&request("r1", "alice", 10), &fake));
+        assert_eq!((again.price.minor_units, again.grant.granted_units), (first.price.minor_units, 10));
+        let sum: i64 = again.lines.iter().map(|l| l.amount.minor_units).sum();
+        assert_eq!(sum, again.price.minor_units);
     }
 
     #[test]
@@ -344,11 +375,12 @@ mod tests {
     #[test]
     fn rating_errors_map_to_result_codes_and_reserve_nothing() {
         type Case = (fn() -> RatingError, ResultCode, &'static str);
-        let cases: [Case; 4] = [
+        let cases: [Case; 5] = [
             (|| RatingError::OutsideGeoFence("only in AT".into()), ResultCode::EndUserServiceRejected, "only in AT"),
             (|| RatingError::UnknownOffer("no tariff".into()), ResultCode::RatingFailed, "no tariff"),
             (|| RatingError::UnknownRatingGroup(9), ResultCode::RatingFailed, "rating group 9"),
             (|| RatingError::InvalidTariff("bad".into()), ResultCode::RatingFailed, "invalid tariff: bad"),
+            (|| RatingError::UsageOverflow("9 units".into()), ResultCode::RatingFailed, "usage overflow: 9 units"),
         ];
         for (error, code, needle) in cases {
             let fake = Fake { rating_error: Some(error), ..Fake::new() };
@@ -384,7 +416,7 @@ mod tests {
             }
             fn rate(&self, request: &RatingRequest) -> Result<Rated, RatingError> {
                 let mut rated = self.0.rate(request)?;
-                rated.unit_price.currency = "USD".into();
+                rated.total.currency = "USD".into();
                 Ok(rated)
             }
             fn reserve(&self, request: &ReserveRequest) -> Result<Grant, ChargingError> {

@@ -102,10 +102,14 @@ mod tests {
             offer: "voice".into(),
             requested_units: 10,
             granted_units: 10,
-            unit_price: held / 10,
+            price: held,
             held,
             expires_at: 60_000,
             final_unit: false,
+            plan: vec![tollgate_billing_model::pricing::PriceTerm::PerUnit {
+                offer: "voice".into(),
+                unit_price: held / 10,
+            }],
             counters: vec![],
         }
     }

@@ -3,14 +3,14 @@
 //!
 //! A session's id is the correlation id of its events: the admission request id that made its
 //! first reservation (stream `session` uses it as key). Reactions:
-//! - account `reserved`: remember the account, offer, unit price, validity and counters, and
+//! - account `reserved`: remember the account, offer, price plan and validity, and
 //!   arm timer [`EXPIRY_TIMER`] at the earliest `expires_at` of the session's open
 //!   reservations.
 //! - session `started`: remember the account's currency (needed to re-reserve).
 //! - session `usage-reported`: `debit` the used units (command id `<session>/debit/<reservation>`)
 //!   and, when more units are requested, `reserve` them as reservation `<session>/<n>` (command
 //!   id `<session>/reserve/<n>`), where `n` is the report's sequence in the session stream, at
-//!   the same unit price and validity, with no counters.
+//!   the same price plan and validity (the account prices it from its counters then).
 //! - session `terminated`: `debit` the final usage (the account frees the rest of the hold).
 //! - account `debited` / `released` / `expired`: forget the reservation; cancel the timer when
 //!   no reservation is left open; finish when the session terminated (or its grant lapsed)
@@ -25,7 +25,8 @@ use serde::de::{Deserializer, EnumAccess, IgnoredAny, VariantAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use tollgate_billing_model::account::{self, AccountCommand, AccountEvent, Counter, Money};
+use tollgate_billing_model::account::{self, AccountCommand, AccountEvent};
+use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_billing_model::session::{self, SessionEvent};
 use tollgate_sdk::process_manager::Reaction;
 use tollgate_sdk::types::TimestampMs;
@@ -87,12 +88,11 @@ pub struct Session {
     pub offer: String,
     /// The account's currency, from `started` or `usage-reported`.
     pub currency: Option<String>,
-    /// Price per unit of the session's reservations, from its first `reserved`.
-    pub unit_price: Option<i64>,
+    /// How the session's units are priced, from its first `reserved` (empty until then).
+    #[serde(default)]
+    pub plan: Vec<PriceTerm>,
     /// Validity of the session's reservations, from its first `reserved`.
     pub validity_ms: u64,
-    /// The counters of the first reservation.
-    pub counters: Vec<Counter>,
     /// The reservation the network uses now.
     pub current: Option<String>,
     /// Reservations reserved and not yet debited, released or expired.
@@ -195,16 +195,21 @@ impl ProcessManager for ChargingSession {
         }
         if envelope.stream == account::STREAM {
             match decode::<AccountEvent>(envelope)? {
-                AccountEvent::Reserved { reservation_id, offer, unit_price, expires_at, counters, .. } => {
+                AccountEvent::Reserved { reservation_id, offer, plan, granted_units, held, expires_at, .. } => {
                     if state.account.is_empty() {
                         state.account = envelope.key.clone();
                     }
                     if state.offer.is_empty() {
-                        state.offer = offer;
+                        state.offer = offer.clone();
                     }
-                    if state.unit_price.is_none() {
-                        state.unit_price = Some(unit_price);
-                        state.counters = counters;
+                    if state.plan.is_empty() {
+                        // A reservation made before price plans priced every unit alike.
+                        state.plan = if plan.is_empty() {
+                            let unit_price = held.checked_div(granted_units as i64).unwrap_or(0);
+                            vec![PriceTerm::PerUnit { offer: offer.clone(), unit_price }]
+                        } else {
+                            plan
+                        };
                         let validity = expires_at.saturating_sub(envelope.time);
                         state.validity_ms = if validity == 0 { DEFAULT_VALIDITY_MS } else { validity };
                     }
@@ -249,22 +254,22 @@ impl ProcessManager for ChargingSession {
                     let debit = AccountCommand::Debit { reservation_id: reservation_id.clone(), used_units };
                     send(&mut reaction, &account, format!("{}/debit/{reservation_id}", state.id), &debit, envelope)?;
                     if requested_units > 0 {
-                        match (state.unit_price, &state.currency) {
-                            (Some(unit_price), Some(currency)) => {
+                        match (state.plan.is_empty(), &state.currency) {
+                            (false, Some(currency)) => {
                                 let n = envelope.sequence;
                                 let new_id = format!("{}/{n}", state.id);
                                 let reserve = AccountCommand::Reserve {
                                     reservation_id: new_id.clone(),
                                     units: requested_units,
-                                    unit_price: Money::new(unit_price, currency),
+                                    plan: state.plan.clone(),
+                                    currency: currency.clone(),
                                     validity_ms: state.validity_ms,
                                     offer: state.offer.clone(),
-                                    counters: Vec::new(),
                                 };
                                 send(&mut reaction, &account, format!("{}/reserve/{n}", state.id), &reserve, envelope)?;
                                 state.pending = Some(new_id);
                             }
-                            (None, _) => tollgate_sdk::log::warn(
+                            (true, _) => tollgate_sdk::log::warn(
                                 LOG_CONTEXT,
                                 &format!("session `{}`: no reservation seen yet, cannot re-reserve", state.id),
                             ),

@@ -21,17 +21,22 @@ fn event<T: Serialize>(stream: &str, key: &str, sequence: u64, time: u64, correl
     }
 }
 
+fn plan(unit_price: i64) -> Vec<PriceTerm> {
+    vec![PriceTerm::PerUnit { offer: "video".into(), unit_price }]
+}
+
 fn reserved(id: &str, unit_price: i64, expires_at: u64) -> AccountEvent {
     AccountEvent::Reserved {
         reservation_id: id.into(),
         offer: "video".into(),
         requested_units: 10,
         granted_units: 10,
-        unit_price,
+        price: 10 * unit_price,
         held: 10 * unit_price,
         expires_at,
         final_unit: false,
-        counters: vec![Counter { offer: "video".into(), name: "bundle-remaining".into(), value: 2 }],
+        plan: plan(unit_price),
+        counters: vec![],
     }
 }
 
@@ -75,10 +80,9 @@ fn one_shot_reservation_debited_on_termination_then_finishes() {
     assert_eq!((r.set_timers[0].id.as_str(), r.set_timers[0].fire_at), (EXPIRY_TIMER, 60_000));
     let s = decoded(&r.state);
     assert_eq!(
-        (s.account.as_str(), s.offer.as_str(), s.unit_price, s.validity_ms),
-        ("alice", "video", Some(2), 60_000)
+        (s.account.as_str(), s.offer.as_str(), s.plan.clone(), s.validity_ms),
+        ("alice", "video", plan(2), 60_000)
     );
-    assert_eq!(s.counters.len(), 1);
 
     let t = step(
         r.state,
@@ -128,10 +132,10 @@ fn usage_reports_debit_and_re_reserve_at_the_same_price() {
         AccountCommand::Reserve {
             reservation_id: "s1/2".into(),
             units: 20,
-            unit_price: Money::new(2, "EUR"),
+            plan: plan(2),
+            currency: "EUR".into(),
             validity_ms: 30_000,
             offer: "video".into(),
-            counters: vec![],
         }
     );
     assert!(u.commands.iter().all(|c| c.correlation_id == "s1"));

@@ -1,14 +1,26 @@
 //! The reference prepaid account aggregate (stream `account`).
 //!
-//! Online charging reserves before use: `reserve` grants
-//! `min(units, floor(available / unit_price))` units and holds their price; `debit` charges the
-//! used units and frees the rest of the hold; `release` and `expire` free a hold; `direct-debit`
+//! Online charging reserves before use: `reserve` grants the most of the units asked for whose
+//! worst-case price under the request's price plan the available money covers, and holds that
+//! amount; `debit` charges the used units with the plan, from the counters as the debits before
+//! it settled them, and frees the rest of the hold; `release` and `expire` free a hold; `direct-debit`
 //! charges a one-shot event. `available = balance - held + overdraft_limit` never goes below
 //! zero. Repeated command ids are answered by the host from the events they produced.
 //!
+//! Every amount is bounded by [`MAX_MONEY`] and every sum or product is checked: what cannot be
+//! represented is refused (`amount-overflow`, `limit-out-of-range`) and the state is untouched.
+//! A price of 0 grants every unit asked for and holds nothing, whatever the unit count.
+//!
+//! Counters: a reservation's units count for the next rating at once
+//! ([`Account::reserved_counters`]); a debit settles them by the units used; a release or an
+//! expiry gives them back.
+//!
 //! Events are at schema version 2; version 1 logs are read through [`upcast`](Aggregate::upcast).
 
-use tollgate_billing_model::account::{Account, AccountCommand, AccountEvent, Money, STREAM};
+use tollgate_billing_model::account::{
+    Account, AccountCommand, AccountEvent, MAX_MONEY, Money, STREAM, list,
+};
+use tollgate_billing_model::pricing::{self, PlanError, worst_price};
 use tollgate_sdk::{Aggregate, Command, Event, Rejection};
 
 /// `topped-up` and `direct-debited` as version 1 wrote them: `amount` was money (minor units
@@ -43,9 +55,15 @@ impl Aggregate for PrepaidAccount {
             AccountCommand::Open { .. } => unreachable!("handled above"),
             AccountCommand::TopUp { amount } => {
                 let amount = positive(account, &amount, "amount")?;
-                Ok(vec![AccountEvent::ToppedUp { amount }])
+                match account.balance.checked_add(amount) {
+                    Some(balance) if balance <= MAX_MONEY => Ok(vec![AccountEvent::ToppedUp { amount }]),
+                    _ => Err(overflow(format!(
+                        "a top-up of {amount} would take the balance {} past the largest balance, {MAX_MONEY}",
+                        account.balance
+                    ))),
+                }
             }
-            AccountCommand::Reserve { reservation_id, units, unit_price, validity_ms, offer, counters } => {
+            AccountCommand::Reserve { reservation_id, units, plan, currency, validity_ms, offer } => {
                 if account.reservations.contains_key(&reservation_id) {
                     return Err(Rejection::business(
                         "duplicate-reservation-id",
@@ -55,36 +73,52 @@ impl Aggregate for PrepaidAccount {
                 if units == 0 {
                     return Err(Rejection::malformed("zero-amount", "`units` must be > 0"));
                 }
-                same_currency(account, &unit_price, "unit_price")?;
-                let price = unit_price.minor_units;
-                if price < 0 {
-                    return Err(Rejection::malformed("negative-amount", "`unit_price` must be >= 0"));
-                }
+                same_currency(account, &currency, "plan")?;
+                let worst = |n| worst_price(&plan, n);
                 let available = account.available();
-                let affordable = if price == 0 { units } else { (available.max(0) / price) as u64 };
-                let granted = units.min(affordable);
+                let one = match worst(1) {
+                    Err(PlanError::Malformed(m)) => return Err(Rejection::malformed("invalid-plan", m)),
+                    Err(PlanError::Overflow) => return Err(overflow("the price of one unit overflows".into())),
+                    Ok(one) => one,
+                };
+                // The most units whose worst-case price is covered: prices grow with the unit
+                // count, so a binary search finds it; an overflowing price is not covered.
+                let covered = |n| worst(n).is_ok_and(|p| p <= available);
+                let granted = if covered(units) {
+                    units
+                } else {
+                    let (mut lo, mut hi) = (0, units);
+                    while hi - lo > 1 {
+                        let mid = lo + (hi - lo) / 2;
+                        if covered(mid) { lo = mid } else { hi = mid }
+                    }
+                    lo
+                };
                 if granted == 0 {
                     return Err(Rejection::business(
                         "insufficient-funds",
-                        format!("available {available} {} does not cover one unit at {price}", account.currency),
+                        format!("available {available} {} does not cover one unit at {one}", account.currency),
                     ));
                 }
-                let held = i64::try_from(granted)
-                    .ok()
-                    .and_then(|g| g.checked_mul(price))
-                    .ok_or_else(|| Rejection::malformed("amount-overflow", "units x unit_price overflows"))?;
-                // Final unit: after this hold not even one more unit could be granted.
-                let final_unit = price > 0 && available - held < price;
+                let held = worst(granted).map_err(|_| overflow("the held amount overflows".into()))?;
+                let counters = account.reserved_counters();
+                let read = |offer: &str, name: &str| counters.get(offer).and_then(|c| c.get(name)).copied();
+                let price = pricing::price(&plan, &read, granted, &mut |_, _| {})
+                    .map_err(|_| overflow("the price overflows".into()))?;
+                let mut rated_from = list(&counters);
+                rated_from.retain(|c| plan.iter().any(|t| t.offer() == c.offer));
                 Ok(vec![AccountEvent::Reserved {
                     reservation_id,
                     offer,
                     requested_units: units,
                     granted_units: granted,
-                    unit_price: price,
+                    price,
                     held,
                     expires_at: envelope.time.saturating_add(validity_ms),
-                    final_unit,
-                    counters,
+                    // Final unit: after this hold not even one more unit could be granted.
+                    final_unit: available.saturating_sub(held) < one,
+                    plan,
+                    counters: rated_from,
                 }])
             }
             AccountCommand::Debit { reservation_id, used_units } => {
@@ -98,8 +132,15 @@ impl Aggregate for PrepaidAccount {
                         ),
                     ));
                 }
-                let charged = used_units as i64 * r.unit_price;
-                Ok(vec![AccountEvent::Debited { reservation_id, used_units, charged, released: r.held - charged }])
+                // The hold is the worst case of the granted units, so it covers the charge;
+                // checked all the same, a reservation from a log written without bounds must
+                // not wrap.
+                let (charged, released) = account
+                    .charge(r, used_units)
+                    .ok()
+                    .and_then(|c| Some((c, r.held.checked_sub(c).filter(|rest| *rest >= 0)?)))
+                    .ok_or_else(|| overflow(format!("{used_units} units cost more than the hold {}", r.held)))?;
+                Ok(vec![AccountEvent::Debited { reservation_id, used_units, charged, released }])
             }
             AccountCommand::Release { reservation_id } => {
                 let released = reservation(account, &reservation_id)?.held;
@@ -162,25 +203,36 @@ fn open(account: &Account, currency: String, overdraft_limit: i64) -> Result<Vec
     if overdraft_limit < 0 {
         return Err(Rejection::malformed("negative-amount", "`overdraft_limit` must be >= 0"));
     }
+    if overdraft_limit > MAX_MONEY {
+        return Err(Rejection::business(
+            "limit-out-of-range",
+            format!("`overdraft_limit` {overdraft_limit} is above the largest amount, {MAX_MONEY}"),
+        ));
+    }
     Ok(vec![AccountEvent::Opened { currency, overdraft_limit }])
 }
 
-fn same_currency(account: &Account, money: &Money, field: &str) -> Result<(), Rejection> {
-    if money.currency == account.currency {
+fn same_currency(account: &Account, currency: &str, field: &str) -> Result<(), Rejection> {
+    if currency == account.currency {
         Ok(())
     } else {
         Err(Rejection::business(
             "currency-mismatch",
-            format!("`{field}` is in {} but the account is in {}", money.currency, account.currency),
+            format!("`{field}` is in {currency} but the account is in {}", account.currency),
         ))
     }
 }
 
+fn overflow(message: String) -> Rejection {
+    Rejection::business("amount-overflow", message)
+}
+
 fn positive(account: &Account, money: &Money, field: &str) -> Result<i64, Rejection> {
-    same_currency(account, money, field)?;
+    same_currency(account, &money.currency, field)?;
     match money.minor_units {
         0 => Err(Rejection::malformed("zero-amount", format!("`{field}` must be > 0"))),
         n if n < 0 => Err(Rejection::malformed("negative-amount", format!("`{field}` must be > 0, got {n}"))),
+        n if n > MAX_MONEY => Err(overflow(format!("`{field}` {n} is above the largest amount, {MAX_MONEY}"))),
         n => Ok(n),
     }
 }

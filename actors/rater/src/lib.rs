@@ -4,22 +4,33 @@
 //! ([`tollgate_billing_model::tariff`] defines the format). Rating is pure: the subscriber's
 //! counters come in with the request and go out as they will be once the usage is debited.
 //!
+//! The rater resolves the offer's tariff tree into a price plan
+//! ([`tollgate_billing_model::pricing`]) and prices the units with it, the same function the
+//! account charges with, so a reservation's price, its lines and its debit agree. Every kind
+//! rates any number of units: `n` units cost what `n` single uses one after another would.
+//!
 //! Price lines, per tariff kind:
 //! - `per-unit`: one line `per-unit usage` of `units x unit_price`.
-//! - `bundle` (one use): `bundle use (free)` of 0 while the bundle lasts, otherwise
-//!   `bundle refill` of `refill_price`, which pays for this use and leaves `size - 1` free.
-//! - `threshold` (one use): `threshold use` at `unit_price`; on the discounted use a second,
-//!   negative line `<p>% threshold discount`.
+//! - `bundle`: `bundle use (free)` of 0 for the uses the bundle still covers, then
+//!   `bundle refill` (or `<k> bundle refills`) of `k x refill_price` for the uses paid by
+//!   refills; each refill pays for its own use and leaves `size - 1` free.
+//! - `threshold`: `threshold use` of `units x unit_price`; when discounted uses fall among
+//!   them, a negative line `<p>% threshold discount` covering those uses.
 //! - `composite`: the children's lines (each under its child offer), then `<p>% markup` on
 //!   the children's sum (omitted at 0%).
 //!
-//! Percentages are rounded half-even to the minor unit, once per line. `unit-price` is the
-//! price of one unit: the tariff's unit price for `per-unit`, the total for per-use tariffs,
-//! and for a `composite` of per-unit children the children's unit prices plus the markup on
-//! their sum (so `units x unit-price` may differ from `total` by the markup's rounding).
+//! Percentages are rounded half-even to the minor unit, once per line: a threshold discount
+//! once per discounted use, a markup once on the children's sum of the whole request. A price
+//! that does not fit 64 bits is `usage-overflow`; a price of 0 never overflows.
 
+use tollgate_billing_model::pricing::{self, Part, PlanError, PriceTerm};
 use tollgate_billing_model::tariff::{BUNDLE_REMAINING, Pricing, Tariff, USES_SINCE_DISCOUNT, config_key};
-use tollgate_sdk::rater::{Counter, Money, PriceLine, Rated, Rater, RatingError, RatingRequest, Usage};
+use tollgate_sdk::rater::{
+    BundleTerm, CompositeTerm, Counter, Money, PerUnitTerm, PriceLine, PriceTerm as WitTerm, Rated, Rater, RatingError,
+    RatingRequest, ThresholdTerm, Usage,
+};
+
+pub use tollgate_billing_model::pricing::percent_of;
 
 /// The rater component: tariffs from `wasi:config`.
 pub struct TariffRater;
@@ -46,61 +57,95 @@ pub const MAX_DEPTH: usize = 8;
 /// let usage = Usage { offer: "voice".into(), rating_group: 1, units: 30, country: None };
 /// let rated = rater::rate(&RatingRequest { usage, counters: vec![] }, &config).unwrap();
 /// assert_eq!(rated.total.minor_units, 60);
-/// assert_eq!(rated.unit_price.minor_units, 2);
+/// assert_eq!(rated.plan.len(), 1);
 /// ```
 pub fn rate<F>(request: &RatingRequest, config: &F) -> Result<Rated, RatingError>
 where
     F: Fn(&str) -> Result<Option<String>, String>,
 {
-    let mut rating = Rating { config, usage: &request.usage, counters: &request.counters, seen: Vec::new() };
-    let priced = rating.offer(&request.usage.offer, 0)?;
-    let money = |minor_units| Money { minor_units, currency: priced.currency.clone() };
-    Ok(Rated {
-        total: money(priced.total),
-        unit_price: money(priced.unit_price),
-        lines: priced.lines,
-        counters: priced.counters,
+    let usage = &request.usage;
+    let mut planning = Planning { config, usage, plan: Vec::new(), percents: Vec::new() };
+    let currency = planning.offer(&usage.offer, 0)?;
+    let plan = planning.plan;
+    let percents = planning.percents;
+    let read =
+        |offer: &str, name: &str| request.counters.iter().find(|c| c.offer == offer && c.name == name).map(|c| c.value);
+    let money = |minor_units| Money { minor_units, currency: currency.clone() };
+    let mut lines = Vec::new();
+    let mut moved: Vec<Counter> = Vec::new();
+    let total = pricing::price(&plan, &read, usage.units, &mut |index, part| {
+        let offer = plan[index].offer();
+        let mut line = |description: String, units, amount| {
+            lines.push(PriceLine { offer: offer.into(), description, units, amount: money(amount) })
+        };
+        let mut counter = |name: &str, value| moved.push(Counter { offer: offer.into(), name: name.into(), value });
+        match part {
+            Part::PerUnit { units, amount } => line("per-unit usage".into(), units, amount),
+            Part::Bundle { free, paid, refills, amount, remaining } => {
+                if free > 0 {
+                    line("bundle use (free)".into(), free, 0);
+                }
+                if paid > 0 {
+                    let description =
+                        if refills == 1 { "bundle refill".to_string() } else { format!("{refills} bundle refills") };
+                    line(description, paid, amount);
+                }
+                counter(BUNDLE_REMAINING, remaining);
+            }
+            Part::Threshold { units, gross, discounted, discount, uses } => {
+                line("threshold use".into(), units, gross);
+                if discounted > 0 {
+                    line(format!("{}% threshold discount", percents[index]), discounted, discount);
+                }
+                counter(USES_SINCE_DISCOUNT, uses);
+            }
+            Part::Markup { units, amount } => {
+                if percents[index] > 0 {
+                    line(format!("{}% markup", percents[index]), units, amount);
+                }
+            }
+        }
     })
+    .map_err(|e| match e {
+        PlanError::Overflow => RatingError::UsageOverflow(format!(
+            "the price of {} units of offer `{}` overflows 64 bits",
+            usage.units, usage.offer
+        )),
+        PlanError::Malformed(m) => {
+            RatingError::InvalidTariff(format!("config key `{}`: {m}", config_key(&usage.offer)))
+        }
+    })?;
+    Ok(Rated { lines, total: money(total), plan: plan.iter().map(wit_term).collect(), counters: moved })
 }
 
-/// Rounds `amount x percent / 100` half-even to the minor unit.
-///
-/// ```
-/// assert_eq!(rater::percent_of(105, 10), Some(10)); // 10.5 -> 10
-/// assert_eq!(rater::percent_of(115, 10), Some(12)); // 11.5 -> 12
-/// assert_eq!(rater::percent_of(-115, 10), Some(-12));
-/// ```
-pub fn percent_of(amount: i64, percent: u32) -> Option<i64> {
-    let n = i128::from(amount) * i128::from(percent);
-    let (q, r) = (n.div_euclid(100), n.rem_euclid(100));
-    let q = if r > 50 || (r == 50 && q % 2 != 0) { q + 1 } else { q };
-    i64::try_from(q).ok()
+/// A model price term as the `tollgate:billing` type.
+pub fn wit_term(term: &PriceTerm) -> WitTerm {
+    match term.clone() {
+        PriceTerm::PerUnit { offer, unit_price } => WitTerm::PerUnit(PerUnitTerm { offer, unit_price }),
+        PriceTerm::Bundle { offer, size, refill_price } => WitTerm::Bundle(BundleTerm { offer, size, refill_price }),
+        PriceTerm::Threshold { offer, unit_price, every, discount } => {
+            WitTerm::Threshold(ThresholdTerm { offer, unit_price, every, discount })
+        }
+        PriceTerm::Composite { offer, markup_percent, children } => {
+            WitTerm::Composite(CompositeTerm { offer, markup_percent, children })
+        }
+    }
 }
 
-/// One offer's price, in the offer's currency.
-struct Priced {
-    currency: String,
-    lines: Vec<PriceLine>,
-    total: i64,
-    unit_price: i64,
-    counters: Vec<Counter>,
-    per_use: bool,
-}
-
-struct Rating<'a, F> {
+/// Resolves an offer's tariff tree into a price plan.
+struct Planning<'a, F> {
     config: &'a F,
     usage: &'a Usage,
-    counters: &'a [Counter],
-    /// Offers rated so far: an offer met twice (a cycle or a shared child) would advance its
-    /// counters twice.
-    seen: Vec<String>,
+    plan: Vec<PriceTerm>,
+    /// Per term: the percentage its lines name (threshold discount, composite markup).
+    percents: Vec<u32>,
 }
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> RatingError {
     RatingError::InvalidTariff(format!("config key `{key}`: {message}"))
 }
 
-impl<F> Rating<'_, F>
+impl<F> Planning<'_, F>
 where
     F: Fn(&str) -> Result<Option<String>, String>,
 {
@@ -113,31 +158,24 @@ where
         Ok(tariff)
     }
 
-    fn counter(&self, offer: &str, name: &str) -> Option<u64> {
-        self.counters.iter().find(|c| c.offer == offer && c.name == name).map(|c| c.value)
+    fn push(&mut self, term: PriceTerm, percent: u32) {
+        self.plan.push(term);
+        self.percents.push(percent);
     }
 
-    fn line(&self, offer: &str, currency: &str, description: String, units: u64, amount: i64) -> PriceLine {
-        PriceLine {
-            offer: offer.into(),
-            description,
-            units,
-            amount: Money { minor_units: amount, currency: currency.into() },
-        }
-    }
-
-    fn offer(&mut self, offer: &str, depth: usize) -> Result<Priced, RatingError> {
+    /// Appends the plan of `offer` and returns its currency.
+    fn offer(&mut self, offer: &str, depth: usize) -> Result<String, RatingError> {
         let key = config_key(offer);
         if depth > MAX_DEPTH {
             return Err(invalid(&key, format!("composite offers nest deeper than {MAX_DEPTH}")));
         }
-        if self.seen.iter().any(|o| o == offer) {
+        // An offer met twice (a cycle or a shared child) would move its counters twice.
+        if self.plan.iter().any(|t| t.offer() == offer) {
             return Err(invalid(
                 &key,
                 format!("offer `{offer}` is met twice while rating `{}` (a cycle or a shared child)", self.usage.offer),
             ));
         }
-        self.seen.push(offer.into());
         let tariff = self.tariff(offer)?;
         let usage = self.usage;
         if let Some(groups) = &tariff.rating_groups
@@ -161,102 +199,39 @@ where
                 Some(_) => {}
             }
         }
-        if tariff.is_per_use() && usage.units != 1 {
-            return Err(invalid(
-                &key,
-                format!(
-                    "offer `{offer}` is rated per use ({}): rate exactly 1 unit, not {}",
-                    tariff.kind(),
-                    usage.units
-                ),
-            ));
-        }
-        let overflow = || invalid(&key, format!("the price of {} units overflows", usage.units));
-        let currency = tariff.currency.as_str();
-        match &tariff.pricing {
-            Pricing::PerUnit { unit_price } => {
-                let total =
-                    i64::try_from(usage.units).ok().and_then(|u| u.checked_mul(*unit_price)).ok_or_else(overflow)?;
-                Ok(Priced {
-                    currency: currency.into(),
-                    lines: vec![self.line(offer, currency, "per-unit usage".into(), usage.units, total)],
-                    total,
-                    unit_price: *unit_price,
-                    counters: Vec::new(),
-                    per_use: false,
-                })
-            }
-            Pricing::Bundle { size, refill_price } => {
-                let remaining = self.counter(offer, BUNDLE_REMAINING).unwrap_or(*size).min(*size);
-                let (line, after) = if remaining > 0 {
-                    (self.line(offer, currency, "bundle use (free)".into(), 1, 0), remaining - 1)
-                } else {
-                    (self.line(offer, currency, "bundle refill".into(), 1, *refill_price), size - 1)
-                };
-                let total = line.amount.minor_units;
-                Ok(Priced {
-                    currency: currency.into(),
-                    lines: vec![line],
-                    total,
-                    unit_price: total,
-                    counters: vec![Counter { offer: offer.into(), name: BUNDLE_REMAINING.into(), value: after }],
-                    per_use: true,
-                })
-            }
+        let offer = offer.to_string();
+        let currency = tariff.currency;
+        match tariff.pricing {
+            Pricing::PerUnit { unit_price } => self.push(PriceTerm::PerUnit { offer, unit_price }, 0),
+            Pricing::Bundle { size, refill_price } => self.push(PriceTerm::Bundle { offer, size, refill_price }, 0),
             Pricing::Threshold { unit_price, every, discount_percent } => {
-                let uses = self.counter(offer, USES_SINCE_DISCOUNT).unwrap_or(0).saturating_add(1);
-                let mut lines = vec![self.line(offer, currency, "threshold use".into(), 1, *unit_price)];
-                let (total, after) = if uses >= *every {
-                    let discount = percent_of(*unit_price, *discount_percent).ok_or_else(overflow)?;
-                    let description = format!("{discount_percent}% threshold discount");
-                    lines.push(self.line(offer, currency, description, 1, -discount));
-                    (unit_price - discount, 0)
-                } else {
-                    (*unit_price, uses)
-                };
-                Ok(Priced {
-                    currency: currency.into(),
-                    lines,
-                    total,
-                    unit_price: total,
-                    counters: vec![Counter { offer: offer.into(), name: USES_SINCE_DISCOUNT.into(), value: after }],
-                    per_use: true,
-                })
+                let discount = percent_of(unit_price, discount_percent)
+                    .ok_or_else(|| invalid(&key, "the discount of one use overflows"))?;
+                self.push(PriceTerm::Threshold { offer, unit_price, every, discount }, discount_percent)
             }
             Pricing::Composite { children, markup_percent } => {
-                let (mut lines, mut counters) = (Vec::new(), Vec::new());
-                let (mut sum, mut unit_sum, mut per_use) = (0i64, 0i64, false);
-                for child in children {
-                    let priced = self.offer(child, depth + 1)?;
-                    if priced.currency != currency {
+                let count = u32::try_from(children.len()).map_err(|_| invalid(&key, "too many children"))?;
+                self.push(
+                    PriceTerm::Composite { offer: offer.clone(), markup_percent, children: count },
+                    markup_percent,
+                );
+                for child in &children {
+                    let child_currency = self.offer(child, depth + 1)?;
+                    if child_currency != currency {
                         return Err(invalid(
                             &key,
                             format!(
-                                "composite offer `{offer}` is in {currency} but its child `{child}` is in {}",
-                                priced.currency
+                                "composite offer `{offer}` is in {currency} but its child `{child}` is in {child_currency}"
                             ),
                         ));
                     }
-                    sum = sum.checked_add(priced.total).ok_or_else(overflow)?;
-                    unit_sum = unit_sum.checked_add(priced.unit_price).ok_or_else(overflow)?;
-                    per_use |= priced.per_use;
-                    lines.extend(priced.lines);
-                    counters.extend(priced.counters);
                 }
-                let markup = percent_of(sum, *markup_percent).ok_or_else(overflow)?;
-                if *markup_percent > 0 {
-                    lines.push(self.line(offer, currency, format!("{markup_percent}% markup"), usage.units, markup));
-                }
-                let total = sum.checked_add(markup).ok_or_else(overflow)?;
-                let unit_price = if per_use {
-                    total
-                } else {
-                    let unit_markup = percent_of(unit_sum, *markup_percent).ok_or_else(overflow)?;
-                    unit_sum.checked_add(unit_markup).ok_or_else(overflow)?
-                };
-                Ok(Priced { currency: currency.into(), lines, total, unit_price, counters, per_use })
             }
         }
+        if self.plan.len() > pricing::MAX_PLAN_TERMS {
+            return Err(invalid(&key, format!("the offer's plan has more than {} terms", pricing::MAX_PLAN_TERMS)));
+        }
+        Ok(currency)
     }
 }
 
@@ -301,7 +276,7 @@ mod tests {
         let cfg = config(&[("voice", VOICE)]);
         let rated = rate_with(&cfg, usage("voice", 30, None), vec![counter("other", "x", 1)]).unwrap();
         assert_eq!((rated.total.minor_units, rated.total.currency.as_str()), (60, "EUR"));
-        assert_eq!(rated.unit_price.minor_units, 2);
+        assert!(matches!(rated.plan[..], [WitTerm::PerUnit(PerUnitTerm { unit_price: 2, .. })]));
         assert_eq!(rated.lines.len(), 1);
         assert_eq!(rated.lines[0].units, 30);
         assert!(rated.counters.is_empty());
@@ -314,7 +289,6 @@ mod tests {
         let mut paid = vec![];
         for _ in 0..7 {
             let rated = rate_with(&cfg, usage("b", 1, None), counters.clone()).unwrap();
-            assert_eq!(rated.unit_price.minor_units, rated.total.minor_units);
             paid.push((rated.total.minor_units, rated.lines[0].description.clone()));
             counters = rated.counters;
         }
@@ -355,15 +329,24 @@ mod tests {
     }
 
     #[test]
-    fn per_use_tariffs_rate_exactly_one_unit() {
+    fn per_use_tariffs_rate_any_unit_count_as_that_many_single_uses() {
         let cfg = config(&[("b", BUNDLE), ("t", THRESHOLD)]);
         for offer in ["b", "t"] {
-            for units in [0, 2] {
-                match rate_with(&cfg, usage(offer, units, None), vec![]) {
-                    Err(RatingError::InvalidTariff(m)) => {
-                        assert!(m.contains("exactly 1 unit") && m.contains(&format!("offer.{offer}")), "{m}")
+            for start in [vec![], vec![counter("b", BUNDLE_REMAINING, 1), counter("t", USES_SINCE_DISCOUNT, 9)]] {
+                for units in [0u64, 1, 2, 3, 4, 11, 12, 23, 40] {
+                    let (mut total, mut counters) = (0, start.clone());
+                    for _ in 0..units {
+                        let one = rate_with(&cfg, usage(offer, 1, None), counters.clone()).unwrap();
+                        total += one.total.minor_units;
+                        counters = one.counters;
                     }
-                    other => panic!("{other:?}"),
+                    let all = rate_with(&cfg, usage(offer, units, None), start.clone()).unwrap();
+                    assert_eq!(all.total.minor_units, total, "{offer}: {units} units from {start:?}");
+                    let lines: i64 = all.lines.iter().map(|l| l.amount.minor_units).sum();
+                    assert_eq!(lines, total, "the lines add up to the total");
+                    if units > 0 {
+                        assert_eq!(plain(&all.counters), plain(&counters), "{offer}: {units} units");
+                    }
                 }
             }
         }
@@ -377,10 +360,10 @@ mod tests {
             ("vendor", r#"{"kind":"composite","currency":"EUR","children":["voice"],"markup_percent":10}"#),
             ("combo", r#"{"kind":"composite","currency":"EUR","children":["b","voice"],"markup_percent":10}"#),
         ]);
-        // 5 units x 3 = 15; markup 1.5 -> 2 (half-even); unit price 3 + 0.3 -> 3.
+        // 5 units x 3 = 15; markup 1.5 -> 2 (half-even), once on the sum of all units.
         let rated = rate_with(&cfg, usage("vendor", 5, None), vec![]).unwrap();
         assert_eq!(rated.total.minor_units, 17);
-        assert_eq!(rated.unit_price.minor_units, 3);
+        assert_eq!(rated.plan.len(), 2);
         assert_eq!(rated.lines.last().unwrap().description, "10% markup");
         assert_eq!(rated.lines.last().unwrap().offer, "vendor");
         assert_eq!(rated.lines[0].offer, "voice");
@@ -388,9 +371,10 @@ mod tests {
         // Per-use child: the combo rates one use; counters stay under the child offer.
         let rated = rate_with(&cfg, usage("combo", 1, None), vec![counter("b", BUNDLE_REMAINING, 0)]).unwrap();
         assert_eq!(rated.total.minor_units, 503 + 50);
-        assert_eq!(rated.unit_price.minor_units, rated.total.minor_units);
         assert_eq!(plain(&rated.counters), plain(&[counter("b", BUNDLE_REMAINING, 2)]));
-        assert!(matches!(rate_with(&cfg, usage("combo", 2, None), vec![]), Err(RatingError::InvalidTariff(_))));
+        // Two uses: one refill (500) + 2 x 3, markup 50.6 -> 51.
+        let rated = rate_with(&cfg, usage("combo", 2, None), vec![counter("b", BUNDLE_REMAINING, 0)]).unwrap();
+        assert_eq!(rated.total.minor_units, 506 + 51);
     }
 
     #[test]
@@ -453,10 +437,21 @@ mod tests {
     }
 
     #[test]
-    fn overflow_is_an_error_not_a_panic() {
-        let cfg = config(&[("voice", r#"{"kind":"per-unit","currency":"EUR","unit_price":9223372036854775807}"#)]);
-        assert!(matches!(rate_with(&cfg, usage("voice", 2, None), vec![]), Err(RatingError::InvalidTariff(_))));
-        assert!(matches!(rate_with(&cfg, usage("voice", u64::MAX, None), vec![]), Err(RatingError::InvalidTariff(_))));
+    fn overflow_is_usage_overflow_and_a_price_of_0_never_overflows() {
+        let cfg = config(&[
+            ("voice", r#"{"kind":"per-unit","currency":"EUR","unit_price":9223372036854775807}"#),
+            ("free", r#"{"kind":"per-unit","currency":"EUR","unit_price":0}"#),
+            ("b", r#"{"kind":"bundle","currency":"EUR","size":1,"refill_price":0}"#),
+        ]);
+        for units in [2, u64::MAX] {
+            match rate_with(&cfg, usage("voice", units, None), vec![]) {
+                Err(RatingError::UsageOverflow(m)) => assert!(m.contains("overflows") && m.contains("voice"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        for offer in ["free", "b"] {
+            assert_eq!(rate_with(&cfg, usage(offer, u64::MAX, None), vec![]).unwrap().total.minor_units, 0);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionReque
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
 use tollgate_host::bindings::rater::tollgate::billing::types::{
-    AccountStatus, Counter, FinalUnitAction, Grant, Money, PriceLine, ResultCode, Usage,
+    AccountStatus, Counter, FinalUnitAction, Grant, Money, PriceLine, PriceTerm, ResultCode, Usage,
 };
 use tollgate_host::kinds::{RatingError, RatingRequest};
 use tollgate_host::services::PolicyServices;
@@ -447,6 +447,12 @@ fn counters_json(counters: &[Counter]) -> Value {
     counters.iter().map(|c| json!({ "offer": c.offer, "name": c.name, "value": c.value })).collect()
 }
 
+/// A price plan in the JSON of the model's `PriceTerm` (what the account's events carry).
+fn plan_json(plan: &[PriceTerm]) -> Value {
+    let terms: Vec<_> = plan.iter().cloned().map(tollgate_runtime::facade::model_term).collect();
+    serde_json::to_value(terms).unwrap_or(Value::Null)
+}
+
 fn lines_json(lines: &[PriceLine]) -> Value {
     lines
         .iter()
@@ -478,7 +484,7 @@ fn rater(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
             json!({
                 "lines": lines_json(&r.lines),
                 "total": money_json(&r.total),
-                "unit_price": money_json(&r.unit_price),
+                "plan": plan_json(&r.plan),
                 "counters": counters_json(&r.counters),
             }),
         ),
@@ -488,6 +494,7 @@ fn rater(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
                 RatingError::UnknownRatingGroup(g) => ("unknown-rating-group", json!(g)),
                 RatingError::OutsideGeoFence(s) => ("outside-geo-fence", json!(s)),
                 RatingError::InvalidTariff(s) => ("invalid-tariff", json!(s)),
+                RatingError::UsageOverflow(s) => ("usage-overflow", json!(s)),
             };
             outcome.insert("rating_error", json!({ kind: detail }));
         }
@@ -507,6 +514,8 @@ fn grant_json(g: &Grant) -> Value {
     json!({
         "reservation_id": g.reservation_id,
         "granted_units": g.granted_units,
+        "price": money_json(&g.price),
+        "counters": counters_json(&g.counters),
         "held": money_json(&g.held),
         "expires_at": g.expires_at,
         "final_unit": final_unit,

@@ -4,7 +4,7 @@
 
 use tollgate_sdk::policy::charging::ReserveRequest;
 use tollgate_sdk::policy::rating::RatingRequest;
-use tollgate_sdk::policy::{AdmissionRequest, Decision, Denied, Granted, Policy, ResultCode, Usage};
+use tollgate_sdk::policy::{AdmissionRequest, Decision, Denied, Granted, Policy, PriceLine, ResultCode, Usage};
 
 /// Whether `offer` is in the comma-separated `allowed` list: the logic, pure.
 pub fn allowed(allowed: &str, offer: &str) -> bool {
@@ -39,13 +39,22 @@ impl Policy for AllowList {
             account: request.subscriber.clone(),
             reservation_id: request.request_id.clone(),
             units: request.requested_units,
-            unit_price: rated.unit_price.clone(),
+            plan: rated.plan,
+            currency: rated.total.currency.clone(),
             validity_ms: 60_000,
             offer: request.offer.clone(),
-            counters: rated.counters.clone(),
         };
         match tollgate_sdk::policy::charging::reserve(&reserve) {
-            Ok(grant) => Decision::Granted(Granted { grant, price: rated.total, lines: rated.lines }),
+            // The grant may hold fewer units than asked for: answer its price, in one line.
+            Ok(grant) => {
+                let line = PriceLine {
+                    offer: request.offer.clone(),
+                    description: format!("{} units", grant.granted_units),
+                    units: grant.granted_units,
+                    amount: grant.price.clone(),
+                };
+                Decision::Granted(Granted { price: grant.price.clone(), grant, lines: vec![line] })
+            }
             Err(e) => denied(e.code, e.message),
         }
     }

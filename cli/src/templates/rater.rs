@@ -1,10 +1,14 @@
 //! {{name}}: a rater pricing usage per unit, with the price of offer `<id>` in config key
 //! `price.<id>` (integer minor units) and the currency in config key `currency` (default EUR).
 
-use tollgate_sdk::rater::{Money, PriceLine, Rated, Rater, RatingError, RatingRequest};
+use tollgate_sdk::rater::{Money, PerUnitTerm, PriceLine, PriceTerm, Rated, Rater, RatingError, RatingRequest};
 
-/// The price of `units` at `unit_price`: the logic, pure.
+/// The price of `units` at `unit_price` (`None` when it overflows; a price of 0 never does):
+/// the logic, pure.
 pub fn price(units: u64, unit_price: i64) -> Option<i64> {
+    if unit_price == 0 {
+        return Some(0);
+    }
     i64::try_from(units).ok()?.checked_mul(unit_price)
 }
 
@@ -20,7 +24,8 @@ impl Rater for PerUnit {
             Some(v) => v.trim().parse().map_err(|_| RatingError::InvalidTariff(format!("`{key}` = `{v}` is not an integer")))?,
         };
         let currency = tollgate_sdk::config::get("currency").map_err(RatingError::InvalidTariff)?.unwrap_or_else(|| "EUR".into());
-        let total = price(usage.units, unit_price).ok_or_else(|| RatingError::InvalidTariff("price overflows".into()))?;
+        let total = price(usage.units, unit_price)
+            .ok_or_else(|| RatingError::UsageOverflow(format!("{} units x {unit_price} overflows", usage.units)))?;
         let money = |minor_units| Money { minor_units, currency: currency.clone() };
         Ok(Rated {
             lines: vec![PriceLine {
@@ -30,7 +35,8 @@ impl Rater for PerUnit {
                 amount: money(total),
             }],
             total: money(total),
-            unit_price: money(unit_price),
+            // The plan the account prices reserved and debited units with: the same per unit.
+            plan: vec![PriceTerm::PerUnit(PerUnitTerm { offer: usage.offer, unit_price })],
             counters: request.counters,
         })
     }

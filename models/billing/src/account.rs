@@ -1,10 +1,18 @@
 //! The prepaid account: commands, events and state.
 
+use crate::pricing::{self, Part, PlanError, PriceTerm};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The stream (aggregate type) of accounts.
 pub const STREAM: &str = "account";
+
+/// The largest amount an account deals in, in minor units (10^17: 10^15 units of a currency
+/// with cents). Balances, overdraft limits, top-ups, direct debits and unit prices are bounded
+/// by it, so `balance - held + overdraft_limit` and every other sum the account forms stays far
+/// inside `i64` (at most 4 x 10^17 in magnitude) and no money arithmetic can overflow. Larger
+/// values are refused with `amount-overflow` (amounts) or `limit-out-of-range` (the limit).
+pub const MAX_MONEY: i64 = 100_000_000_000_000_000;
 
 /// An amount in integer minor units of a currency.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -42,32 +50,32 @@ pub enum AccountCommand {
     Open {
         /// ISO 4217 code of the account's money.
         currency: String,
-        /// How far below zero `available` may go, in minor units.
+        /// How far below zero `available` may go, in minor units, 0..=[`MAX_MONEY`].
         #[serde(default)]
         overdraft_limit: i64,
     },
-    /// Adds money.
+    /// Adds money; the balance afterwards is at most [`MAX_MONEY`].
     TopUp {
         /// The amount, > 0, in the account's currency.
         amount: Money,
     },
-    /// Holds money for units before they are used and grants
-    /// `min(units, floor(available / unit_price))` of them.
+    /// Holds money for units before they are used: grants the most of `units` whose worst-case
+    /// price ([`pricing::worst_price`]) the available money covers, and holds that amount.
     Reserve {
         /// Id of the new reservation; must not be open already.
         reservation_id: String,
         /// Units wanted, > 0.
         units: u64,
-        /// Price of one unit, >= 0, in the account's currency.
-        unit_price: Money,
+        /// How the units are priced (the rater's plan for the offer), at most
+        /// [`pricing::MAX_PLAN_TERMS`] terms.
+        plan: Vec<PriceTerm>,
+        /// ISO 4217 code of the plan's amounts; must be the account's.
+        currency: String,
         /// How long the grant is valid, in milliseconds from the command's time.
         validity_ms: u64,
         /// The offer the units are used under.
         #[serde(default)]
         offer: String,
-        /// Tariff counters to record once usage is debited.
-        #[serde(default)]
-        counters: Vec<Counter>,
     },
     /// Debits used units against a reservation and frees the rest of its hold.
     Debit {
@@ -98,7 +106,9 @@ pub enum AccountCommand {
 
 /// What happened to an account. Amounts are minor units of the account's currency.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+// Events come from the account itself; fields of older versions (e.g. `reserved.unit_price`)
+// are ignored rather than refused.
+#[serde(rename_all = "kebab-case")]
 pub enum AccountEvent {
     /// The account was opened.
     Opened {
@@ -122,15 +132,22 @@ pub enum AccountEvent {
         requested_units: u64,
         /// Units granted.
         granted_units: u64,
-        /// Price per unit.
-        unit_price: i64,
-        /// Money held: granted units x unit price.
+        /// The price of the granted units from `counters` (events without a plan: `held`).
+        #[serde(default)]
+        price: i64,
+        /// Money held: the plan's worst-case price of the granted units, >= `price`.
         held: i64,
         /// When the grant lapses (ms since the epoch).
         expires_at: u64,
         /// The grant uses up what is left: no further unit could be granted.
         final_unit: bool,
-        /// Tariff counters to record once usage is debited.
+        /// How the units are priced. Empty in events written before price plans: those
+        /// priced every unit alike, at `held / granted_units` (their `unit_price` field is
+        /// ignored).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        plan: Vec<PriceTerm>,
+        /// With a plan: the counters `price` was rated from. Without (older events): the
+        /// counters to record once usage is debited.
         counters: Vec<Counter>,
     },
     /// Used units were charged and the rest of the hold freed.
@@ -174,14 +191,55 @@ pub struct Reservation {
     pub offer: String,
     /// Units granted.
     pub granted_units: u64,
-    /// Price per unit.
-    pub unit_price: i64,
+    /// How the units are priced (empty for reservations made before price plans).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PriceTerm>,
     /// Money held.
     pub held: i64,
     /// When the grant lapses.
     pub expires_at: u64,
-    /// Counters to record once usage is debited.
+    /// Reservations made before price plans: the counters to record once usage is debited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counters: Vec<Counter>,
+}
+
+impl Reservation {
+    /// How the reservation's units are priced; one made before price plans priced each unit
+    /// alike, so at `held / granted_units`.
+    pub fn plan(&self) -> Vec<PriceTerm> {
+        if self.plan.is_empty() {
+            let unit_price = self.held.checked_div(self.granted_units as i64).unwrap_or(0);
+            vec![PriceTerm::PerUnit { offer: self.offer.clone(), unit_price }]
+        } else {
+            self.plan.clone()
+        }
+    }
+}
+
+/// Tariff counters: offer -> counter name -> value.
+pub type Counters = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Moves `counters` on by `units` uses priced with `plan` (nothing for 0 units, or when the
+/// plan cannot price them: such a plan was refused when it was reserved).
+pub fn advance(counters: &mut Counters, plan: &[PriceTerm], units: u64) {
+    if units == 0 {
+        return;
+    }
+    let mut moved = Vec::new();
+    let read = |offer: &str, name: &str| counters.get(offer).and_then(|c| c.get(name)).copied();
+    let priced = pricing::price(plan, &read, units, &mut |index, part| {
+        let (name, value) = match part {
+            Part::Bundle { remaining, .. } => (pricing::BUNDLE_REMAINING, remaining),
+            Part::Threshold { uses, .. } => (pricing::USES_SINCE_DISCOUNT, uses),
+            _ => return,
+        };
+        moved.push((plan[index].offer().to_string(), name, value));
+    });
+    if priced.is_ok() {
+        for (offer, name, value) in moved {
+            counters.entry(offer).or_default().insert(name.into(), value);
+        }
+    }
 }
 
 /// The state of an account, rebuilt from its events.
@@ -199,14 +257,17 @@ pub struct Account {
     pub held: i64,
     /// Open reservations by id.
     pub reservations: BTreeMap<String, Reservation>,
-    /// Tariff counters: offer -> counter name -> value.
-    pub counters: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Tariff counters as settled by debits: offer -> counter name -> value.
+    pub counters: Counters,
 }
 
 impl Account {
     /// What can still be reserved or charged: balance - held + overdraft limit.
+    ///
+    /// The account keeps every amount within [`MAX_MONEY`], so this is exact; the arithmetic
+    /// saturates only for a log written without those bounds, where it must not panic.
     pub fn available(&self) -> i64 {
-        self.balance - self.held + self.overdraft_limit
+        self.balance.saturating_sub(self.held).saturating_add(self.overdraft_limit)
     }
 
     /// The counters of `offer`, as a list.
@@ -219,12 +280,32 @@ impl Account {
             .collect()
     }
 
-    /// Every counter, as a list ordered by offer and name.
-    pub fn all_counters(&self) -> Vec<Counter> {
-        self.counters.keys().flat_map(|offer| self.counters_of(offer)).collect()
+    /// What `units` of `reservation` cost now: its plan from the settled counters (debits are
+    /// priced in the order they settle, so any interleaving charges what the same debits one
+    /// after another would).
+    pub fn charge(&self, reservation: &Reservation, units: u64) -> Result<i64, PlanError> {
+        let read = |offer: &str, name: &str| self.counters.get(offer).and_then(|c| c.get(name)).copied();
+        pricing::price(&reservation.plan(), &read, units, &mut |_, _| {})
     }
 
-    /// Folds one event into the state.
+    /// The settled counters moved on by the granted units of every open reservation: what the
+    /// next use is rated from, so a granted use counts at once. (Moving a counter on by `a`
+    /// then `b` uses is moving it on by `a + b`, so the reservations' order does not matter.)
+    pub fn reserved_counters(&self) -> Counters {
+        let mut counters = self.counters.clone();
+        for r in self.reservations.values() {
+            advance(&mut counters, &r.plan(), r.granted_units);
+        }
+        counters
+    }
+
+    /// [`Account::reserved_counters`] as a list ordered by offer and name.
+    pub fn reserved_counter_list(&self) -> Vec<Counter> {
+        list(&self.reserved_counters())
+    }
+
+    /// Folds one event into the state. Events were checked against the bounds when they were
+    /// decided; the arithmetic saturates so that a foreign or damaged log cannot panic here.
     pub fn apply(&mut self, event: AccountEvent) {
         match event {
             AccountEvent::Opened { currency, overdraft_limit } => {
@@ -232,40 +313,58 @@ impl Account {
                 self.currency = currency;
                 self.overdraft_limit = overdraft_limit;
             }
-            AccountEvent::ToppedUp { amount } => self.balance += amount,
+            AccountEvent::ToppedUp { amount } => self.balance = self.balance.saturating_add(amount),
             AccountEvent::Reserved {
                 reservation_id,
                 offer,
                 granted_units,
-                unit_price,
+                plan,
                 held,
                 expires_at,
                 counters,
                 ..
             } => {
-                self.held += held;
+                self.held = self.held.saturating_add(held);
+                // With a plan the counters only say what the price was rated from.
+                let counters = if plan.is_empty() { counters } else { Vec::new() };
                 self.reservations.insert(
                     reservation_id,
-                    Reservation { offer, granted_units, unit_price, held, expires_at, counters },
+                    Reservation { offer, granted_units, plan, held, expires_at, counters },
                 );
             }
             AccountEvent::Debited { reservation_id, used_units, charged, .. } => {
                 if let Some(r) = self.reservations.remove(&reservation_id) {
-                    self.held -= r.held;
-                    if used_units > 0 {
-                        for c in r.counters {
-                            self.counters.entry(c.offer).or_default().insert(c.name, c.value);
+                    self.held = self.held.saturating_sub(r.held);
+                    if !r.counters.is_empty() {
+                        // A reservation made before price plans recorded its counters as they
+                        // would be after its usage.
+                        if used_units > 0 {
+                            for c in r.counters {
+                                self.counters.entry(c.offer).or_default().insert(c.name, c.value);
+                            }
                         }
+                    } else {
+                        advance(&mut self.counters, &r.plan(), used_units);
                     }
                 }
-                self.balance -= charged;
+                self.balance = self.balance.saturating_sub(charged);
             }
             AccountEvent::Released { reservation_id, .. } | AccountEvent::Expired { reservation_id, .. } => {
                 if let Some(r) = self.reservations.remove(&reservation_id) {
-                    self.held -= r.held;
+                    self.held = self.held.saturating_sub(r.held);
                 }
             }
-            AccountEvent::DirectDebited { amount, .. } => self.balance -= amount,
+            AccountEvent::DirectDebited { amount, .. } => self.balance = self.balance.saturating_sub(amount),
         }
     }
+}
+
+/// `counters` as a list ordered by offer and name.
+pub fn list(counters: &Counters) -> Vec<Counter> {
+    counters
+        .iter()
+        .flat_map(|(offer, named)| {
+            named.iter().map(move |(name, value)| Counter { offer: offer.clone(), name: name.clone(), value: *value })
+        })
+        .collect()
 }

@@ -59,13 +59,13 @@ impl BalanceView {
     /// assert!(view.check().is_ok());
     /// ```
     pub fn check(&self) -> Result<(), String> {
-        let held: i64 = self.holds.values().sum();
-        if held != self.held {
-            return Err(format!("held {} != sum of holds {held}", self.held));
+        let held = self.holds.values().try_fold(0i64, |sum, h| sum.checked_add(*h));
+        if held != Some(self.held) {
+            return Err(format!("held {} != sum of holds {held:?}", self.held));
         }
-        let available = self.balance - self.held + self.overdraft_limit;
-        if available != self.available {
-            return Err(format!("available {} != balance - held + overdraft_limit = {available}", self.available));
+        let available = self.balance.checked_sub(self.held).and_then(|a| a.checked_add(self.overdraft_limit));
+        if available != Some(self.available) {
+            return Err(format!("available {} != balance - held + overdraft_limit = {available:?}", self.available));
         }
         match self.ledger.last() {
             Some(last) if last.effective_balance != self.available => Err(format!(

@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod balance;
+pub mod pricing;
 pub mod session;
 pub mod tariff;
 

@@ -20,11 +20,7 @@ use serde::{Deserialize, Serialize};
 /// The `wasi:config` key prefix of tariffs: offer `voice` is priced by key `offer.voice`.
 pub const CONFIG_PREFIX: &str = "offer.";
 
-/// Counter of a `bundle` tariff: free uses left in the current bundle (absent = the full size).
-pub const BUNDLE_REMAINING: &str = "bundle-remaining";
-
-/// Counter of a `threshold` tariff: uses since the last discounted one (absent = 0).
-pub const USES_SINCE_DISCOUNT: &str = "uses-since-discount";
+pub use crate::pricing::{BUNDLE_REMAINING, USES_SINCE_DISCOUNT};
 
 /// The `wasi:config` key holding the tariff of `offer`.
 ///
@@ -62,15 +58,16 @@ pub enum Pricing {
         unit_price: i64,
     },
     /// Per use: `size` free uses, then one paid refill of `size` uses that includes the paying
-    /// use. Keeps [`BUNDLE_REMAINING`].
+    /// use; any number of uses per request. Keeps [`BUNDLE_REMAINING`].
     Bundle {
         /// Uses per bundle, > 0.
         size: u64,
         /// Price of a refill, >= 0.
         refill_price: i64,
     },
-    /// Per use: every `every`-th use is `discount_percent` off, then the count restarts.
-    /// Keeps [`USES_SINCE_DISCOUNT`].
+    /// Per use: every `every`-th use is `discount_percent` off (rounded half-even to the minor
+    /// unit, once per discounted use), then the count restarts; any number of uses per
+    /// request. Keeps [`USES_SINCE_DISCOUNT`].
     Threshold {
         /// Price of one use, >= 0.
         unit_price: i64,
@@ -116,11 +113,6 @@ impl Tariff {
     pub fn for_rating_groups(mut self, groups: &[u32]) -> Self {
         self.rating_groups = Some(groups.to_vec());
         self
-    }
-
-    /// Whether the tariff rates exactly one use per request (`bundle`, `threshold`).
-    pub fn is_per_use(&self) -> bool {
-        matches!(self.pricing, Pricing::Bundle { .. } | Pricing::Threshold { .. })
     }
 
     /// The kind tag, e.g. `per-unit`.

@@ -52,6 +52,27 @@ fn a_restart_keeps_accounts_projections_and_answers_repeats_from_the_log() {
     assert_eq!((after.balance, after.ledger.len()), (1_005, projected.ledger.len() + 1));
 }
 
+#[test]
+fn event_times_never_go_backwards_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let mut rt = durable(dir.path(), 100);
+        rt.clock().set_ms(5_000_000);
+        open(&mut rt, "ada", 1_000);
+        rt.events().iter().map(|e| e.time).max().unwrap()
+    };
+    assert_eq!(before, 5_000_000);
+    // The host's clock went back (a new node process, a clock step): the runtime's does not.
+    let mut rt = durable(dir.path(), 100);
+    assert_eq!(rt.clock().now_ms(), before, "the clock starts at the log's last event");
+    assert!(matches!(top_up(&mut rt, "ada", "ada/top-up-2", 5), Outcome::Accepted(_)));
+    let times: Vec<u64> = rt.events().iter().map(|e| e.time).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "event times in log order: {times:?}");
+    // An empty log starts at 0.
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(durable(empty.path(), 100).clock().now_ms(), 0);
+}
+
 trait Events {
     fn clone_events(&self) -> Vec<tollgate_host::aggregate::Event>;
 }

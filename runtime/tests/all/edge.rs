@@ -119,6 +119,49 @@ fn bundle_uses_one_to_three_are_free_and_the_fourth_pays_the_refill() {
 }
 
 #[test]
+fn overlapping_uses_count_at_once_and_released_ones_are_given_back() {
+    let mut rt = runtime();
+    open(&mut rt, "ben", 10_000);
+    // Four uses admitted before any is debited: the 4th is not free (it was, before counters
+    // were reserved with the reservation).
+    let mut prices = vec![];
+    for i in 1..=4 {
+        let d = rt.admit(&request(&format!("o-{i}"), "ben", "sms-bundle", 1, None)).unwrap();
+        prices.push(granted(&d).price.minor_units);
+    }
+    assert_eq!(prices, vec![0, 0, 0, 500]);
+    // Use 3 is released unused: its free use is given back to the next rating.
+    let release = AccountCommand::Release { reservation_id: "o-3".into() };
+    assert!(matches!(
+        rt.execute(&rt.command("account", "ben", "o-3/release", &release)).unwrap(),
+        Outcome::Accepted(_)
+    ));
+    let d = rt.admit(&request("o-5", "ben", "sms-bundle", 1, None)).unwrap();
+    assert_eq!(granted(&d).price.minor_units, 500, "uses 1, 2 and 4 are open: this is the 4th use, which pays");
+    for id in ["o-1", "o-2", "o-4", "o-5"] {
+        terminate(&mut rt, id, "ben", 1);
+    }
+    // Four uses were used, one after another that is 3 free + one refill, whatever the order.
+    let account = rt.account("ben").unwrap();
+    assert_eq!((account.balance, account.held), (10_000 - 500, 0));
+    check_projection(&rt, "ben");
+}
+
+#[test]
+fn several_units_of_per_use_and_composite_offers_are_priced_exactly() {
+    let mut rt = runtime();
+    open(&mut rt, "eve", 10_000);
+    let d = rt.admit(&request("c-12", "eve", "coffee", 12, None)).unwrap();
+    let g = granted(&d);
+    assert_eq!((g.grant.granted_units, g.price.minor_units), (12, 12 * 100 - 10), "the 11th of 12 is 10% off");
+    let d = rt.admit(&request("v-5", "eve", "vendor", 5, None)).unwrap();
+    assert_eq!(granted(&d).price.minor_units, 55, "5 x 10 + 10% markup");
+    terminate(&mut rt, "c-12", "eve", 12);
+    terminate(&mut rt, "v-5", "eve", 5);
+    assert_eq!(rt.account("eve").unwrap().balance, 10_000 - 1_190 - 55, "charged what was priced");
+}
+
+#[test]
 fn threshold_discount_makes_the_eleventh_use_ninety_percent() {
     let mut rt = runtime();
     open(&mut rt, "carol", 10_000);

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tollgate_billing_model::account::{AccountCommand, Money};
+use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::aggregate::Outcome;
 use tollgate_host::fixtures::{self, PREPAID_ACCOUNT};
 use tollgate_runtime::quota::{EdgeDecision, EdgeNode, QuotaPolicy, reap_expired_grants};
@@ -72,10 +73,10 @@ fn reserver_child() {
                     let reserve = AccountCommand::Reserve {
                         reservation_id: id.clone(),
                         units: 1,
-                        unit_price: Money::new(10, "EUR"),
+                        plan: vec![PriceTerm::PerUnit { offer: String::new(), unit_price: 10 }],
+                        currency: "EUR".into(),
                         validity_ms: 600_000,
                         offer: String::new(),
-                        counters: Vec::new(),
                     };
                     match execute(&mut rt, "hot", &id, &reserve) {
                         Outcome::Accepted(_) => granted += 1,
