@@ -672,11 +672,8 @@ impl FileStore {
             }
             Ok(())
         })?;
-        let seg = &scan.segments.iter().find(|s| s.report.number == segment).expect("listed").report;
-        let header_ok = matches!(
-            scan.segments.iter().find(|s| s.report.number == segment).map(|s| s.header),
-            Some(Header::Ok { .. })
-        );
+        let scanned = scan.segments.iter().find(|s| s.report.number == segment).expect("listed");
+        let (seg, header_ok) = (&scanned.report, matches!(scanned.header, Header::Ok { .. }));
         if header_ok {
             boundaries.insert(SEGMENT_HEADER as u64);
             if !seg.sealed {

@@ -106,7 +106,7 @@ fn damage_is_refused_by_read_only_commands_then_verified_and_repaired() {
     let (code, out, err) = run(&["events", "acct", "k", "--store", &store]);
     assert_eq!(code, 0, "{err}");
     let kept = out.lines().count();
-    assert!(kept >= 1 && kept < 12, "{out}");
+    assert!((1..12).contains(&kept), "{out}");
     let (code, out, _) = run(&["store", "verify", "--store", &store]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("last position  {kept}")), "{out}");
