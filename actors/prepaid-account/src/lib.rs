@@ -17,9 +17,7 @@
 //!
 //! Events are at schema version 2; version 1 logs are read through [`upcast`](Aggregate::upcast).
 
-use tollgate_billing_model::account::{
-    Account, AccountCommand, AccountEvent, MAX_MONEY, Money, STREAM, list,
-};
+use tollgate_billing_model::account::{Account, AccountCommand, AccountEvent, MAX_MONEY, Money, STREAM, list};
 use tollgate_billing_model::pricing::{self, PlanError, worst_price};
 use tollgate_sdk::{Aggregate, Command, Event, Rejection};
 

@@ -315,22 +315,13 @@ impl Account {
             }
             AccountEvent::ToppedUp { amount } => self.balance = self.balance.saturating_add(amount),
             AccountEvent::Reserved {
-                reservation_id,
-                offer,
-                granted_units,
-                plan,
-                held,
-                expires_at,
-                counters,
-                ..
+                reservation_id, offer, granted_units, plan, held, expires_at, counters, ..
             } => {
                 self.held = self.held.saturating_add(held);
                 // With a plan the counters only say what the price was rated from.
                 let counters = if plan.is_empty() { counters } else { Vec::new() };
-                self.reservations.insert(
-                    reservation_id,
-                    Reservation { offer, granted_units, plan, held, expires_at, counters },
-                );
+                self.reservations
+                    .insert(reservation_id, Reservation { offer, granted_units, plan, held, expires_at, counters });
             }
             AccountEvent::Debited { reservation_id, used_units, charged, .. } => {
                 if let Some(r) = self.reservations.remove(&reservation_id) {

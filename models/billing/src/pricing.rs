@@ -116,25 +116,24 @@ impl std::str::FromStr for PriceTerm {
         fn number<T: std::str::FromStr>(word: &str) -> Option<T> {
             word.parse().ok()
         }
-        let term = match words.as_slice() {
-            ["per-unit", offer, p] => {
-                Some(PriceTerm::PerUnit { offer: offer.to_string(), unit_price: number(p).ok_or_else(bad)? })
-            }
-            ["bundle", offer, size, p] => number(size).zip(number(p)).map(|(size, refill_price)| PriceTerm::Bundle {
-                offer: offer.to_string(),
-                size,
-                refill_price,
-            }),
-            ["threshold", offer, p, every, d] => {
-                number(p).zip(number(every)).zip(number(d)).map(|((unit_price, every), discount)| {
-                    PriceTerm::Threshold { offer: offer.to_string(), unit_price, every, discount }
-                })
-            }
-            ["composite", offer, m, c] => number(m).zip(number(c)).map(|(markup_percent, children)| {
-                PriceTerm::Composite { offer: offer.to_string(), markup_percent, children }
-            }),
-            _ => None,
-        };
+        let term =
+            match words.as_slice() {
+                ["per-unit", offer, p] => {
+                    Some(PriceTerm::PerUnit { offer: offer.to_string(), unit_price: number(p).ok_or_else(bad)? })
+                }
+                ["bundle", offer, size, p] => number(size)
+                    .zip(number(p))
+                    .map(|(size, refill_price)| PriceTerm::Bundle { offer: offer.to_string(), size, refill_price }),
+                ["threshold", offer, p, every, d] => {
+                    number(p).zip(number(every)).zip(number(d)).map(|((unit_price, every), discount)| {
+                        PriceTerm::Threshold { offer: offer.to_string(), unit_price, every, discount }
+                    })
+                }
+                ["composite", offer, m, c] => number(m).zip(number(c)).map(|(markup_percent, children)| {
+                    PriceTerm::Composite { offer: offer.to_string(), markup_percent, children }
+                }),
+                _ => None,
+            };
         term.ok_or_else(bad)
     }
 }
@@ -406,7 +405,9 @@ mod tests {
             assert_eq!(term.to_string().parse::<PriceTerm>(), Ok(term.clone()));
         }
         assert_eq!(PriceTerm::PerUnit { offer: "v".into(), unit_price: 2 }.to_string(), "per-unit v 2");
-        for bad in ["", "per-unit v", "per-unit v 2 3", "bundle s -1 5", "kilo v 1", "composite c 1 -1", "per-unit  v 2"] {
+        for bad in
+            ["", "per-unit v", "per-unit v 2 3", "bundle s -1 5", "kilo v 1", "composite c 1 -1", "per-unit  v 2"]
+        {
             assert!(bad.parse::<PriceTerm>().unwrap_err().contains("is not a price term"), "{bad}");
         }
     }
