@@ -16,6 +16,8 @@ const COMPONENTS: &[(&str, bool)] = &[
     ("actors/balance-projector", true),
     ("actors/charging-session", true),
     ("host-test/fixtures/misbehaving", false),
+    ("host-test/fixtures/sleeper", false),
+    ("host-test/fixtures/log-flooder", false),
 ];
 
 const USAGE: &str = "usage: cargo xtask <task>
