@@ -13,7 +13,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// What one call of an actor may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// CPU time per call, in milliseconds (enforced by epoch interruption, 1 ms ticks).
+    /// CPU time of the guest per call, in milliseconds, counted in fuel ([`FUEL_PER_MS`] per
+    /// ms): the same call gets the same verdict on an idle or a loaded machine, and time spent
+    /// in host imports (an fsync behind a policy's `reserve`) is not counted. At most
+    /// [`MAX_CPU_MS`].
     pub cpu_ms: u64,
     /// Linear memory per instance, in bytes.
     pub memory_bytes: usize,
@@ -27,8 +30,64 @@ impl Default for Limits {
     }
 }
 
-/// How often the epoch advances: the granularity of the CPU cap.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
+impl Limits {
+    /// The fuel one call starts with: `cpu_ms` x [`FUEL_PER_MS`].
+    pub fn fuel(&self) -> u64 {
+        // Cannot overflow: `HostEngine::new` refuses a `cpu_ms` above `MAX_CPU_MS`.
+        self.cpu_ms.saturating_mul(FUEL_PER_MS)
+    }
+
+    /// The wall-clock backstop of one call, in ms: [`BACKSTOP_FACTOR`] x `cpu_ms`, at least
+    /// [`MIN_BACKSTOP_MS`].
+    pub fn backstop_ms(&self) -> u64 {
+        self.cpu_ms.saturating_mul(BACKSTOP_FACTOR).max(MIN_BACKSTOP_MS)
+    }
+
+    fn backstop_ticks(&self) -> u64 {
+        self.backstop_ms().div_ceil(EPOCH_TICK.as_millis() as u64)
+    }
+
+    fn check(&self) -> Result<(), HostError> {
+        let bad = |message: String| Err(HostError::Host { context: "check the limits".into(), message });
+        if !(1..=MAX_CPU_MS).contains(&self.cpu_ms) {
+            return bad(format!("cpu_ms is {}, must be between 1 and {MAX_CPU_MS}", self.cpu_ms));
+        }
+        if !(1..=MAX_MEMORY_BYTES).contains(&self.memory_bytes) {
+            return bad(format!("memory_bytes is {}, must be between 1 and {MAX_MEMORY_BYTES}", self.memory_bytes));
+        }
+        if self.max_instances == 0 || self.max_instances.checked_mul(8).is_none() {
+            return bad(format!("max_instances is {}, must be between 1 and {}", self.max_instances, u32::MAX / 8));
+        }
+        Ok(())
+    }
+}
+
+/// Fuel per millisecond of [`Limits::cpu_ms`]. Fuel counts wasm operators as wasmtime executes
+/// them (most cost 1); calibrated by timing the `misbehaving` fixture's `spin` loop, which ran
+/// about 1.1 billion operators a second on this project's reference machine (2-core x86-64
+/// VM), and rounded down to 1 million per ms, so a call's cap in ms is close to the CPU time
+/// it gets on such a machine. A faster machine runs the same fuel in less time, a slower or
+/// loaded one in more: the verdict on a call never changes, only how long it takes.
+pub const FUEL_PER_MS: u64 = 1_000_000;
+
+/// The largest `cpu_ms` accepted: a minute of guest CPU per call.
+pub const MAX_CPU_MS: u64 = 60_000;
+
+/// The largest linear memory accepted: the whole 4 GiB a 32-bit guest can address.
+pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+
+/// The wall-clock backstop is this many times the CPU cap. Fuel does not run down while the
+/// guest waits in a host import, so a guest looping over costly imports is stopped by the
+/// backstop instead: an epoch deadline far enough out that a call within its fuel does not
+/// reach it even on a heavily loaded machine.
+pub const BACKSTOP_FACTOR: u64 = 100;
+
+/// The shortest wall-clock backstop, in ms (small caps would otherwise get a backstop that
+/// machine load could reach).
+pub const MIN_BACKSTOP_MS: u64 = 30_000;
+
+/// How often the epoch advances: the granularity of the wall-clock backstop.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of a pooled memory or table reset in place (memset) rather than decommitted when its
 /// instance goes away.
 const RESIDENT_BYTES: usize = 1 << 20;
@@ -45,13 +104,15 @@ struct Inner {
 pub struct HostEngine(Arc<Inner>, Option<Arc<CodeCache>>);
 
 impl HostEngine {
-    /// Builds an engine with explicit pooling limits and starts its epoch ticker.
+    /// Builds an engine with explicit pooling limits and starts its epoch ticker (the
+    /// wall-clock backstop); fails if a limit is out of range.
     ///
     /// ```no_run
     /// let engine = tollgate_host::HostEngine::new(tollgate_host::Limits::default()).unwrap();
     /// assert_eq!(engine.limits().cpu_ms, 100);
     /// ```
     pub fn new(limits: Limits) -> Result<Self, HostError> {
+        limits.check()?;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(limits.max_instances)
             .total_core_instances(limits.max_instances * 8)
@@ -71,6 +132,7 @@ impl HostEngine {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
+            .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // For `perf`: JIT code would otherwise show as bare addresses.
@@ -132,6 +194,12 @@ impl HostEngine {
     pub fn limits(&self) -> &Limits {
         &self.0.limits
     }
+
+    /// Gives `store` the budget of one call: [`Limits::fuel`] and the wall-clock backstop.
+    pub fn arm<T>(&self, store: &mut wasmtime::Store<T>) {
+        store.set_fuel(self.0.limits.fuel()).expect("fuel is enabled on every engine");
+        store.set_epoch_deadline(self.0.limits.backstop_ticks());
+    }
 }
 
 fn spawn_epoch_ticker(engine: &Engine) {
@@ -154,6 +222,8 @@ pub(crate) fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreStat
     // Worlds share interfaces (logging, types); each world's add_to_linker defines them again.
     linker.allow_shadowing(true);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // Shadows WASI's monotonic clock: its subscriptions would block on real time.
+    wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
     aggregate::Aggregate::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
     projector::Projector::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
     process_manager::ProcessManager::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;

@@ -81,6 +81,19 @@ pub enum HostError {
         /// The cap.
         limit_ms: u64,
     },
+    /// The call held the host past the wall-clock backstop (it spent its time in host imports,
+    /// where fuel does not run down). Its instance was discarded.
+    #[error(
+        "{actor}: `{function}` ran for more than {limit_ms} ms of wall-clock time (the backstop for calls that wait in host imports) and was interrupted"
+    )]
+    WallClockCap {
+        /// The actor.
+        actor: String,
+        /// The export called.
+        function: String,
+        /// The backstop.
+        limit_ms: u64,
+    },
     /// The call tried to grow memory past its cap. Its instance was discarded.
     #[error("{actor}: `{function}` exceeded the memory cap of {limit_bytes} bytes")]
     MemoryCap {
@@ -115,6 +128,12 @@ impl HostError {
 
     /// Whether the actor's instance was lost (trap or cap) and a fresh one will be used next.
     pub fn is_trap(&self) -> bool {
-        matches!(self, HostError::Trap { .. } | HostError::CpuCap { .. } | HostError::MemoryCap { .. })
+        matches!(
+            self,
+            HostError::Trap { .. }
+                | HostError::CpuCap { .. }
+                | HostError::WallClockCap { .. }
+                | HostError::MemoryCap { .. }
+        )
     }
 }

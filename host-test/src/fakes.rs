@@ -1,12 +1,14 @@
-//! Host fakes you can seed and inspect: configuration, key-value storage, the clock, logs, and
-//! a record of every call an actor made to its imports (like spin-test's `calls()`).
+//! Host fakes you can seed and inspect: configuration, key-value storage, the clock, and, when
+//! asked with [`Fakes::record_calls`], the guest's log lines and a record of every call an
+//! actor made to its imports (like spin-test's `calls()`). The test harness records; a runtime
+//! does not, so nothing accumulates in a long-running node.
 //!
 //! One [`Fakes`] handle is shared by the test and every store it creates, so a test seeds it
 //! before the call and reads it afterwards. Key-value writes made during a call are staged and
 //! only committed when the call succeeds: a trap or an error leaves storage untouched.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One log line an actor emitted through `wasi:logging`.
@@ -95,6 +97,9 @@ struct State {
 pub struct Fakes {
     state: Arc<Mutex<State>>,
     clock: VirtualClock,
+    /// Whether calls and log lines are kept (see [`Fakes::record_calls`]); read without the lock
+    /// on every import call.
+    recording: Arc<AtomicBool>,
 }
 
 /// The host-side representation of an open `wasi:keyvalue` bucket.
@@ -105,7 +110,7 @@ pub struct BucketHandle {
 }
 
 impl Fakes {
-    /// Empty fakes at time 0.
+    /// Empty fakes at time 0, recording nothing.
     pub fn new() -> Self {
         Self::default()
     }
@@ -118,7 +123,7 @@ impl Fakes {
 
     /// Empty fakes sharing `clock` with other actors.
     pub fn with_clock(clock: VirtualClock) -> Self {
-        Fakes { state: Default::default(), clock }
+        Fakes { state: Default::default(), clock, recording: Default::default() }
     }
 
     /// The virtual clock.
@@ -179,12 +184,19 @@ impl Fakes {
         self.lock().written.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// Log lines so far.
+    /// Starts keeping every call to a host import and every guest log line (as the log budget
+    /// of each call lets through), for [`Fakes::calls`] and [`Fakes::logs`]. Only a test
+    /// harness should: they are kept until [`Fakes::reset_calls`].
+    pub fn record_calls(&self) {
+        self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// Log lines so far (empty unless recording).
     pub fn logs(&self) -> Vec<LogLine> {
         self.lock().logs.clone()
     }
 
-    /// Calls to host imports so far, oldest first.
+    /// Calls to host imports so far, oldest first (empty unless recording).
     pub fn calls(&self) -> Vec<HostCall> {
         self.lock().calls.clone()
     }
@@ -196,12 +208,18 @@ impl Fakes {
         s.logs.clear();
     }
 
-    pub(crate) fn record(&self, interface: &str, function: &str, args: Vec<String>) {
-        self.lock().calls.push(HostCall { interface: interface.into(), function: function.into(), args });
+    /// Records a call when recording; `args` renders its arguments only then.
+    pub(crate) fn record(&self, interface: &str, function: &str, args: impl FnOnce() -> Vec<String>) {
+        if self.recording.load(Ordering::Relaxed) {
+            self.lock().calls.push(HostCall { interface: interface.into(), function: function.into(), args: args() });
+        }
     }
 
+    /// Keeps a log line when recording.
     pub(crate) fn log(&self, level: &str, context: &str, message: &str) {
-        self.lock().logs.push(LogLine { level: level.into(), context: context.into(), message: message.into() });
+        if self.recording.load(Ordering::Relaxed) {
+            self.lock().logs.push(LogLine { level: level.into(), context: context.into(), message: message.into() });
+        }
     }
 
     pub(crate) fn staged_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {

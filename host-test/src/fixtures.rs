@@ -16,6 +16,10 @@ pub const BALANCE_PROJECTOR: &str = "balance_projector";
 pub const CHARGING_SESSION: &str = "charging_session";
 /// The test fixture that panics, spins or grows memory on command.
 pub const MISBEHAVING: &str = "misbehaving";
+/// The test fixture that sleeps an hour or polls the clock until an hour has passed.
+pub const SLEEPER: &str = "sleeper";
+/// The test fixture that logs tens of MiB per command or floods stderr before panicking.
+pub const LOG_FLOODER: &str = "log_flooder";
 
 /// The directory holding the compiled actors.
 pub fn actors_dir() -> PathBuf {

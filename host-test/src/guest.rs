@@ -1,6 +1,7 @@
-//! One live instance of an actor and the rules around calling it: a CPU deadline and memory cap
-//! per call, stderr captured per call, and a trap discards the instance (its store is poisoned);
-//! the next call gets a fresh one.
+//! One live instance of an actor and the rules around calling it: a CPU cap (fuel) with a
+//! wall-clock backstop (epoch) and a memory cap per call, stderr captured and logs bounded per
+//! call, and a trap discards the instance (its store is poisoned); the next call gets a fresh
+//! one.
 
 use crate::actor::Actor;
 use crate::error::HostError;
@@ -58,19 +59,23 @@ impl<B> Guest<B> {
         commit: impl FnOnce(&R) -> bool,
     ) -> Result<R, HostError> {
         if self.live.is_none() {
+            // Instantiation (the guest's start functions) runs on the budget `new_store` arms.
             let mut store = StoreState::new_store(self.actor.engine(), self.fakes.clone(), self.services.clone());
-            store.set_epoch_deadline(self.actor.engine().limits().cpu_ms);
             let bindings = match (self.instantiate)(self.actor.instance_pre(), &mut store) {
                 Ok(b) => b,
-                Err(e) => return Err(self.classify("instantiate", e, &mut store)),
+                Err(e) => {
+                    store.data_mut().log_budget.finish(&self.fakes, self.actor.name(), "instantiate");
+                    return Err(self.classify("instantiate", e, &mut store));
+                }
             };
             self.instances_created += 1;
             self.live = Some((store, bindings));
         }
         let (store, bindings) = self.live.as_mut().expect("instance created above");
-        store.set_epoch_deadline(self.actor.engine().limits().cpu_ms);
+        self.actor.engine().arm(store);
         store.data_mut().memory.hit = false;
         let result = f(bindings, store);
+        store.data_mut().log_budget.finish(&self.fakes, self.actor.name(), function);
         match result {
             Ok(value) => {
                 // Output of a successful call is of no interest; drop it so it can't pile up.
@@ -97,8 +102,18 @@ impl<B> Guest<B> {
         if store.data().memory.hit {
             return HostError::MemoryCap { actor, function, limit_bytes: self.actor.engine().limits().memory_bytes };
         }
-        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return HostError::CpuCap { actor, function, limit_ms: self.actor.engine().limits().cpu_ms };
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => {
+                return HostError::CpuCap { actor, function, limit_ms: self.actor.engine().limits().cpu_ms };
+            }
+            Some(Trap::Interrupt) => {
+                return HostError::WallClockCap {
+                    actor,
+                    function,
+                    limit_ms: self.actor.engine().limits().backstop_ms(),
+                };
+            }
+            _ => {}
         }
         HostError::Trap { actor, function, message: error.root_cause().to_string(), stderr }
     }

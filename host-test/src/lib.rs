@@ -2,14 +2,16 @@
 //! them, call them, and test them given / when / then.
 //!
 //! - [`HostEngine`]: one engine per process, pooling allocator with explicit limits, a CPU cap
-//!   per call (epoch interruption) and a memory cap per instance.
+//!   per call (fuel: deterministic, guest instructions only, see [`engine::FUEL_PER_MS`]) with a
+//!   generous wall-clock backstop (epoch interruption), and a memory cap per instance.
 //! - [`CodeCache`]: compiled code on disk, keyed by component and engine configuration
 //!   ([`HostEngine::with_code_cache`]).
 //! - [`Actor`]: a loaded component; loading checks it is a component, what role it exports,
 //!   and that every import is provided (the error names the missing interface).
 //! - WASI is linked with nothing granted: no preopens, environment, arguments or network; a
-//!   virtual clock and deterministic randomness. The guest's stderr is captured per call so a
-//!   panic message reaches the error.
+//!   virtual clock (a sleep returns at once) and deterministic randomness. The guest's stderr
+//!   is captured per call (its last 64 KiB) so a panic message reaches the error; its log lines
+//!   go to `tracing`, bounded per call.
 //! - A trap poisons its store: the instance is discarded and the next call gets a fresh one.
 //!   Business failures are rejections (WIT results), never traps.
 //! - [`testing::AggregateTest`]: tests written `given(events).when(command).then_expect_events(..)`.

@@ -1,5 +1,6 @@
 //! What every store carries: WASI with nothing granted, the memory cap, the guest's captured
-//! stderr, the fakes, and the services a policy's imports are served by.
+//! stderr, the log budget of the call in progress, the fakes, and the services a policy's
+//! imports are served by.
 
 use crate::engine::HostEngine;
 use crate::fakes::Fakes;
@@ -12,30 +13,119 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// Most stderr kept per call: enough for a panic message and backtrace hint.
+/// Most stderr kept per call: enough for a panic message and backtrace hint. Past it the
+/// oldest bytes go, so the tail (where the panic message is) stays.
 const STDERR_CAP: usize = 64 << 10;
 
-/// The guest's stderr, drained after every call so a panic message reaches the error.
+#[derive(Default)]
+struct StderrTail {
+    /// The last bytes written, at most `2 * STDERR_CAP` (trimmed to the cap in batches).
+    bytes: Vec<u8>,
+    /// Bytes dropped from the front since the last take.
+    dropped: u64,
+}
+
+/// The guest's stderr, drained after every call so a panic message reaches the error. Holds at
+/// most the last 64 KiB of a call (twice that between trims).
 #[derive(Clone, Default)]
-pub struct GuestStderr(Arc<Mutex<Vec<u8>>>);
+pub struct GuestStderr(Arc<Mutex<StderrTail>>);
 
 impl GuestStderr {
-    /// Takes what the guest wrote since the last call.
+    /// Takes what the guest wrote since the last call: its last 64 KiB, after a line saying
+    /// how much came before when there was more.
     pub fn take(&self) -> String {
-        let bytes = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        String::from_utf8_lossy(&bytes).into_owned()
+        let tail = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let keep = tail.bytes.len().min(STDERR_CAP);
+        let cut = tail.dropped.saturating_add((tail.bytes.len() - keep) as u64);
+        let text = String::from_utf8_lossy(&tail.bytes[tail.bytes.len() - keep..]);
+        if cut == 0 { text.into_owned() } else { format!("[{cut} earlier bytes of stderr dropped]\n{text}") }
     }
 
     /// Drops what the guest wrote since the last call, without copying it.
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tail.bytes.clear();
+        tail.dropped = 0;
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let room = STDERR_CAP.saturating_sub(buf.len());
-        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the last STDERR_CAP bytes of `bytes` can survive.
+        let skip = bytes.len().saturating_sub(STDERR_CAP);
+        tail.dropped = tail.dropped.saturating_add(skip as u64);
+        tail.bytes.extend_from_slice(&bytes[skip..]);
+        if tail.bytes.len() > 2 * STDERR_CAP {
+            let excess = tail.bytes.len() - STDERR_CAP;
+            tail.bytes.drain(..excess);
+            tail.dropped = tail.dropped.saturating_add(excess as u64);
+        }
     }
+}
+
+/// Most bytes of one guest log message passed on; the rest is cut and the cut marked.
+pub const LOG_LINE_CAP: usize = 4 << 10;
+/// Most bytes of a log line's context passed on.
+const LOG_CONTEXT_CAP: usize = 256;
+/// Most log lines one call may emit; later lines are dropped and counted.
+pub const LOG_LINES_PER_CALL: u32 = 256;
+/// Most log bytes (messages and contexts, after cutting) one call may emit.
+pub const LOG_BYTES_PER_CALL: usize = 64 << 10;
+
+/// What one call may still log: lines beyond the per-call caps are dropped and counted, and
+/// one marker line says so when the call ends ([`LogBudget::finish`]).
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    lines: u32,
+    bytes: usize,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl LogBudget {
+    /// Lets a line through (cut to [`LOG_LINE_CAP`], the cut marked) or drops it when the
+    /// call is over its budget.
+    pub(crate) fn admit(&mut self, context: String, message: String) -> Option<(String, String)> {
+        let size = context.len().saturating_add(message.len());
+        if self.lines >= LOG_LINES_PER_CALL || self.bytes >= LOG_BYTES_PER_CALL {
+            self.dropped_lines = self.dropped_lines.saturating_add(1);
+            self.dropped_bytes = self.dropped_bytes.saturating_add(size as u64);
+            return None;
+        }
+        let context = cut(context, LOG_CONTEXT_CAP);
+        let message = cut(message, LOG_LINE_CAP);
+        self.lines += 1;
+        self.bytes = self.bytes.saturating_add(context.len() + message.len());
+        Some((context, message))
+    }
+
+    /// Ends the call's budget: emits one warning naming what was dropped, if anything (also
+    /// kept by recording `fakes`), and starts the next call afresh.
+    pub(crate) fn finish(&mut self, fakes: &Fakes, actor: &str, function: &str) {
+        if self.dropped_lines > 0 {
+            let message = format!(
+                "guest log truncated: {} lines ({} bytes) dropped, over the limit of {LOG_LINES_PER_CALL} lines or {LOG_BYTES_PER_CALL} bytes per call",
+                self.dropped_lines, self.dropped_bytes
+            );
+            tracing::warn!(target: "tollgate::guest", actor, function, "{message}");
+            fakes.log("warn", "tollgate", &message);
+        }
+        *self = LogBudget::default();
+    }
+}
+
+/// `text` cut to at most `cap` bytes (at a character boundary), with the cut marked.
+fn cut(mut text: String, cap: usize) -> String {
+    if text.len() <= cap {
+        return text;
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!(" [{cut} bytes cut]"));
+    text
 }
 
 impl IsTerminal for GuestStderr {
@@ -61,7 +151,7 @@ impl Pollable for GuestStderr {
 
 impl OutputStream for GuestStderr {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        // Past the cap the rest is dropped, not refused: a chatty guest must not trap.
+        // Past the cap the oldest bytes are dropped, not refused: a chatty guest must not trap.
         self.push(&bytes);
         Ok(())
     }
@@ -71,6 +161,7 @@ impl OutputStream for GuestStderr {
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
+        // Any amount: past the cap the oldest bytes are dropped instead.
         Ok(STDERR_CAP)
     }
 }
@@ -127,6 +218,7 @@ pub struct StoreState {
     pub(crate) table: ResourceTable,
     pub(crate) memory: MemoryCap,
     pub(crate) stderr: GuestStderr,
+    pub(crate) log_budget: LogBudget,
     pub(crate) fakes: Fakes,
     pub(crate) services: Option<Arc<dyn PolicyServices>>,
 }
@@ -139,7 +231,8 @@ impl WasiView for StoreState {
 
 impl StoreState {
     /// A new store: no preopens, no environment, no arguments, no network, stdin empty,
-    /// stdout discarded, stderr captured, the fakes' virtual clock, deterministic randomness.
+    /// stdout discarded, stderr captured, the fakes' virtual clock, deterministic randomness,
+    /// and the fuel and wall-clock backstop of one call ([`HostEngine::arm`]).
     pub fn new_store(
         engine: &HostEngine,
         fakes: Fakes,
@@ -159,11 +252,13 @@ impl StoreState {
             table: ResourceTable::new(),
             memory: MemoryCap { limit: engine.limits().memory_bytes, hit: false },
             stderr,
+            log_budget: LogBudget::default(),
             fakes,
             services,
         };
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|s| &mut s.memory);
+        engine.arm(&mut store);
         store
     }
 }

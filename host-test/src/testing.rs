@@ -54,6 +54,7 @@ impl AggregateTest {
     /// Tests an already loaded actor, with fresh fakes.
     pub fn from_actor(actor: Actor) -> Result<Self, HostError> {
         let fakes = Fakes::new();
+        fakes.record_calls();
         let host = AggregateHost::new(actor, fakes.clone())?;
         Ok(AggregateTest { host, fakes, key: TEST_KEY.into(), commands_sent: 0 })
     }

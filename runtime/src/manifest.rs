@@ -2,8 +2,8 @@
 //!
 //! ```toml
 //! [limits]
-//! cpu_ms = 100
-//! memory_mib = 64
+//! cpu_ms = 100      # guest CPU per call (fuel, host imports not counted), 1..=60000
+//! memory_mib = 64   # linear memory per instance, 1..=4096
 //!
 //! [actors.account]
 //! kind = "aggregate"
@@ -52,6 +52,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tollgate_host::ActorKind;
+use tollgate_host::engine::{MAX_CPU_MS, MAX_MEMORY_BYTES};
 
 /// A parsed manifest.
 #[derive(Debug, Clone, Deserialize)]
@@ -188,14 +189,18 @@ pub struct RegistrySpec {
     pub plain_http: bool,
 }
 
+/// The largest `limits.memory_mib`: 4 GiB, all a 32-bit guest can address.
+pub const MAX_MEMORY_MIB: usize = MAX_MEMORY_BYTES >> 20;
+
 /// Limits as written in a manifest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
-    /// CPU time per call, ms.
+    /// Guest CPU time per call, ms (counted in fuel: host imports do not count, machine load
+    /// does not change the verdict), 1 to 60 000.
     #[serde(default = "default_cpu_ms")]
     pub cpu_ms: u64,
-    /// Linear memory per instance, MiB.
+    /// Linear memory per instance, MiB, 1 to 4096.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
 }
@@ -288,11 +293,18 @@ impl Manifest {
         let mut manifest: Manifest =
             toml::from_str(text).map_err(|e| ManifestError::Parse { path: path.into(), message: e.to_string() })?;
         let invalid = |field: String, message: String| ManifestError::Invalid { path: path.into(), field, message };
-        if manifest.limits.cpu_ms == 0 {
-            return Err(invalid("limits.cpu_ms".into(), "must be > 0".into()));
+        let cpu_ms = manifest.limits.cpu_ms;
+        if !(1..=MAX_CPU_MS).contains(&cpu_ms) {
+            return Err(invalid("limits.cpu_ms".into(), format!("is {cpu_ms}, must be between 1 and {MAX_CPU_MS}")));
         }
-        if manifest.limits.memory_mib == 0 {
-            return Err(invalid("limits.memory_mib".into(), "must be > 0".into()));
+        let memory_mib = manifest.limits.memory_mib;
+        if !(1..=MAX_MEMORY_MIB).contains(&memory_mib) {
+            return Err(invalid(
+                "limits.memory_mib".into(),
+                format!(
+                    "is {memory_mib}, must be between 1 and {MAX_MEMORY_MIB} (a 32-bit guest's whole address space)"
+                ),
+            ));
         }
         if let Some(field) = manifest.reactions.zero_field() {
             return Err(invalid(format!("reactions.{field}"), "must be > 0".into()));
@@ -403,6 +415,33 @@ mod tests {
         assert_eq!(err, "m.toml: `reactions.max_timers_per_tick`: must be > 0");
         let err = parse("[reactions]\nmax_depth = 3\n[actors]\n").unwrap_err().to_string();
         assert!(err.contains("max_depth"), "{err}");
+    }
+
+    #[test]
+    fn limits_out_of_range_name_the_field() {
+        let actor = "[actors.a]\nkind = \"aggregate\"\nfile = \"a.wasm\"\n";
+        for (limits, expected) in [
+            ("cpu_ms = 0", "m.toml: `limits.cpu_ms`: is 0, must be between 1 and 60000"),
+            ("cpu_ms = 60001", "m.toml: `limits.cpu_ms`: is 60001, must be between 1 and 60000"),
+            ("cpu_ms = 9223372036854775807", "`limits.cpu_ms`: is 9223372036854775807"),
+            ("memory_mib = 0", "m.toml: `limits.memory_mib`: is 0, must be between 1 and 4096"),
+            ("memory_mib = 4097", "m.toml: `limits.memory_mib`: is 4097, must be between 1 and 4096"),
+            ("memory_mib = 17592186044416", "`limits.memory_mib`: is 17592186044416"),
+            ("cpu_ms = -1", "cpu_ms"),
+            ("cpu_ms = 1.5", "cpu_ms"),
+        ] {
+            let err = parse(&format!("[limits]\n{limits}\n{actor}")).unwrap_err().to_string();
+            assert!(err.contains(expected), "{limits}: {err}");
+            assert!(err.starts_with("m.toml"), "{limits}: the error names the file: {err}");
+        }
+        for (limits, cpu_ms, memory_mib) in
+            [("cpu_ms = 1\nmemory_mib = 1", 1, 1), ("cpu_ms = 60000\nmemory_mib = 4096", 60_000, 4096)]
+        {
+            let m = parse(&format!("[limits]\n{limits}\n{actor}")).unwrap();
+            assert_eq!((m.limits.cpu_ms, m.limits.memory_mib), (cpu_ms, memory_mib));
+        }
+        let err = parse(&format!("[store]\nmax_deliver = 4294967296\n{actor}")).unwrap_err().to_string();
+        assert!(err.starts_with("m.toml") && err.contains("max_deliver"), "{err}");
     }
 
     #[test]

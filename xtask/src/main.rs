@@ -25,6 +25,8 @@ const COMPONENTS: &[(&str, bool)] = &[
     ("host-test/fixtures/reserve-then-trap", false),
     ("host-test/fixtures/namespace-intruder", false),
     ("host-test/fixtures/lying-upcaster", false),
+    ("host-test/fixtures/sleeper", false),
+    ("host-test/fixtures/log-flooder", false),
 ];
 
 const USAGE: &str = "usage: cargo xtask <task>

@@ -293,6 +293,16 @@ impl Message {
         }
     }
 
+    /// A stated envelope field that must fit 32 bits (`schema_version`).
+    pub fn meta_u32(&self, name: &str) -> anyhow::Result<Option<u32>> {
+        match self.meta_u64(name)? {
+            None => Ok(None),
+            Some(v) => u32::try_from(v)
+                .map(Some)
+                .map_err(|_| anyhow::anyhow!("`{name}` is {v}, above the largest allowed, {}", u32::MAX)),
+        }
+    }
+
     /// `{type, payload}` plus the stated envelope fields, as the diff shows it.
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();

@@ -69,8 +69,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bindings.insert(name, file);
     }
     let plain_http = args.plain_http;
-    if args.cpu_ms == 0 || args.memory_mib == 0 {
-        bail!("--cpu-ms and --memory-mib must be > 0");
+    let max_cpu_ms = tollgate_host::engine::MAX_CPU_MS;
+    if !(1..=max_cpu_ms).contains(&args.cpu_ms) {
+        bail!("--cpu-ms {}: must be between 1 and {max_cpu_ms}", args.cpu_ms);
+    }
+    let max_mib = tollgate_host::engine::MAX_MEMORY_BYTES >> 20;
+    if !(1..=max_mib).contains(&args.memory_mib) {
+        bail!("--memory-mib {}: must be between 1 and {max_mib}", args.memory_mib);
     }
     let limits =
         tollgate_host::Limits { cpu_ms: args.cpu_ms, memory_bytes: args.memory_mib << 20, ..Default::default() };

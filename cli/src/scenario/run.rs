@@ -74,6 +74,8 @@ pub struct Actors {
 
 fn fakes_for(case: &Prepared) -> Fakes {
     let fakes = Fakes::new();
+    // Scenario expectations may name host calls (`then.calls`).
+    fakes.record_calls();
     fakes.clock().set_ms(case.clock_ms);
     fakes.replace_config(case.config.clone());
     for (bucket, entries) in &case.kv {
@@ -134,7 +136,7 @@ impl Sequencer {
             stream,
             key,
             event_type: m.ty.clone(),
-            schema_version: m.meta_u64("schema_version").map_err(|e| e.to_string())?.unwrap_or(1) as u32,
+            schema_version: m.meta_u32("schema_version").map_err(|e| e.to_string())?.unwrap_or(1),
             content_type: tollgate_sdk::codec::JSON.into(),
             payload: m.payload_bytes(),
             sequence,
@@ -224,7 +226,7 @@ fn aggregate(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
     for m in &case.events {
         let draft = EventDraft {
             event_type: m.ty.clone(),
-            schema_version: m.meta_u64("schema_version").map_err(|e| e.to_string())?.map_or(version, |v| v as u32),
+            schema_version: m.meta_u32("schema_version").map_err(|e| e.to_string())?.unwrap_or(version),
             content_type: tollgate_sdk::codec::JSON.into(),
             payload: m.payload_bytes(),
         };

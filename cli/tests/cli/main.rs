@@ -2,6 +2,7 @@
 //! a node over the embedded log.
 
 mod errors;
+mod hostile;
 mod inspect;
 mod new;
 mod node;

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Stdio;
 use tollgate_host::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, PREPAID_ACCOUNT, RATER};
 
-fn manifest(dir: &Path) -> String {
+/// Writes a manifest wiring the reference account, rater, policy and projector into `dir`.
+pub(crate) fn manifest(dir: &Path) -> String {
     let text = format!(
         r#"
 [actors.account]
@@ -55,10 +56,13 @@ fn node(manifest: &str, store: &str, lines: &[&str]) -> (i32, Vec<serde_json::Va
     (code, out.lines().map(|l| serde_json::from_str(l).unwrap()).collect(), err)
 }
 
-const OPEN: &str =
+/// Opens account `alice`.
+pub(crate) const OPEN: &str =
     r#"{"execute": {"stream": "account", "key": "alice", "id": "o1", "command": {"open": {"currency": "EUR"}}}}"#;
-const TOP_UP: &str = r#"{"execute": {"stream": "account", "key": "alice", "id": "t1", "command": {"top-up": {"amount": {"minor_units": 1000, "currency": "EUR"}}}}}"#;
-const ADMIT: &str = r#"{"admit": {"id": "r1", "subscriber": "alice", "offer": "voice", "units": 10}}"#;
+/// Tops `alice` up by 1000.
+pub(crate) const TOP_UP: &str = r#"{"execute": {"stream": "account", "key": "alice", "id": "t1", "command": {"top-up": {"amount": {"minor_units": 1000, "currency": "EUR"}}}}}"#;
+/// Admits 10 voice units for `alice`.
+pub(crate) const ADMIT: &str = r#"{"admit": {"id": "r1", "subscriber": "alice", "offer": "voice", "units": 10}}"#;
 
 #[test]
 fn a_node_keeps_its_log_and_answers_repeats_across_runs() {

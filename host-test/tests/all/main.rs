@@ -1,6 +1,7 @@
 //! Integration tests of the harness on compiled components (built once per run by
 //! `cargo xtask build-actors`).
 
+mod hostile;
 mod loading;
 mod misbehaving;
 mod prepaid_account;
