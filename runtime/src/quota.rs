@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money, STREAM as ACCOUNT_STREAM};
 use tollgate_billing_model::pricing::PriceTerm;
-use tollgate_host::aggregate::{Event, Outcome, Rejection};
+use tollgate_host::aggregate::{Event, Outcome, Rejection, RejectionKind};
 use tollgate_store::{ExpectedVersion, NewEvent};
 
 /// Stream of an edge node's own log (key: the node's id).
@@ -366,10 +366,11 @@ impl EdgeNode {
         let owed = grant.price_of_used().ok_or_else(|| {
             refused(
                 id,
-                &Rejection::business(
-                    "amount-overflow",
-                    format!("{} units x {} overflows", grant.used, grant.unit_price),
-                ),
+                &Rejection {
+                    kind: RejectionKind::Business,
+                    code: "amount-overflow".into(),
+                    message: format!("{} units x {} overflows", grant.used, grant.unit_price),
+                },
             )
         })?;
         let rejection = match self.core.execute(&envelope)? {
