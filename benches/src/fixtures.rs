@@ -1,7 +1,7 @@
 //! Compiled actors, account commands, states and event streams shared by the benches.
 
 use std::path::PathBuf;
-use tollgate_billing_model::account::{AccountCommand, AccountEvent, Counter, Money, STREAM};
+use tollgate_billing_model::account::{AccountCommand, AccountEvent, Counter, STREAM};
 use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::aggregate as host;
 

@@ -136,7 +136,7 @@ enum Line {
 /// end of the input.
 fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<Line>> {
     buf.clear();
-    let read = input.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', buf)?;
+    let read = Read::take(&mut *input, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', buf)?;
     if read == 0 {
         return Ok(None);
     }

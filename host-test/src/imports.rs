@@ -79,7 +79,7 @@ impl config::Host for StoreState {
     }
 
     fn get_all(&mut self) -> Result<Vec<(String, String)>, config::Error> {
-        self.fakes.record("wasi:config/store", "get-all", || vec![]);
+        self.fakes.record("wasi:config/store", "get-all", Vec::new);
         Ok(self.fakes.config_all())
     }
 }

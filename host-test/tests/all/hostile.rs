@@ -17,7 +17,7 @@ use tollgate_host::{AggregateActor, Fakes, HostError, PolicyActor};
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 #[serde(rename_all = "kebab-case")]
-enum Sleep {
+enum SleeperCommand {
     Ok,
     Sleep,
     WaitAnHour,
@@ -53,21 +53,21 @@ fn an_hour_of_sleep_returns_at_once_and_the_clock_stays_the_hosts() {
     let test = AggregateTest::from_actor(fixture(SLEEPER)).unwrap();
     test.fakes().clock().set_ms(1_000);
     let started = Instant::now();
-    let mut then = test.when(Sleep::Sleep).then_expect_events([Slept::Slept]);
+    let mut then = test.when(SleeperCommand::Sleep).then_expect_events([Slept::Slept]);
     assert!(started.elapsed() < PATIENCE, "the sleep held the host for {:?}", started.elapsed());
     assert_eq!(then.test().fakes().clock().now_ms(), 1_000, "a guest's sleep does not move the host's clock");
-    then.and_when(Sleep::Ok).then_expect_events([Slept::Ok]);
+    then.and_when(SleeperCommand::Ok).then_expect_events([Slept::Ok]);
 }
 
 #[test]
 fn polling_the_clock_for_an_hour_hits_the_cpu_cap_and_the_next_call_works() {
     let test = AggregateTest::from_actor(fixture(SLEEPER)).unwrap();
     let started = Instant::now();
-    let (mut then, error) = test.when(Sleep::WaitAnHour).then_expect_error();
+    let (mut then, error) = test.when(SleeperCommand::WaitAnHour).then_expect_error();
     assert!(matches!(error, HostError::CpuCap { limit_ms: 100, .. }), "{error}");
     assert!(started.elapsed() < PATIENCE, "the poll loop held the host for {:?}", started.elapsed());
     let created = then.host().actor().guest().instances_created();
-    let mut then = then.and_when(Sleep::Ok).then_expect_events([Slept::Ok]);
+    let mut then = then.and_when(SleeperCommand::Ok).then_expect_events([Slept::Ok]);
     assert_eq!(then.host().actor().guest().instances_created(), created + 1, "a fresh instance served the next call");
 }
 
