@@ -627,6 +627,8 @@ fn policy(actors: &Actors, case: &Prepared, loader: &mut tollgate_runtime::Loade
     let mut rt = tollgate_runtime::Runtime::new(&manifest, loader).map_err(|e| e.to_string())?;
     rt.clock().set_ms(case.clock_ms);
     let fakes = rt.fakes("policy").cloned().expect("the policy has fakes");
+    // A node records nothing; a scenario may name the policy's host calls (`then.calls`).
+    fakes.record_calls();
     for (bucket, entries) in &case.kv {
         for (key, value) in entries {
             fakes.kv_set(bucket, key, value);

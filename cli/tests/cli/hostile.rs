@@ -161,7 +161,7 @@ fn every_bad_request_line_gets_one_error_and_the_run_goes_on() {
         bad(b"\xc3\x28".to_vec(), "not UTF-8: invalid byte at offset 0"),
         bad("5", "not a request"),
         bad("{", "not a request"),
-        bad("[".repeat(100_000), "recursion limit exceeded"),
+        bad("[".repeat(100_000), "not a request"),
         bad(r#"{"execute": {}, "admit": {}}"#, "not a request"),
         // Over-long lines and names.
         bad(format!(r#"{{"advance_ms": 0, "pad": "{}"}}"#, "x".repeat(2 << 20)), "over the limit of 1048576"),
