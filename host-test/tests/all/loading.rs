@@ -4,6 +4,10 @@ use crate::fixture;
 use tollgate_host::fixtures::{PREPAID_ACCOUNT, actor_path};
 use tollgate_host::{Actor, ActorKind, HostEngine, HostError};
 
+/// The size rule of `cargo xtask build-actors` (`ACTOR_SIZE_LIMIT`): 272 KiB since the account
+/// prices with price plans; about 23 KiB of it is serde_json's float formatting, the way back.
+const ACTOR_SIZE_LIMIT: usize = 272 * 1024;
+
 fn load_bytes(name: &str, bytes: &[u8]) -> HostError {
     let engine = HostEngine::shared().unwrap();
     match Actor::from_bytes(&engine, name, bytes) {
@@ -17,7 +21,7 @@ fn the_reference_actor_is_an_aggregate_importing_only_what_the_host_provides() {
     let actor = fixture(PREPAID_ACCOUNT);
     assert_eq!(actor.kind(), ActorKind::Aggregate);
     assert!(actor.exports().iter().any(|e| e == "tollgate:eventsourcing/command-handler@0.1.0"));
-    assert!(actor.size() <= 256 * 1024, "{} bytes", actor.size());
+    assert!(actor.size() <= ACTOR_SIZE_LIMIT, "{} bytes", actor.size());
     for import in actor.imports() {
         assert!(import.starts_with("wasi:") || import.starts_with("tollgate:"), "unexpected import {import}");
     }
@@ -98,6 +102,6 @@ fn every_reference_actor_is_a_small_component_of_its_kind() {
         let actor = fixture(name);
         assert_eq!(actor.kind(), kind, "{name}");
         assert!(actor.exports().iter().any(|e| e.starts_with("tollgate:")), "{name}");
-        assert!(actor.size() <= 256 * 1024, "{name} is {} bytes", actor.size());
+        assert!(actor.size() <= ACTOR_SIZE_LIMIT, "{name} is {} bytes", actor.size());
     }
 }
