@@ -136,9 +136,15 @@ impl Journal {
                 None => break probe,
             }
         };
-        while past - last.position > 1 {
+        // Another process may append meanwhile and put an event past `past`: then that event
+        // is the latest seen, which is all a clock start needs.
+        while past.saturating_sub(last.position) > 1 {
             let mid = last.position + (past - last.position) / 2;
             match first_from(mid)? {
+                Some(event) if event.position >= past => {
+                    last = event;
+                    break;
+                }
                 Some(event) => last = event,
                 None => past = mid,
             }

@@ -157,7 +157,15 @@ pub fn decide(request: &AdmissionRequest, services: &impl Services) -> Decision 
         Ok(grant) => grant,
         Err(e) => return denied(e.code, e.message),
     };
-    let same = grant.granted_units == request.requested_units && grant.price.minor_units == rated.total.minor_units;
+    // A repeat's grant was rated from earlier counters: an equal price is no proof of equal lines.
+    let same = grant.granted_units == request.requested_units
+        && grant.price.minor_units == rated.total.minor_units
+        && grant.counters.len() == status.counters.len()
+        && grant
+            .counters
+            .iter()
+            .zip(&status.counters)
+            .all(|(a, b)| (&a.offer, &a.name, a.value) == (&b.offer, &b.name, b.value));
     let lines = if same {
         rated.lines
     } else {
