@@ -213,6 +213,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     println!("  timers fired           {}", total.timers_fired);
     println!("  reactions over bounds  {}", total.reactions_over_bounds);
     println!("  holds released         {}", total.holds_released);
+    println!("  charges refunded       {}", total.charges_refunded);
     println!("dead letters:");
     for name in manifest.actors.keys() {
         if matches!(manifest.kind(name), ActorKind::Projector | ActorKind::ProcessManager) {

@@ -222,26 +222,63 @@ pub(crate) struct Core {
     /// Bounds on what reactions may cause.
     pub limits: ReactionLimits,
     pub cascades: Cascades,
-    /// Holds made by the `decide` call under way, released if it fails (see
+    /// The `decide` call under way and what to undo if it fails (see
     /// [`crate::Runtime::admit_with`]).
-    pub holds_in_decide: Vec<HoldInDecide>,
+    pub in_decide: InDecide,
 }
 
-/// A reservation a policy made inside the `decide` call under way.
+/// The charging calls of the `decide` call under way that must be undone if it fails: the
+/// client gets an error, so nothing may stay held or charged for it.
+#[derive(Debug, Default)]
+pub(crate) struct InDecide {
+    /// The request being decided (empty outside `decide`).
+    pub request_id: String,
+    /// In the order the calls were made.
+    pub undo: Vec<Undo>,
+}
+
+/// How one charging call made inside a failed `decide` is undone, on `account` of the
+/// aggregate actor `account_actor`.
 #[derive(Debug, Clone)]
-pub(crate) struct HoldInDecide {
-    /// The aggregate actor holding it.
+pub(crate) struct Undo {
+    /// The aggregate actor of the account.
     pub account_actor: String,
     /// The account.
     pub account: String,
-    /// The reservation.
-    pub reservation_id: String,
+    /// What to send.
+    pub action: UndoAction,
 }
 
-/// The command id of the release of `reservation_id` made by the failed decision on
-/// `request_id`: it names that decision in the log, and marks the request as answered.
-pub(crate) fn release_after_failed_decide(request_id: &str, reservation_id: &str) -> String {
-    format!("{request_id}/released-after-failed-decide/{reservation_id}")
+/// The command that undoes a charging call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UndoAction {
+    /// A reservation made: released.
+    Release {
+        /// The reservation.
+        reservation_id: String,
+    },
+    /// Money taken by a debit or a direct debit: refunded (counters stay as they are).
+    Refund {
+        /// The command id of the call that took it.
+        charge_id: String,
+        /// Minor units taken.
+        amount: i64,
+        /// The account's currency.
+        currency: String,
+    },
+}
+
+impl UndoAction {
+    /// The command id of the undo of this call by the failed decision on `request_id`: it
+    /// names that decision in the log, and marks the request as answered.
+    pub fn command_id(&self, request_id: &str) -> String {
+        match self {
+            UndoAction::Release { reservation_id } => {
+                format!("{request_id}/released-after-failed-decide/{reservation_id}")
+            }
+            UndoAction::Refund { charge_id, .. } => format!("{request_id}/refunded-after-failed-decide/{charge_id}"),
+        }
+    }
 }
 
 fn host_error(context: String, rejection: &Rejection) -> HostError {

@@ -3,7 +3,7 @@
 //! rater component. Request ids become command ids, so a repeated request changes nothing
 //! twice and gets its original answer.
 
-use crate::core::{Core, HoldInDecide, release_after_failed_decide};
+use crate::core::{Core, Undo, UndoAction};
 use std::sync::{Arc, Mutex};
 use tollgate_billing_model::account::{
     Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney,
@@ -89,7 +89,7 @@ impl ChargingFacade {
     ) -> Result<(Vec<AccountEvent>, Account), ChargingError> {
         let mut core = self.lock();
         let now = core.clock.now_ms();
-        let envelope = tollgate_host::aggregate::json_command(
+        let mut envelope = tollgate_host::aggregate::json_command(
             tollgate_billing_model::account::STREAM,
             account,
             request_id,
@@ -97,59 +97,74 @@ impl ChargingFacade {
             now,
         )
         .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("encode command: {e}")))?;
+        // Every call of one decision is correlated with the request decided.
+        if !core.in_decide.request_id.is_empty() {
+            envelope.correlation_id = core.in_decide.request_id.clone();
+        }
         // `accepted` counts only appends, not commands answered from the log.
         let appended_before = core.stats.accepted;
         let outcome = core
             .execute_on(&self.account_actor, &envelope)
             .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("account actor failed: {e}")))?;
-        if let (AccountCommand::Reserve { reservation_id, .. }, Outcome::Accepted(_)) = (command, &outcome) {
-            let new = core.stats.accepted > appended_before;
-            self.track_hold(&mut core, request_id, account, reservation_id, new)?;
-        }
-        match outcome {
-            Outcome::Rejected(r) => Err(error(result_code(&r), r.message)),
-            Outcome::Accepted(events) => {
-                let events = events
-                    .iter()
-                    .map(|e| tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("undecodable account event: {e}")))?;
-                let state = core
-                    .account_state(&self.account_actor, account)
-                    .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("read account: {e}")))?
-                    .unwrap_or_default();
-                Ok((events, state))
-            }
-        }
+        let new = core.stats.accepted > appended_before;
+        let events = match outcome {
+            Outcome::Rejected(r) => return Err(error(result_code(&r), r.message)),
+            Outcome::Accepted(events) => events
+                .iter()
+                .map(|e| tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("undecodable account event: {e}")))?,
+        };
+        let state = core
+            .account_state(&self.account_actor, account)
+            .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("read account: {e}")))?
+            .unwrap_or_default();
+        let undo = undo_of(request_id, command, &events, &state.currency);
+        self.track(&mut core, account, command, undo, new)?;
+        Ok((events, state))
     }
 
-    /// Remembers a new hold until the `decide` under way returns (it is released if that
-    /// fails); refuses a repeated request whose hold was released because its decision failed.
-    fn track_hold(
+    /// Remembers how to undo a charging call until the `decide` under way returns (it is
+    /// undone if that fails), and refuses a repeated call whose decision failed and was undone:
+    /// answering it from the log would hand out a grant released or a charge refunded.
+    fn track(
         &self,
         core: &mut Core,
-        request_id: &str,
         account: &str,
-        reservation_id: &str,
+        command: &AccountCommand,
+        action: Option<UndoAction>,
         new: bool,
     ) -> Result<(), ChargingError> {
         if new {
-            core.holds_in_decide.push(HoldInDecide {
-                account_actor: self.account_actor.clone(),
-                account: account.into(),
-                reservation_id: reservation_id.into(),
-            });
+            // A reservation this decision debited or released is no longer held.
+            if let AccountCommand::Debit { reservation_id, .. } | AccountCommand::Release { reservation_id } = command {
+                core.in_decide.undo.retain(|u| {
+                    u.account != account || u.action != UndoAction::Release { reservation_id: reservation_id.clone() }
+                });
+            }
+            if let Some(action) = action {
+                core.in_decide.undo.push(Undo {
+                    account_actor: self.account_actor.clone(),
+                    account: account.into(),
+                    action,
+                });
+            }
             return Ok(());
         }
-        let released = release_after_failed_decide(request_id, reservation_id);
-        match core.recently_committed(&self.account_actor, account, &released) {
+        let Some(action) = action else { return Ok(()) };
+        let decision = core.in_decide.request_id.clone();
+        match core.recently_committed(&self.account_actor, account, &action.command_id(&decision)) {
             Ok(false) => Ok(()),
-            Ok(true) => Err(error(
-                ResultCode::EndUserServiceDenied,
-                format!(
-                    "request `{request_id}` failed before it was answered and its hold was released; send a new request id"
-                ),
-            )),
+            Ok(true) => {
+                let undone = match action {
+                    UndoAction::Release { .. } => "its hold was released",
+                    UndoAction::Refund { .. } => "its charge was refunded",
+                };
+                Err(error(
+                    ResultCode::EndUserServiceDenied,
+                    format!("request `{decision}` failed before it was answered and {undone}; send a new request id"),
+                ))
+            }
             Err(e) => Err(error(ResultCode::EndUserServiceDenied, format!("read account: {e}"))),
         }
     }
@@ -176,6 +191,23 @@ impl ChargingFacade {
             }),
             Err(host) => Err(imported::RatingError::InvalidTariff(format!("rater failed: {host}"))),
         }
+    }
+}
+
+/// How to undo the call `request_id` that sent `command` and got `events`, if it held or took
+/// money.
+fn undo_of(request_id: &str, command: &AccountCommand, events: &[AccountEvent], currency: &str) -> Option<UndoAction> {
+    match (command, events.first()) {
+        (AccountCommand::Reserve { .. }, Some(AccountEvent::Reserved { reservation_id, .. })) => {
+            Some(UndoAction::Release { reservation_id: reservation_id.clone() })
+        }
+        (AccountCommand::Debit { .. }, Some(AccountEvent::Debited { charged: amount, .. }))
+        | (AccountCommand::DirectDebit { .. }, Some(AccountEvent::DirectDebited { amount, .. }))
+            if *amount > 0 =>
+        {
+            Some(UndoAction::Refund { charge_id: request_id.into(), amount: *amount, currency: currency.into() })
+        }
+        _ => None,
     }
 }
 

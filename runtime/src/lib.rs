@@ -38,7 +38,7 @@ pub use stats::Stats;
 pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
 pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
 
-use crate::core::{AggregateSlot, Core, ManagerSlot, ProjectorSlot, release_after_failed_decide};
+use crate::core::{AggregateSlot, Core, ManagerSlot, ProjectorSlot};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ impl Runtime {
             snapshot_every: manifest.store.snapshot_every,
             limits: manifest.reactions.clone(),
             cascades: Default::default(),
-            holds_in_decide: Vec::new(),
+            in_decide: Default::default(),
         };
         let max_deliver = manifest.store.max_deliver;
         let mut fakes_by_actor = BTreeMap::new();
@@ -253,16 +253,16 @@ impl Runtime {
 
     /// Asks the named policy for an admission decision, then dispatches.
     pub fn admit_with(&mut self, policy: &str, request: &AdmissionRequest) -> Result<Decision, RuntimeError> {
-        self.lock().holds_in_decide.clear();
+        self.lock().in_decide = core::InDecide { request_id: request.request_id.clone(), undo: Vec::new() };
         let actor = self.policies.get_mut(policy).ok_or_else(|| RuntimeError::NoSuchActor(policy.into()))?;
         let span = tracing::info_span!("admission", policy, correlation_id = %request.request_id, subscriber = %request.subscriber);
         let _entered = span.enter();
         let decided = actor.decide(request);
-        let holds = std::mem::take(&mut self.lock().holds_in_decide);
+        let undo = std::mem::take(&mut self.lock().in_decide).undo;
         let decision = match decided {
             Ok(decision) => decision,
             Err(e) => {
-                self.release_holds_of_failed_decide(&request.request_id, holds, &e.to_string())?;
+                self.undo_failed_decide(&request.request_id, undo, &e.to_string())?;
                 return Err(e.into());
             }
         };
@@ -276,48 +276,50 @@ impl Runtime {
         Ok(decision)
     }
 
-    /// Releases the holds a failed `decide` made: the client got an error, so nothing may stay
-    /// held for it. Each release's command id names the decision
-    /// ([`core::release_after_failed_decide`]), so a repeat of the request is refused rather
-    /// than answered with a released grant.
-    fn release_holds_of_failed_decide(
-        &self,
-        request_id: &str,
-        holds: Vec<core::HoldInDecide>,
-        failure: &str,
-    ) -> Result<(), RuntimeError> {
+    /// Undoes the charging calls of a failed `decide`, newest first: the client got an error,
+    /// so nothing may stay held or charged for it. Holds are released, money taken is
+    /// refunded; each undo's command id names the decision ([`core::UndoAction::command_id`]),
+    /// so a repeat of the request is refused rather than answered with what was undone.
+    fn undo_failed_decide(&self, request_id: &str, undo: Vec<core::Undo>, failure: &str) -> Result<(), RuntimeError> {
+        use tollgate_billing_model::account::{AccountCommand, Money};
         let mut core = self.lock();
-        for hold in holds {
-            let command_id = release_after_failed_decide(request_id, &hold.reservation_id);
-            let release = tollgate_billing_model::account::AccountCommand::Release {
-                reservation_id: hold.reservation_id.clone(),
+        for step in undo.into_iter().rev() {
+            let command = match &step.action {
+                core::UndoAction::Release { reservation_id } => {
+                    AccountCommand::Release { reservation_id: reservation_id.clone() }
+                }
+                core::UndoAction::Refund { charge_id, amount, currency } => AccountCommand::Refund {
+                    amount: Money::new(*amount, currency),
+                    reason: format!("charge `{charge_id}` of request `{request_id}`, whose decision failed: {failure}"),
+                },
             };
-            let mut command = tollgate_host::aggregate::json_command(
+            let mut envelope = tollgate_host::aggregate::json_command(
                 ACCOUNT_STREAM,
-                &hold.account,
-                &command_id,
-                &release,
+                &step.account,
+                &step.action.command_id(request_id),
+                &command,
                 self.clock.now_ms(),
             )
             .expect("commands are externally tagged enums");
-            command.correlation_id = request_id.into();
-            match core.execute_on(&hold.account_actor, &command)? {
+            envelope.correlation_id = request_id.into();
+            let what = match step.action {
+                core::UndoAction::Release { .. } => "a hold",
+                core::UndoAction::Refund { .. } => "a charge",
+            };
+            match core.execute_on(&step.account_actor, &envelope)? {
                 Outcome::Accepted(_) => {
-                    core.stats.holds_released += 1;
-                    tracing::warn!(
-                        request_id,
-                        account = %hold.account,
-                        reservation = %hold.reservation_id,
-                        failure,
-                        "released a hold made by a decision that failed"
-                    );
+                    match step.action {
+                        core::UndoAction::Release { .. } => core.stats.holds_released += 1,
+                        core::UndoAction::Refund { .. } => core.stats.charges_refunded += 1,
+                    }
+                    tracing::warn!(request_id, account = %step.account, ?command, failure, "undid {what} made by a decision that failed");
                 }
                 Outcome::Rejected(r) => tracing::error!(
                     request_id,
-                    account = %hold.account,
-                    reservation = %hold.reservation_id,
+                    account = %step.account,
+                    ?command,
                     code = %r.code,
-                    "could not release a hold made by a decision that failed: {}",
+                    "could not undo {what} made by a decision that failed: {}",
                     r.message
                 ),
             }

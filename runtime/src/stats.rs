@@ -34,6 +34,9 @@ pub struct Stats {
     /// Holds released because the decision that made them failed (trap or cap).
     #[serde(default)]
     pub holds_released: u64,
+    /// Debits and direct debits refunded because the decision that made them failed.
+    #[serde(default)]
+    pub charges_refunded: u64,
 }
 
 impl Stats {
@@ -54,6 +57,7 @@ impl Stats {
         self.timers_fired += other.timers_fired;
         self.reactions_over_bounds += other.reactions_over_bounds;
         self.holds_released += other.holds_released;
+        self.charges_refunded += other.charges_refunded;
     }
 }
 

@@ -58,7 +58,7 @@ pub fn apply(view: &mut BalanceView, event: AccountEvent, sequence: u64, event_t
             view.currency = currency;
             view.overdraft_limit = overdraft_limit;
         }
-        AccountEvent::ToppedUp { amount } => {
+        AccountEvent::ToppedUp { amount } | AccountEvent::Refunded { amount, .. } => {
             view.balance = view.balance.checked_add(amount).ok_or_else(overflow)?;
         }
         AccountEvent::Reserved { reservation_id, held, .. } => {
@@ -124,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn follows_an_account_through_reserve_debit_release_and_expiry() {
+    fn follows_an_account_through_reserve_debit_release_expiry_and_refund() {
         let view = project_all(vec![
             ("opened", AccountEvent::Opened { currency: "EUR".into(), overdraft_limit: 50 }),
             ("topped-up", AccountEvent::ToppedUp { amount: 1000 }),
@@ -150,6 +150,10 @@ mod tests {
         apply(&mut view, AccountEvent::Expired { reservation_id: "r3".into(), released: 300 }, 9, "expired").unwrap();
         view.check().unwrap();
         assert_eq!((view.held, view.available, view.ledger.last().unwrap().amount), (0, 950, 300));
+        let refund = AccountEvent::Refunded { amount: 40, reason: "sms refused".into() };
+        apply(&mut view, refund, 10, "refunded").unwrap();
+        view.check().unwrap();
+        assert_eq!((view.balance, view.available, view.ledger.last().unwrap().amount), (940, 990, 40));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! worst-case price under the request's price plan the available money covers, and holds that
 //! amount; `debit` charges the used units with the plan, from the counters as the debits before
 //! it settled them, and frees the rest of the hold; `release` and `expire` free a hold; `direct-debit`
-//! charges a one-shot event. `available = balance - held + overdraft_limit` never goes below
+//! charges a one-shot event; `refund` gives money back. `available = balance - held + overdraft_limit` never goes below
 //! zero. Repeated command ids are answered by the host from the events they produced.
 //!
 //! Every amount is bounded by [`MAX_MONEY`] and every sum or product is checked: what cannot be
@@ -52,14 +52,12 @@ impl Aggregate for PrepaidAccount {
         match command {
             AccountCommand::Open { .. } => unreachable!("handled above"),
             AccountCommand::TopUp { amount } => {
-                let amount = positive(account, &amount, "amount")?;
-                match account.balance.checked_add(amount) {
-                    Some(balance) if balance <= MAX_MONEY => Ok(vec![AccountEvent::ToppedUp { amount }]),
-                    _ => Err(overflow(format!(
-                        "a top-up of {amount} would take the balance {} past the largest balance, {MAX_MONEY}",
-                        account.balance
-                    ))),
-                }
+                let amount = credit(account, &amount, "top-up")?;
+                Ok(vec![AccountEvent::ToppedUp { amount }])
+            }
+            AccountCommand::Refund { amount, reason } => {
+                let amount = credit(account, &amount, "refund")?;
+                Ok(vec![AccountEvent::Refunded { amount, reason }])
             }
             AccountCommand::Reserve { reservation_id, units, plan, currency, validity_ms, offer } => {
                 if account.reservations.contains_key(&reservation_id) {
@@ -185,6 +183,18 @@ impl Aggregate for PrepaidAccount {
         }
         event.schema_version = 2;
         Ok(event)
+    }
+}
+
+/// A positive amount the balance can take in whole (`what` names the command).
+fn credit(account: &Account, amount: &Money, what: &str) -> Result<i64, Rejection> {
+    let amount = positive(account, amount, "amount")?;
+    match account.balance.checked_add(amount) {
+        Some(balance) if balance <= MAX_MONEY => Ok(amount),
+        _ => Err(overflow(format!(
+            "a {what} of {amount} would take the balance {} past the largest balance, {MAX_MONEY}",
+            account.balance
+        ))),
     }
 }
 

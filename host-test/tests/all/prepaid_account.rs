@@ -1,7 +1,7 @@
 //! Every prepaid-account command and rejection, and the idempotency rule, on the `.wasm`.
 
 use crate::fixture;
-use tollgate_billing_model::account::{Account, AccountCommand as C, AccountEvent as E, Counter, Money};
+use tollgate_billing_model::account::{Account, AccountCommand as C, AccountEvent as E, Counter, MAX_MONEY, Money};
 use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::fixtures::PREPAID_ACCOUNT;
 use tollgate_host::testing::AggregateTest;
@@ -233,6 +233,23 @@ fn direct_debit_charges_within_available() {
         .given([opened()])
         .when(C::DirectDebit { amount: eur(0), description: String::new() })
         .then_expect_rejection("zero-amount");
+}
+
+#[test]
+fn refund_gives_money_back_up_to_the_largest_balance() {
+    let then = account()
+        .given([opened(), E::DirectDebited { amount: 9, description: "sms".into() }])
+        .when(C::Refund { amount: eur(9), reason: "sms not delivered".into() })
+        .then_expect_events([E::Refunded { amount: 9, reason: "sms not delivered".into() }]);
+    assert_eq!(then.state::<Account>().balance, 0);
+    account()
+        .given([opened(), E::ToppedUp { amount: MAX_MONEY }])
+        .when(C::Refund { amount: eur(1), reason: String::new() })
+        .then_expect_rejection("amount-overflow");
+    account()
+        .given([opened()])
+        .when(C::Refund { amount: eur(-1), reason: String::new() })
+        .then_expect_rejection("negative-amount");
 }
 
 #[test]

@@ -102,6 +102,16 @@ pub enum AccountCommand {
         /// The reservation.
         reservation_id: String,
     },
+    /// Gives money taken back (RFC 4006's `REFUND_ACCOUNT`); the runtime sends it for the
+    /// debits of an admission decision that failed. Money only: counters stay as they are.
+    Refund {
+        /// The amount, > 0, in the account's currency; the balance afterwards is at most
+        /// [`MAX_MONEY`].
+        amount: Money,
+        /// Why, for the log.
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 /// What happened to an account. Amounts are minor units of the account's currency.
@@ -181,6 +191,13 @@ pub enum AccountEvent {
         reservation_id: String,
         /// Money freed.
         released: i64,
+    },
+    /// Money taken was given back.
+    Refunded {
+        /// Money given back.
+        amount: i64,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -313,7 +330,9 @@ impl Account {
                 self.currency = currency;
                 self.overdraft_limit = overdraft_limit;
             }
-            AccountEvent::ToppedUp { amount } => self.balance = self.balance.saturating_add(amount),
+            AccountEvent::ToppedUp { amount } | AccountEvent::Refunded { amount, .. } => {
+                self.balance = self.balance.saturating_add(amount)
+            }
             AccountEvent::Reserved {
                 reservation_id, offer, granted_units, plan, held, expires_at, counters, ..
             } => {

@@ -267,8 +267,8 @@ fn admission(id: &str, account: &str, offer: &str, units: u64) -> AdmissionReque
 }
 
 #[test]
-fn a_hold_made_by_a_failed_decision_is_released() {
-    isolated("hostile::a_hold_made_by_a_failed_decision_is_released", || {
+fn what_a_failed_decision_held_or_charged_is_undone() {
+    isolated("hostile::what_a_failed_decision_held_or_charged_is_undone", || {
         let manifest = manifest(
             "",
             "[actors.rater]\nkind = \"rater\"\nfile = \"rater.wasm\"\n\
@@ -306,6 +306,39 @@ fn a_hold_made_by_a_failed_decision_is_released() {
             Decision::Denied(d) => panic!("denied: {}", d.message),
         }
         assert_eq!(rt.account("ada").unwrap().held, 10);
+
+        // Debits and direct debits of a failed decision are refunded, newest first.
+        let err = rt.admit(&admission("r4", "ada", "charge-then-trap", 10)).expect_err("the policy failed");
+        assert!(err.to_string().contains("traps after charging"), "{err}");
+        let account = rt.account("ada").unwrap();
+        assert_eq!((account.balance, account.held), (1_000, 10), "nothing of r4 is charged or held");
+        let r4: Vec<_> = rt.events().into_iter().filter(|e| e.correlation_id == "r4").collect();
+        let seen: Vec<_> = r4.iter().map(|e| (e.event_type.as_str(), e.command_id.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("reserved", "r4"),
+                ("debited", "r4/debit"),
+                ("direct-debited", "r4/sms"),
+                ("refunded", "r4/refunded-after-failed-decide/r4/sms"),
+                ("refunded", "r4/refunded-after-failed-decide/r4/debit"),
+            ]
+        );
+        let refunds: Vec<AccountEvent> =
+            r4[3..].iter().map(|e| tollgate_sdk::codec::decode(&e.event_type, &e.payload).unwrap()).collect();
+        assert!(
+            matches!(&refunds[..], [AccountEvent::Refunded { amount: 7, reason: a }, AccountEvent::Refunded { amount: 5, reason: b }]
+                if a.contains("decision failed") && b.contains("traps after charging")),
+            "{refunds:?}"
+        );
+        let stats = rt.stats();
+        assert_eq!((stats.holds_released, stats.charges_refunded), (2, 2), "the debit closed r4's hold");
+        // A repeat is refused: its debit was refunded (its hold was closed by the debit).
+        match rt.admit(&admission("r4", "ada", "charge-then-trap", 10)).unwrap() {
+            Decision::Denied(d) => assert!(d.message.contains("its charge was refunded"), "{}", d.message),
+            Decision::Granted(g) => panic!("granted a refunded request: {g:?}"),
+        }
+        assert_eq!(rt.account("ada").unwrap().balance, 1_000);
     });
 }
 

@@ -1,4 +1,4 @@
-//! The money property core: random interleavings of top-ups, direct debits, reservations,
+//! The money property core: random interleavings of top-ups, refunds, direct debits, reservations,
 //! debits, releases and expiries, with several reservations open at once, over every price
 //! plan kind, with amounts, limits, prices and unit counts drawn from the whole range
 //! (0, 1, the bounds, near `i64::MAX` / `u64::MAX`).
@@ -8,7 +8,7 @@
 //! release build does not check overflow.
 //!
 //! Invariants checked after every step: no panic and no trap; a refused command leaves the
-//! state untouched; money is conserved (balance = top-ups - charges - direct debits);
+//! state untouched; money is conserved (balance = top-ups + refunds - charges - direct debits);
 //! `available = balance - held + overdraft_limit >= 0`; held = the sum of the open
 //! reservations' holds, and they are exactly the reservations granted and not yet closed;
 //! every amount stays within [`MAX_MONEY`]-derived bounds; a grant's price is the plan's price
@@ -35,6 +35,8 @@ pub enum Op {
     TopUp(i64),
     /// A one-shot charge.
     DirectDebit(i64),
+    /// Money given back.
+    Refund(i64),
     /// A reservation of `units` under plan number `plan` of [`plans`].
     Reserve {
         /// Index into [`plans`].
@@ -138,6 +140,7 @@ pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => amount().prop_map(Op::TopUp),
         1 => amount().prop_map(Op::DirectDebit),
+        1 => amount().prop_map(Op::Refund),
         4 => (0..plans, units()).prop_map(|(plan, units)| Op::Reserve { plan, units }),
         3 => (any::<usize>(), units(), prop::bool::weighted(0.1)).prop_map(|(pick, used, raw)| Op::Debit { pick, used, raw }),
         1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
@@ -156,6 +159,7 @@ pub fn run() -> impl Strategy<Value = (i64, Vec<Op>)> {
 #[derive(Default)]
 struct Reference {
     topped_up: i128,
+    refunded: i128,
     charged: i128,
     direct: i128,
     /// Counters as settled by the debits so far, in order.
@@ -186,6 +190,7 @@ pub fn check_run(ledger: &mut impl Ledger, overdraft_limit: i64, ops: &[Op]) {
         let pick = |i: usize| (!open_ids.is_empty()).then(|| open_ids[i % open_ids.len()].clone());
         let command = match op {
             Op::TopUp(amount) => AccountCommand::TopUp { amount: Money::new(*amount, "EUR") },
+            Op::Refund(amount) => AccountCommand::Refund { amount: Money::new(*amount, "EUR"), reason: "test".into() },
             Op::DirectDebit(amount) => {
                 AccountCommand::DirectDebit { amount: Money::new(*amount, "EUR"), description: String::new() }
             }
@@ -235,7 +240,9 @@ pub fn check_run(ledger: &mut impl Ledger, overdraft_limit: i64, ops: &[Op]) {
 /// A refusal must be one the command deserved.
 fn expect_refusal(before: &Account, command: &AccountCommand, code: &str, context: &str) {
     let allowed: &[&str] = match command {
-        AccountCommand::TopUp { .. } => &["zero-amount", "negative-amount", "amount-overflow"],
+        AccountCommand::TopUp { .. } | AccountCommand::Refund { .. } => {
+            &["zero-amount", "negative-amount", "amount-overflow"]
+        }
         AccountCommand::DirectDebit { .. } => {
             &["zero-amount", "negative-amount", "amount-overflow", "insufficient-funds"]
         }
@@ -265,6 +272,10 @@ fn follow(reference: &mut Reference, before: &Account, command: &AccountCommand,
         (AccountCommand::TopUp { amount }, AccountEvent::ToppedUp { amount: added }) => {
             assert_eq!(amount.minor_units, *added, "{context}");
             reference.topped_up += i128::from(*added);
+        }
+        (AccountCommand::Refund { amount, reason }, AccountEvent::Refunded { amount: given, reason: why }) => {
+            assert_eq!((amount.minor_units, reason), (*given, why), "{context}");
+            reference.refunded += i128::from(*given);
         }
         (AccountCommand::DirectDebit { amount, .. }, AccountEvent::DirectDebited { amount: taken, .. }) => {
             assert_eq!(amount.minor_units, *taken, "{context}");
@@ -321,7 +332,7 @@ fn follow(reference: &mut Reference, before: &Account, command: &AccountCommand,
 }
 
 fn check_state(account: &Account, reference: &Reference, context: &str) {
-    let balance = reference.topped_up - reference.charged - reference.direct;
+    let balance = reference.topped_up + reference.refunded - reference.charged - reference.direct;
     assert_eq!(i128::from(account.balance), balance, "{context}: money conserved");
     assert!(account.balance <= MAX_MONEY && account.balance >= -MAX_MONEY, "{context}: balance out of bounds");
     let held: i128 = account.reservations.values().map(|r| i128::from(r.held)).sum();
