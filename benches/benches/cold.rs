@@ -4,8 +4,8 @@
 //!   (`instantiate_pre`) + instantiate + the first `handle`.
 //! * `cold-cache`: the same with `Component::deserialize` of bytes `Component::serialize`
 //!   wrote, i.e. what a compiled-code cache saves (this uses wasmtime directly, not
-//!   tollgate-host's cache). `cold-cache-file` deserializes from a file (mmap), as a cache on
-//!   disk would.
+//!   tollgate-host's cache, which reads and checksums an entry's bytes, then deserializes them).
+//!   `cold-cache-file` deserializes from a file (mmap) instead, for comparison.
 //! * `cold-engine`: what a fresh process pays once before any of that: `HostEngine::new`
 //!   (pooling allocator, linker with every import, epoch thread).
 

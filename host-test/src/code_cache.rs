@@ -146,12 +146,12 @@ impl CodeCache {
             self.discard(path, checksum_path, "its checksum does not match");
             return None;
         }
-        drop(bytes);
-        // SAFETY: the file holds exactly the bytes `Component::serialize` produced in `store`
-        // (checked against the checksum written with it), for an engine with the same
-        // compatibility hash (part of the key; wasmtime checks it again). Entries are only ever
-        // replaced by rename, never modified in place, so the mapping stays valid.
-        match unsafe { Component::deserialize_file(engine, path) } {
+        // From the bytes just checked, not by mapping the file: a mapping would see whatever
+        // another process later writes there (and a truncation would fault the host).
+        // SAFETY: `bytes` are exactly what `Component::serialize` produced in `store` (checked
+        // against the checksum written with it), for an engine with the same compatibility
+        // hash (part of the key; wasmtime checks it again).
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => Some(component),
             Err(e) => {
                 self.discard(path, checksum_path, &format!("it does not deserialize: {e:#}"));

@@ -256,14 +256,7 @@ fn a_huge_tail_reloads_in_bounded_batches() {
 }
 
 fn admission(id: &str, account: &str, offer: &str, units: u64) -> AdmissionRequest {
-    AdmissionRequest {
-        request_id: id.into(),
-        subscriber: account.into(),
-        offer: offer.into(),
-        rating_group: 1,
-        requested_units: units,
-        country: None,
-    }
+    crate::edge::request(id, account, offer, units, None)
 }
 
 #[test]
