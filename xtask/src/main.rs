@@ -8,9 +8,11 @@ use std::process::{Command, ExitCode};
 
 /// Reference actors must stay small enough to ship to edge nodes. 320 KiB, not the first
 /// 256: exact price plans for every offer kind with checked arithmetic, and refunds, took the
-/// prepaid account to 290 KiB at `opt-level = "s"` (`"z"` saves 5% of the size and costs a
-/// good part of the warm call's speed, which is what an edge node pays for). About 20 KiB of
-/// it is core's float formatting, linked by the messages serde_json builds for wrong types.
+/// prepaid account to 285 KiB at `opt-level = "s"`. `"z"` saves under 3% of that and made the
+/// warm wasm `handle` 1.9x slower (`cargo bench -p tollgate-benches --bench warm`: 52.9 vs
+/// 28.1 µs for reserve + release), and the warm call is what an edge node pays for. About
+/// 20 KiB of it is core's float formatting, linked by the messages serde_json builds for wrong
+/// types.
 const ACTOR_SIZE_LIMIT: u64 = 320 * 1024;
 /// Component crates built by `build-actors`: (directory, whether the size limit applies).
 const COMPONENTS: &[(&str, bool)] = &[
