@@ -33,23 +33,25 @@ fn a_restart_keeps_accounts_projections_and_answers_repeats_from_the_log() {
         let mut rt = durable(dir.path(), 100);
         open(&mut rt, "ada", 1_000);
         let first = rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap();
-        (rt.account("ada").unwrap(), view(&rt, "ada"), granted(&first).grant.reservation_id.clone())
+        (rt.account("ada").unwrap(), view(&rt, "ada"), first)
     };
     let mut rt = durable(dir.path(), 100);
     assert_eq!(rt.account("ada").unwrap(), account, "state rebuilt from the log");
     assert_eq!(view(&rt, "ada"), projected, "projection restored from the store");
+    // Another use first, then the repeat: answered with the original decision, whole.
+    granted(&rt.admit(&request("r2", "ada", "voice", 10, None)).unwrap());
     let logged = rt.events().len();
     let again = rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap();
-    assert_eq!(granted(&again).grant.reservation_id, first, "the repeat gets the original grant");
+    assert_eq!(format!("{again:?}"), format!("{first:?}"), "the repeat gets the original price, lines and grant");
     assert_eq!(rt.events().len(), logged, "a repeated request appends nothing");
-    assert_eq!(rt.account("ada").unwrap().held, 20, "held once, not twice");
+    assert_eq!(rt.account("ada").unwrap().held, 40, "r1 held once, not twice");
     assert_eq!(top_up(&mut rt, "ada", "ada/top-up", 1_000).clone_events().len(), 1, "answered with the original event");
     assert_eq!(rt.account("ada").unwrap().balance, 1_000, "the repeated top-up changed nothing");
     assert!(rt.stats().duplicates >= 2);
-    // New events after the restart are projected once, on top of the restored view.
+    // Events after the restart are projected once, on top of the restored view.
     assert!(matches!(top_up(&mut rt, "ada", "ada/top-up-2", 5), Outcome::Accepted(_)));
     let after = view(&rt, "ada");
-    assert_eq!((after.balance, after.ledger.len()), (1_005, projected.ledger.len() + 1));
+    assert_eq!((after.balance, after.ledger.len()), (1_005, projected.ledger.len() + 2), "r2 and the top-up");
 }
 
 #[test]
