@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 pub const STREAM: &str = "account";
 
 /// The largest amount an account deals in, in minor units (10^17: 10^15 units of a currency
-/// with cents). Balances, overdraft limits, top-ups, direct debits and unit prices are bounded
-/// by it, so `balance - held + overdraft_limit` and every other sum the account forms stays far
+/// with cents). Balances, overdraft limits, top-ups, refunds and direct debits are bounded by
+/// it (a price above it is never covered, so never held or charged), so `balance - held + overdraft_limit` and every other sum the account forms stays far
 /// inside `i64` (at most 4 x 10^17 in magnitude) and no money arithmetic can overflow. Larger
 /// values are refused with `amount-overflow` (amounts) or `limit-out-of-range` (the limit).
 pub const MAX_MONEY: i64 = 100_000_000_000_000_000;

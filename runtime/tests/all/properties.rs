@@ -106,8 +106,8 @@ proptest! {
                     match &decision {
                         Decision::Granted(g) => {
                             prop_assert!(g.grant.granted_units >= 1 && g.grant.granted_units <= units);
-                            let lines: i64 = g.lines.iter().map(|l| l.amount.minor_units).sum();
-                            prop_assert_eq!(lines, g.price.minor_units, "price = sum of lines");
+                            let lines: i128 = g.lines.iter().map(|l| i128::from(l.amount.minor_units)).sum();
+                            prop_assert_eq!(lines, i128::from(g.price.minor_units), "price = sum of lines");
                             prop_assert!(g.grant.held.minor_units >= g.price.minor_units, "hold below price");
                             // Nothing else settles before it when it is the only open
                             // reservation: a debit of all its units charges its price.
