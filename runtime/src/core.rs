@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_billing_model::account::Account;
+use tollgate_billing_model::account::{Account, AccountCommand, Money};
 use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
 use tollgate_host::fakes::VirtualClock;
 use tollgate_host::kinds::{Rated, RatingError, RatingRequest, Reaction};
@@ -277,6 +277,36 @@ impl UndoAction {
                 format!("{request_id}/released-after-failed-decide/{reservation_id}")
             }
             UndoAction::Refund { charge_id, .. } => format!("{request_id}/refunded-after-failed-decide/{charge_id}"),
+        }
+    }
+
+    /// The account command that undoes the call, for the decision on `request_id` that
+    /// failed with `failure`.
+    pub fn command(&self, request_id: &str, failure: &str) -> AccountCommand {
+        match self {
+            UndoAction::Release { reservation_id } => {
+                AccountCommand::Release { reservation_id: reservation_id.clone() }
+            }
+            UndoAction::Refund { charge_id, amount, currency } => AccountCommand::Refund {
+                amount: Money::new(*amount, currency),
+                reason: format!("charge `{charge_id}` of request `{request_id}`, whose decision failed: {failure}"),
+            },
+        }
+    }
+
+    /// What the call left on the account: `hold` or `charge`.
+    pub fn what(&self) -> &'static str {
+        match self {
+            UndoAction::Release { .. } => "hold",
+            UndoAction::Refund { .. } => "charge",
+        }
+    }
+
+    /// What the undo did to it: `released` or `refunded`.
+    pub fn done(&self) -> &'static str {
+        match self {
+            UndoAction::Release { .. } => "released",
+            UndoAction::Refund { .. } => "refunded",
         }
     }
 }

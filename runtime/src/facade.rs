@@ -155,16 +155,14 @@ impl ChargingFacade {
         let decision = core.in_decide.request_id.clone();
         match core.recently_committed(&self.account_actor, account, &action.command_id(&decision)) {
             Ok(false) => Ok(()),
-            Ok(true) => {
-                let undone = match action {
-                    UndoAction::Release { .. } => "its hold was released",
-                    UndoAction::Refund { .. } => "its charge was refunded",
-                };
-                Err(error(
-                    ResultCode::EndUserServiceDenied,
-                    format!("request `{decision}` failed before it was answered and {undone}; send a new request id"),
-                ))
-            }
+            Ok(true) => Err(error(
+                ResultCode::EndUserServiceDenied,
+                format!(
+                    "request `{decision}` failed before it was answered and its {} was {}; send a new request id",
+                    action.what(),
+                    action.done()
+                ),
+            )),
             Err(e) => Err(error(ResultCode::EndUserServiceDenied, format!("read account: {e}"))),
         }
     }

@@ -281,18 +281,9 @@ impl Runtime {
     /// refunded; each undo's command id names the decision ([`core::UndoAction::command_id`]),
     /// so a repeat of the request is refused rather than answered with what was undone.
     fn undo_failed_decide(&self, request_id: &str, undo: Vec<core::Undo>, failure: &str) -> Result<(), RuntimeError> {
-        use tollgate_billing_model::account::{AccountCommand, Money};
         let mut core = self.lock();
         for step in undo.into_iter().rev() {
-            let command = match &step.action {
-                core::UndoAction::Release { reservation_id } => {
-                    AccountCommand::Release { reservation_id: reservation_id.clone() }
-                }
-                core::UndoAction::Refund { charge_id, amount, currency } => AccountCommand::Refund {
-                    amount: Money::new(*amount, currency),
-                    reason: format!("charge `{charge_id}` of request `{request_id}`, whose decision failed: {failure}"),
-                },
-            };
+            let command = step.action.command(request_id, failure);
             let mut envelope = tollgate_host::aggregate::json_command(
                 ACCOUNT_STREAM,
                 &step.account,
@@ -302,24 +293,21 @@ impl Runtime {
             )
             .expect("commands are externally tagged enums");
             envelope.correlation_id = request_id.into();
-            let what = match step.action {
-                core::UndoAction::Release { .. } => "a hold",
-                core::UndoAction::Refund { .. } => "a charge",
-            };
+            let what = step.action.what();
             match core.execute_on(&step.account_actor, &envelope)? {
                 Outcome::Accepted(_) => {
                     match step.action {
                         core::UndoAction::Release { .. } => core.stats.holds_released += 1,
                         core::UndoAction::Refund { .. } => core.stats.charges_refunded += 1,
                     }
-                    tracing::warn!(request_id, account = %step.account, ?command, failure, "undid {what} made by a decision that failed");
+                    tracing::warn!(request_id, account = %step.account, ?command, failure, "undid a {what} made by a decision that failed");
                 }
                 Outcome::Rejected(r) => tracing::error!(
                     request_id,
                     account = %step.account,
                     ?command,
                     code = %r.code,
-                    "could not undo {what} made by a decision that failed: {}",
+                    "could not undo a {what} made by a decision that failed: {}",
                     r.message
                 ),
             }
