@@ -268,15 +268,17 @@ pub(crate) enum UndoAction {
     },
 }
 
+/// What every undo's command id carries; a policy's own calls may not use it, or one could
+/// take the id of an undo and have that undo answered as done without being done.
+pub(crate) const UNDO_MARK: &str = "-after-failed-decide/";
+
 impl UndoAction {
     /// The command id of the undo of this call by the failed decision on `request_id`: it
     /// names that decision in the log, and marks the request as answered.
     pub fn command_id(&self, request_id: &str) -> String {
         match self {
-            UndoAction::Release { reservation_id } => {
-                format!("{request_id}/released-after-failed-decide/{reservation_id}")
-            }
-            UndoAction::Refund { charge_id, .. } => format!("{request_id}/refunded-after-failed-decide/{charge_id}"),
+            UndoAction::Release { reservation_id } => format!("{request_id}/released{UNDO_MARK}{reservation_id}"),
+            UndoAction::Refund { charge_id, .. } => format!("{request_id}/refunded{UNDO_MARK}{charge_id}"),
         }
     }
 

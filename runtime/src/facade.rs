@@ -3,7 +3,7 @@
 //! rater component. Request ids become command ids, so a repeated request changes nothing
 //! twice and gets its original answer.
 
-use crate::core::{Core, Undo, UndoAction};
+use crate::core::{Core, UNDO_MARK, Undo, UndoAction};
 use std::sync::{Arc, Mutex};
 use tollgate_billing_model::account::{
     Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney,
@@ -87,6 +87,12 @@ impl ChargingFacade {
         account: &str,
         command: &AccountCommand,
     ) -> Result<(Vec<AccountEvent>, Account), ChargingError> {
+        if request_id.contains(UNDO_MARK) {
+            return Err(error(
+                ResultCode::EndUserServiceDenied,
+                format!("request id `{request_id}` contains `{UNDO_MARK}`, which only the runtime's undos use"),
+            ));
+        }
         let mut core = self.lock();
         let now = core.clock.now_ms();
         let mut envelope = tollgate_host::aggregate::json_command(

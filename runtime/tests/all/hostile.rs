@@ -332,6 +332,16 @@ fn what_a_failed_decision_held_or_charged_is_undone() {
             Decision::Granted(g) => panic!("granted a refunded request: {g:?}"),
         }
         assert_eq!(rt.account("ada").unwrap().balance, 1_000);
+
+        // A policy cannot take the id of an undo, so an undo is never answered as done unsent.
+        match rt.admit(&admission("r5", "ada", "forge-then-trap", 10)).unwrap() {
+            Decision::Denied(d) => {
+                assert_eq!(d.code, ResultCode::EndUserServiceDenied);
+                assert!(d.message.contains("only the runtime's undos use"), "{}", d.message);
+            }
+            Decision::Granted(g) => panic!("granted: {g:?}"),
+        }
+        assert_eq!(rt.account("ada").unwrap().balance, 1_000, "the forged direct debit took nothing");
     });
 }
 
