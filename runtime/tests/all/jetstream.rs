@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_billing_model::pricing::PriceTerm;
@@ -57,24 +57,26 @@ const TASKS: usize = 4;
 const RESERVES_PER_TASK: usize = 25;
 
 /// Runs only as a child of [`two_processes_never_grant_more_than_the_balance`]: `TASKS`
-/// threads, each with its own runtime and connection, reserve one unit at a time. All threads
-/// connect first, then say `READY` and wait for the parent's `GO`, so both processes' writers
-/// contend from the first reserve rather than one process finishing before the other starts.
+/// threads, each with its own runtime and connection, reserve one unit at a time. The runtimes
+/// connect first (a failure ends the child before it says `READY`); the threads start on the
+/// parent's `GO`, so both processes' writers contend from the first reserve rather than one
+/// process finishing before the other starts.
 #[test]
 fn reserver_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else { return };
     let (url, process) = spec.split_once(' ').unwrap();
-    let connected = Arc::new(Barrier::new(TASKS + 1));
-    let go = Arc::new(Barrier::new(TASKS + 1));
-    let threads: Vec<_> = (0..TASKS)
-        .map(|task| {
-            let url = url.to_string();
+    let runtimes: Vec<Runtime> = (0..TASKS).map(|_| connect(url)).collect();
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "GO", "the parent starts the race");
+    let threads: Vec<_> = runtimes
+        .into_iter()
+        .enumerate()
+        .map(|(task, mut rt)| {
             let process = process.to_string();
-            let (connected, go) = (connected.clone(), go.clone());
             std::thread::spawn(move || {
-                let mut rt = connect(&url);
-                connected.wait();
-                go.wait();
                 let mut granted = 0;
                 for i in 0..RESERVES_PER_TASK {
                     let id = format!("p{process}-t{task}-{i}");
@@ -87,13 +89,6 @@ fn reserver_child() {
             })
         })
         .collect();
-    connected.wait();
-    println!("READY");
-    std::io::stdout().flush().unwrap();
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "GO", "the parent starts the race");
-    go.wait();
     let (mut granted, mut conflicts) = (0u64, 0u64);
     for t in threads {
         let (g, c) = t.join().unwrap();
