@@ -26,7 +26,7 @@ const RELEASE_EVERY: usize = 16;
 fn manifest(edge: bool) -> Manifest {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/edge.toml");
     let mut manifest =
-        Manifest::load(&path).expect("examples/edge.toml").with_actors_dir(&tollgate_host::fixtures::actors_dir());
+        Manifest::load(&path).expect("examples/edge.toml").with_actors_dir(&tollgate_host_test::fixtures::actors_dir());
     if !edge {
         manifest.actors.retain(|name, _| !matches!(name.as_str(), "balances" | "sessions"));
     }

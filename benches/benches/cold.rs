@@ -15,15 +15,15 @@ use tollgate_benches::fixtures;
 use tollgate_benches::measure::{self, Report};
 use tollgate_host::aggregate::Command;
 use tollgate_host::bindings::aggregate::Aggregate;
-use tollgate_host::fixtures::PREPAID_ACCOUNT;
 use tollgate_host::state::StoreState;
-use tollgate_host::{Fakes, HostEngine, Limits};
+use tollgate_host::{HostEngine, HostState, Limits};
+use tollgate_host_test::fixtures::PREPAID_ACCOUNT;
 use wasmtime::component::Component;
 
 /// Links, instantiates and makes the first call.
 fn first_call(engine: &HostEngine, component: &Component, state: &[u8], command: &Command) {
     let pre = engine.linker().instantiate_pre(component).expect("link");
-    let mut store = StoreState::new_store(engine, Fakes::new(), None);
+    let mut store = StoreState::new_store(engine, HostState::new(), None);
     store.set_epoch_deadline(engine.limits().cpu_ms);
     let instance = pre.instantiate(&mut store).expect("instantiate");
     let bindings = Aggregate::new(&mut store, &instance).expect("bindings");

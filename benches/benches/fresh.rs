@@ -10,24 +10,24 @@ use std::hint::black_box;
 use tollgate_benches::fixtures;
 use tollgate_benches::measure::{self, PHASE, Report};
 use tollgate_host::bindings::aggregate::Aggregate;
-use tollgate_host::fixtures::PREPAID_ACCOUNT;
 use tollgate_host::state::StoreState;
-use tollgate_host::{Actor, AggregateActor, Fakes, HostEngine, Limits};
+use tollgate_host::{Actor, AggregateActor, HostEngine, HostState, Limits};
+use tollgate_host_test::fixtures::PREPAID_ACCOUNT;
 
 fn main() {
     let engine = HostEngine::new(Limits::default()).expect("engine");
     let actor = Actor::load(&engine, fixtures::actor(PREPAID_ACCOUNT)).expect("load prepaid-account");
-    let fakes = Fakes::new();
+    let host_state = HostState::new();
     let state = fixtures::fold(None, &fixtures::events(&fixtures::realistic_history(), 1));
     let reserve = fixtures::command("bench-reserve", &fixtures::reserve("bench-r"), 1_700_000_000_000);
 
     let fresh = || {
-        let mut a = AggregateActor::new(actor.clone(), fakes.clone()).expect("aggregate actor");
+        let mut a = AggregateActor::new(actor.clone(), host_state.clone()).expect("aggregate actor");
         black_box(a.handle(Some(&state), &reserve).expect("no trap").expect("accepted"));
         debug_assert_eq!(a.guest().instances_created(), 1);
     };
     let raw = || {
-        let mut store = StoreState::new_store(&engine, fakes.clone(), None);
+        let mut store = StoreState::new_store(&engine, host_state.clone(), None);
         store.set_epoch_deadline(engine.limits().cpu_ms);
         let instance = actor.instance_pre().instantiate(&mut store).expect("instantiate");
         let bindings = Aggregate::new(&mut store, &instance).expect("bindings");

@@ -10,8 +10,8 @@ use std::hint::black_box;
 use tollgate_benches::fixtures;
 use tollgate_benches::measure::{self, PHASE, Report, Timing};
 use tollgate_host::aggregate::Event;
-use tollgate_host::fixtures::PREPAID_ACCOUNT;
-use tollgate_host::{Actor, AggregateActor, Fakes, HostEngine, Limits};
+use tollgate_host::{Actor, AggregateActor, HostEngine, HostState, Limits};
+use tollgate_host_test::fixtures::PREPAID_ACCOUNT;
 use tollgate_sdk::aggregate::StateCache;
 
 const EVENTS: usize = 100_000;
@@ -42,7 +42,7 @@ fn native_rebuild(
 fn main() {
     let engine = HostEngine::new(Limits::default()).expect("engine");
     let actor = Actor::load(&engine, fixtures::actor(PREPAID_ACCOUNT)).expect("load prepaid-account");
-    let mut wasm = AggregateActor::new(actor, Fakes::new()).expect("aggregate actor");
+    let mut wasm = AggregateActor::new(actor, HostState::new()).expect("aggregate actor");
     let mut native = StateCache::<Native>::new();
 
     let events = fixtures::events(&fixtures::replay_history(EVENTS), 1);

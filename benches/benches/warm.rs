@@ -18,8 +18,8 @@ use std::hint::black_box;
 use tollgate_benches::fixtures::{self, KEY};
 use tollgate_benches::measure::{self, PHASE, Report};
 use tollgate_host::aggregate as host;
-use tollgate_host::fixtures::PREPAID_ACCOUNT;
-use tollgate_host::{Actor, AggregateActor, Fakes, HostEngine, Limits};
+use tollgate_host::{Actor, AggregateActor, HostEngine, HostState, Limits};
+use tollgate_host_test::fixtures::PREPAID_ACCOUNT;
 use tollgate_sdk::aggregate::StateCache;
 
 type Native = prepaid_account::PrepaidAccount;
@@ -58,7 +58,7 @@ fn native_command(cache: &mut StateCache<Native>, at: &mut Evolving, command: &t
 fn main() {
     let engine = HostEngine::new(Limits::default()).expect("engine");
     let actor = Actor::load(&engine, fixtures::actor(PREPAID_ACCOUNT)).expect("load prepaid-account");
-    let mut wasm = AggregateActor::new(actor, Fakes::new()).expect("aggregate actor");
+    let mut wasm = AggregateActor::new(actor, HostState::new()).expect("aggregate actor");
     let mut native = StateCache::<Native>::new();
 
     let history = fixtures::realistic_history();
@@ -66,8 +66,7 @@ fn main() {
     let reserve = fixtures::command("bench-reserve", &fixtures::reserve("bench-r"), 1_700_000_000_000);
     let drafts = wasm.handle(Some(&s0), &reserve).expect("no trap").expect("reserve is accepted");
     assert_eq!(drafts.len(), 1);
-    let reserved =
-        fixtures::events(&[tollgate_sdk::codec::decode(&drafts[0].event_type, &drafts[0].payload).unwrap()], 99);
+    let reserved = fixtures::events(&[tollgate_codec::decode(&drafts[0].event_type, &drafts[0].payload).unwrap()], 99);
     let s1 = fixtures::fold(Some(&s0), &reserved);
     let release = fixtures::command("bench-release", &fixtures::release("bench-r"), 1_700_000_000_001);
     wasm.handle(Some(&s1), &release).expect("no trap").expect("release is accepted");

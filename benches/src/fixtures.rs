@@ -11,7 +11,7 @@ pub const KEY: &str = "alice";
 /// Path of a compiled reference actor (e.g. `prepaid_account`); panics with the fix when it
 /// has not been built.
 pub fn actor(name: &str) -> PathBuf {
-    let path = tollgate_host::fixtures::actor_path(name);
+    let path = tollgate_host_test::fixtures::actor_path(name);
     assert!(path.is_file(), "{} is missing: run `cargo xtask build-actors` (or `cargo xtask bench`)", path.display());
     path
 }
@@ -59,7 +59,7 @@ pub fn events(typed: &[AccountEvent], first_sequence: u64) -> Vec<host::Event> {
         .iter()
         .enumerate()
         .map(|(i, event)| {
-            let (event_type, payload) = tollgate_sdk::codec::encode(event).expect("account events encode");
+            let (event_type, payload) = tollgate_codec::encode(event).expect("account events encode");
             envelope(event_type, payload, first_sequence + i as u64)
         })
         .collect()
@@ -73,7 +73,7 @@ pub fn envelope(event_type: String, payload: Vec<u8>, sequence: u64) -> host::Ev
         event_type,
         // The version prepaid-account writes (and its native baseline expects).
         schema_version: 2,
-        content_type: tollgate_sdk::codec::JSON.into(),
+        content_type: tollgate_codec::JSON.into(),
         payload,
         sequence,
         time: 1_700_000_000_000 + sequence,

@@ -184,7 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let view: BalanceView = demo
         .rt
-        .fakes("balances")
+        .host_state("balances")
         .and_then(|f| f.kv_get(BUCKET, SUBSCRIBER))
         .map(|b| serde_json::from_slice(&b))
         .transpose()?

@@ -36,7 +36,6 @@ pub fn actor_path(name: &str) -> PathBuf {
 
 /// An aggregate component that also imports `interfaces` of package `test:needs-more` (each a
 /// `(name, WIT body)` pair), which no tollgate host provides: the fixture for load errors.
-#[cfg(feature = "testing")]
 pub fn needs_more(interfaces: &[(&str, &str)]) -> Vec<u8> {
     use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
     use wit_parser::{ManglingAndAbi, Resolve};

@@ -1,40 +1,17 @@
-//! The tollgate harness: load compiled actors into wasmtime, give them their imports, cap
-//! them, call them, and test them given / when / then.
+//! The tollgate test harness, on top of the production host (`tollgate-host`): where the
+//! compiled actors are, a record of what an actor did through its imports, and tests written
+//! given / when / then.
 //!
-//! - [`HostEngine`]: one engine per process, pooling allocator with explicit limits, a CPU cap
-//!   per call (fuel: deterministic, guest instructions only, see [`engine::FUEL_PER_MS`]) with a
-//!   generous wall-clock backstop (epoch interruption), and a memory cap per instance.
-//! - [`CodeCache`]: compiled code on disk, keyed by component and engine configuration
-//!   ([`HostEngine::with_code_cache`]).
-//! - [`Actor`]: a loaded component; loading checks it is a component, what role it exports,
-//!   and that every import is provided (the error names the missing interface).
-//! - WASI is linked with nothing granted: no preopens, environment, arguments or network; a
-//!   virtual clock (a sleep returns at once) and deterministic randomness. The guest's stderr
-//!   is captured per call (its last 64 KiB) so a panic message reaches the error; its log lines
-//!   go to `tracing`, bounded per call.
-//! - A trap poisons its store: the instance is discarded and the next call gets a fresh one.
-//!   Business failures are rejections (WIT results), never traps.
-//! - [`testing::AggregateTest`]: tests written `given(events).when(command).then_expect_events(..)`.
+//! - [`fixtures`]: the compiled reference actors and test fixtures, built once per run by
+//!   `cargo xtask build-actors`.
+//! - [`Recorder`]: every import call and log line of an actor, like spin-test's `calls()`.
+//! - [`testing::AggregateTest`]: `given(events).when(command).then_expect_events(..)` on a
+//!   compiled aggregate, comparing decoded values.
 
-pub mod actor;
-pub mod aggregate;
-pub mod bindings;
-pub mod code_cache;
-pub mod engine;
-pub mod error;
-pub mod fakes;
+#![warn(missing_docs)]
+
 pub mod fixtures;
-pub mod guest;
-mod imports;
-pub mod kinds;
-pub mod services;
-pub mod state;
+pub mod recorder;
 pub mod testing;
 
-pub use actor::{Actor, ActorKind};
-pub use aggregate::{AggregateActor, AggregateHost, Outcome};
-pub use code_cache::{CodeCache, CodeCacheStats};
-pub use engine::{HostEngine, Limits};
-pub use error::HostError;
-pub use fakes::Fakes;
-pub use kinds::{PolicyActor, ProcessManagerActor, ProjectorActor, RaterActor};
+pub use recorder::Recorder;

@@ -2,24 +2,22 @@
 //!
 //! ```no_run
 //! use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money};
-//! use tollgate_host::testing::AggregateTest;
+//! use tollgate_host_test::testing::AggregateTest;
 //!
-//! AggregateTest::load(tollgate_host::fixtures::actor_path("prepaid_account"))
+//! AggregateTest::load(tollgate_host_test::fixtures::actor_path("prepaid_account"))
 //!     .unwrap()
 //!     .given([AccountEvent::Opened { currency: "EUR".into(), overdraft_limit: 0 }])
 //!     .when(AccountCommand::TopUp { amount: Money::new(500, "EUR") })
 //!     .then_expect_events([AccountEvent::ToppedUp { amount: 500 }]);
 //! ```
 
-use crate::actor::Actor;
-use crate::aggregate::{AggregateHost, Command, Event, EventDraft, Outcome};
-use crate::engine::HostEngine;
-use crate::error::HostError;
-use crate::fakes::Fakes;
+use crate::Recorder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::path::Path;
+use tollgate_host::aggregate::{AggregateHost, Command, Event, EventDraft, Outcome};
+use tollgate_host::{Actor, HostEngine, HostError, HostState};
 
 /// The key every test command is sent to unless told otherwise.
 pub const TEST_KEY: &str = "test-key";
@@ -27,36 +25,37 @@ pub const TEST_KEY: &str = "test-key";
 /// A test of one aggregate key: set up with `given`, act with `when`.
 pub struct AggregateTest {
     host: AggregateHost,
-    fakes: Fakes,
+    host_state: HostState,
+    recorder: Recorder,
     key: String,
     commands_sent: u64,
 }
 
 /// Encodes a typed event into a draft with the given schema version.
 pub fn draft<E: Serialize>(event: &E, schema_version: u32) -> EventDraft {
-    let (event_type, payload) = tollgate_sdk::codec::encode(event).expect("event is an externally tagged enum");
-    EventDraft { event_type, schema_version, content_type: tollgate_sdk::codec::JSON.into(), payload }
+    let (event_type, payload) = tollgate_codec::encode(event).expect("event is an externally tagged enum");
+    EventDraft { event_type, schema_version, content_type: tollgate_codec::JSON.into(), payload }
 }
 
 /// Decodes an event's payload into a typed event.
 pub fn decode_event<E: DeserializeOwned>(event: &Event) -> E {
-    tollgate_sdk::codec::decode(&event.event_type, &event.payload)
+    tollgate_codec::decode(&event.event_type, &event.payload)
         .unwrap_or_else(|e| panic!("event `{}` #{} does not decode: {e}", event.event_type, event.sequence))
 }
 
 impl AggregateTest {
-    /// Loads the aggregate at `path` on the shared engine, with fresh fakes.
+    /// Loads the aggregate at `path` on the shared engine, with a fresh host state.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, HostError> {
         let engine = HostEngine::shared()?;
         Self::from_actor(Actor::load(&engine, path)?)
     }
 
-    /// Tests an already loaded actor, with fresh fakes.
+    /// Tests an already loaded actor, with a fresh host state.
     pub fn from_actor(actor: Actor) -> Result<Self, HostError> {
-        let fakes = Fakes::new();
-        fakes.record_calls();
-        let host = AggregateHost::new(actor, fakes.clone())?;
-        Ok(AggregateTest { host, fakes, key: TEST_KEY.into(), commands_sent: 0 })
+        let host_state = HostState::new();
+        let recorder = Recorder::attach(&host_state);
+        let host = AggregateHost::new(actor, host_state.clone())?;
+        Ok(AggregateTest { host, host_state, recorder, key: TEST_KEY.into(), commands_sent: 0 })
     }
 
     /// Sends commands to `key` instead of [`TEST_KEY`].
@@ -65,16 +64,21 @@ impl AggregateTest {
         self
     }
 
-    /// The fakes (clock, config, key-value), to seed before `when`.
-    pub fn fakes(&self) -> &Fakes {
-        &self.fakes
+    /// The host state (clock, config, key-value), to seed before `when`.
+    pub fn host_state(&self) -> &HostState {
+        &self.host_state
+    }
+
+    /// The aggregate's import calls and log lines so far.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 
     /// Events that already happened.
     pub fn given<E: Serialize>(mut self, events: impl IntoIterator<Item = E>) -> Self {
         let version = self.host.info().event_schema_version;
         let drafts = events.into_iter().map(|e| draft(&e, version)).collect();
-        let now = self.fakes.clock().now_ms();
+        let now = self.host_state.clock().now_ms();
         self.host.seed(&self.key, drafts, now).unwrap_or_else(|e| panic!("given events: {e}"));
         self
     }
@@ -103,12 +107,12 @@ impl AggregateTest {
 
     /// Builds a command envelope for this test's key, stamped with the virtual clock.
     pub fn command<C: Serialize>(&self, command_id: &str, command: &C) -> Command {
-        crate::aggregate::json_command(
+        tollgate_host::aggregate::json_command(
             &self.host.info().stream,
             &self.key,
             command_id,
             command,
-            self.fakes.clock().now_ms(),
+            self.host_state.clock().now_ms(),
         )
         .expect("command is an externally tagged enum")
     }

@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_billing_model::account::{Account, AccountCommand, Money};
 use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
-use tollgate_host::fakes::VirtualClock;
+use tollgate_host::host_state::VirtualClock;
 use tollgate_host::kinds::{Rated, RatingError, RatingRequest, Reaction};
-use tollgate_host::{AggregateHost, Fakes, HostError, ProcessManagerActor, ProjectorActor, RaterActor};
+use tollgate_host::{AggregateHost, HostError, HostState, ProcessManagerActor, ProjectorActor, RaterActor};
 use tollgate_store::{
     Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, StoredEvent,
 };
@@ -162,7 +162,7 @@ impl LoadedKey {
 pub(crate) struct ProjectorSlot {
     pub name: String,
     pub actor: ProjectorActor,
-    pub fakes: Fakes,
+    pub host_state: HostState,
     pub subscriptions: Vec<String>,
     pub consumer: Box<dyn Consumer>,
     pub buckets: Vec<String>,
@@ -324,7 +324,7 @@ impl Core {
         self.journal.run("open consumer", self.journal.store().consumer(name, options))
     }
 
-    /// Loads what a projector committed before (its buckets) into its fakes.
+    /// Loads what a projector committed before (its buckets) into its host state.
     pub fn restore_projection(&self, slot: &mut ProjectorSlot) -> Result<(), RuntimeError> {
         let name = slot.name.as_str();
         let Some(list) = self.journal.run("read projection", self.journal.store().kv_get(name, META, "buckets"))?
@@ -335,7 +335,7 @@ impl Core {
             .map_err(|e| self.journal.error("read projection", StoreError::Corrupt(e.to_string())))?;
         for bucket in &slot.buckets {
             for (key, value) in self.journal.run("read projection", self.journal.store().kv_list(name, bucket))? {
-                slot.fakes.kv_set(bucket, &key, &value);
+                slot.host_state.kv_set(bucket, &key, &value);
             }
         }
         Ok(())
@@ -650,7 +650,7 @@ impl Core {
             // What a failed call wrote is dropped here, so it is not committed with the next
             // delivery.
             let mut writes: Vec<KvWrite> = slot
-                .fakes
+                .host_state
                 .take_kv_writes()
                 .into_iter()
                 .map(|(bucket, key, value)| KvWrite { bucket, key, value })
@@ -690,8 +690,8 @@ impl Core {
         for w in writes {
             let store = self.journal.store();
             match self.journal.run("read projection", store.kv_get(&slot.name, &w.bucket, &w.key))? {
-                Some(value) => slot.fakes.kv_set(&w.bucket, &w.key, &value),
-                None => slot.fakes.kv_remove(&w.bucket, &w.key),
+                Some(value) => slot.host_state.kv_set(&w.bucket, &w.key, &value),
+                None => slot.host_state.kv_remove(&w.bucket, &w.key),
             }
         }
         Ok(())
@@ -946,7 +946,7 @@ impl Core {
                 key: format!("{}/{}", key.manager, key.instance),
                 event_type: "timer-fired".into(),
                 schema_version: 1,
-                content_type: tollgate_sdk::codec::JSON.into(),
+                content_type: tollgate_codec::JSON.into(),
                 payload: serde_json::to_vec(&FiredTimer { fire_at: timer.fire_at_ms, payload: timer.payload, key })
                     .expect("timers encode"),
                 sequence: 0,

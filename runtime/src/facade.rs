@@ -117,7 +117,7 @@ impl ChargingFacade {
             Outcome::Rejected(r) => return Err(error(result_code(&r), r.message)),
             Outcome::Accepted(events) => events
                 .iter()
-                .map(|e| tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload))
+                .map(|e| tollgate_codec::decode::<AccountEvent>(&e.event_type, &e.payload))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("undecodable account event: {e}")))?,
         };

@@ -158,7 +158,7 @@ pub fn json_event<T: serde::Serialize>(event_type: &str, body: &T, command_id: &
     NewEvent {
         event_type: event_type.into(),
         schema_version: 1,
-        content_type: tollgate_sdk::codec::JSON.into(),
+        content_type: tollgate_codec::JSON.into(),
         payload: serde_json::to_vec(body).expect("runtime records encode"),
         command_id: command_id.into(),
         correlation_id: command_id.into(),

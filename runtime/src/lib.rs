@@ -45,9 +45,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tollgate_billing_model::account::{Account, STREAM as ACCOUNT_STREAM};
 use tollgate_host::aggregate::{Command, Event, Outcome};
-use tollgate_host::fakes::VirtualClock;
+use tollgate_host::host_state::VirtualClock;
 use tollgate_host::{
-    Actor, ActorKind, AggregateHost, Fakes, HostEngine, Limits, PolicyActor, ProcessManagerActor, ProjectorActor,
+    Actor, ActorKind, AggregateHost, HostEngine, HostState, Limits, PolicyActor, ProcessManagerActor, ProjectorActor,
     RaterActor,
 };
 
@@ -97,7 +97,7 @@ pub fn engine_for(manifest: &Manifest) -> Result<HostEngine, RuntimeError> {
 pub struct Runtime {
     core: Arc<Mutex<Core>>,
     policies: BTreeMap<String, PolicyActor>,
-    fakes: BTreeMap<String, Fakes>,
+    host_state: BTreeMap<String, HostState>,
     clock: VirtualClock,
 }
 
@@ -151,13 +151,13 @@ impl Runtime {
         for (name, spec) in &manifest.actors {
             let kind = manifest.kind(name);
             let actor = loader.load_with(&spec.file, kind, manifest.registry.plain_http)?;
-            let fakes = Fakes::with_clock(clock.clone());
-            fakes.replace_config(spec.config.clone());
-            fakes_by_actor.insert(name.clone(), fakes.clone());
+            let host_state = HostState::with_clock(clock.clone());
+            host_state.replace_config(spec.config.clone());
+            fakes_by_actor.insert(name.clone(), host_state.clone());
             match kind {
                 ActorKind::Aggregate => {
                     let digest = actor.digest().to_string();
-                    let host = AggregateHost::new(actor, fakes)?.without_history();
+                    let host = AggregateHost::new(actor, host_state)?.without_history();
                     let info = host.info();
                     let stream = info.stream.clone();
                     if is_reserved(&stream) {
@@ -171,18 +171,18 @@ impl Runtime {
                     core.aggregates.insert(name.clone(), AggregateSlot { host, snapshot_tag, loaded: HashMap::new() });
                 }
                 ActorKind::Rater => {
-                    core.raters.insert(name.clone(), RaterActor::new(actor, fakes)?);
+                    core.raters.insert(name.clone(), RaterActor::new(actor, host_state)?);
                 }
                 ActorKind::Projector => {
-                    fakes.record_kv_writes();
-                    let mut actor = ProjectorActor::new(actor, fakes.clone())?;
+                    host_state.record_kv_writes();
+                    let mut actor = ProjectorActor::new(actor, host_state.clone())?;
                     let subscriptions = actor.subscriptions()?;
                     refuse_reserved_subscriptions("projector", name, &subscriptions)?;
                     let consumer = core.consumer(name, max_deliver)?;
                     let mut slot = ProjectorSlot {
                         name: name.clone(),
                         actor,
-                        fakes,
+                        host_state,
                         subscriptions,
                         consumer,
                         buckets: Vec::new(),
@@ -191,7 +191,7 @@ impl Runtime {
                     core.projectors.push(slot);
                 }
                 ActorKind::ProcessManager => {
-                    let mut actor = ProcessManagerActor::new(actor, fakes)?;
+                    let mut actor = ProcessManagerActor::new(actor, host_state)?;
                     let subscriptions = actor.subscriptions()?;
                     refuse_reserved_subscriptions("process manager", name, &subscriptions)?;
                     let consumer = core.consumer(name, max_deliver)?;
@@ -206,20 +206,20 @@ impl Runtime {
                     core.restore_manager(&mut slot)?;
                     core.managers.push(slot);
                 }
-                ActorKind::Policy => policy_specs.push((name.clone(), actor, fakes, spec.links.clone())),
+                ActorKind::Policy => policy_specs.push((name.clone(), actor, host_state, spec.links.clone())),
             }
         }
         let core = Arc::new(Mutex::new(core));
         let mut policies = BTreeMap::new();
-        for (name, actor, fakes, links) in policy_specs {
+        for (name, actor, host_state, links) in policy_specs {
             let facade = facade::ChargingFacade {
                 core: core.clone(),
                 account_actor: links["charging"].clone(),
                 rater_actor: links["rating"].clone(),
             };
-            policies.insert(name, PolicyActor::new(actor, fakes, Arc::new(facade))?);
+            policies.insert(name, PolicyActor::new(actor, host_state, Arc::new(facade))?);
         }
-        Ok(Runtime { core, policies, fakes: fakes_by_actor, clock })
+        Ok(Runtime { core, policies, host_state: fakes_by_actor, clock })
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -325,7 +325,7 @@ impl Runtime {
         report_id: &str,
         event: &E,
     ) -> Result<Event, RuntimeError> {
-        let (event_type, payload) = tollgate_sdk::codec::encode(event).map_err(|e| RuntimeError::Report {
+        let (event_type, payload) = tollgate_codec::encode(event).map_err(|e| RuntimeError::Report {
             stream: stream.into(),
             message: format!("the event is not an externally tagged enum: {e}"),
         })?;
@@ -347,7 +347,7 @@ impl Runtime {
             key: key.into(),
             event_type,
             schema_version: 1,
-            content_type: tollgate_sdk::codec::JSON.into(),
+            content_type: tollgate_codec::JSON.into(),
             payload,
             sequence: 0,
             time: self.clock.now_ms(),
@@ -434,9 +434,9 @@ impl Runtime {
         self.lock().refused.clone()
     }
 
-    /// The fakes (key-value, config, logs, calls) of an actor.
-    pub fn fakes(&self, actor: &str) -> Option<&Fakes> {
-        self.fakes.get(actor)
+    /// The host state (key-value, config, clock) of an actor.
+    pub fn host_state(&self, actor: &str) -> Option<&HostState> {
+        self.host_state.get(actor)
     }
 
     /// Open timers per process manager: (manager, instance, timer id, fire at).

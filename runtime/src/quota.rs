@@ -170,7 +170,7 @@ impl EdgeNode {
         let log = edge.local.run("read edge log", edge.local.store().read(QUOTA_STREAM, node, 1))?;
         for stored in log {
             edge.sequence = stored.sequence;
-            let event = tollgate_sdk::codec::decode::<QuotaEvent>(&stored.event_type, &stored.payload)
+            let event = tollgate_codec::decode::<QuotaEvent>(&stored.event_type, &stored.payload)
                 .map_err(|e| edge.corrupt(format!("event #{} of the edge log: {e}", stored.sequence)))?;
             edge.fold(&stored.command_id, event);
         }
@@ -212,7 +212,7 @@ impl EdgeNode {
 
     /// Appends to the node's log (fsync'd by the embedded store), then folds.
     fn record(&mut self, command_id: &str, event: QuotaEvent, now: u64) -> Result<(), RuntimeError> {
-        let (event_type, payload) = tollgate_sdk::codec::encode(&event).expect("quota events encode");
+        let (event_type, payload) = tollgate_codec::encode(&event).expect("quota events encode");
         let new = NewEvent { event_type, payload, ..json_event("", &(), command_id, now) };
         let store = self.local.store();
         let appended = store.append(QUOTA_STREAM, &self.node, ExpectedVersion::Exact(self.sequence), vec![new]);
@@ -412,7 +412,7 @@ fn refused(id: &str, r: &Rejection) -> RuntimeError {
 }
 
 fn decode(events: &[Event]) -> Option<Vec<AccountEvent>> {
-    events.iter().map(|e| tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload).ok()).collect()
+    events.iter().map(|e| tollgate_codec::decode::<AccountEvent>(&e.event_type, &e.payload).ok()).collect()
 }
 
 /// Core side: expires every reservation of `accounts` whose validity plus `clock_skew_ms` has

@@ -10,7 +10,7 @@ use crate::{Loader, Manifest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tollgate_host::aggregate::Event;
-use tollgate_host::{Actor, ActorKind, AggregateHost, Fakes, ProjectorActor};
+use tollgate_host::{Actor, ActorKind, AggregateHost, HostState, ProjectorActor};
 use tollgate_store::{KvWrite, StoredEvent};
 
 /// Events read per page, and handed to a projector per call.
@@ -87,8 +87,8 @@ pub fn replay(
         if manifest.kind(name) != ActorKind::Aggregate {
             continue;
         }
-        let (actor, fakes) = load(loader, manifest, name, ActorKind::Aggregate)?;
-        let mut host = AggregateHost::new(actor, fakes)?.without_history();
+        let (actor, host_state) = load(loader, manifest, name, ActorKind::Aggregate)?;
+        let mut host = AggregateHost::new(actor, host_state)?.without_history();
         let stream = host.info().stream.clone();
         let mut by_key: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
         for e in log.iter().filter(|e| e.stream == stream) {
@@ -113,8 +113,8 @@ pub fn replay(
         if manifest.kind(name) != ActorKind::Projector {
             continue;
         }
-        let (actor, fakes) = load(loader, manifest, name, ActorKind::Projector)?;
-        let mut projector = ProjectorActor::new(actor, fakes.clone())?;
+        let (actor, host_state) = load(loader, manifest, name, ActorKind::Projector)?;
+        let mut projector = ProjectorActor::new(actor, host_state.clone())?;
         let subscriptions = projector.subscriptions()?;
         let mut wanted = Vec::new();
         for e in log.iter().filter(|e| subscriptions.contains(&e.stream)) {
@@ -132,7 +132,7 @@ pub fn replay(
             })?;
         }
         let elapsed = t.elapsed();
-        let mut rebuilt = fakes.kv_snapshot();
+        let mut rebuilt = host_state.kv_snapshot();
         // A projector's writes to the runtime's own buckets were refused when it ran live;
         // they are not part of its projection here either.
         rebuilt.retain(|bucket, _| {
@@ -184,11 +184,16 @@ pub fn replay(
     Ok(report)
 }
 
-/// A manifest's actor with fresh fakes holding its configuration.
-fn load(loader: &mut Loader, manifest: &Manifest, name: &str, kind: ActorKind) -> Result<(Actor, Fakes), RuntimeError> {
+/// A manifest's actor with a fresh host state holding its configuration.
+fn load(
+    loader: &mut Loader,
+    manifest: &Manifest,
+    name: &str,
+    kind: ActorKind,
+) -> Result<(Actor, HostState), RuntimeError> {
     let spec = &manifest.actors[name];
     let actor = loader.load_with(&spec.file, kind, manifest.registry.plain_http)?;
-    let fakes = Fakes::new();
-    fakes.replace_config(spec.config.clone());
-    Ok((actor, fakes))
+    let host_state = HostState::new();
+    host_state.replace_config(spec.config.clone());
+    Ok((actor, host_state))
 }

@@ -8,7 +8,8 @@ pub use wit_bindgen;
 
 pub mod aggregate;
 pub mod bindings;
-pub mod codec;
+/// The message codec (also used by hosts), re-exported so actors depend on the SDK alone.
+pub use tollgate_codec as codec;
 pub mod config;
 pub mod keyvalue;
 pub mod log;

@@ -2,7 +2,7 @@
 //!
 //! Every file is read and checked, and every actor loaded, before the first case runs, so a
 //! mistake in any of them stops the run with one error and no case output. Each case then runs
-//! on fresh instances with fresh fakes.
+//! on fresh instances with a fresh host state.
 
 pub mod compare;
 pub mod format;
@@ -267,7 +267,11 @@ fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyh
     let config = |c: &BTreeMap<String, serde_json::Value>| c.iter().map(|(k, v)| (k.clone(), stored_text(v))).collect();
     Ok(Prepared {
         name: case.name.clone(),
-        key: case.key.clone().or_else(|| file.key.clone()).unwrap_or_else(|| tollgate_host::testing::TEST_KEY.into()),
+        key: case
+            .key
+            .clone()
+            .or_else(|| file.key.clone())
+            .unwrap_or_else(|| tollgate_host_test::testing::TEST_KEY.into()),
         stream: file.stream.clone(),
         clock_ms: given.clock_ms.unwrap_or(0),
         config: config(&given.config),

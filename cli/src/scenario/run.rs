@@ -18,8 +18,9 @@ use tollgate_host::bindings::rater::tollgate::billing::types::{
 use tollgate_host::kinds::{RatingError, RatingRequest};
 use tollgate_host::services::PolicyServices;
 use tollgate_host::{
-    Actor, ActorKind, AggregateHost, Fakes, HostError, PolicyActor, ProcessManagerActor, ProjectorActor, RaterActor,
+    Actor, ActorKind, AggregateHost, HostError, HostState, PolicyActor, ProcessManagerActor, ProjectorActor, RaterActor,
 };
+use tollgate_host_test::Recorder;
 
 /// What a case does, checked and decoded.
 #[derive(Debug, Clone)]
@@ -72,18 +73,19 @@ pub struct Actors {
     pub links: BTreeMap<String, (PathBuf, Actor)>,
 }
 
-fn fakes_for(case: &Prepared) -> Fakes {
-    let fakes = Fakes::new();
-    // Scenario expectations may name host calls (`then.calls`).
-    fakes.record_calls();
-    fakes.clock().set_ms(case.clock_ms);
-    fakes.replace_config(case.config.clone());
+/// A fresh host state seeded from the case, and a recorder of it: scenario expectations may
+/// name host calls (`then.calls`).
+fn host_for(case: &Prepared) -> (HostState, Recorder) {
+    let host_state = HostState::new();
+    let recorder = Recorder::attach(&host_state);
+    host_state.clock().set_ms(case.clock_ms);
+    host_state.replace_config(case.config.clone());
     for (bucket, entries) in &case.kv {
         for (key, value) in entries {
-            fakes.kv_set(bucket, key, value);
+            host_state.kv_set(bucket, key, value);
         }
     }
-    fakes
+    (host_state, recorder)
 }
 
 /// Runs one case on fresh instances; `Err` is a failure while setting up (`given`).
@@ -104,7 +106,7 @@ fn command(case: &Prepared, stream: &str, message: &Message, default_id: String,
         stream: message.meta_str("stream").unwrap_or_else(|| stream.to_string()),
         key: message.meta_str("key").unwrap_or_else(|| case.key.clone()),
         command_type: message.ty.clone(),
-        content_type: tollgate_sdk::codec::JSON.into(),
+        content_type: tollgate_codec::JSON.into(),
         payload: message.payload_bytes(),
         correlation_id: message.meta_str("correlation_id").unwrap_or_else(|| id.clone()),
         causation_id: message.meta_str("causation_id").unwrap_or_default(),
@@ -137,7 +139,7 @@ impl Sequencer {
             key,
             event_type: m.ty.clone(),
             schema_version: m.meta_u32("schema_version").map_err(|e| e.to_string())?.unwrap_or(1),
-            content_type: tollgate_sdk::codec::JSON.into(),
+            content_type: tollgate_codec::JSON.into(),
             payload: m.payload_bytes(),
             sequence,
             time: m.meta_u64("time").map_err(|e| e.to_string())?.unwrap_or(now),
@@ -187,8 +189,8 @@ fn rejection_json(r: &Rejection) -> Value {
     json!({ "code": r.code, "kind": kind, "message": r.message })
 }
 
-fn finish(outcome: &mut Outcome, fakes: &Fakes) {
-    let kv: Map<String, Value> = fakes
+fn finish(outcome: &mut Outcome, host_state: &HostState, recorder: &Recorder) {
+    let kv: Map<String, Value> = host_state
         .kv_snapshot()
         .into_iter()
         .map(|(bucket, entries)| {
@@ -197,7 +199,7 @@ fn finish(outcome: &mut Outcome, fakes: &Fakes) {
         })
         .collect();
     outcome.insert("kv", Value::Object(kv));
-    let calls = fakes
+    let calls = recorder
         .calls()
         .into_iter()
         .map(|c| {
@@ -217,9 +219,9 @@ fn host_error(outcome: &mut Outcome, e: &HostError) {
 }
 
 fn aggregate(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
-    let fakes = fakes_for(case);
+    let (host_state, recorder) = host_for(case);
     let now = case.clock_ms;
-    let mut host = AggregateHost::new(actors.actor.clone(), fakes.clone()).map_err(|e| e.to_string())?;
+    let mut host = AggregateHost::new(actors.actor.clone(), host_state.clone()).map_err(|e| e.to_string())?;
     let stream = host.info().stream.clone();
     let version = host.info().event_schema_version;
     let mut by_key: BTreeMap<String, Vec<EventDraft>> = BTreeMap::new();
@@ -227,7 +229,7 @@ fn aggregate(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
         let draft = EventDraft {
             event_type: m.ty.clone(),
             schema_version: m.meta_u32("schema_version").map_err(|e| e.to_string())?.unwrap_or(version),
-            content_type: tollgate_sdk::codec::JSON.into(),
+            content_type: tollgate_codec::JSON.into(),
             payload: m.payload_bytes(),
         };
         by_key.entry(m.meta_str("key").unwrap_or_else(|| case.key.clone())).or_default().push(draft);
@@ -244,7 +246,7 @@ fn aggregate(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
             }
         }
     }
-    fakes.reset_calls();
+    recorder.reset();
     let mut outcome = Outcome::default();
     let Act::Command(m) = &case.act else { unreachable!("checked when prepared") };
     let c = command(case, &stream, m, "cmd-1".into(), now)?;
@@ -258,13 +260,13 @@ fn aggregate(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
     if let Some(state) = host.state(&c.key) {
         outcome.insert("state", json_or_text(state));
     }
-    finish(&mut outcome, &fakes);
+    finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
 }
 
 fn projector(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
-    let fakes = fakes_for(case);
-    let mut actor = ProjectorActor::new(actors.actor.clone(), fakes.clone()).map_err(|e| e.to_string())?;
+    let (host_state, recorder) = host_for(case);
+    let mut actor = ProjectorActor::new(actors.actor.clone(), host_state.clone()).map_err(|e| e.to_string())?;
     let subscriptions = actor.subscriptions().map_err(|e| e.to_string())?;
     let stream = case.stream.clone().or_else(|| subscriptions.first().cloned()).unwrap_or_default();
     let mut seq = Sequencer::default();
@@ -281,7 +283,7 @@ fn projector(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
             Err(e) => return Err(format!("given events: {e}")),
         }
     }
-    fakes.reset_calls();
+    recorder.reset();
     let Act::Events(messages) = &case.act else { unreachable!("checked when prepared") };
     let batch = messages
         .iter()
@@ -294,7 +296,7 @@ fn projector(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
         Ok(Err(r)) => outcome.insert("rejection", rejection_json(&r)),
         Err(e) => host_error(&mut outcome, &e),
     }
-    finish(&mut outcome, &fakes);
+    finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
 }
 
@@ -349,8 +351,8 @@ impl Reactions {
 }
 
 fn process_manager(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
-    let fakes = fakes_for(case);
-    let mut actor = ProcessManagerActor::new(actors.actor.clone(), fakes.clone()).map_err(|e| e.to_string())?;
+    let (host_state, recorder) = host_for(case);
+    let mut actor = ProcessManagerActor::new(actors.actor.clone(), host_state.clone()).map_err(|e| e.to_string())?;
     let subscriptions = actor.subscriptions().map_err(|e| e.to_string())?;
     let stream = case.stream.clone().or_else(|| subscriptions.first().cloned()).unwrap_or_default();
     let mut seq = Sequencer::default();
@@ -379,7 +381,7 @@ fn process_manager(actors: &Actors, case: &Prepared) -> Result<Outcome, String> 
             }
         }
     }
-    fakes.reset_calls();
+    recorder.reset();
     let mut outcome = Outcome::default();
     let mut run = Reactions::default();
     let mut ignored = true;
@@ -437,7 +439,7 @@ fn process_manager(actors: &Actors, case: &Prepared) -> Result<Outcome, String> 
             }
         }
     }
-    finish(&mut outcome, &fakes);
+    finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
 }
 
@@ -463,8 +465,8 @@ fn lines_json(lines: &[PriceLine]) -> Value {
 }
 
 fn rater(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
-    let fakes = fakes_for(case);
-    let mut actor = RaterActor::new(actors.actor.clone(), fakes.clone()).map_err(|e| e.to_string())?;
+    let (host_state, recorder) = host_for(case);
+    let mut actor = RaterActor::new(actors.actor.clone(), host_state.clone()).map_err(|e| e.to_string())?;
     let Act::Rate(spec) = &case.act else { unreachable!("checked when prepared") };
     let request = RatingRequest {
         usage: Usage {
@@ -502,7 +504,7 @@ fn rater(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
         }
         Err(e) => host_error(&mut outcome, &e),
     }
-    finish(&mut outcome, &fakes);
+    finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
 }
 
@@ -585,16 +587,16 @@ impl PolicyServices for Unlinked {
 }
 
 fn policy_alone(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
-    let fakes = fakes_for(case);
+    let (host_state, recorder) = host_for(case);
     let mut actor =
-        PolicyActor::new(actors.actor.clone(), fakes.clone(), Arc::new(Unlinked)).map_err(|e| e.to_string())?;
+        PolicyActor::new(actors.actor.clone(), host_state.clone(), Arc::new(Unlinked)).map_err(|e| e.to_string())?;
     let mut outcome = Outcome::default();
     match actor.decide(&admission_request(case)) {
         Ok(d) => outcome.insert("decision", decision_json(&d)),
         Err(e) => host_error(&mut outcome, &e),
     }
     outcome.insert("events", Value::Array(vec![]));
-    finish(&mut outcome, &fakes);
+    finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
 }
 
@@ -626,12 +628,12 @@ fn policy(actors: &Actors, case: &Prepared, loader: &mut tollgate_runtime::Loade
             .map_err(|e| e.to_string())?;
     let mut rt = tollgate_runtime::Runtime::new(&manifest, loader).map_err(|e| e.to_string())?;
     rt.clock().set_ms(case.clock_ms);
-    let fakes = rt.fakes("policy").cloned().expect("the policy has fakes");
+    let host_state = rt.host_state("policy").cloned().expect("the manifest above names the policy");
     // A node records nothing; a scenario may name the policy's host calls (`then.calls`).
-    fakes.record_calls();
+    let recorder = Recorder::attach(&host_state);
     for (bucket, entries) in &case.kv {
         for (key, value) in entries {
-            fakes.kv_set(bucket, key, value);
+            host_state.kv_set(bucket, key, value);
         }
     }
     for (i, m) in case.commands.iter().enumerate() {
@@ -643,7 +645,7 @@ fn policy(actors: &Actors, case: &Prepared, loader: &mut tollgate_runtime::Loade
             }
         }
     }
-    fakes.reset_calls();
+    recorder.reset();
     let before = rt.events().len();
     let mut outcome = Outcome::default();
     match rt.admit_with("policy", &admission_request(case)) {
@@ -651,6 +653,6 @@ fn policy(actors: &Actors, case: &Prepared, loader: &mut tollgate_runtime::Loade
         Err(e) => outcome.insert("error", Value::String(e.to_string())),
     }
     outcome.insert("events", rt.events()[before..].iter().map(event_json).collect());
-    finish(&mut outcome, &fakes);
+    finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
 }

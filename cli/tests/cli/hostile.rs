@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::Stdio;
-use tollgate_host::fixtures::{LOG_FLOODER, SLEEPER};
+use tollgate_host_test::fixtures::{LOG_FLOODER, SLEEPER};
 
 /// The peak RSS a node running one small actor may reach, in KiB: its baseline (engine,
 /// compiled code, store, about 40 MiB on x86-64) with room to spare, and well below what the

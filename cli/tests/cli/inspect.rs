@@ -4,7 +4,7 @@ use crate::{actor, run};
 
 /// An aggregate component importing two interfaces this host does not provide.
 pub fn needs_more() -> Vec<u8> {
-    tollgate_host::fixtures::needs_more(&[
+    tollgate_host_test::fixtures::needs_more(&[
         ("ledger", "post: func();"),
         ("fx", "convert: func(source: string, target: string) -> u64;"),
     ])

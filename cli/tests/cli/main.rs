@@ -39,7 +39,7 @@ pub fn root() -> PathBuf {
 
 /// A compiled actor of this workspace.
 pub fn actor(name: &str) -> String {
-    tollgate_host::fixtures::actor_path(name)
+    tollgate_host_test::fixtures::actor_path(name)
         .canonicalize()
         .unwrap_or_else(|_| panic!("{name}.wasm: run `cargo xtask build-actors`"))
         .display()

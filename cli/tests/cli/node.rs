@@ -4,7 +4,7 @@ use crate::{actor, run, tollgate};
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
-use tollgate_host::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, PREPAID_ACCOUNT, RATER};
+use tollgate_host_test::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, PREPAID_ACCOUNT, RATER};
 
 /// Writes a manifest wiring the reference account, rater, policy and projector into `dir`.
 pub(crate) fn manifest(dir: &Path) -> String {
@@ -159,7 +159,7 @@ fn dead_letters_are_listed_and_redriven() {
 #[test]
 fn the_example_requests_run_on_the_example_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let actors = format!("{}/", tollgate_host::fixtures::actors_dir().display());
+    let actors = format!("{}/", tollgate_host_test::fixtures::actors_dir().display());
     let text = std::fs::read_to_string(crate::root().join("examples/edge.toml")).unwrap();
     let manifest = dir.path().join("edge.toml");
     std::fs::write(&manifest, text.replace("../target/wasm32-wasip2/release/", &actors)).unwrap();

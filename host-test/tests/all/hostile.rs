@@ -9,11 +9,12 @@ use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionReque
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating::{Rated, RatingError, RatingRequest};
 use tollgate_host::bindings::rater::tollgate::billing::types::{AccountStatus, Grant, Money, ResultCode, Usage};
-use tollgate_host::fixtures::{ADMISSION_POLICY, LOG_FLOODER, SLEEPER};
 use tollgate_host::services::PolicyServices;
 use tollgate_host::state::{LOG_BYTES_PER_CALL, LOG_LINE_CAP, LOG_LINES_PER_CALL};
-use tollgate_host::testing::AggregateTest;
-use tollgate_host::{AggregateActor, Fakes, HostError, PolicyActor};
+use tollgate_host::{AggregateActor, HostError, HostState, PolicyActor};
+use tollgate_host_test::Recorder;
+use tollgate_host_test::fixtures::{ADMISSION_POLICY, LOG_FLOODER, SLEEPER};
+use tollgate_host_test::testing::AggregateTest;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 #[serde(rename_all = "kebab-case")]
@@ -51,11 +52,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 #[test]
 fn an_hour_of_sleep_returns_at_once_and_the_clock_stays_the_hosts() {
     let test = AggregateTest::from_actor(fixture(SLEEPER)).unwrap();
-    test.fakes().clock().set_ms(1_000);
+    test.host_state().clock().set_ms(1_000);
     let started = Instant::now();
     let mut then = test.when(SleeperCommand::Sleep).then_expect_events([Slept::Slept]);
     assert!(started.elapsed() < PATIENCE, "the sleep held the host for {:?}", started.elapsed());
-    assert_eq!(then.test().fakes().clock().now_ms(), 1_000, "a guest's sleep does not move the host's clock");
+    assert_eq!(then.test().host_state().clock().now_ms(), 1_000, "a guest's sleep does not move the host's clock");
     then.and_when(SleeperCommand::Ok).then_expect_events([Slept::Ok]);
 }
 
@@ -110,7 +111,7 @@ impl PolicyServices for SlowHost {
 fn time_spent_in_host_imports_does_not_count_against_the_cpu_cap() {
     let policy = fixture(ADMISSION_POLICY);
     assert!(SLOW.as_millis() as u64 > policy.engine().limits().cpu_ms, "the host must be slower than the cap");
-    let mut actor = PolicyActor::new(policy, Fakes::new(), Arc::new(SlowHost)).unwrap();
+    let mut actor = PolicyActor::new(policy, HostState::new(), Arc::new(SlowHost)).unwrap();
     let request = AdmissionRequest {
         request_id: "r1".into(),
         subscriber: "alice".into(),
@@ -132,7 +133,7 @@ fn time_spent_in_host_imports_does_not_count_against_the_cpu_cap() {
 fn a_flood_of_logs_is_cut_to_the_per_call_budget_and_the_cut_is_marked() {
     let test = AggregateTest::from_actor(fixture(LOG_FLOODER)).unwrap();
     let mut then = test.when(Flood::Log { mib: 32 }).then_expect_events([Flooded::Flooded { mib: 32 }]);
-    let logs = then.test().fakes().logs();
+    let logs = then.test().recorder().logs();
     let (guest, marker): (Vec<_>, Vec<_>) = logs.iter().partition(|l| l.context == "log-flooder");
     assert!(!guest.is_empty() && guest.len() <= LOG_LINES_PER_CALL as usize, "{} lines kept", guest.len());
     let kept: usize = guest.iter().map(|l| l.context.len() + l.message.len()).sum();
@@ -150,22 +151,27 @@ fn a_flood_of_logs_is_cut_to_the_per_call_budget_and_the_cut_is_marked() {
     assert!(marker[0].message.contains(&format!("{dropped} lines")), "{}", marker[0].message);
 
     // The budget is per call: the next call logs again.
-    then.test().fakes().reset_calls();
+    then.test().recorder().reset();
     let mut then = then.and_when(Flood::Log { mib: 1 }).then_expect_events([Flooded::Flooded { mib: 1 }]);
-    let logs = then.test().fakes().logs();
+    let logs = then.test().recorder().logs();
     assert_eq!(logs.len(), 16, "the 16 lines of 1 MiB fit a fresh call's budget: {}", logs.len());
 }
 
 #[test]
 fn a_runtime_keeps_no_calls_and_no_log_lines() {
-    let fakes = Fakes::new();
-    let mut actor = AggregateActor::new(fixture(LOG_FLOODER), fakes.clone()).unwrap();
+    // A runtime's host state has no observer: what the actor logged before one is attached is
+    // gone, not kept somewhere for later.
+    let state = HostState::new();
+    let mut actor = AggregateActor::new(fixture(LOG_FLOODER), state.clone()).unwrap();
     actor.describe().unwrap();
     let command = tollgate_host::aggregate::json_command("flood", "k", "c1", &Flood::Log { mib: 4 }, 0).unwrap();
-    let outcome = actor.handle(None, &command).unwrap();
-    assert!(outcome.is_ok(), "accepted");
-    assert_eq!(fakes.calls(), vec![], "nothing recorded without record_calls");
-    assert_eq!(fakes.logs(), vec![]);
+    assert!(actor.handle(None, &command).unwrap().is_ok(), "accepted");
+    let recorder = Recorder::attach(&state);
+    assert_eq!(recorder.calls(), vec![]);
+    assert_eq!(recorder.logs(), vec![], "nothing was kept before the recorder was attached");
+    assert!(!state.observe(Arc::new(Recorder::default())), "a second observer is refused");
+    assert!(actor.handle(None, &command).unwrap().is_ok(), "accepted");
+    assert!(!recorder.logs().is_empty(), "the attached recorder sees the next call's lines");
 }
 
 #[test]

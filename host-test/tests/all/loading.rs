@@ -1,8 +1,8 @@
 //! Loading checks each way a file can be wrong, with an error naming the problem.
 
 use crate::fixture;
-use tollgate_host::fixtures::{PREPAID_ACCOUNT, actor_path};
 use tollgate_host::{Actor, ActorKind, HostEngine, HostError};
+use tollgate_host_test::fixtures::{PREPAID_ACCOUNT, actor_path};
 
 /// The size rule of `cargo xtask build-actors` (`ACTOR_SIZE_LIMIT`, where the reason is).
 const ACTOR_SIZE_LIMIT: usize = 320 * 1024;
@@ -78,7 +78,7 @@ fn an_aggregate_is_not_a_rater() {
 
 #[test]
 fn an_unprovided_import_is_named() {
-    let component = tollgate_host::fixtures::needs_more(&[("ledger", "post: func();")]);
+    let component = tollgate_host_test::fixtures::needs_more(&[("ledger", "post: func();")]);
 
     let err = load_bytes("needs-more.wasm", &component);
     match &err {
@@ -90,7 +90,7 @@ fn an_unprovided_import_is_named() {
 
 #[test]
 fn every_reference_actor_is_a_small_component_of_its_kind() {
-    use tollgate_host::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION, RATER};
+    use tollgate_host_test::fixtures::{ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION, RATER};
     for (name, kind) in [
         (PREPAID_ACCOUNT, ActorKind::Aggregate),
         (RATER, ActorKind::Rater),

@@ -1,13 +1,15 @@
 //! Integration tests of the harness on compiled components (built once per run by
 //! `cargo xtask build-actors`).
 
+mod code_cache;
 mod hostile;
 mod loading;
 mod misbehaving;
 mod prepaid_account;
 
 use std::sync::OnceLock;
-use tollgate_host::{Actor, HostEngine, fixtures};
+use tollgate_host::{Actor, HostEngine};
+use tollgate_host_test::fixtures;
 
 /// Loads (and compiles) each fixture once per test binary.
 pub fn fixture(name: &'static str) -> Actor {

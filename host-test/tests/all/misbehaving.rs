@@ -4,8 +4,8 @@
 use crate::fixture;
 use serde::{Deserialize, Serialize};
 use tollgate_host::HostError;
-use tollgate_host::fixtures::MISBEHAVING;
-use tollgate_host::testing::AggregateTest;
+use tollgate_host_test::fixtures::MISBEHAVING;
+use tollgate_host_test::testing::AggregateTest;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 #[serde(rename_all = "kebab-case")]

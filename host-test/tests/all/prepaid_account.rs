@@ -3,8 +3,8 @@
 use crate::fixture;
 use tollgate_billing_model::account::{Account, AccountCommand as C, AccountEvent as E, Counter, MAX_MONEY, Money};
 use tollgate_billing_model::pricing::PriceTerm;
-use tollgate_host::fixtures::PREPAID_ACCOUNT;
-use tollgate_host::testing::AggregateTest;
+use tollgate_host_test::fixtures::PREPAID_ACCOUNT;
+use tollgate_host_test::testing::AggregateTest;
 
 fn account() -> AggregateTest {
     AggregateTest::from_actor(fixture(PREPAID_ACCOUNT)).unwrap()
@@ -208,9 +208,9 @@ fn release_frees_the_hold_without_charging() {
 #[test]
 fn expire_frees_the_hold_only_after_validity() {
     let test = account().given([opened(), E::ToppedUp { amount: 1000 }, reserved("s1", 10, 10, 2, false)]);
-    test.fakes().clock().set_ms(59_999);
+    test.host_state().clock().set_ms(59_999);
     let mut then = test.when(C::Expire { reservation_id: "s1".into() }).then_expect_rejection("not-expired");
-    then.test().fakes().clock().set_ms(60_000);
+    then.test().host_state().clock().set_ms(60_000);
     then.and_when(C::Expire { reservation_id: "s1".into() })
         .then_expect_events([E::Expired { reservation_id: "s1".into(), released: 20 }]);
     account()

@@ -17,7 +17,7 @@ fn durable(dir: &Path, snapshot_every: u64) -> Runtime {
 }
 
 fn view(rt: &Runtime, account: &str) -> BalanceView {
-    let bytes = rt.fakes("balances").unwrap().kv_get(BUCKET, account).expect("projected");
+    let bytes = rt.host_state("balances").unwrap().kv_get(BUCKET, account).expect("projected");
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -216,7 +216,7 @@ fn a_redriven_delivery_older_than_the_checkpoint_is_projected_without_moving_it_
     drop(outage);
     // Later events move the projection's checkpoint past it.
     open(&mut rt, "amy", 10);
-    assert!(rt.fakes("balances").unwrap().kv_get(BUCKET, "zoe").is_none());
+    assert!(rt.host_state("balances").unwrap().kv_get(BUCKET, "zoe").is_none());
     let checkpoint = journal.block_on(store.checkpoint("balances")).unwrap();
     assert!(checkpoint > delivery.position);
     journal.block_on(store.redrive("balances", delivery.position)).unwrap();

@@ -7,7 +7,7 @@ use tollgate_billing_model::balance::{BUCKET, BalanceView};
 use tollgate_billing_model::session::{STREAM as SESSION, SessionEvent};
 use tollgate_host::HostEngine;
 use tollgate_host::aggregate::Outcome;
-use tollgate_host::fixtures;
+use tollgate_host_test::fixtures;
 use tollgate_runtime::{AdmissionRequest, Decision, Loader, Manifest, ResultCode, Runtime};
 
 /// `examples/edge.toml` (the five reference actors and the tariffs of `tollgate demo`), on
@@ -80,7 +80,7 @@ fn terminate(rt: &mut Runtime, session: &str, account: &str, used: u64) {
 }
 
 pub fn balance_view(rt: &Runtime, account: &str) -> BalanceView {
-    let bytes = rt.fakes("balances").unwrap().kv_get(BUCKET, account).expect("the projector wrote a view");
+    let bytes = rt.host_state("balances").unwrap().kv_get(BUCKET, account).expect("the projector wrote a view");
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -308,6 +308,6 @@ fn account_events_decode_with_the_shared_model() {
     let mut rt = runtime();
     open(&mut rt, "kim", 10);
     for e in rt.events() {
-        tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload).unwrap();
+        tollgate_codec::decode::<AccountEvent>(&e.event_type, &e.payload).unwrap();
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command as Process;
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money, STREAM as ACCOUNT};
 use tollgate_host::aggregate::{Event, Outcome};
-use tollgate_host::fixtures;
+use tollgate_host_test::fixtures;
 use tollgate_runtime::{AdmissionRequest, Decision, Journal, Manifest, ResultCode, Runtime, RuntimeError};
 use tollgate_store::{EventStore, ExpectedVersion, FileStore, NewEvent};
 
@@ -241,7 +241,7 @@ fn a_huge_tail_reloads_in_bounded_batches() {
         assert_eq!(tail.len(), (COMMANDS * EVENTS_PER_COMMAND) as usize);
         // The whole tail in one `apply` is far over the CPU cap ...
         let actor = loader().load(&fixtures::actor_path("huge_tail"), tollgate_host::ActorKind::Aggregate).unwrap();
-        let mut raw = tollgate_host::aggregate::AggregateActor::new(actor, tollgate_host::Fakes::new()).unwrap();
+        let mut raw = tollgate_host::aggregate::AggregateActor::new(actor, tollgate_host::HostState::new()).unwrap();
         let err = raw.apply(None, &tail).expect_err("one call folding the whole tail");
         assert!(err.to_string().contains("cap"), "{err}");
         // ... yet a restarted node reloads the key and takes the next command ...
@@ -280,7 +280,7 @@ fn what_a_failed_decision_held_or_charged_is_undone() {
             let released = rt.events().into_iter().rev().find(|e| e.event_type == "released").unwrap();
             assert_eq!(released.command_id, format!("{id}/released-after-failed-decide/{id}"));
             assert_eq!(released.correlation_id, id);
-            let event: AccountEvent = tollgate_sdk::codec::decode(&released.event_type, &released.payload).unwrap();
+            let event: AccountEvent = tollgate_codec::decode(&released.event_type, &released.payload).unwrap();
             assert!(matches!(event, AccountEvent::Released { released: 10, .. }), "{event:?}");
         }
         assert_eq!(rt.stats().holds_released, 2);
@@ -318,7 +318,7 @@ fn what_a_failed_decision_held_or_charged_is_undone() {
             ]
         );
         let refunds: Vec<AccountEvent> =
-            r4[3..].iter().map(|e| tollgate_sdk::codec::decode(&e.event_type, &e.payload).unwrap()).collect();
+            r4[3..].iter().map(|e| tollgate_codec::decode(&e.event_type, &e.payload).unwrap()).collect();
         assert!(
             matches!(&refunds[..], [AccountEvent::Refunded { amount: 7, reason: a }, AccountEvent::Refunded { amount: 5, reason: b }]
                 if a.contains("decision failed") && b.contains("traps after charging")),
@@ -352,7 +352,7 @@ fn the_runtimes_namespaces_are_out_of_reach() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file:{}", dir.path().display());
         let count = |rt: &Runtime, account: &str| -> u64 {
-            let bytes = rt.fakes("intruder").unwrap().kv_get("top-ups", account).expect("projected");
+            let bytes = rt.host_state("intruder").unwrap().kv_get("top-ups", account).expect("projected");
             serde_json::from_slice(&bytes).unwrap()
         };
         {
@@ -372,7 +372,7 @@ fn the_runtimes_namespaces_are_out_of_reach() {
                 reasons[0]
             );
             assert_eq!(count(&rt, "ada"), 1, "the refused delivery's own writes are dropped too");
-            let meta = rt.fakes("intruder").unwrap().kv_get("tollgate.meta", "buckets").unwrap();
+            let meta = rt.host_state("intruder").unwrap().kv_get("tollgate.meta", "buckets").unwrap();
             assert_eq!(meta, br#"["top-ups"]"#, "the runtime's bucket is put back");
             // Clients cannot forge timers or counters, nor command the runtime's streams.
             for stream in ["tollgate.timers", "tollgate.stats"] {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::aggregate::Outcome;
-use tollgate_host::fixtures::{self, PREPAID_ACCOUNT};
+use tollgate_host_test::fixtures::{self, PREPAID_ACCOUNT};
 use tollgate_runtime::quota::{EdgeDecision, EdgeNode, QuotaPolicy, reap_expired_grants};
 use tollgate_runtime::{Journal, Manifest, Runtime};
 use tollgate_store::NatsOptions;

@@ -23,7 +23,7 @@ impl Ledger for Component {
             Outcome::Rejected(r) => Err(r.code),
             Outcome::Accepted(events) => Ok(events
                 .iter()
-                .map(|e| tollgate_sdk::codec::decode::<AccountEvent>(&e.event_type, &e.payload).unwrap())
+                .map(|e| tollgate_codec::decode::<AccountEvent>(&e.event_type, &e.payload).unwrap())
                 .collect()),
         }
     }
@@ -116,7 +116,7 @@ proptest! {
                                 let c = rt.command("account", "acct", &format!("{id}/all"), &debit);
                                 match rt.execute(&c).unwrap() {
                                     Outcome::Accepted(events) => {
-                                        let event = tollgate_sdk::codec::decode::<AccountEvent>(&events[0].event_type, &events[0].payload).unwrap();
+                                        let event = tollgate_codec::decode::<AccountEvent>(&events[0].event_type, &events[0].payload).unwrap();
                                         let AccountEvent::Debited { charged, .. } = event else { panic!("{event:?}") };
                                         prop_assert_eq!(charged, g.price.minor_units, "a debit of all granted units charges the price");
                                     }

@@ -1,9 +1,9 @@
 //! What every store carries: WASI with nothing granted, the memory cap, the guest's captured
-//! stderr, the log budget of the call in progress, the fakes, and the services a policy's
+//! stderr, the log budget of the call in progress, the host state, and the services a policy's
 //! imports are served by.
 
 use crate::engine::HostEngine;
-use crate::fakes::Fakes;
+use crate::host_state::HostState;
 use crate::services::PolicyServices;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
@@ -99,15 +99,15 @@ impl LogBudget {
     }
 
     /// Ends the call's budget: emits one warning naming what was dropped, if anything (also
-    /// kept by recording `fakes`), and starts the next call afresh.
-    pub(crate) fn finish(&mut self, fakes: &Fakes, actor: &str, function: &str) {
+    /// seen by the host state's observer), and starts the next call afresh.
+    pub(crate) fn finish(&mut self, host_state: &HostState, actor: &str, function: &str) {
         if self.dropped_lines > 0 {
             let message = format!(
                 "guest log truncated: {} lines ({} bytes) dropped, over the limit of {LOG_LINES_PER_CALL} lines or {LOG_BYTES_PER_CALL} bytes per call",
                 self.dropped_lines, self.dropped_bytes
             );
             tracing::warn!(target: "tollgate::guest", actor, function, "{message}");
-            fakes.log("warn", "tollgate", &message);
+            host_state.log("warn", "tollgate", &message);
         }
         *self = LogBudget::default();
     }
@@ -219,7 +219,7 @@ pub struct StoreState {
     pub(crate) memory: MemoryCap,
     pub(crate) stderr: GuestStderr,
     pub(crate) log_budget: LogBudget,
-    pub(crate) fakes: Fakes,
+    pub(crate) host_state: HostState,
     pub(crate) services: Option<Arc<dyn PolicyServices>>,
 }
 
@@ -231,18 +231,18 @@ impl WasiView for StoreState {
 
 impl StoreState {
     /// A new store: no preopens, no environment, no arguments, no network, stdin empty,
-    /// stdout discarded, stderr captured, the fakes' virtual clock, deterministic randomness,
+    /// stdout discarded, stderr captured, the host state's virtual clock, deterministic randomness,
     /// and the fuel and wall-clock backstop of one call ([`HostEngine::arm`]).
     pub fn new_store(
         engine: &HostEngine,
-        fakes: Fakes,
+        host_state: HostState,
         services: Option<Arc<dyn PolicyServices>>,
     ) -> Store<StoreState> {
         let stderr = GuestStderr::default();
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
-            .wall_clock(fakes.clock().clone())
-            .monotonic_clock(fakes.clock().clone())
+            .wall_clock(host_state.clock().clone())
+            .monotonic_clock(host_state.clock().clone())
             .secure_random(wasmtime_wasi::Deterministic::new(b"tollgate-seed".to_vec()))
             .insecure_random(wasmtime_wasi::Deterministic::new(b"tollgate-insecure".to_vec()))
             .insecure_random_seed(0x7011_6a7e)
@@ -253,7 +253,7 @@ impl StoreState {
             memory: MemoryCap { limit: engine.limits().memory_bytes, hit: false },
             stderr,
             log_budget: LogBudget::default(),
-            fakes,
+            host_state,
             services,
         };
         let mut store = Store::new(engine.engine(), state);

@@ -7,8 +7,8 @@ pub use crate::bindings::aggregate::tollgate::eventsourcing::types::{
     AggregateInfo, Command, Event, EventDraft, Rejection, RejectionKind, Timer,
 };
 use crate::error::HostError;
-use crate::fakes::Fakes;
 use crate::guest::Guest;
+use crate::host_state::HostState;
 use std::collections::{BTreeMap, HashMap};
 
 /// Encodes a typed command (an externally tagged serde enum) into a JSON envelope whose
@@ -27,13 +27,13 @@ pub fn json_command<C: serde::Serialize>(
     command_id: &str,
     command: &C,
     time: u64,
-) -> Result<Command, tollgate_sdk::codec::CodecError> {
-    let (command_type, payload) = tollgate_sdk::codec::encode(command)?;
+) -> Result<Command, tollgate_codec::CodecError> {
+    let (command_type, payload) = tollgate_codec::encode(command)?;
     Ok(Command {
         stream: stream.into(),
         key: key.into(),
         command_type,
-        content_type: tollgate_sdk::codec::JSON.into(),
+        content_type: tollgate_codec::JSON.into(),
         payload,
         command_id: command_id.into(),
         correlation_id: command_id.into(),
@@ -71,17 +71,17 @@ pub struct AggregateActor {
 
 impl AggregateActor {
     /// Wraps a loaded actor; fails unless it is an aggregate.
-    pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
+    pub fn new(actor: Actor, host_state: HostState) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Aggregate)?;
         Ok(AggregateActor {
-            guest: Guest::new(actor, fakes, None, |pre, store| {
+            guest: Guest::new(actor, host_state, None, |pre, store| {
                 let instance = pre.instantiate(&mut *store)?;
                 Aggregate::new(&mut *store, &instance)
             }),
         })
     }
 
-    /// The instance lifecycle (how many instances were created, the actor, the fakes).
+    /// The instance lifecycle (how many instances were created, the actor, the host state).
     pub fn guest(&self) -> &Guest<Aggregate> {
         &self.guest
     }
@@ -152,8 +152,8 @@ pub struct AggregateHost {
 
 impl AggregateHost {
     /// Wraps an aggregate actor.
-    pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
-        let mut actor = AggregateActor::new(actor, fakes)?;
+    pub fn new(actor: Actor, host_state: HostState) -> Result<Self, HostError> {
+        let mut actor = AggregateActor::new(actor, host_state)?;
         let info = actor.describe()?;
         Ok(AggregateHost { actor, info, keys: BTreeMap::new(), history: true })
     }

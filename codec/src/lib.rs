@@ -5,6 +5,8 @@
 //! into the two; [`decode`] feeds them back without building an intermediate JSON value, so a
 //! message costs one pass each way.
 
+#![deny(missing_docs)]
+
 use serde::de::{self, DeserializeOwned, IntoDeserializer};
 use serde::{Deserializer, Serialize};
 use std::fmt;
@@ -31,7 +33,7 @@ impl std::error::Error for CodecError {}
 /// #[serde(rename_all = "kebab-case")]
 /// enum Event { ToppedUp { amount: i64 } }
 ///
-/// let (ty, payload) = tollgate_sdk::codec::encode(&Event::ToppedUp { amount: 5 }).unwrap();
+/// let (ty, payload) = tollgate_codec::encode(&Event::ToppedUp { amount: 5 }).unwrap();
 /// assert_eq!(ty, "topped-up");
 /// assert_eq!(payload, br#"{"amount":5}"#);
 /// ```
@@ -68,9 +70,9 @@ fn split_tagged(mut bytes: Vec<u8>) -> Result<(String, Vec<u8>), CodecError> {
 /// #[serde(rename_all = "kebab-case")]
 /// enum Command { TopUp { amount: i64 }, Close }
 ///
-/// let cmd: Command = tollgate_sdk::codec::decode("top-up", br#"{"amount":5}"#).unwrap();
+/// let cmd: Command = tollgate_codec::decode("top-up", br#"{"amount":5}"#).unwrap();
 /// assert_eq!(cmd, Command::TopUp { amount: 5 });
-/// let err = tollgate_sdk::codec::decode::<Command>("withdraw", b"{}").unwrap_err();
+/// let err = tollgate_codec::decode::<Command>("withdraw", b"{}").unwrap_err();
 /// assert!(err.0.contains("unknown variant `withdraw`"));
 /// ```
 pub fn decode<T: DeserializeOwned>(type_name: &str, payload: &[u8]) -> Result<T, CodecError> {
@@ -91,7 +93,7 @@ pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// re-copying a large value as it grows.
 ///
 /// ```
-/// let bytes = tollgate_sdk::codec::to_json_in(Vec::with_capacity(64), &[1, 2]).unwrap();
+/// let bytes = tollgate_codec::to_json_in(Vec::with_capacity(64), &[1, 2]).unwrap();
 /// assert_eq!(bytes, b"[1,2]");
 /// ```
 pub fn to_json_in<T: Serialize>(mut buffer: Vec<u8>, value: &T) -> Result<Vec<u8>, CodecError> {

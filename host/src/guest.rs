@@ -5,7 +5,7 @@
 
 use crate::actor::Actor;
 use crate::error::HostError;
-use crate::fakes::Fakes;
+use crate::host_state::HostState;
 use crate::services::PolicyServices;
 use crate::state::StoreState;
 use std::sync::Arc;
@@ -15,10 +15,10 @@ use wasmtime::{Store, Trap};
 /// How to make the typed bindings of one world from the linked component.
 pub(crate) type Instantiate<B> = fn(&InstancePre<StoreState>, &mut Store<StoreState>) -> wasmtime::Result<B>;
 
-/// An actor, its fakes, and its current instance (if any).
+/// An actor, its host state, and its current instance (if any).
 pub struct Guest<B> {
     actor: Actor,
-    fakes: Fakes,
+    host_state: HostState,
     services: Option<Arc<dyn PolicyServices>>,
     instantiate: Instantiate<B>,
     live: Option<(Store<StoreState>, B)>,
@@ -28,11 +28,11 @@ pub struct Guest<B> {
 impl<B> Guest<B> {
     pub(crate) fn new(
         actor: Actor,
-        fakes: Fakes,
+        host_state: HostState,
         services: Option<Arc<dyn PolicyServices>>,
         instantiate: Instantiate<B>,
     ) -> Self {
-        Guest { actor, fakes, services, instantiate, live: None, instances_created: 0 }
+        Guest { actor, host_state, services, instantiate, live: None, instances_created: 0 }
     }
 
     /// The actor.
@@ -40,9 +40,9 @@ impl<B> Guest<B> {
         &self.actor
     }
 
-    /// The fakes its imports use.
-    pub fn fakes(&self) -> &Fakes {
-        &self.fakes
+    /// The host state its imports use.
+    pub fn host_state(&self) -> &HostState {
+        &self.host_state
     }
 
     /// How many instances were created so far (one more after every trap).
@@ -60,11 +60,11 @@ impl<B> Guest<B> {
     ) -> Result<R, HostError> {
         if self.live.is_none() {
             // Instantiation (the guest's start functions) runs on the budget `new_store` arms.
-            let mut store = StoreState::new_store(self.actor.engine(), self.fakes.clone(), self.services.clone());
+            let mut store = StoreState::new_store(self.actor.engine(), self.host_state.clone(), self.services.clone());
             let bindings = match (self.instantiate)(self.actor.instance_pre(), &mut store) {
                 Ok(b) => b,
                 Err(e) => {
-                    store.data_mut().log_budget.finish(&self.fakes, self.actor.name(), "instantiate");
+                    store.data_mut().log_budget.finish(&self.host_state, self.actor.name(), "instantiate");
                     return Err(self.classify("instantiate", e, &mut store));
                 }
             };
@@ -75,21 +75,21 @@ impl<B> Guest<B> {
         self.actor.engine().arm(store);
         store.data_mut().memory.hit = false;
         let result = f(bindings, store);
-        store.data_mut().log_budget.finish(&self.fakes, self.actor.name(), function);
+        store.data_mut().log_budget.finish(&self.host_state, self.actor.name(), function);
         match result {
             Ok(value) => {
                 // Output of a successful call is of no interest; drop it so it can't pile up.
                 store.data().stderr.clear();
                 if commit(&value) {
-                    self.fakes.commit();
+                    self.host_state.commit();
                 } else {
-                    self.fakes.discard();
+                    self.host_state.discard();
                 }
                 Ok(value)
             }
             Err(error) => {
                 let (mut store, _) = self.live.take().expect("live instance");
-                self.fakes.discard();
+                self.host_state.discard();
                 Err(self.classify(function, error, &mut store))
             }
         }

@@ -1,15 +1,15 @@
-//! Host fakes you can seed and inspect: configuration, key-value storage, the clock, and, when
-//! asked with [`Fakes::record_calls`], the guest's log lines and a record of every call an
-//! actor made to its imports (like spin-test's `calls()`). The test harness records; a runtime
-//! does not, so nothing accumulates in a long-running node.
+//! The state a host keeps for an actor beside its instances: configuration, key-value storage
+//! (read models) and the clock, shared by every store the actor's instances run in.
 //!
-//! One [`Fakes`] handle is shared by the test and every store it creates, so a test seeds it
-//! before the call and reads it afterwards. Key-value writes made during a call are staged and
-//! only committed when the call succeeds: a trap or an error leaves storage untouched.
+//! Key-value writes made during a call are staged and only committed when the call succeeds:
+//! a trap or an error leaves storage untouched. A runtime records the committed writes to
+//! persist them ([`HostState::record_kv_writes`]); a test harness may watch every import call
+//! and log line through an [`ImportObserver`]. Without one nothing accumulates, so a
+//! long-running node keeps no history of calls.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// One log line an actor emitted through `wasi:logging`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,6 +31,16 @@ pub struct HostCall {
     pub function: String,
     /// The arguments, rendered for reading (`key=value` pairs).
     pub args: Vec<String>,
+}
+
+/// Watches what an actor does through its imports: every host call and every log line its log
+/// budget lets through. A test harness records them; a runtime sets none.
+pub trait ImportObserver: Send + Sync {
+    /// An actor called a host import.
+    fn host_call(&self, call: HostCall);
+    /// An actor emitted a log line (or the host logged on its behalf, e.g. a dropped-lines
+    /// warning).
+    fn log_line(&self, line: LogLine);
 }
 
 /// The virtual clock actors and commands see, in milliseconds since the epoch.
@@ -86,20 +96,17 @@ struct State {
     buckets: Buckets,
     /// Writes of the call in progress: (bucket, key) -> new value or deletion.
     staged: BTreeMap<(String, String), Option<Vec<u8>>>,
-    /// Committed writes not yet taken by [`Fakes::take_kv_writes`], when recording.
+    /// Committed writes not yet taken by [`HostState::take_kv_writes`], when recording.
     written: Option<Vec<KvChange>>,
-    logs: Vec<LogLine>,
-    calls: Vec<HostCall>,
 }
 
-/// The shared handle to every fake. Cloning it shares the same fakes.
+/// The shared handle to an actor's host state. Cloning it shares the same state.
 #[derive(Clone, Default)]
-pub struct Fakes {
+pub struct HostState {
     state: Arc<Mutex<State>>,
     clock: VirtualClock,
-    /// Whether calls and log lines are kept (see [`Fakes::record_calls`]); read without the lock
-    /// on every import call.
-    recording: Arc<AtomicBool>,
+    /// Set at most once; read without a lock on every import call.
+    observer: Arc<OnceLock<Arc<dyn ImportObserver>>>,
 }
 
 /// The host-side representation of an open `wasi:keyvalue` bucket.
@@ -109,21 +116,21 @@ pub struct BucketHandle {
     pub name: String,
 }
 
-impl Fakes {
-    /// Empty fakes at time 0, recording nothing.
+impl HostState {
+    /// Empty state at time 0, observed by no one.
     pub fn new() -> Self {
         Self::default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated in a way that
-        // matters more than losing the test's fakes, so keep going with the data.
+        // Every update under the lock is a single map operation, so a panic elsewhere while
+        // holding it cannot leave the state half-updated: keep going with the data.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Empty fakes sharing `clock` with other actors.
+    /// Empty state sharing `clock` with other actors.
     pub fn with_clock(clock: VirtualClock) -> Self {
-        Fakes { state: Default::default(), clock, recording: Default::default() }
+        HostState { state: Default::default(), clock, observer: Default::default() }
     }
 
     /// The virtual clock.
@@ -151,7 +158,7 @@ impl Fakes {
         self.lock().config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// Seeds a key-value entry.
+    /// Sets a key-value entry (a test's seed, or a read model restored from the store).
     pub fn kv_set(&self, bucket: &str, key: &str, value: &[u8]) {
         self.lock().buckets.entry(bucket.into()).or_default().insert(key.into(), value.to_vec());
     }
@@ -174,7 +181,7 @@ impl Fakes {
     }
 
     /// Starts recording committed key-value writes, so a runtime can persist exactly what
-    /// one successful call wrote (see [`Fakes::take_kv_writes`]).
+    /// one successful call wrote (see [`HostState::take_kv_writes`]).
     pub fn record_kv_writes(&self) {
         self.lock().written.get_or_insert_with(Vec::new);
     }
@@ -184,41 +191,23 @@ impl Fakes {
         self.lock().written.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// Starts keeping every call to a host import and every guest log line (as the log budget
-    /// of each call lets through), for [`Fakes::calls`] and [`Fakes::logs`]. Only a test
-    /// harness should: they are kept until [`Fakes::reset_calls`].
-    pub fn record_calls(&self) {
-        self.recording.store(true, Ordering::Relaxed);
+    /// Lets `observer` see every import call and log line from now on. There is at most one
+    /// observer: false (and nothing changes) when one is already set.
+    pub fn observe(&self, observer: Arc<dyn ImportObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
-    /// Log lines so far (empty unless recording).
-    pub fn logs(&self) -> Vec<LogLine> {
-        self.lock().logs.clone()
-    }
-
-    /// Calls to host imports so far, oldest first (empty unless recording).
-    pub fn calls(&self) -> Vec<HostCall> {
-        self.lock().calls.clone()
-    }
-
-    /// Forgets recorded calls and log lines.
-    pub fn reset_calls(&self) {
-        let mut s = self.lock();
-        s.calls.clear();
-        s.logs.clear();
-    }
-
-    /// Records a call when recording; `args` renders its arguments only then.
+    /// Tells the observer about a call; `args` renders its arguments only when there is one.
     pub(crate) fn record(&self, interface: &str, function: &str, args: impl FnOnce() -> Vec<String>) {
-        if self.recording.load(Ordering::Relaxed) {
-            self.lock().calls.push(HostCall { interface: interface.into(), function: function.into(), args: args() });
+        if let Some(observer) = self.observer.get() {
+            observer.host_call(HostCall { interface: interface.into(), function: function.into(), args: args() });
         }
     }
 
-    /// Keeps a log line when recording.
+    /// Tells the observer about a log line.
     pub(crate) fn log(&self, level: &str, context: &str, message: &str) {
-        if self.recording.load(Ordering::Relaxed) {
-            self.lock().logs.push(LogLine { level: level.into(), context: context.into(), message: message.into() });
+        if let Some(observer) = self.observer.get() {
+            observer.log_line(LogLine { level: level.into(), context: context.into(), message: message.into() });
         }
     }
 

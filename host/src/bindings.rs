@@ -19,7 +19,7 @@ pub mod projector {
         with: {
             "tollgate:eventsourcing/types": crate::bindings::aggregate::tollgate::eventsourcing::types,
             "wasi:logging/logging": crate::bindings::aggregate::wasi::logging::logging,
-            "wasi:keyvalue/store.bucket": crate::fakes::BucketHandle,
+            "wasi:keyvalue/store.bucket": crate::host_state::BucketHandle,
         },
     });
 }

@@ -10,8 +10,8 @@ use crate::bindings::projector::Projector;
 use crate::bindings::rater::Rater;
 pub use crate::bindings::rater::exports::tollgate::billing::rating::{Rated, RatingError, RatingRequest};
 use crate::error::HostError;
-use crate::fakes::Fakes;
 use crate::guest::Guest;
+use crate::host_state::HostState;
 use crate::services::PolicyServices;
 use std::sync::Arc;
 
@@ -23,10 +23,10 @@ pub struct ProjectorActor {
 
 impl ProjectorActor {
     /// Wraps a loaded actor; fails unless it is a projector.
-    pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
+    pub fn new(actor: Actor, host_state: HostState) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Projector)?;
         Ok(ProjectorActor {
-            guest: Guest::new(actor, fakes, None, |pre, store| {
+            guest: Guest::new(actor, host_state, None, |pre, store| {
                 let instance = pre.instantiate(&mut *store)?;
                 Projector::new(&mut *store, &instance)
             }),
@@ -56,10 +56,10 @@ pub struct ProcessManagerActor {
 
 impl ProcessManagerActor {
     /// Wraps a loaded actor; fails unless it is a process manager.
-    pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
+    pub fn new(actor: Actor, host_state: HostState) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::ProcessManager)?;
         Ok(ProcessManagerActor {
-            guest: Guest::new(actor, fakes, None, |pre, store| {
+            guest: Guest::new(actor, host_state, None, |pre, store| {
                 let instance = pre.instantiate(&mut *store)?;
                 ProcessManager::new(&mut *store, &instance)
             }),
@@ -107,11 +107,11 @@ pub struct RaterActor {
 }
 
 impl RaterActor {
-    /// Wraps a loaded actor; fails unless it is a rater. Tariffs come from `fakes`' config.
-    pub fn new(actor: Actor, fakes: Fakes) -> Result<Self, HostError> {
+    /// Wraps a loaded actor; fails unless it is a rater. Tariffs come from the host state's config.
+    pub fn new(actor: Actor, host_state: HostState) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Rater)?;
         Ok(RaterActor {
-            guest: Guest::new(actor, fakes, None, |pre, store| {
+            guest: Guest::new(actor, host_state, None, |pre, store| {
                 let instance = pre.instantiate(&mut *store)?;
                 Rater::new(&mut *store, &instance)
             }),
@@ -136,10 +136,10 @@ pub struct PolicyActor {
 
 impl PolicyActor {
     /// Wraps a loaded actor; fails unless it is a policy.
-    pub fn new(actor: Actor, fakes: Fakes, services: Arc<dyn PolicyServices>) -> Result<Self, HostError> {
+    pub fn new(actor: Actor, host_state: HostState, services: Arc<dyn PolicyServices>) -> Result<Self, HostError> {
         actor.expect_kind(ActorKind::Policy)?;
         Ok(PolicyActor {
-            guest: Guest::new(actor, fakes, Some(services), |pre, store| {
+            guest: Guest::new(actor, host_state, Some(services), |pre, store| {
                 let instance = pre.instantiate(&mut *store)?;
                 Policy::new(&mut *store, &instance)
             }),

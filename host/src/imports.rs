@@ -1,14 +1,14 @@
 //! The host side of every import: logging (to `tracing`, bounded per call), configuration and
-//! key-value storage served by the fakes; rating and charging served by
+//! key-value storage served by the host state; rating and charging served by
 //! [`PolicyServices`](crate::services::PolicyServices); the monotonic clock's subscriptions
-//! (sleeps) answered at once. Calls are recorded when the fakes record them (test harness only).
+//! (sleeps) answered at once. Calls and log lines go to the host state's observer, if any (a test harness).
 
 use crate::bindings::aggregate::wasi::logging::logging::{self, Level};
 use crate::bindings::policy::tollgate::billing::{charging, rating};
 use crate::bindings::projector::wasi::keyvalue::store as kv;
 use crate::bindings::rater::tollgate::billing::types::{AccountStatus, Grant, Money, ResultCode, Usage};
 use crate::bindings::rater::wasi::config::store as config;
-use crate::fakes::BucketHandle;
+use crate::host_state::BucketHandle;
 use crate::state::StoreState;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::DynPollable;
@@ -24,11 +24,11 @@ impl logging::Host for StoreState {
             Level::Error => "error",
             Level::Critical => "critical",
         };
-        self.fakes
+        self.host_state
             .record("wasi:logging/logging", "log", || vec![format!("level={level}"), format!("context={context}")]);
         let Some((context, message)) = self.log_budget.admit(context, message) else { return };
         tracing::debug!(target: "tollgate::guest", level, context = %context, "{message}");
-        self.fakes.log(level, &context, &message);
+        self.host_state.log(level, &context, &message);
     }
 }
 
@@ -37,11 +37,11 @@ impl logging::Host for StoreState {
 /// polls the clock until time has passed therefore spins, and its CPU cap stops it.
 impl monotonic_clock::Host for StoreState {
     fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
-        Ok(wasmtime_wasi::HostMonotonicClock::now(self.fakes.clock()))
+        Ok(wasmtime_wasi::HostMonotonicClock::now(self.host_state.clock()))
     }
 
     fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
-        Ok(wasmtime_wasi::HostMonotonicClock::resolution(self.fakes.clock()))
+        Ok(wasmtime_wasi::HostMonotonicClock::resolution(self.host_state.clock()))
     }
 
     fn subscribe_instant(&mut self, _when: monotonic_clock::Instant) -> wasmtime::Result<Resource<DynPollable>> {
@@ -74,13 +74,13 @@ impl crate::bindings::policy::tollgate::admission::types::Host for StoreState {}
 
 impl config::Host for StoreState {
     fn get(&mut self, key: String) -> Result<Option<String>, config::Error> {
-        self.fakes.record("wasi:config/store", "get", || vec![format!("key={key}")]);
-        Ok(self.fakes.config(&key))
+        self.host_state.record("wasi:config/store", "get", || vec![format!("key={key}")]);
+        Ok(self.host_state.config(&key))
     }
 
     fn get_all(&mut self) -> Result<Vec<(String, String)>, config::Error> {
-        self.fakes.record("wasi:config/store", "get-all", Vec::new);
-        Ok(self.fakes.config_all())
+        self.host_state.record("wasi:config/store", "get-all", Vec::new);
+        Ok(self.host_state.config_all())
     }
 }
 
@@ -92,7 +92,7 @@ impl StoreState {
 
 impl kv::Host for StoreState {
     fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, kv::Error> {
-        self.fakes.record("wasi:keyvalue/store", "open", || vec![format!("bucket={identifier}")]);
+        self.host_state.record("wasi:keyvalue/store", "open", || vec![format!("bucket={identifier}")]);
         if identifier.is_empty() {
             return Err(kv::Error::NoSuchStore);
         }
@@ -103,37 +103,39 @@ impl kv::Host for StoreState {
 impl kv::HostBucket for StoreState {
     fn get(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
         let name = self.bucket_name(&bucket)?;
-        self.fakes.record("wasi:keyvalue/store", "bucket.get", || vec![format!("bucket={name}"), format!("key={key}")]);
-        Ok(self.fakes.staged_get(&name, &key))
+        self.host_state
+            .record("wasi:keyvalue/store", "bucket.get", || vec![format!("bucket={name}"), format!("key={key}")]);
+        Ok(self.host_state.staged_get(&name, &key))
     }
 
     fn set(&mut self, bucket: Resource<BucketHandle>, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
         let name = self.bucket_name(&bucket)?;
-        self.fakes.record("wasi:keyvalue/store", "bucket.set", || vec![format!("bucket={name}"), format!("key={key}")]);
-        self.fakes.staged_put(&name, &key, Some(value));
+        self.host_state
+            .record("wasi:keyvalue/store", "bucket.set", || vec![format!("bucket={name}"), format!("key={key}")]);
+        self.host_state.staged_put(&name, &key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<(), kv::Error> {
         let name = self.bucket_name(&bucket)?;
-        self.fakes
+        self.host_state
             .record("wasi:keyvalue/store", "bucket.delete", || vec![format!("bucket={name}"), format!("key={key}")]);
-        self.fakes.staged_put(&name, &key, None);
+        self.host_state.staged_put(&name, &key, None);
         Ok(())
     }
 
     fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> Result<bool, kv::Error> {
         let name = self.bucket_name(&bucket)?;
-        self.fakes
+        self.host_state
             .record("wasi:keyvalue/store", "bucket.exists", || vec![format!("bucket={name}"), format!("key={key}")]);
-        Ok(self.fakes.staged_get(&name, &key).is_some())
+        Ok(self.host_state.staged_get(&name, &key).is_some())
     }
 
     fn list_keys(&mut self, bucket: Resource<BucketHandle>, cursor: Option<u64>) -> Result<kv::KeyResponse, kv::Error> {
         const PAGE: usize = 1000;
         let name = self.bucket_name(&bucket)?;
-        self.fakes.record("wasi:keyvalue/store", "bucket.list-keys", || vec![format!("bucket={name}")]);
-        let keys = self.fakes.staged_keys(&name);
+        self.host_state.record("wasi:keyvalue/store", "bucket.list-keys", || vec![format!("bucket={name}")]);
+        let keys = self.host_state.staged_keys(&name);
         let start = cursor.unwrap_or(0) as usize;
         let page: Vec<String> = keys.iter().skip(start).take(PAGE).cloned().collect();
         let next = start + page.len();
@@ -155,7 +157,7 @@ fn no_services(what: &str) -> charging::ChargingError {
 
 impl rating::Host for StoreState {
     fn rate(&mut self, request: rating::RatingRequest) -> Result<rating::Rated, rating::RatingError> {
-        self.fakes.record("tollgate:billing/rating", "rate", || {
+        self.host_state.record("tollgate:billing/rating", "rate", || {
             vec![format!("offer={}", request.usage.offer), format!("units={}", request.usage.units)]
         });
         match &self.services {
@@ -167,7 +169,7 @@ impl rating::Host for StoreState {
 
 impl charging::Host for StoreState {
     fn reserve(&mut self, request: charging::ReserveRequest) -> Result<Grant, charging::ChargingError> {
-        self.fakes.record("tollgate:billing/charging", "reserve", || {
+        self.host_state.record("tollgate:billing/charging", "reserve", || {
             vec![
                 format!("request-id={}", request.request_id),
                 format!("account={}", request.account),
@@ -184,7 +186,7 @@ impl charging::Host for StoreState {
         reservation_id: String,
         used_units: u64,
     ) -> Result<charging::DebitOutcome, charging::ChargingError> {
-        self.fakes.record("tollgate:billing/charging", "debit", || {
+        self.host_state.record("tollgate:billing/charging", "debit", || {
             vec![format!("request-id={request_id}"), format!("account={account}"), format!("used-units={used_units}")]
         });
         self.services.clone().ok_or_else(|| no_services("debit"))?.debit(
@@ -201,7 +203,7 @@ impl charging::Host for StoreState {
         account: String,
         reservation_id: String,
     ) -> Result<Money, charging::ChargingError> {
-        self.fakes.record("tollgate:billing/charging", "release", || {
+        self.host_state.record("tollgate:billing/charging", "release", || {
             vec![
                 format!("request-id={request_id}"),
                 format!("account={account}"),
@@ -218,7 +220,7 @@ impl charging::Host for StoreState {
         amount: Money,
         description: String,
     ) -> Result<AccountStatus, charging::ChargingError> {
-        self.fakes.record("tollgate:billing/charging", "direct-debit", || {
+        self.host_state.record("tollgate:billing/charging", "direct-debit", || {
             vec![
                 format!("request-id={request_id}"),
                 format!("account={account}"),
@@ -234,12 +236,12 @@ impl charging::Host for StoreState {
     }
 
     fn balance_check(&mut self, account: String) -> Result<AccountStatus, charging::ChargingError> {
-        self.fakes.record("tollgate:billing/charging", "balance-check", || vec![format!("account={account}")]);
+        self.host_state.record("tollgate:billing/charging", "balance-check", || vec![format!("account={account}")]);
         self.services.clone().ok_or_else(|| no_services("balance-check"))?.balance_check(&account)
     }
 
     fn price_enquiry(&mut self, account: String, usage: Usage) -> Result<rating::Rated, charging::ChargingError> {
-        self.fakes.record("tollgate:billing/charging", "price-enquiry", || {
+        self.host_state.record("tollgate:billing/charging", "price-enquiry", || {
             vec![format!("account={account}"), format!("offer={}", usage.offer)]
         });
         self.services.clone().ok_or_else(|| no_services("price-enquiry"))?.price_enquiry(&account, usage)
