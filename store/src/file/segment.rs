@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::Record;
+use super::record::Record;
 use crate::{Result, StoreError};
 
 /// Version of the segment and record format this build reads and writes.
