@@ -140,7 +140,10 @@ impl FileStore {
             }
             if n > segment || (n == segment && off >= offset) {
                 removed_records += 1;
-                if let Record::Events(c) = &record {
+                // A record without events is damage that replay reports; it removes no position.
+                if let Record::Events(c) = &record
+                    && !c.events.is_empty()
+                {
                     let (first, last) = (c.first_position, c.last_position());
                     match removed_positions.last_mut() {
                         Some((_, end)) if *end + 1 == first => *end = last,
@@ -150,7 +153,14 @@ impl FileStore {
             }
             Ok(())
         })?;
-        let scanned = scan.segments.iter().find(|s| s.report.number == segment).expect("listed");
+        let path = segment_path(&dir, segment);
+        let Some(scanned) = scan.segments.iter().find(|s| s.report.number == segment) else {
+            // Listed above, gone now: someone else is changing the directory.
+            return Err(StoreError::io(
+                format!("reading {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the segment disappeared while the log was read"),
+            ));
+        };
         let (seg, header_ok) = (&scanned.report, matches!(scanned.header, Header::Ok { .. }));
         if header_ok {
             boundaries.insert(SEGMENT_HEADER as u64);
@@ -158,7 +168,6 @@ impl FileStore {
                 boundaries.insert(seg.valid_end);
             }
         }
-        let path = segment_path(&dir, segment);
         if offset == 0 && segment > 1 {
             return Err(StoreError::InvalidArgument(format!(
                 "{} offset 0: removing segment {segment} whole would leave segment {} sealed without a \
