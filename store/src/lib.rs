@@ -1,7 +1,8 @@
 //! Event stores for tollgate: embedded durable log and NATS JetStream.
 //!
 //! One object-safe trait, [`EventStore`], with two implementations that pass the same
-//! conformance suite (`store/tests/`):
+//! conformance suite (`testing::conformance`, feature `testing`, which another backend can run
+//! too):
 //!
 //! * [`FileStore`] (`file:DIR`): an embedded, crash-safe, checksummed append-only log with
 //!   group commit. No server needed. The default.

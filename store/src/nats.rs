@@ -34,8 +34,9 @@ use futures_util::StreamExt;
 use crate::codec::{Dec, Enc};
 use crate::subject::encode_token;
 use crate::{
-    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion, KvWrite, NackOutcome,
-    NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer, stored_events, validate_append,
+    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion, KvWrite,
+    MAX_EVENTS_PER_APPEND, NackOutcome, NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer, stored_events,
+    validate_append,
 };
 
 /// Settings of a [`NatsStore`].
@@ -117,14 +118,32 @@ impl Batch {
         if d.u8().map_err(bad)? != 1 {
             return Err(StoreError::Corrupt("unknown event message version".into()));
         }
-        Ok(Batch {
+        let batch = Batch {
             stream: d.str().map_err(bad)?,
             key: d.str().map_err(bad)?,
             first_sequence: d.u64().map_err(bad)?,
             events: d.events().map_err(bad)?,
-        })
+        };
+        // What the rest of the store relies on: an append has 1..=MAX_EVENTS_PER_APPEND events
+        // (positions keep 12 bits for the index) with sequences from 1 that fit in a u64.
+        let n = batch.events.len();
+        if n == 0 || n > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Corrupt(format!(
+                "event message of {}/{} holds {n} events; an append holds 1 to {MAX_EVENTS_PER_APPEND}",
+                batch.stream, batch.key
+            )));
+        }
+        if batch.first_sequence == 0 || batch.first_sequence.checked_add(n as u64 - 1).is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "event message of {}/{} starts at sequence {}, which cannot number its {n} events",
+                batch.stream, batch.key, batch.first_sequence
+            )));
+        }
+        Ok(batch)
     }
 
+    /// Cannot underflow or overflow: an append has at least one event, and [`Batch::decode`]
+    /// refuses a message whose sequences do not fit.
     fn last_sequence(&self) -> u64 {
         self.first_sequence + self.events.len() as u64 - 1
     }
@@ -476,7 +495,7 @@ impl EventStore for NatsStore {
             let last = self.last_batch(&subject).await?;
             let (actual, last_msg_seq) = match &last {
                 Some((seq, b)) => {
-                    if !command_id.is_empty() && b.events[0].command_id == command_id {
+                    if !command_id.is_empty() && b.events.first().is_some_and(|e| e.command_id == command_id) {
                         return Err(duplicate(b.result(*seq)));
                     }
                     (b.last_sequence(), *seq)

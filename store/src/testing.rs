@@ -1,13 +1,33 @@
-//! Test support: a throw-away `nats-server -js` on a free loopback port (feature `testing`).
+//! Test support (feature `testing`): the [`conformance`] suite every store must pass, an
+//! [`event`] to append, and a throw-away `nats-server -js` on a free loopback port.
 //!
 //! ```no_run
 //! let Some(server) = tollgate_store::testing::NatsServer::start_or_skip() else { return };
 //! assert!(server.url.starts_with("nats://127.0.0.1:"));
 //! ```
 
+pub mod conformance;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::NewEvent;
+
+/// An event of type `event_type` carrying `command_id`, whose payload is `tag`'s bytes;
+/// correlation and causation ids are derived from the command id, the time is fixed.
+pub fn event(event_type: &str, command_id: &str, tag: &str) -> NewEvent {
+    NewEvent {
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        content_type: "application/octet-stream".to_owned(),
+        payload: tag.as_bytes().to_vec(),
+        command_id: command_id.to_owned(),
+        correlation_id: format!("corr-{command_id}"),
+        causation_id: format!("cause-{command_id}"),
+        time_ms: 1_700_000_000_000,
+    }
+}
 
 /// A running nats-server with JetStream, killed (and its directory removed) on drop.
 pub struct NatsServer {

@@ -1,13 +1,12 @@
-//! Runs the one conformance suite against both stores.
-
-mod common;
+//! Runs the one conformance suite (`tollgate_store::testing::conformance`) against both
+//! stores, and the tests only one store can take.
 
 use std::time::{Duration, Instant};
 
-use common::conformance::Factory;
-use common::event;
 use tollgate_store::subject::encode_token;
 use tollgate_store::testing::NatsServer;
+use tollgate_store::testing::conformance::Factory;
+use tollgate_store::testing::event;
 use tollgate_store::{
     ConsumerOptions, EventStore, ExpectedVersion, FileOptions, FileStore, KvWrite, NatsOptions, NatsStore,
 };
@@ -65,26 +64,17 @@ impl Factory for NatsFactory {
 
 mod file {
     use super::*;
-    conformance_tests!(FileFactory::new();
-        append_and_read, optimistic_concurrency, duplicate_command, read_all_order,
-        consumer_delivery, snapshots_by_digest, projection_commit, projection_rebuild, timers_survive_reopen,
-        unacked_redelivered);
+    tollgate_store::conformance_tests!(FileFactory::new());
 }
 
 mod file_unsynced {
     use super::*;
-    conformance_tests!(FileFactory::unsynced();
-        append_and_read, optimistic_concurrency, duplicate_command, read_all_order,
-        consumer_delivery, snapshots_by_digest, projection_commit, projection_rebuild, timers_survive_reopen,
-        unacked_redelivered);
+    tollgate_store::conformance_tests!(FileFactory::unsynced());
 }
 
 mod nats {
     use super::*;
-    conformance_tests!(NatsFactory::start();
-        append_and_read, optimistic_concurrency, duplicate_command, read_all_order,
-        consumer_delivery, snapshots_by_digest, projection_commit, projection_rebuild, timers_survive_reopen,
-        unacked_redelivered);
+    tollgate_store::conformance_tests!(NatsFactory::start());
 }
 
 /// NatsStore only: deliveries that time out more than `max_deliver` times are dead-lettered.

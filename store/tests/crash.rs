@@ -1,17 +1,14 @@
 //! Crash safety of the file store: SIGKILL under load, and the store-damage matrix (a bit
 //! flipped at every offset, a cut at every offset, each segment deleted).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use tollgate_store::testing::event;
 use tollgate_store::{EventStore, ExpectedVersion, FileOptions, FileStore, Snapshot, StoreError, StoredEvent, Timer};
-
-use common::event;
 
 const CHILD_ENV: &str = "TOLLGATE_STORE_CRASH_CHILD_DIR";
 const WRITERS: usize = 4;

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::Record;
+use super::record::Record;
 use crate::{Result, StoreError};
 
 /// Version of the segment and record format this build reads and writes.
@@ -60,6 +60,20 @@ pub(super) fn hex(id: &StoreId) -> String {
 
 pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:020}.{SEGMENT_EXT}"))
+}
+
+/// The little-endian `u32` at `at`; the caller checked that `data` holds it.
+fn le_u32(data: &[u8], at: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&data[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+/// The little-endian `u64` at `at`; the caller checked that `data` holds it.
+fn le_u64(data: &[u8], at: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&data[at..at + 8]);
+    u64::from_le_bytes(b)
 }
 
 fn crc(parts: &[&[u8]]) -> u32 {
@@ -224,8 +238,21 @@ pub(super) type Visit<'a> = dyn FnMut(u64, u64, Record, bool) -> std::result::Re
 /// Reads every segment of `dir`, checks the structure of the log and hands each complete
 /// record to `visit`. Damage is collected, not returned as an error; I/O failures are errors.
 pub(super) fn scan_log(dir: &Path, visit: &mut Visit<'_>) -> Result<LogScan> {
-    let numbers = list_segments(dir)?;
+    let mut numbers = list_segments(dir)?;
     let mut scan = LogScan::default();
+    // A file named as segment 0 or u64::MAX was not written by a store (numbers start at 1,
+    // and each segment names its successor): damage, not read.
+    numbers.retain(|&n| {
+        let in_range = n != 0 && n != u64::MAX;
+        if !in_range {
+            scan.problems.push(Damage {
+                path: segment_path(dir, n),
+                offset: 0,
+                problem: format!("segment number {n} is out of range (1 to {})", u64::MAX - 1),
+            });
+        }
+        in_range
+    });
     let mut expected = 1;
     for &n in &numbers {
         if n != expected {
@@ -288,12 +315,13 @@ fn scan_segment(dir: &Path, n: u64, last: bool, scan: &mut LogScan, visit: &mut 
         }
         return Ok(seg);
     }
-    let field = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
-    if crc(&[&data[0..44]]) != u32::from_le_bytes(data[44..48].try_into().expect("4 bytes")) {
+    // From here on `data` holds a whole header.
+    let field = |at: usize| le_u64(&data, at);
+    if crc(&[&data[0..44]]) != le_u32(&data, 44) {
         problem(scan, 0, "segment header checksum mismatch".into());
         return Ok(seg);
     }
-    let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+    let version = le_u32(&data, 8);
     if version != FORMAT_VERSION {
         problem(scan, 8, format!("segment format version {version}; this build reads version {FORMAT_VERSION}"));
         return Ok(seg);
@@ -302,7 +330,8 @@ fn scan_segment(dir: &Path, n: u64, last: bool, scan: &mut LogScan, visit: &mut 
         problem(scan, 12, format!("the header says this is segment {}, the file name says {n}", field(12)));
         return Ok(seg);
     }
-    let id: StoreId = data[28..44].try_into().expect("16 bytes");
+    let mut id: StoreId = [0; 16];
+    id.copy_from_slice(&data[28..44]);
     match scan.store_id {
         None => scan.store_id = Some(id),
         Some(store) if store != id => {
@@ -336,7 +365,8 @@ fn scan_segment(dir: &Path, n: u64, last: bool, scan: &mut LogScan, visit: &mut 
         if rest < RECORD_HEADER || data[off..].iter().all(|&b| b == 0) {
             break End::Torn { at: off as u64 };
         }
-        let word = |at: usize| u32::from_le_bytes(data[off + at..off + at + 4].try_into().expect("4 bytes"));
+        // `rest` holds at least a record header.
+        let word = |at: usize| le_u32(&data, off + at);
         let (len, body_crc, head_crc) = (word(0) as usize, word(4), word(8));
         if crc(&[&data[off..off + 8]]) != head_crc {
             problem(scan, off, "record header checksum mismatch".into());
@@ -388,10 +418,9 @@ fn check_ends(dir: &Path, scan: &mut LogScan) {
     for (i, seg) in scan.segments.iter().enumerate() {
         let (n, path) = (seg.report.number, seg.report.path.clone());
         let next = scan.segments.get(i + 1);
-        let last = next.is_none();
         let damage = |offset: u64, problem: String| Damage { path: path.clone(), offset, problem };
-        match (seg.header, seg.end) {
-            (Header::Torn, _) => {
+        match (seg.header, seg.end, next) {
+            (Header::Torn, _, _) => {
                 let prev_sealed = i > 0 && matches!(scan.segments[i - 1].end, End::Sealed { .. });
                 if prev_sealed {
                     problems.push(damage(
@@ -407,8 +436,8 @@ fn check_ends(dir: &Path, scan: &mut LogScan) {
                 }
                 // Otherwise the previous segment reports the interrupted roll.
             }
-            (Header::Damaged, _) | (_, End::Damaged) => {}
-            (Header::Ok { .. }, End::Sealed { at }) => match next.map(|s| s.header) {
+            (Header::Damaged, _, _) | (_, End::Damaged, _) => {}
+            (Header::Ok { .. }, End::Sealed { at }, _) => match next.map(|s| s.header) {
                 None => problems.push(Damage {
                     path: segment_path(dir, n + 1),
                     offset: 0,
@@ -430,12 +459,11 @@ fn check_ends(dir: &Path, scan: &mut LogScan) {
                 }
                 Some(_) => {}
             },
-            (Header::Ok { .. }, End::Open) if last => {}
-            (Header::Ok { .. }, End::Torn { at }) if last => {
+            (Header::Ok { .. }, End::Open, None) => {}
+            (Header::Ok { .. }, End::Torn { at }, None) => {
                 torn = Some(damage(at, format!("incomplete final record ({} bytes)", seg.report.bytes - at)));
             }
-            (Header::Ok { .. }, end) => {
-                let next = next.expect("not last");
+            (Header::Ok { .. }, end, Some(next)) => {
                 let roll_end = match next.header {
                     _ if next.report.records > 0 || i + 2 != count => None,
                     Header::Ok { prev_end } => Some(prev_end),

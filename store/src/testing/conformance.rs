@@ -1,14 +1,45 @@
-//! The conformance suite every [`EventStore`] must pass. Each test takes a factory that
-//! opens the SAME store again on every call (reopen for files, reconnect for NATS).
+//! The conformance suite every [`EventStore`] must pass (feature `testing`).
+//!
+//! Each test is a function taking a [`Factory`] that opens the SAME store again on every call
+//! (reopen a directory, reconnect to a server), so the suite also checks what survives a
+//! reopen. Run them all against a backend with one [`conformance_tests!`](crate::conformance_tests)
+//! call in an integration test; it makes one `#[tokio::test]` per test, named after it. The
+//! generated tests need nothing but `tollgate-store` with feature `testing` (tokio comes
+//! through it). Each test starts with an empty store: let the factory expression make a fresh
+//! one (a new directory, a new server, a unique prefix).
+//!
+//! ```
+//! use tollgate_store::testing::conformance::Factory;
+//! use tollgate_store::{EventStore, FileStore};
+//!
+//! /// Every `open` opens the same directory again.
+//! struct FileFactory {
+//!     dir: tempfile::TempDir,
+//! }
+//!
+//! impl Factory for FileFactory {
+//!     async fn open(&self) -> Box<dyn EventStore> {
+//!         Box::new(FileStore::open(self.dir.path()).expect("open the store"))
+//!     }
+//! }
+//!
+//! // In `tests/conformance.rs`, or in a module of it per backend. The expression is evaluated
+//! // by every test; `None` skips the test (e.g. a server the backend needs is not installed).
+//! tollgate_store::conformance_tests!(tempfile::tempdir().ok().map(|dir| FileFactory { dir }));
+//! # fn main() {}
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_store::{ConsumerOptions, EventStore, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, Timer};
-
 use super::event;
+use crate::{ConsumerOptions, EventStore, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, Timer};
 
-/// Opens the store under test; every call opens the same underlying data.
+#[doc(hidden)]
+pub use tokio as __tokio;
+
+/// Opens the store under test. Every call opens the same underlying data (reopens the
+/// directory, reconnects to the server), so that the suite can check what survives.
 pub trait Factory {
     /// Opens (or reopens) the store.
     fn open(&self) -> impl Future<Output = Box<dyn EventStore>>;
@@ -17,6 +48,9 @@ pub trait Factory {
 const WAIT: Duration = Duration::from_millis(1500);
 const SHORT: Duration = Duration::from_millis(200);
 
+/// Appends to two keys and reads them back: sequences dense from 1 per key, positions
+/// increasing, every envelope field kept, reads from a sequence, streams and keys separate,
+/// invalid appends refused, and the events still there after a reopen.
 pub async fn append_and_read(f: &impl Factory) {
     let s = f.open().await;
     let key = "acc.1 *>_x"; // not a valid subject token as is
@@ -83,6 +117,9 @@ pub async fn append_and_read(f: &impl Factory) {
     assert_eq!(again, all, "events survive reopening");
 }
 
+/// A `NoStream` or `Exact` expectation that does not hold is a [`StoreError::Conflict`]
+/// naming the actual sequence and writes nothing; among racing appenders each expected
+/// version is won exactly once, and `Any` never loses an event.
 pub async fn optimistic_concurrency(f: &impl Factory) {
     let s = f.open().await;
     s.append("account", "k", ExpectedVersion::NoStream, vec![event("a", "", "1")]).await.unwrap();
@@ -132,6 +169,9 @@ pub async fn optimistic_concurrency(f: &impl Factory) {
     assert!(any.iter().enumerate().all(|(i, e)| e.sequence == i as u64 + 1));
 }
 
+/// An append whose command id its key already committed is a [`StoreError::Duplicate`]
+/// carrying the original result (checked before the version, for older commands too, and
+/// after a reopen); command ids are per key, and empty ones are never de-duplicated.
 pub async fn duplicate_command(f: &impl Factory) {
     let s = f.open().await;
     let first = s
@@ -165,13 +205,15 @@ pub async fn duplicate_command(f: &impl Factory) {
     assert_eq!(s.last_sequence("account", "k3").await.unwrap(), 2);
     let events = s.read("account", "k", 1).await.unwrap();
     assert_eq!(events.len(), 3, "duplicates wrote nothing");
-    let found = tollgate_store::find_duplicate(&events, "cmd-1").unwrap();
+    let found = crate::find_duplicate(&events, "cmd-1").unwrap();
     assert_eq!(found, first);
     drop(s);
     let s = f.open().await;
     check_dup(s.append("account", "k", ExpectedVersion::Any, vec![event("a", "cmd-1", "1")]).await);
 }
 
+/// [`EventStore::read_all`] returns every event in commit order across streams, and paging
+/// with a small `max` from `last.position + 1` visits the same events.
 pub async fn read_all_order(f: &impl Factory) {
     let s = f.open().await;
     let mut expected = Vec::new();
@@ -206,6 +248,10 @@ pub async fn read_all_order(f: &impl Factory) {
     assert_eq!(from_middle[0].position, expected[4].0);
 }
 
+/// A consumer filtered to one stream gets whole commits in order; ack, nack with
+/// redelivery and a growing attempt count, dead letter after `max_deliver`, nothing
+/// redelivered silently; acks and dead letters survive a reopen; a redrive delivers again
+/// with a fresh attempt count; another consumer starts from the beginning.
 pub async fn consumer_delivery(f: &impl Factory) {
     let s = f.open().await;
     let mut commits = Vec::new();
@@ -281,6 +327,8 @@ pub async fn consumer_delivery(f: &impl Factory) {
     assert_eq!(d.len(), 5, "all streams, from the start");
 }
 
+/// Snapshots are kept per `(stream, key, actor digest)`, a newer one of the same digest
+/// replaces the older, and they survive a reopen.
 pub async fn snapshots_by_digest(f: &impl Factory) {
     let s = f.open().await;
     assert_eq!(s.get_snapshot("account", "k", "sha256:a").await.unwrap(), None);
@@ -301,6 +349,9 @@ fn put(bucket: &str, key: &str, v: &str) -> KvWrite {
     KvWrite { bucket: bucket.into(), key: key.into(), value: Some(v.as_bytes().to_vec()) }
 }
 
+/// A projection commit applies its key-value writes and its checkpoint together; a stale
+/// one is refused whole; a consumer of the projection's name resumes after its checkpoint;
+/// all of it survives a reopen.
 pub async fn projection_commit(f: &impl Factory) {
     let s = f.open().await;
     assert_eq!(s.checkpoint("balances").await.unwrap(), 0);
@@ -348,6 +399,8 @@ pub async fn projection_commit(f: &impl Factory) {
     assert!(c.next(10, SHORT).await.unwrap().is_empty(), "commits at or below the checkpoint are never applied twice");
 }
 
+/// [`EventStore::rebuild_projection`] may commit at the checkpoint (replacing contents) but
+/// never below it.
 pub async fn projection_rebuild(f: &impl Factory) {
     let s = f.open().await;
     let r = s.append("account", "a", ExpectedVersion::Any, vec![event("e", "", "1")]).await.unwrap();
@@ -365,6 +418,7 @@ pub async fn projection_rebuild(f: &impl Factory) {
     assert_eq!(s.kv_list("balances", "by-id").await.unwrap(), vec![("a".into(), b"right".to_vec())]);
 }
 
+/// Timers come due in order of time, cancel once, are replaced by id, and survive a reopen.
 pub async fn timers_survive_reopen(f: &impl Factory) {
     let s = f.open().await;
     let timer = |id: &str, at| Timer { id: id.into(), fire_at_ms: at, payload: id.as_bytes().to_vec() };
@@ -382,6 +436,8 @@ pub async fn timers_survive_reopen(f: &impl Factory) {
     assert_eq!(s.due_timers(1000).await.unwrap(), vec![timer("t2", 300), timer("t.3 *", 500)]);
 }
 
+/// A delivery neither acked nor nacked (its consumer handle dropped, as in a crash) is
+/// delivered again to the next handle.
 pub async fn unacked_redelivered(f: &impl Factory) {
     let s = f.open().await;
     let r = s.append("account", "k", ExpectedVersion::Any, vec![event("e", "c1", "x")]).await.unwrap();
@@ -398,17 +454,46 @@ pub async fn unacked_redelivered(f: &impl Factory) {
     assert!(c.next(10, SHORT).await.unwrap().is_empty());
 }
 
-/// Generates one `#[tokio::test]` per conformance test for a factory expression that
-/// evaluates to `Option<F>` (`None`: skip).
+/// Generates one `#[tokio::test]` (multi-threaded runtime, 2 workers) per test of
+/// [`testing::conformance`](crate::testing::conformance), named after it, for a backend.
+///
+/// The argument is an expression evaluating to `Option<F>` where `F` implements
+/// [`testing::conformance::Factory`](crate::testing::conformance::Factory); each test
+/// evaluates it anew (so each gets an empty store of its own), and `None` skips that test.
+/// Call it once per module (each backend in its own module, so test names stay apart). The
+/// generated tests reach tokio through `tollgate_store`: the calling crate needs no tokio
+/// dependency of its own. Feature `testing`. The example is in the module's documentation.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($factory:expr; $($name:ident),* $(,)?) => {
+    (@tests $factory:expr; $($name:ident),*) => {
+        // tokio's test attribute names its crate by a path in a string, where `$crate` is not
+        // expanded: the alias gives that path a name in the calling module.
+        #[allow(unused_imports)]
+        use $crate::testing::conformance::__tokio as __tollgate_store_tokio;
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$crate::testing::conformance::__tokio::test(
+                flavor = "multi_thread",
+                worker_threads = 2,
+                crate = "__tollgate_store_tokio"
+            )]
             async fn $name() {
                 let Some(f) = $factory else { return };
-                $crate::common::conformance::$name(&f).await;
+                $crate::testing::conformance::$name(&f).await;
             }
         )*
+    };
+    ($factory:expr $(,)?) => {
+        $crate::conformance_tests!(@tests $factory;
+            append_and_read,
+            optimistic_concurrency,
+            duplicate_command,
+            read_all_order,
+            consumer_delivery,
+            snapshots_by_digest,
+            projection_commit,
+            projection_rebuild,
+            timers_survive_reopen,
+            unacked_redelivered
+        );
     };
 }
