@@ -1,13 +1,13 @@
 //! Commands that read (and repair) a store: `events`, `replay`, `dead-letters`, `stats`. Those
 //! that only read open the store read-only, so they never change a byte of it.
 
-use crate::scenario::run::event_json;
 use anyhow::Context;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate_host::ActorKind;
+use tollgate_node::view::{self, EventView};
 use tollgate_runtime::journal::from_stored;
 use tollgate_runtime::stats::STATS_STREAM;
 use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for, replay};
@@ -41,7 +41,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     for e in events {
         let e = from_stored(e);
         let written = if args.json {
-            writeln!(out, "{}", event_json(&e))
+            writeln!(out, "{}", view::to_value(&EventView::from(&e)))
         } else {
             writeln!(
                 out,

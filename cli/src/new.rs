@@ -18,7 +18,7 @@ pub struct Args {
     /// The crate's name (and directory, unless `--path`): lowercase letters, digits, `-`, `_`.
     name: String,
     /// What kind of actor.
-    #[arg(long, value_parser = ["aggregate", "projector", "process-manager", "policy", "rater"])]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ActorKind::ALL.map(ActorKind::name)))]
     kind: String,
     /// Where to create the crate (default: ./NAME). Must not exist.
     #[arg(long)]

@@ -14,6 +14,9 @@ pub const ADMISSION_POLICY: &str = "admission_policy";
 pub const BALANCE_PROJECTOR: &str = "balance_projector";
 /// The reference charging-session process manager.
 pub const CHARGING_SESSION: &str = "charging_session";
+/// Every reference actor (one per crate under `actors/`), the list tests and registries use.
+pub const REFERENCE_ACTORS: [&str; 5] = [PREPAID_ACCOUNT, RATER, ADMISSION_POLICY, BALANCE_PROJECTOR, CHARGING_SESSION];
+
 /// The test fixture that panics, spins or grows memory on command.
 pub const MISBEHAVING: &str = "misbehaving";
 /// The test fixture that sleeps an hour or polls the clock until an hour has passed.

@@ -3,77 +3,12 @@
 use crate::engine::HostEngine;
 use crate::error::HostError;
 use sha2::{Digest, Sha256};
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::component::{Component, InstancePre};
 
+use crate::kind::ActorKind;
 use crate::state::StoreState;
-
-/// The role of an actor, told by the `tollgate:` interface it exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ActorKind {
-    /// Exports `tollgate:eventsourcing/command-handler`.
-    Aggregate,
-    /// Exports `tollgate:eventsourcing/projection`.
-    Projector,
-    /// Exports `tollgate:eventsourcing/process`.
-    ProcessManager,
-    /// Exports `tollgate:billing/rating`.
-    Rater,
-    /// Exports `tollgate:admission/admission`.
-    Policy,
-}
-
-impl ActorKind {
-    /// Every kind.
-    pub const ALL: [ActorKind; 5] =
-        [ActorKind::Aggregate, ActorKind::Projector, ActorKind::ProcessManager, ActorKind::Rater, ActorKind::Policy];
-
-    /// The interface a component of this kind exports.
-    pub fn export(self) -> &'static str {
-        match self {
-            ActorKind::Aggregate => "tollgate:eventsourcing/command-handler@0.1.0",
-            ActorKind::Projector => "tollgate:eventsourcing/projection@0.1.0",
-            ActorKind::ProcessManager => "tollgate:eventsourcing/process@0.1.0",
-            ActorKind::Rater => "tollgate:billing/rating@0.1.0",
-            ActorKind::Policy => "tollgate:admission/admission@0.1.0",
-        }
-    }
-
-    /// The world a component of this kind targets.
-    pub fn world(self) -> &'static str {
-        match self {
-            ActorKind::Aggregate => "tollgate:eventsourcing/aggregate@0.1.0",
-            ActorKind::Projector => "tollgate:eventsourcing/projector@0.1.0",
-            ActorKind::ProcessManager => "tollgate:eventsourcing/process-manager@0.1.0",
-            ActorKind::Rater => "tollgate:billing/rater@0.1.0",
-            ActorKind::Policy => "tollgate:admission/policy@0.1.0",
-        }
-    }
-
-    /// The kebab-case name used on the command line and in manifests.
-    pub fn name(self) -> &'static str {
-        match self {
-            ActorKind::Aggregate => "aggregate",
-            ActorKind::Projector => "projector",
-            ActorKind::ProcessManager => "process-manager",
-            ActorKind::Rater => "rater",
-            ActorKind::Policy => "policy",
-        }
-    }
-
-    /// Parses [`ActorKind::name`].
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
-impl fmt::Display for ActorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 struct Inner {
     name: String,

@@ -1,7 +1,7 @@
 //! Running aggregates: the raw calls ([`AggregateActor`]) and a host that keeps each key's
 //! events and state in memory and answers repeated command ids ([`AggregateHost`]).
 
-use crate::actor::{Actor, ActorKind};
+use crate::actor::Actor;
 use crate::bindings::aggregate::Aggregate;
 pub use crate::bindings::aggregate::tollgate::eventsourcing::types::{
     AggregateInfo, Command, Event, EventDraft, Rejection, RejectionKind, Timer,
@@ -9,6 +9,7 @@ pub use crate::bindings::aggregate::tollgate::eventsourcing::types::{
 use crate::error::HostError;
 use crate::guest::Guest;
 use crate::host_state::HostState;
+use crate::kind::ActorKind;
 use std::collections::{BTreeMap, HashMap};
 
 /// Encodes a typed command (an externally tagged serde enum) into a JSON envelope whose

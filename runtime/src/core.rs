@@ -30,7 +30,7 @@ use std::time::Duration;
 use tollgate_billing_model::account::{Account, AccountCommand, Money};
 use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
 use tollgate_host::host_state::VirtualClock;
-use tollgate_host::kinds::{Rated, RatingError, RatingRequest, Reaction};
+use tollgate_host::typed::{Rated, RatingError, RatingRequest, Reaction};
 use tollgate_host::{AggregateHost, HostError, HostState, ProcessManagerActor, ProjectorActor, RaterActor};
 use tollgate_store::{
     Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, Snapshot, StoreError, StoredEvent,

@@ -16,8 +16,8 @@ use tollgate_host::bindings::rater::tollgate::billing::types::{
     AccountStatus, BundleTerm, CompositeTerm, Counter, FinalUnitAction, Grant, Money, PerUnitTerm, PriceTerm,
     ResultCode, ThresholdTerm, Usage,
 };
-use tollgate_host::kinds as exported;
 use tollgate_host::services::PolicyServices;
+use tollgate_host::typed as exported;
 
 /// Serves one policy's billing imports from the runtime's actors.
 pub struct ChargingFacade {

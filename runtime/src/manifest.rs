@@ -313,10 +313,7 @@ impl Manifest {
             manifest.actors.iter().map(|(n, a)| (n.clone(), ActorKind::from_name(&a.kind))).collect();
         for (name, actor) in &mut manifest.actors {
             let kind = kinds[name].ok_or_else(|| {
-                invalid(
-                    format!("actors.{name}.kind"),
-                    format!("`{}` is not one of aggregate, projector, process-manager, rater, policy", actor.kind),
-                )
+                invalid(format!("actors.{name}.kind"), format!("`{}` is not one of {}", actor.kind, ActorKind::names()))
             })?;
             if let Some(reference) = actor.file.to_str().filter(|f| crate::resolve::is_oci(f)) {
                 let parsed = tollgate_oci::parse_reference(reference)
@@ -331,15 +328,11 @@ impl Manifest {
                 actor.file = base.join(&actor.file);
             }
             for (link, target) in &actor.links {
-                let wanted = match (kind, link.as_str()) {
-                    (ActorKind::Policy, "charging") => ActorKind::Aggregate,
-                    (ActorKind::Policy, "rating") => ActorKind::Rater,
-                    _ => {
-                        return Err(invalid(
-                            format!("actors.{name}.links.{link}"),
-                            format!("a {kind} has no import `{link}` to link (a policy links `charging` and `rating`)"),
-                        ));
-                    }
+                let Some(wanted) = kind.link(link).map(|l| l.target) else {
+                    return Err(invalid(
+                        format!("actors.{name}.links.{link}"),
+                        format!("a {kind} has no import `{link}` to link ({})", ActorKind::links_summary()),
+                    ));
                 };
                 match kinds.get(target) {
                     None => {
@@ -357,11 +350,12 @@ impl Manifest {
                     _ => {}
                 }
             }
-            if kind == ActorKind::Policy {
-                for link in ["charging", "rating"] {
-                    if !actor.links.contains_key(link) {
-                        return Err(invalid(format!("actors.{name}.links.{link}"), "a policy needs this link".into()));
-                    }
+            for link in kind.spec().links {
+                if !actor.links.contains_key(link.name) {
+                    return Err(invalid(
+                        format!("actors.{name}.links.{}", link.name),
+                        format!("a {kind} needs this link"),
+                    ));
                 }
             }
         }

@@ -14,23 +14,30 @@ use std::process::{Command, ExitCode};
 /// 20 KiB of it is core's float formatting, linked by the messages serde_json builds for wrong
 /// types.
 const ACTOR_SIZE_LIMIT: u64 = 320 * 1024;
-/// Component crates built by `build-actors`: (directory, whether the size limit applies).
-const COMPONENTS: &[(&str, bool)] = &[
-    ("actors/prepaid-account", true),
-    ("actors/rater", true),
-    ("actors/admission-policy", true),
-    ("actors/balance-projector", true),
-    ("actors/charging-session", true),
-    ("host-test/fixtures/misbehaving", false),
-    ("host-test/fixtures/cascading-manager", false),
-    ("host-test/fixtures/timer-storm", false),
-    ("host-test/fixtures/huge-tail", false),
-    ("host-test/fixtures/reserve-then-trap", false),
-    ("host-test/fixtures/namespace-intruder", false),
-    ("host-test/fixtures/lying-upcaster", false),
-    ("host-test/fixtures/sleeper", false),
-    ("host-test/fixtures/log-flooder", false),
-];
+/// Where component crates live, and whether the size limit applies to them: every crate
+/// directory under `actors/` is a reference actor, every one under `host-test/fixtures/` a test
+/// fixture. The directories are the list; `tollgate_host_test::fixtures::REFERENCE_ACTORS`
+/// names the same actors for tests, and a test there checks the two agree.
+const COMPONENT_DIRS: &[(&str, bool)] = &[("actors", true), ("host-test/fixtures", false)];
+
+/// The component crates `build-actors` builds: (directory, whether the size limit applies).
+fn components() -> Result<Vec<(PathBuf, bool)>, String> {
+    let mut found = Vec::new();
+    for (parent, limited) in COMPONENT_DIRS {
+        let parent = root().join(parent);
+        let entries = std::fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let mut dirs = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| format!("{}: {e}", parent.display()))?.path();
+            if path.join("Cargo.toml").is_file() {
+                dirs.push((path, *limited));
+            }
+        }
+        dirs.sort();
+        found.extend(dirs);
+    }
+    Ok(found)
+}
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -89,8 +96,8 @@ fn ensure_wasm_target() -> Result<(), String> {
     run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
 }
 
-fn package_name(dir: &str) -> Result<String, String> {
-    let manifest = root().join(dir).join("Cargo.toml");
+fn package_name(dir: &Path) -> Result<String, String> {
+    let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
     text.lines()
         .find_map(|l| l.strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
@@ -117,15 +124,16 @@ fn build_actors() -> Result<PathBuf, String> {
     ] {
         cmd.args(["--config", setting]);
     }
+    let components = components()?;
     let mut names = Vec::new();
-    for (dir, _) in COMPONENTS {
+    for (dir, _) in &components {
         let name = package_name(dir)?;
         cmd.args(["-p", &name]);
         names.push(name);
     }
     run(&mut cmd)?;
     let dir = actors_dir();
-    for ((_, limited), name) in COMPONENTS.iter().zip(&names) {
+    for ((_, limited), name) in components.iter().zip(&names) {
         let file = dir.join(format!("{}.wasm", name.replace('-', "_")));
         strip_debug_sections(&file)?;
         let size = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?.len();

@@ -15,17 +15,6 @@ impl Outcome {
     }
 }
 
-/// Bytes as JSON if they are JSON, else as text (marked when they are not UTF-8 either).
-pub fn json_or_text(bytes: &[u8]) -> Value {
-    match serde_json::from_slice(bytes) {
-        Ok(v) => v,
-        Err(_) => match std::str::from_utf8(bytes) {
-            Ok(s) => Value::String(s.to_string()),
-            Err(_) => Value::String(format!("<{} bytes, not UTF-8>", bytes.len())),
-        },
-    }
-}
-
 /// The parts of an outcome that say what the actor decided, as opposed to side effects.
 const PRIMARY: [&str; 8] = ["events", "rejection", "decision", "rated", "rating_error", "commands", "ignored", "error"];
 

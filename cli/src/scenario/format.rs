@@ -356,33 +356,32 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The kinds a case's `when` can be sent to.
-pub fn kinds_for(when: &When) -> anyhow::Result<&'static [ActorKind]> {
-    let mut found: Vec<(&str, &'static [ActorKind])> = Vec::new();
-    if when.command.is_some() {
-        found.push(("command", &[ActorKind::Aggregate]));
+impl When {
+    /// The verbs this `when` states (a case must state exactly one).
+    pub fn verbs(&self) -> Vec<&'static str> {
+        let stated = [
+            ("command", self.command.is_some()),
+            ("event", self.event.is_some()),
+            ("events", self.events.is_some()),
+            ("timer", self.timer.is_some()),
+            ("admission", self.admission.is_some()),
+            ("rate", self.rate.is_some()),
+        ];
+        stated.into_iter().filter(|(_, set)| *set).map(|(verb, _)| verb).collect()
     }
-    if when.event.is_some() {
-        found.push(("event", &[ActorKind::Projector, ActorKind::ProcessManager]));
-    }
-    if when.events.is_some() {
-        found.push(("events", &[ActorKind::Projector, ActorKind::ProcessManager]));
-    }
-    if when.timer.is_some() {
-        found.push(("timer", &[ActorKind::ProcessManager]));
-    }
-    if when.admission.is_some() {
-        found.push(("admission", &[ActorKind::Policy]));
-    }
-    if when.rate.is_some() {
-        found.push(("rate", &[ActorKind::Rater]));
-    }
-    match found.as_slice() {
-        [(_, kinds)] => Ok(kinds),
-        [] => bail!("`when` needs one of `command`, `event`, `events`, `timer`, `admission`, `rate`"),
+}
+
+/// The case's one `when` verb, and the kinds it can be sent to (from the table of kinds).
+pub fn kinds_for(when: &When) -> anyhow::Result<(&'static str, Vec<ActorKind>)> {
+    match when.verbs().as_slice() {
+        [verb] => Ok((verb, ActorKind::answering(verb))),
+        [] => bail!(
+            "`when` needs one of {}",
+            ActorKind::when_verbs().iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+        ),
         many => bail!(
             "`when` states {}: a case does one thing",
-            many.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(" and ")
+            many.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(" and ")
         ),
     }
 }

@@ -14,7 +14,7 @@ use run::{Act, Actors, Prepared};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tollgate_host::{Actor, ActorKind, HostEngine};
+use tollgate_host::{Actor, ActorKind, HostEngine, KINDS};
 
 /// Arguments of `test`.
 #[derive(clap::Args)]
@@ -182,17 +182,18 @@ fn prepare(
     let actor_file = resolve(&file.actor, &base, bindings, plain_http).with_context(|| at("`actor`".into()))?;
     let actor = load(&actor_file, engine, compiled).with_context(|| at(format!("actor `{}`", file.actor)))?;
     if let Some(kind) = &file.kind {
-        let kind = ActorKind::from_name(kind).with_context(|| {
-            at(format!("`kind`: `{kind}` is not one of aggregate, projector, process-manager, rater, policy"))
-        })?;
+        let kind = ActorKind::from_name(kind)
+            .with_context(|| at(format!("`kind`: `{kind}` is not one of {}", ActorKind::names())))?;
         actor.expect_kind(kind).with_context(|| at("`kind`".into()))?;
+    }
+    let kind = actor.kind();
+    if !file.links.is_empty() && kind.spec().links.is_empty() {
+        bail!(at(format!("`links`: {}, and {} is a {kind}", ActorKind::links_summary(), actor.name())));
     }
     let mut links = BTreeMap::new();
     for (link, reference) in &file.links {
-        let wanted = match link.as_str() {
-            "charging" => ActorKind::Aggregate,
-            "rating" => ActorKind::Rater,
-            other => bail!(at(format!("`links.{other}`: a policy links `charging` and `rating` only"))),
+        let Some(wanted) = kind.link(link).map(|l| l.target) else {
+            bail!(at(format!("`links.{link}`: {} only", ActorKind::links_summary())));
         };
         let file_path =
             resolve(reference, &base, bindings, plain_http).with_context(|| at(format!("`links.{link}`")))?;
@@ -201,12 +202,9 @@ fn prepare(
         links.insert(link.clone(), (file_path, linked));
     }
     if !links.is_empty() {
-        if actor.kind() != ActorKind::Policy {
-            bail!(at(format!("`links`: only a policy has links, and {} is a {}", actor.name(), actor.kind())));
-        }
-        for needed in ["charging", "rating"] {
-            if !links.contains_key(needed) {
-                bail!(at(format!("`links.{needed}`: a policy with links needs both `charging` and `rating`")));
+        for needed in kind.spec().links {
+            if !links.contains_key(needed.name) {
+                bail!(at(format!("`links.{}`: a {kind} with links needs all of them", needed.name)));
             }
         }
     }
@@ -229,31 +227,26 @@ fn parse_all(values: Option<&[serde_json::Value]>, field: &str) -> anyhow::Resul
 }
 
 fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyhow::Result<Prepared> {
-    let kinds = format::kinds_for(&case.when)?;
+    let (verb, kinds) = format::kinds_for(&case.when)?;
     if !kinds.contains(&actor.kind()) {
-        let what = match &case.when {
-            w if w.command.is_some() => "`when.command`",
-            w if w.event.is_some() || w.events.is_some() => "`when.event`",
-            w if w.timer.is_some() => "`when.timer`",
-            w if w.admission.is_some() => "`when.admission`",
-            _ => "`when.rate`",
-        };
-        return Err(wrong_kind(actor, kinds, what));
+        return Err(wrong_kind(actor, &kinds, &format!("`when.{verb}`")));
     }
     let given = format::merge(&file.given, &case.given);
     let kind = actor.kind();
-    if !given.events.is_empty() && matches!(kind, ActorKind::Rater | ActorKind::Policy) {
+    let spec = kind.spec();
+    if !given.events.is_empty() && !spec.given_events {
         bail!(
             "`given.events`: a {kind} has no events; {}",
-            if kind == ActorKind::Policy { "set its account up with `given.commands`" } else { "use `given.config`" }
+            if spec.given_commands { "set its account up with `given.commands`" } else { "use `given.config`" }
         );
     }
-    if !given.commands.is_empty() && !matches!(kind, ActorKind::Aggregate | ActorKind::Policy) {
-        bail!("`given.commands`: only aggregates (and a policy's linked account) take commands");
+    if !given.commands.is_empty() && !spec.given_commands {
+        let takers: Vec<&str> = KINDS.iter().filter(|k| k.given_commands).map(|k| k.name).collect();
+        bail!("`given.commands`: only a {} takes commands (a policy: its linked account)", takers.join(" or "));
     }
     for link in given.link_config.keys() {
-        if kind != ActorKind::Policy || !["charging", "rating"].contains(&link.as_str()) {
-            bail!("`given.link_config.{link}`: only a policy's `charging` and `rating` links have config");
+        if kind.link(link).is_none() {
+            bail!("`given.link_config.{link}`: only linked actors have config ({})", ActorKind::links_summary());
         }
     }
     let act = match &case.when {

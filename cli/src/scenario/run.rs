@@ -1,6 +1,6 @@
 //! Running prepared cases against fresh instances of their actors, and what each produced.
 
-use super::compare::{Outcome, json_or_text};
+use super::compare::Outcome;
 use super::format::{AdmissionSpec, Message, RateSpec, TimerSpec, stored_text};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -13,14 +13,17 @@ use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionReque
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
 use tollgate_host::bindings::rater::tollgate::billing::types::{
-    AccountStatus, Counter, FinalUnitAction, Grant, Money, PriceLine, PriceTerm, ResultCode, Usage,
+    AccountStatus, Counter, Grant, Money, PriceLine, PriceTerm, ResultCode, Usage,
 };
-use tollgate_host::kinds::{RatingError, RatingRequest};
 use tollgate_host::services::PolicyServices;
+use tollgate_host::typed::{RatingError, RatingRequest};
 use tollgate_host::{
     Actor, ActorKind, AggregateHost, HostError, HostState, PolicyActor, ProcessManagerActor, ProjectorActor, RaterActor,
 };
 use tollgate_host_test::Recorder;
+use tollgate_node::view::{
+    self, CommandView, CounterView, DecisionView, EventView, MoneyView, PriceLineView, json_or_text,
+};
 
 /// What a case does, checked and decoded.
 #[derive(Debug, Clone)]
@@ -150,34 +153,28 @@ impl Sequencer {
     }
 }
 
-/// An event as the diff shows it.
-pub fn event_json(e: &Event) -> Value {
-    json!({
-        "type": e.event_type,
-        "payload": json_or_text(&e.payload),
-        "stream": e.stream,
-        "key": e.key,
-        "sequence": e.sequence,
-        "time": e.time,
-        "command_id": e.command_id,
-        "correlation_id": e.correlation_id,
-        "causation_id": e.causation_id,
-        "schema_version": e.schema_version,
-    })
+fn event_json(e: &Event) -> Value {
+    view::to_value(&EventView::from(e))
 }
 
-/// A command as the diff shows it.
-pub fn command_json(c: &Command) -> Value {
-    json!({
-        "type": c.command_type,
-        "payload": json_or_text(&c.payload),
-        "stream": c.stream,
-        "key": c.key,
-        "time": c.time,
-        "command_id": c.command_id,
-        "correlation_id": c.correlation_id,
-        "causation_id": c.causation_id,
-    })
+fn command_json(c: &Command) -> Value {
+    view::to_value(&CommandView::from(c))
+}
+
+fn decision_json(d: &Decision) -> Value {
+    view::to_value(&DecisionView::from(d))
+}
+
+fn money_json(m: &Money) -> Value {
+    view::to_value(&MoneyView::from(m))
+}
+
+fn counters_json(counters: &[Counter]) -> Value {
+    view::to_value(&counters.iter().map(CounterView::from).collect::<Vec<_>>())
+}
+
+fn lines_json(lines: &[PriceLine]) -> Value {
+    view::to_value(&lines.iter().map(PriceLineView::from).collect::<Vec<_>>())
 }
 
 fn rejection_json(r: &Rejection) -> Value {
@@ -319,7 +316,7 @@ impl Reactions {
     fn apply(
         &mut self,
         instance: String,
-        result: Result<Result<tollgate_host::kinds::Reaction, Rejection>, HostError>,
+        result: Result<Result<tollgate_host::typed::Reaction, Rejection>, HostError>,
         states: &mut BTreeMap<String, Vec<u8>>,
     ) -> bool {
         match result {
@@ -443,25 +440,10 @@ fn process_manager(actors: &Actors, case: &Prepared) -> Result<Outcome, String> 
     Ok(outcome)
 }
 
-fn money_json(m: &Money) -> Value {
-    json!({ "minor_units": m.minor_units, "currency": m.currency })
-}
-
-fn counters_json(counters: &[Counter]) -> Value {
-    counters.iter().map(|c| json!({ "offer": c.offer, "name": c.name, "value": c.value })).collect()
-}
-
 /// A price plan in the JSON of the model's `PriceTerm` (what the account's events carry).
 fn plan_json(plan: &[PriceTerm]) -> Value {
     let terms: Vec<_> = plan.iter().cloned().map(tollgate_runtime::facade::model_term).collect();
     serde_json::to_value(terms).unwrap_or(Value::Null)
-}
-
-fn lines_json(lines: &[PriceLine]) -> Value {
-    lines
-        .iter()
-        .map(|l| json!({ "offer": l.offer, "description": l.description, "units": l.units, "amount": money_json(&l.amount) }))
-        .collect()
 }
 
 fn rater(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
@@ -506,38 +488,6 @@ fn rater(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
     }
     finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
-}
-
-fn grant_json(g: &Grant) -> Value {
-    let final_unit = match &g.final_unit {
-        None => Value::Null,
-        Some(FinalUnitAction::Terminate) => json!("terminate"),
-        Some(FinalUnitAction::Redirect(to)) => json!({ "redirect": to }),
-        Some(FinalUnitAction::RestrictAccess(filters)) => json!({ "restrict-access": filters }),
-    };
-    json!({
-        "reservation_id": g.reservation_id,
-        "granted_units": g.granted_units,
-        "price": money_json(&g.price),
-        "counters": counters_json(&g.counters),
-        "held": money_json(&g.held),
-        "expires_at": g.expires_at,
-        "final_unit": final_unit,
-    })
-}
-
-/// A decision as the diff (and `tollgate run`) shows it.
-pub fn decision_json(d: &Decision) -> Value {
-    match d {
-        Decision::Granted(g) => json!({ "granted": {
-            "grant": grant_json(&g.grant),
-            "price": money_json(&g.price),
-            "lines": lines_json(&g.lines),
-        }}),
-        Decision::Denied(d) => {
-            json!({ "denied": { "code": tollgate_runtime::result_code_name(d.code), "message": d.message } })
-        }
-    }
 }
 
 fn admission_request(case: &Prepared) -> AdmissionRequest {

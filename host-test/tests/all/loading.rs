@@ -104,3 +104,20 @@ fn every_reference_actor_is_a_small_component_of_its_kind() {
         assert!(actor.size() <= ACTOR_SIZE_LIMIT, "{name} is {} bytes", actor.size());
     }
 }
+
+#[test]
+fn the_reference_actor_list_is_the_actors_directory() {
+    // `cargo xtask build-actors` builds every crate under `actors/`; tests and registries use
+    // `REFERENCE_ACTORS`. An actor added to one and not the other fails here.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../actors");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().replace('-', "_"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = tollgate_host_test::fixtures::REFERENCE_ACTORS.map(String::from).to_vec();
+    listed.sort();
+    assert_eq!(listed, on_disk);
+}

@@ -1,6 +1,6 @@
 //! The raw calls of the other actor kinds: projector, process manager, rater and policy.
 
-use crate::actor::{Actor, ActorKind};
+use crate::actor::Actor;
 use crate::aggregate::{Event, Rejection};
 use crate::bindings::policy::Policy;
 use crate::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision};
@@ -12,6 +12,7 @@ pub use crate::bindings::rater::exports::tollgate::billing::rating::{Rated, Rati
 use crate::error::HostError;
 use crate::guest::Guest;
 use crate::host_state::HostState;
+use crate::kind::ActorKind;
 use crate::services::PolicyServices;
 use std::sync::Arc;
 

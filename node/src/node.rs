@@ -1,0 +1,124 @@
+//! A node: a runtime over a store, answering [`Request`]s.
+
+use crate::protocol::{InvalidField, Reply, Request};
+use crate::view::EventView;
+use std::path::Path;
+use tollgate_host::aggregate::Outcome;
+use tollgate_runtime::{AdmissionRequest, Runtime, RuntimeError, Stats};
+
+/// Why a node could not answer a request, or could not start or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A field of the request is out of range; nothing ran.
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// The command does not encode as a command envelope.
+    #[error("`command`: {0}")]
+    Command(#[source] tollgate_codec::CodecError),
+    /// The runtime failed (store, actor, contention, bounds).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The node could not catch up with what the store already holds.
+    #[error("catching up with the store: {0}")]
+    CatchUp(#[source] RuntimeError),
+    /// The node's thread is gone (it panicked or was closed).
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// The wall clock, in ms since the epoch (0 before 1970).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A runtime answering [`Request`]s. Its clock follows the wall clock and never goes back;
+/// `advance_ms` moves it further. Due timers fire before every request.
+pub struct Node {
+    runtime: Runtime,
+    name: String,
+    started: u64,
+}
+
+impl Node {
+    /// Opens the manifest's actors over `store` (`file:DIR` or `nats://HOST:PORT`) and catches
+    /// up with what the store holds. `name` names the node's recorded counters.
+    pub fn open(manifest: &Path, store: &str, name: &str) -> Result<Node, NodeError> {
+        Node::over(Runtime::load_with_store(manifest, Some(store))?, name)
+    }
+
+    /// A node over an already open runtime; catches up with its store.
+    pub fn over(mut runtime: Runtime, name: &str) -> Result<Node, NodeError> {
+        // Never before the log's last event (the runtime's clock starts there).
+        let started = wall_ms().max(runtime.clock().now_ms());
+        runtime.clock().set_ms(started);
+        runtime.pump().map_err(NodeError::CatchUp)?;
+        Ok(Node { runtime, name: name.into(), started })
+    }
+
+    /// Moves the clock up to the wall clock (never back) and fires the timers now due;
+    /// returns how many fired.
+    pub fn tick(&mut self) -> Result<usize, NodeError> {
+        let now = self.runtime.clock().now_ms().max(wall_ms());
+        self.runtime.clock().set_ms(now);
+        Ok(self.runtime.advance_ms(0)?)
+    }
+
+    /// Answers one request: ticks, checks every field, then runs it.
+    pub fn handle(&mut self, request: Request) -> Result<Reply, NodeError> {
+        self.tick()?;
+        request.check(self.runtime.clock().now_ms())?;
+        let rt = &mut self.runtime;
+        Ok(match request {
+            Request::Execute { stream, key, id, command } => {
+                let envelope =
+                    tollgate_host::aggregate::json_command(&stream, &key, &id, &command, rt.clock().now_ms())
+                        .map_err(NodeError::Command)?;
+                match rt.execute(&envelope)? {
+                    Outcome::Accepted(events) => Reply::Accepted(events.iter().map(EventView::from).collect()),
+                    Outcome::Rejected(r) => Reply::Rejected { code: r.code, message: r.message },
+                }
+            }
+            Request::Admit(a) => {
+                let request = AdmissionRequest {
+                    request_id: a.id,
+                    subscriber: a.subscriber,
+                    offer: a.offer,
+                    rating_group: a.rating_group,
+                    requested_units: a.units,
+                    country: a.country,
+                };
+                Reply::Decision((&rt.admit(&request)?).into())
+            }
+            Request::Report { stream, key, id, event, correlation_id } => {
+                let correlation = correlation_id.unwrap_or_else(|| key.clone());
+                Reply::Recorded((&rt.report(&stream, &key, &correlation, &id, &event)?).into())
+            }
+            Request::AdvanceMs(ms) => Reply::TimersFired(rt.advance_ms(ms)?),
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The runtime, e.g. to read events or state.
+    pub fn runtime(&mut self) -> &mut Runtime {
+        &mut self.runtime
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.runtime.stats()
+    }
+
+    /// Records the node's counters in the store (for `tollgate stats`) and returns them.
+    pub fn close(self) -> Result<Stats, NodeError> {
+        let stats = self.runtime.stats();
+        let run_id = format!("{}-{}-{}", self.name, self.started, std::process::id());
+        self.runtime.record_stats(&self.name, &run_id)?;
+        Ok(stats)
+    }
+}
