@@ -23,7 +23,6 @@
 //! node.close().unwrap();
 //! ```
 
-#![warn(missing_docs)]
 
 mod handle;
 mod node;

@@ -16,7 +16,6 @@
 //! References that resolve to `latest` are refused unless
 //! [`RegistryOptions::allow_latest`]; credentials come from [`Credentials`].
 
-#![deny(missing_docs)]
 
 mod auth;
 mod cache;

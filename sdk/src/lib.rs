@@ -1,5 +1,4 @@
 #![doc = include_str!("../../README.md")]
-#![deny(missing_docs)]
 
 extern crate self as tollgate_sdk;
 
