@@ -8,6 +8,8 @@
 //! `admission-edge` runs the whole edge manifest (plus the balance projector and the
 //! charging-session process manager, which every reserve and release also reaches).
 
+#![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
+
 use criterion::Criterion;
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -9,6 +9,8 @@
 //! * `cold-engine`: what a fresh process pays once before any of that: `HostEngine::new`
 //!   (pooling allocator, linker with every import, epoch thread).
 
+#![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use tollgate_benches::fixtures;

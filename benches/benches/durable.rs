@@ -7,6 +7,8 @@
 //! * `durable-jetstream`: `NatsStore` against a nats-server started on a free loopback port
 //!   (skipped with a message when nats-server is not installed).
 
+#![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
+
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,6 +6,8 @@
 //! (`StoreState::new_store`: WASI context with nothing granted, memory cap), `instantiate` from
 //! the `InstancePre`, the typed bindings, one `handle`.
 
+#![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
+
 use std::hint::black_box;
 use tollgate_benches::fixtures;
 use tollgate_benches::measure::{self, PHASE, Report};

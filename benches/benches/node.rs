@@ -3,6 +3,8 @@
 //! commit) and on JetStream. `THREADS` threads, each a runtime of its own on one shared
 //! store, each topping up its own account; latency is per command, decision included.
 
+#![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
+
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 use tollgate_benches::measure::{self, PHASE, Report, Timing};

@@ -5,6 +5,8 @@
 //!
 //! `ops_per_sec` counts events; the latencies time one whole rebuild.
 
+#![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
+
 use criterion::{BatchSize, Throughput};
 use std::hint::black_box;
 use tollgate_benches::fixtures;

@@ -13,6 +13,8 @@
 //! bytes), decides, encodes the events, and they are lifted back; the native side runs the
 //! same SDK code (`StateCache<PrepaidAccount>`) on copies of the same bytes.
 
+#![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
+
 use criterion::Throughput;
 use std::hint::black_box;
 use tollgate_benches::fixtures::{self, KEY};

@@ -5,7 +5,6 @@
 //! into the two; [`decode`] feeds them back without building an intermediate JSON value, so a
 //! message costs one pass each way.
 
-
 use serde::de::{self, DeserializeOwned, IntoDeserializer};
 use serde::{Deserializer, Serialize};
 use std::fmt;

@@ -8,7 +8,6 @@
 //! - [`testing::AggregateTest`]: `given(events).when(command).then_expect_events(..)` on a
 //!   compiled aggregate, comparing decoded values.
 
-
 pub mod fixtures;
 pub mod recorder;
 pub mod testing;

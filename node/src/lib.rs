@@ -23,7 +23,6 @@
 //! node.close().unwrap();
 //! ```
 
-
 mod handle;
 mod node;
 pub mod protocol;

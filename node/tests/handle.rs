@@ -2,6 +2,8 @@
 //! runtime are answered one at a time, out-of-range requests are refused without stopping
 //! the node, and closing returns the counters.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 use serde_json::json;
 use tollgate_host::HostEngine;
 use tollgate_host_test::fixtures;

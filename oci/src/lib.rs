@@ -16,7 +16,6 @@
 //! References that resolve to `latest` are refused unless
 //! [`RegistryOptions::allow_latest`]; credentials come from [`Credentials`].
 
-
 mod auth;
 mod cache;
 pub mod cli;

@@ -3,6 +3,8 @@
 //! One test in its own binary: it changes process environment variables, which must not race
 //! with other tests.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 use base64::Engine as _;
 use tollgate_oci::{Credentials, PASSWORD_ENV, RegistryAuth, USERNAME_ENV, load_credentials};
 

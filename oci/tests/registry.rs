@@ -1,5 +1,7 @@
 //! Push and pull against a real registry (Debian's `docker-registry` on 127.0.0.1).
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 use std::path::{Path, PathBuf};
 
 use tollgate_oci::testing::{

@@ -4,6 +4,8 @@
 //! One test in its own binary: it points `TOLLGATE_CACHE_DIR` at a temporary directory, which
 //! must not race with other tests.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 use std::path::{Path, PathBuf};
 use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_billing_model::tariff::{Pricing, Tariff, config_key};

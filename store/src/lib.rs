@@ -23,7 +23,6 @@
 //!   retried command is reported as a duplicate, not as a conflict. See [`find_duplicate`] for
 //!   the check a runtime can do on the events it already read.
 
-
 mod codec;
 mod file;
 mod nats;

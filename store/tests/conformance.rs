@@ -1,6 +1,8 @@
 //! Runs the one conformance suite (`tollgate_store::testing::conformance`) against both
 //! stores, and the tests only one store can take.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 use std::time::{Duration, Instant};
 
 use tollgate_store::subject::encode_token;

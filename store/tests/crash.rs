@@ -1,6 +1,8 @@
 //! Crash safety of the file store: SIGKILL under load, and the store-damage matrix (a bit
 //! flipped at every offset, a cut at every offset, each segment deleted).
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};

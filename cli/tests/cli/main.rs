@@ -1,6 +1,8 @@
 //! The `tollgate` binary, run as a user would: scenario files, errors, `new`, `inspect`, and
 //! a node over the embedded log.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 mod errors;
 mod hostile;
 mod inspect;

@@ -1,6 +1,8 @@
 //! Integration tests of the harness on compiled components (built once per run by
 //! `cargo xtask build-actors`).
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 mod code_cache;
 mod hostile;
 mod loading;

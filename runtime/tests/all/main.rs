@@ -1,6 +1,8 @@
 //! Runtime tests on the compiled reference actors (built once per run by
 //! `cargo xtask build-actors`).
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
+
 mod durable;
 mod edge;
 mod hostile;

@@ -29,6 +29,9 @@
 //! # fn main() {}
 //! ```
 
+// The suite is tests: it fails loudly on the first unexpected error.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
