@@ -3,6 +3,8 @@
 //! Its only dependencies are the two small crates that read and write wasm, so it builds in
 //! seconds on a fresh machine.
 
+mod layers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -185,6 +187,10 @@ fn strip_debug_sections(file: &Path) -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    let broken = layers::violations(&root())?;
+    if !broken.is_empty() {
+        return Err(format!("dependencies point up (see ARCHITECTURE.md):\n  {}", broken.join("\n  ")));
+    }
     let dir = build_actors()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(extra).env("TOLLGATE_ACTORS_DIR", &dir);
