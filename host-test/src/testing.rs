@@ -1,4 +1,5 @@
-//! Given / when / then on a compiled aggregate, comparing decoded values.
+//! Given / when / then on a compiled aggregate, comparing decoded values. It runs on the
+//! scenario engine's aggregate runner, [`AggregateRun`], as `tollgate test` does.
 //!
 //! ```no_run
 //! use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money};
@@ -12,6 +13,7 @@
 //! ```
 
 use crate::Recorder;
+use crate::scenario::aggregate::AggregateRun;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -24,9 +26,7 @@ pub const TEST_KEY: &str = "test-key";
 
 /// A test of one aggregate key: set up with `given`, act with `when`.
 pub struct AggregateTest {
-    host: AggregateHost,
-    host_state: HostState,
-    recorder: Recorder,
+    run: AggregateRun,
     key: String,
     commands_sent: u64,
 }
@@ -52,10 +52,8 @@ impl AggregateTest {
 
     /// Tests an already loaded actor, with a fresh host state.
     pub fn from_actor(actor: Actor) -> Result<Self, HostError> {
-        let host_state = HostState::new();
-        let recorder = Recorder::attach(&host_state);
-        let host = AggregateHost::new(actor, host_state.clone())?;
-        Ok(AggregateTest { host, host_state, recorder, key: TEST_KEY.into(), commands_sent: 0 })
+        let run = AggregateRun::new(actor, HostState::new())?;
+        Ok(AggregateTest { run, key: TEST_KEY.into(), commands_sent: 0 })
     }
 
     /// Sends commands to `key` instead of [`TEST_KEY`].
@@ -66,20 +64,19 @@ impl AggregateTest {
 
     /// The host state (clock, config, key-value), to seed before `when`.
     pub fn host_state(&self) -> &HostState {
-        &self.host_state
+        &self.run.state
     }
 
     /// The aggregate's import calls and log lines so far.
     pub fn recorder(&self) -> &Recorder {
-        &self.recorder
+        &self.run.recorder
     }
 
     /// Events that already happened.
     pub fn given<E: Serialize>(mut self, events: impl IntoIterator<Item = E>) -> Self {
-        let version = self.host.info().event_schema_version;
+        let version = self.run.schema_version();
         let drafts = events.into_iter().map(|e| draft(&e, version)).collect();
-        let now = self.host_state.clock().now_ms();
-        self.host.seed(&self.key, drafts, now).unwrap_or_else(|e| panic!("given events: {e}"));
+        self.run.seed(&self.key, drafts).unwrap_or_else(|e| panic!("given events: {e}"));
         self
     }
 
@@ -99,22 +96,13 @@ impl AggregateTest {
 
     /// Sends a raw command envelope.
     pub fn when_command(mut self, command: Command) -> Then {
-        let before = self.host.events(&command.key).len();
-        let outcome = self.host.execute(&command);
-        let appended = self.host.events(&command.key)[before..].to_vec();
-        Then { test: self, outcome, appended }
+        let when = self.run.when(&command);
+        Then { test: self, outcome: when.outcome, appended: when.appended }
     }
 
     /// Builds a command envelope for this test's key, stamped with the virtual clock.
     pub fn command<C: Serialize>(&self, command_id: &str, command: &C) -> Command {
-        tollgate_host::aggregate::json_command(
-            &self.host.info().stream,
-            &self.key,
-            command_id,
-            command,
-            self.host_state.clock().now_ms(),
-        )
-        .expect("command is an externally tagged enum")
+        self.run.command(&self.key, command_id, command).expect("command is an externally tagged enum")
     }
 }
 
@@ -184,12 +172,12 @@ impl Then {
 
     /// Every event of the key so far, decoded.
     pub fn stream<E: DeserializeOwned>(&self) -> Vec<E> {
-        self.test.host.events(&self.test.key).iter().map(decode_event).collect()
+        self.test.run.host.events(&self.test.key).iter().map(decode_event).collect()
     }
 
     /// The key's state, decoded.
     pub fn state<S: DeserializeOwned>(&self) -> S {
-        let bytes = self.test.host.state(&self.test.key).expect("the key has no state yet");
+        let bytes = self.test.run.host.state(&self.test.key).expect("the key has no state yet");
         serde_json::from_slice(bytes).expect("state decodes")
     }
 
@@ -205,7 +193,7 @@ impl Then {
 
     /// The host, to inspect.
     pub fn host(&mut self) -> &mut AggregateHost {
-        &mut self.test.host
+        &mut self.test.run.host
     }
 }
 

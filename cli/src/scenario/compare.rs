@@ -3,17 +3,7 @@
 
 use super::format::{Message, Then};
 use serde_json::{Map, Value};
-
-/// Everything a case produced, by name (`events`, `rejection`, `kv`, `calls`, `error`, ...).
-#[derive(Debug, Default)]
-pub struct Outcome(pub Map<String, Value>);
-
-impl Outcome {
-    /// Records one part.
-    pub fn insert(&mut self, name: &str, value: Value) {
-        self.0.insert(name.into(), value);
-    }
-}
+use tollgate_host_test::scenario::Outcome;
 
 /// The parts of an outcome that say what the actor decided, as opposed to side effects.
 const PRIMARY: [&str; 8] = ["events", "rejection", "decision", "rated", "rating_error", "commands", "ignored", "error"];

@@ -2,19 +2,19 @@
 //!
 //! Every file is read and checked, and every actor loaded, before the first case runs, so a
 //! mistake in any of them stops the run with one error and no case output. Each case then runs
-//! on fresh instances with a fresh host state.
+//! on fresh instances with a fresh host state, on the harness's given / when / then engine
+//! (`tollgate_host_test::scenario`); this module parses, compares and prints.
 
 pub mod compare;
 pub mod format;
-pub mod run;
 
 use anyhow::{Context, bail};
 use format::{Message, ScenarioFile, stored_text};
-use run::{Act, Actors, Prepared};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tollgate_host::{Actor, ActorKind, HostEngine, KINDS};
+use tollgate_host_test::scenario::{self as engine, Act, Actors, Prepared};
 
 /// Arguments of `test`.
 #[derive(clap::Args)]
@@ -90,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for suite in &suites {
         for (case, then, events, commands) in &suite.cases {
             let label = format!("{} :: {}", suite.file.display(), case.name);
-            match run::run(&suite.actors, case, &mut loader) {
+            match engine::run(&suite.actors, case, &mut loader) {
                 Err(setup) => {
                     failed += 1;
                     println!("FAILED {label}");
@@ -223,7 +223,12 @@ fn prepare(
 }
 
 fn parse_all(values: Option<&[serde_json::Value]>, field: &str) -> anyhow::Result<Vec<Message>> {
-    values.unwrap_or_default().iter().enumerate().map(|(i, v)| Message::parse(v, &format!("{field}[{i}]"))).collect()
+    values
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Message::parse(v, &format!("{field}[{i}]")).map_err(anyhow::Error::msg))
+        .collect()
 }
 
 fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyhow::Result<Prepared> {
@@ -249,13 +254,22 @@ fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyh
             bail!("`given.link_config.{link}`: only linked actors have config ({})", ActorKind::links_summary());
         }
     }
-    let act = match &case.when {
-        w if w.command.is_some() => Act::Command(Message::parse(w.command.as_ref().expect("checked"), "when.command")?),
-        w if w.event.is_some() => Act::Events(vec![Message::parse(w.event.as_ref().expect("checked"), "when.event")?]),
-        w if w.events.is_some() => Act::Events(parse_all(w.events.as_deref(), "when.events")?),
-        w if w.timer.is_some() => Act::Timer(w.timer.clone().expect("checked")),
-        w if w.admission.is_some() => Act::Admission(w.admission.clone().expect("checked")),
-        w => Act::Rate(w.rate.clone().expect("checked")),
+    let message = |v: &serde_json::Value, field: &str| Message::parse(v, field).map_err(anyhow::Error::msg);
+    let when = &case.when;
+    let act = if let Some(v) = &when.command {
+        Act::Command(message(v, "when.command")?)
+    } else if let Some(v) = &when.event {
+        Act::Events(vec![message(v, "when.event")?])
+    } else if let Some(events) = &when.events {
+        Act::Events(parse_all(Some(events.as_slice()), "when.events")?)
+    } else if let Some(timer) = &when.timer {
+        Act::Timer(timer.clone())
+    } else if let Some(admission) = &when.admission {
+        Act::Admission(admission.clone())
+    } else if let Some(rate) = &when.rate {
+        Act::Rate(rate.clone())
+    } else {
+        bail!("`when` states nothing")
     };
     let config = |c: &BTreeMap<String, serde_json::Value>| c.iter().map(|(k, v)| (k.clone(), stored_text(v))).collect();
     Ok(Prepared {
