@@ -134,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let result = line.and_then(|line| {
             serde_json::from_str::<Request>(&line).map_err(|e| anyhow::anyhow!("{source}:{n}: not a request: {e}"))
         });
-        let result = result.and_then(|request| Ok(node.handle(request)?));
+        let result = result.and_then(|request| Ok(node.answer(request)?));
         let reply = match result {
             Ok(reply) => json!({ "line": n, "ok": view::to_value(&reply) }),
             Err(e) => {

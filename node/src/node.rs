@@ -68,6 +68,12 @@ impl Node {
     /// Answers one request: ticks, checks every field, then runs it.
     pub fn handle(&mut self, request: Request) -> Result<Reply, NodeError> {
         self.tick()?;
+        self.answer(request)
+    }
+
+    /// Answers one request without ticking first, for a transport that has just ticked (the
+    /// stdin transport ticks before it knows whether a line is a request at all).
+    pub fn answer(&mut self, request: Request) -> Result<Reply, NodeError> {
         request.check(self.runtime.clock().now_ms())?;
         let rt = &mut self.runtime;
         Ok(match request {
