@@ -48,7 +48,7 @@ impl Bench {
         let open = AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 };
         let top_up = AccountCommand::TopUp { amount: Money::new(1_000_000_000_000, "EUR") };
         for (id, c) in [("open", open), ("top-up", top_up)] {
-            let c = rt.command("account", KEY, id, &c);
+            let c = rt.command("account", KEY, id, &c).expect("encode");
             assert!(matches!(rt.execute(&c).expect("no host error"), Outcome::Accepted(_)));
         }
         Bench { rt, next: 0, open: Vec::new() }
@@ -60,12 +60,10 @@ impl Bench {
             return;
         }
         for id in std::mem::take(&mut self.open) {
-            let c = self.rt.command(
-                "account",
-                KEY,
-                &format!("release/{id}"),
-                &AccountCommand::Release { reservation_id: id },
-            );
+            let c = self
+                .rt
+                .command("account", KEY, &format!("release/{id}"), &AccountCommand::Release { reservation_id: id })
+                .expect("encode");
             assert!(matches!(self.rt.execute(&c).expect("no host error"), Outcome::Accepted(_)));
         }
     }
@@ -122,7 +120,7 @@ fn run(c: &mut Criterion, loader: &mut Loader, name: &str, edge: bool) {
         |request| bench.borrow_mut().admit(&request),
     );
     let bench = bench.into_inner();
-    let events = bench.rt.events().len();
+    let events = bench.rt.events().expect("read the log").len();
     println!(
         "{name}: {} admissions in the timed loop; {events} events held in memory by the runtime",
         bench.next - before

@@ -75,6 +75,8 @@ impl Appenders {
                         content_type: "application/json".into(),
                         payload: payload.clone(),
                         command_id: id.clone(),
+                        // As the runtime writes them: a SHA-256 per command.
+                        command_digest: vec![0xab; 32],
                         correlation_id: id,
                         causation_id: String::new(),
                         time_ms: 1_700_000_000_000,

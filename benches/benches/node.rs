@@ -45,7 +45,8 @@ fn run(
                     let key = format!("acct-{t}");
                     while count.is_none_or(|n| done < n) && (count.is_some() || Instant::now() < deadline) {
                         let top_up = AccountCommand::TopUp { amount: Money::new(1, "EUR") };
-                        let command = rt.command("account", &key, &format!("r{round}-{done}"), &top_up);
+                        let command =
+                            rt.command("account", &key, &format!("r{round}-{done}"), &top_up).expect("encode");
                         let t0 = Instant::now();
                         let outcome = rt.execute(&command).expect("command");
                         measure::record(&mut hist, t0.elapsed());
@@ -73,8 +74,9 @@ fn scenario(c: &mut criterion::Criterion, name: &str, journal: Journal, target: 
         (0..THREADS).map(|_| Runtime::open(&manifest(), &mut loader, journal.clone()).expect("runtime")).collect();
     for (t, rt) in runtimes.iter_mut().enumerate() {
         let key = format!("acct-{t}");
-        let open =
-            rt.command("account", &key, "open", &AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 });
+        let open = rt
+            .command("account", &key, "open", &AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 })
+            .expect("encode");
         rt.execute(&open).expect("open");
     }
     let mut round = 0;

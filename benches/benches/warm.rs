@@ -7,6 +7,8 @@
 //!   state, so the host passes the same two states again and again.
 //! - `warm-command`: what the runtime does per command, `handle` then `apply` of the resulting
 //!   events, the state evolving (reserve, release, reserve, ...).
+//! - `command digest`: the SHA-256 the runtime takes of every command (to refuse a reused
+//!   command id), on the same two commands.
 //!
 //! Both sides include encoding: the wasm side lowers the host's command and state into the
 //! instance, the guest decodes JSON (the state only when its [`StateCache`] has not seen those
@@ -124,6 +126,11 @@ fn main() {
         });
         group.bench_function("native command reserve+release", |b| {
             b.iter(|| native_commands.iter().for_each(|command| native_command(&mut native, &mut native_at, command)))
+        });
+        // What the runtime adds per command to tell a retry from a reused id (its SHA-256 goes
+        // into the log with the events), against the commands above.
+        group.bench_function("command digest reserve+release", |b| {
+            b.iter(|| commands.iter().for_each(|command| drop(black_box(host::command_digest(black_box(command))))))
         });
         group.finish();
     }

@@ -36,9 +36,9 @@ fn eur(minor: i64) -> String {
 }
 
 impl Demo {
-    fn row(&mut self, action: &str, result: &str) {
+    fn row(&mut self, action: &str, result: &str) -> anyhow::Result<()> {
         self.step += 1;
-        let a = self.rt.account(SUBSCRIBER).unwrap_or_default();
+        let a = self.rt.account(SUBSCRIBER)?.unwrap_or_default();
         println!(
             "{:>3} | {:>7} | {:<40} | {:<48} | {:>8} | {:>7} | {:>9}",
             self.step,
@@ -49,16 +49,16 @@ impl Demo {
             eur(a.held),
             eur(a.available())
         );
+        Ok(())
     }
 
     fn command(&mut self, id: &str, action: &str, command: AccountCommand) -> anyhow::Result<()> {
-        let c = self.rt.command("account", SUBSCRIBER, id, &command);
+        let c = self.rt.command("account", SUBSCRIBER, id, &command)?;
         let result = match self.rt.execute(&c)? {
             Outcome::Accepted(events) => events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>().join(", "),
             Outcome::Rejected(r) => format!("rejected: {}", r.code),
         };
-        self.row(action, &result);
-        Ok(())
+        self.row(action, &result)
     }
 
     fn admit(&mut self, id: &str, offer: &str, units: u64, country: Option<&str>) -> anyhow::Result<Decision> {
@@ -78,14 +78,13 @@ impl Demo {
         let place = country.map(|c| format!(" in {c}")).unwrap_or_default();
         let action = format!("admit {offer} x{units}{place}");
         let result = describe(&decision);
-        self.row(&action, &result);
+        self.row(&action, &result)?;
         Ok(decision)
     }
 
     fn report(&mut self, session: &str, id: &str, action: &str, event: SessionEvent) -> anyhow::Result<()> {
         self.rt.report(SESSION, session, session, id, &event)?;
-        self.row(action, "process manager debits / re-reserves");
-        Ok(())
+        self.row(action, "process manager debits / re-reserves")
     }
 
     /// Admits one use and immediately reports it used (a one-shot service); returns the price.
@@ -122,7 +121,7 @@ fn describe(decision: &Decision) -> String {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut demo = Demo { rt: Runtime::load_with_store(&args.manifest, args.store.as_deref())?, step: 0 };
     anyhow::ensure!(
-        demo.rt.account(SUBSCRIBER).is_none(),
+        demo.rt.account(SUBSCRIBER)?.is_none(),
         "the store {} already holds a demo subscriber `{SUBSCRIBER}`: use an empty store",
         demo.rt.journal().url()
     );
@@ -156,7 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     demo.report("call-1", "call-1/update-1", "call update: 60 s used, 60 s more", update)?;
     demo.rt.clock().advance_ms(20_000);
-    let open = demo.rt.account(SUBSCRIBER).unwrap_or_default().reservations.into_keys().next().unwrap_or_default();
+    let open = demo.rt.account(SUBSCRIBER)?.unwrap_or_default().reservations.into_keys().next().unwrap_or_default();
     let end = SessionEvent::Terminated { account: SUBSCRIBER.into(), reservation_id: open, used_units: 25 };
     demo.report("call-1", "call-1/terminated", "call ends: 25 s more used", end)?;
 
@@ -166,13 +165,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(eur)
         .collect();
-    demo.row("4 SMS on a bundle of 3 (refill 5.00)", &format!("prices {}", bundle.join(" ")));
+    demo.row("4 SMS on a bundle of 3 (refill 5.00)", &format!("prices {}", bundle.join(" ")))?;
     let coffee: Vec<i64> =
         (1..=11).map(|i| demo.one_use(&format!("coffee-{i}"), "coffee")).collect::<anyhow::Result<_>>()?;
     demo.row(
         "11 coffees at 1.00, every 11th 10% off",
         &format!("prices 10 x {} then {}", eur(coffee[0]), eur(coffee[10])),
-    );
+    )?;
     demo.admission("vendor-1", "vendor", 10, None)?;
     demo.admission("roam-1", "roaming", 5, Some("FR"))?;
     demo.admission("roam-2", "roaming", 5, Some("AT"))?;
@@ -180,7 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     demo.admission("video-2", "video", 10, None)?;
     demo.rt.clock().advance_ms(30_000);
     let fired = demo.rt.advance_ms(0)?;
-    demo.row("30 s later: open grants lapse", &format!("{fired} expiry timers fired, holds released"));
+    demo.row("30 s later: open grants lapse", &format!("{fired} expiry timers fired, holds released"))?;
 
     let view: BalanceView = demo
         .rt
@@ -205,9 +204,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eur(line.effective_balance)
         );
     }
-    let account = demo.rt.account(SUBSCRIBER).unwrap_or_default();
+    let account = demo.rt.account(SUBSCRIBER)?.unwrap_or_default();
     anyhow::ensure!(view.available == account.available(), "read model and account disagree");
-    println!("\n{} events in the log; the read model agrees with the account.", demo.rt.events().len());
+    println!("\n{} events in the log; the read model agrees with the account.", demo.rt.events()?.len());
     let stats = demo.rt.stats();
     println!(
         "counters: {} commands accepted, {} refused, {} repeats answered from the log, {} OCC conflicts, {} snapshots",

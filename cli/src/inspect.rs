@@ -39,7 +39,7 @@ struct Report {
 
 /// Prints the report; exits 1 when the harness cannot run the component.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let engine = HostEngine::shared()?;
+    let engine = HostEngine::shared()?.with_default_code_cache();
     let bytes = std::fs::read(&args.file).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             HostError::NotFound { path: args.file.clone() }

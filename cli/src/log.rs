@@ -1,4 +1,4 @@
-//! Commands that read (and repair) a store: `events`, `replay`, `dead-letters`, `stats`. Those
+//! Commands that read (and repair) a store: `events`, `kv`, `replay`, `dead-letters`, `stats`. Those
 //! that only read open the store read-only, so they never change a byte of it.
 
 use anyhow::Context;
@@ -10,7 +10,7 @@ use tollgate_host::ActorKind;
 use tollgate_node::view::{self, EventView};
 use tollgate_runtime::journal::from_stored;
 use tollgate_runtime::stats::STATS_STREAM;
-use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for, replay};
+use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for, read_model, replay};
 
 /// Arguments of `events`.
 #[derive(clap::Args)]
@@ -225,14 +225,112 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let rt = Runtime::open(&manifest, &mut loader, journal)?;
     let (mut held, mut grants) = (0i64, 0usize);
     let mut currencies = BTreeSet::new();
+    let mut unreadable = 0;
     for key in &accounts {
-        if let Some(account) = rt.account(key) {
-            held += account.held;
-            grants += account.reservations.len();
-            currencies.insert(account.currency);
+        // A damaged account is said, not fatal: the rest of the exposure is still worth showing.
+        match rt.account(key) {
+            Ok(Some(account)) => {
+                held += account.held;
+                grants += account.reservations.len();
+                currencies.insert(account.currency);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                unreadable += 1;
+                eprintln!("account `{key}` cannot be read, its grants are not counted: {e}");
+            }
         }
     }
     let currency = currencies.into_iter().collect::<Vec<_>>().join("/");
     println!("outstanding grants: {grants} over {} accounts, exposure {held} minor units {currency}", accounts.len());
+    if unreadable > 0 {
+        println!("unreadable accounts: {unreadable} (not counted above)");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `kv`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("whose").required(true).args(["manifest", "projector"])))]
+pub struct KvArgs {
+    /// The bucket, as the projector names it (e.g. `balances`).
+    bucket: String,
+    /// One key of the bucket (default: every entry).
+    key: Option<String>,
+    /// The event store: `file:DIR` or `nats://HOST:PORT`.
+    #[arg(long)]
+    store: String,
+    /// The manifest: the bucket is looked up among its projectors.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The projector that writes the bucket.
+    #[arg(long)]
+    projector: Option<String>,
+    /// One JSON object per line (`{"key": ..., "value": ...}`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows a projector's read model: one entry, or every entry of a bucket.
+pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
+    let journal = Journal::open_read_only(&args.store)?;
+    let projector = match (&args.projector, &args.manifest) {
+        (Some(name), _) => name.clone(),
+        (None, Some(path)) => writer_of(&journal, &Manifest::load(path)?, &args.bucket, path)?,
+        (None, None) => anyhow::bail!("name the projector: --projector NAME, or --manifest FILE to look it up"),
+    };
+    let entries = match &args.key {
+        Some(key) => match read_model::get(&journal, &projector, &args.bucket, key)? {
+            Some(value) => vec![(key.clone(), value)],
+            None => {
+                eprintln!("{}/{key}: no entry (projector `{projector}`)", args.bucket);
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => read_model::list(&journal, &projector, &args.bucket)?,
+    };
+    let mut out = std::io::stdout().lock();
+    if entries.is_empty() {
+        eprintln!("{}: no entries (projector `{projector}`)", args.bucket);
+    }
+    let width = entries.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in entries {
+        let value = view::json_or_text(&value);
+        if args.json {
+            writeln!(out, "{}", serde_json::json!({ "key": key, "value": value }))?;
+        } else if args.key.is_some() {
+            writeln!(out, "{value}")?;
+        } else {
+            writeln!(out, "{key:<width$}  {value}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The one projector of `manifest` that has written `bucket`.
+fn writer_of(journal: &Journal, manifest: &Manifest, bucket: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let projectors: Vec<&String> =
+        manifest.actors.keys().filter(|name| manifest.kind(name) == ActorKind::Projector).collect();
+    let mut writers = Vec::new();
+    for name in &projectors {
+        if read_model::buckets(journal, name)?.iter().any(|b| b == bucket) {
+            writers.push(name.as_str());
+        }
+    }
+    match writers.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => {
+            let names: Vec<String> = projectors.iter().map(|p| format!("`{p}`")).collect();
+            anyhow::bail!(
+                "bucket `{bucket}`: no projector of {} has written it (projectors: {})",
+                path.display(),
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )
+        }
+        many => anyhow::bail!(
+            "bucket `{bucket}` is written by {} projectors ({}); name one with --projector",
+            many.len(),
+            many.join(", ")
+        ),
+    }
 }

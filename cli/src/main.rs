@@ -5,11 +5,14 @@ mod inspect;
 mod log;
 mod new;
 mod node;
+mod progress;
+mod registry;
 mod scenario;
 mod store;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Write, test, run and ship edge billing actors as WebAssembly components.
 #[derive(Parser)]
@@ -35,6 +38,8 @@ enum Command {
     Replay(log::ReplayArgs),
     /// Show the events of one stream key.
     Events(log::EventsArgs),
+    /// Show a projector's read model: one key of a bucket, or all of it.
+    Kv(log::KvArgs),
     /// List a consumer's dead letters, or redrive them.
     DeadLetters(log::DeadLettersArgs),
     /// Counters recorded by runs, dead-letter depth, outstanding grant exposure.
@@ -42,7 +47,7 @@ enum Command {
     /// Check the embedded log (`verify`) or cut it at a record boundary (`repair`).
     Store(store::Args),
     #[command(flatten)]
-    Oci(tollgate_oci::cli::Command),
+    Oci(registry::Command),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,8 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("TOLLGATE_LOG"))
         .with_writer(std::io::stderr)
         .init();
+    // Actors the runtime pulls (`oci://` files) show a bar like `tollgate pull` does.
+    tollgate_runtime::resolve::set_pull_progress(Some(Arc::new(progress::TerminalProgress)));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
@@ -59,10 +66,11 @@ fn main() -> ExitCode {
         Command::Run(args) => node::run(args),
         Command::Replay(args) => log::replay(args),
         Command::Events(args) => log::events(args),
+        Command::Kv(args) => log::kv(args),
         Command::DeadLetters(args) => log::dead_letters(args),
         Command::Stats(args) => log::stats(args),
         Command::Store(args) => store::run(args),
-        Command::Oci(cmd) => tollgate_oci::cli::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Oci(cmd) => registry::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -37,7 +37,21 @@ impl std::error::Error for CodecError {}
 /// ```
 pub fn encode<T: Serialize>(value: &T) -> Result<(String, Vec<u8>), CodecError> {
     let bytes = serde_json::to_vec(value).map_err(|e| CodecError(e.to_string()))?;
-    split_tagged(bytes)
+    let (name, payload) = split_tagged(bytes)?;
+    // An object of several keys (an internally tagged enum, a struct) splits at its first key
+    // into a name and a payload that is not one JSON value: refused, never written.
+    if serde_json::from_slice::<de::IgnoredAny>(&payload).is_err() {
+        return Err(not_tagged());
+    }
+    Ok((name, payload))
+}
+
+fn not_tagged() -> CodecError {
+    CodecError(
+        "value is not an externally tagged enum (`{\"type\": payload}` or `\"type\"`): commands and events \
+         must be plain serde enums, without #[serde(untagged)], `tag` or `content`"
+            .into(),
+    )
 }
 
 fn split_tagged(mut bytes: Vec<u8>) -> Result<(String, Vec<u8>), CodecError> {
@@ -47,7 +61,7 @@ fn split_tagged(mut bytes: Vec<u8>) -> Result<(String, Vec<u8>), CodecError> {
         return Ok((name, b"null".to_vec()));
     }
     // Otherwise `{"name":<payload>}`; variant names never contain quotes or escapes.
-    let malformed = || CodecError("value is not an externally tagged enum".into());
+    let malformed = not_tagged;
     if bytes.len() < 5 || bytes[0] != b'{' || bytes[1] != b'"' || bytes[bytes.len() - 1] != b'}' {
         return Err(malformed());
     }
@@ -75,6 +89,36 @@ fn split_tagged(mut bytes: Vec<u8>) -> Result<(String, Vec<u8>), CodecError> {
 /// ```
 pub fn decode<T: DeserializeOwned>(type_name: &str, payload: &[u8]) -> Result<T, CodecError> {
     T::deserialize(Tagged { type_name, payload }).map_err(|e| CodecError(e.0))
+}
+
+/// Checks that `T` has the shape [`decode`] reads: an externally tagged enum (or one whose
+/// `#[serde(other)]` variant takes every unknown type). An enum that wraps others with
+/// `#[serde(untagged)]`, or is internally or adjacently tagged (`tag`, `content`), cannot be
+/// decoded from a type and a payload; this says so before any message does. Run it in a
+/// native test of an actor's message types.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// enum Plain { Opened, Closed }
+/// #[derive(serde::Deserialize)]
+/// #[serde(untagged)]
+/// enum Wrapper { Plain(Plain) }
+///
+/// assert!(tollgate_codec::check_enum::<Plain>().is_ok());
+/// let err = tollgate_codec::check_enum::<Wrapper>().unwrap_err();
+/// assert!(err.0.contains("Wrapper") && err.0.contains("untagged"), "{err}");
+/// ```
+pub fn check_enum<T: DeserializeOwned>() -> Result<(), CodecError> {
+    // No variant is named so; an externally tagged enum answers "unknown variant".
+    const PROBE: &str = "\u{1}tollgate-shape-probe";
+    match decode::<T>(PROBE, b"null") {
+        Ok(_) => Ok(()),
+        Err(e) if is_unknown_variant(&e) => Ok(()),
+        Err(e) => Err(CodecError(format!(
+            "`{}` cannot be decoded from a type and a payload: {e}",
+            std::any::type_name::<T>()
+        ))),
+    }
 }
 
 /// Whether a decode error means the type name is unknown rather than the payload malformed.
@@ -134,7 +178,12 @@ impl<'de> Deserializer<'de> for Tagged<'de> {
     type Error = Error;
 
     fn deserialize_any<V: de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
-        Err(Error("only enums can be decoded from a type and a payload".into()))
+        Err(Error(
+            "only an externally tagged enum decodes from a type and a payload; this type asks for \
+             another shape (#[serde(untagged)], `tag` or `content`): make it a plain serde enum, \
+             one variant per message type"
+                .into(),
+        ))
     }
 
     fn deserialize_enum<V: de::Visitor<'de>>(
@@ -253,5 +302,44 @@ mod tests {
     fn refuses_non_enums() {
         assert!(encode(&5u32).is_err());
         assert!(encode(&vec![1]).is_err());
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(tag = "type", rename_all = "kebab-case")]
+    enum Internal {
+        Earned { points: u64 },
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(untagged)]
+    enum Wrapped {
+        Msg(Msg),
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "kebab-case")]
+    enum Open {
+        Unit,
+        #[serde(other)]
+        Other,
+    }
+
+    #[test]
+    fn other_enum_shapes_are_refused_both_ways_never_written_half() {
+        // Serialized as {"type":"earned","points":5}: several keys, not a type and a payload.
+        let err = encode(&Internal::Earned { points: 5 }).unwrap_err();
+        assert!(err.0.contains("externally tagged"), "{err}");
+        let err = encode(&serde_json::json!({"a": 1, "b": 2})).unwrap_err();
+        assert!(err.0.contains("externally tagged"), "{err}");
+        for err in [
+            decode::<Internal>("earned", br#"{"points":5}"#).unwrap_err(),
+            decode::<Wrapped>("unit", b"null").unwrap_err(),
+        ] {
+            assert!(!is_unknown_variant(&err) && err.0.contains("untagged"), "{err}");
+        }
+        assert!(check_enum::<Internal>().unwrap_err().0.contains("Internal"));
+        assert!(check_enum::<Wrapped>().unwrap_err().0.contains("Wrapped"));
+        assert_eq!(check_enum::<Msg>(), Ok(()));
+        assert_eq!(check_enum::<Open>(), Ok(()), "#[serde(other)] takes every unknown type");
     }
 }

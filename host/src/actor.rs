@@ -149,6 +149,16 @@ pub(crate) fn compile(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<C
     if wasmparser::Parser::is_core_wasm(bytes) {
         return Err(HostError::CoreModule { name: name.into() });
     }
+    let limit = engine.limits().memory_bytes as u64;
+    if let Some(floor) = memory_floor(bytes)
+        && floor > limit
+    {
+        return Err(HostError::MemoryFloor {
+            name: name.into(),
+            needed_mib: floor.div_ceil(1 << 20),
+            limit_mib: limit >> 20,
+        });
+    }
     let compile = || {
         Component::new(engine.engine(), bytes)
             .map_err(|e| HostError::Invalid { name: name.into(), message: format!("{e:#}") })
@@ -157,6 +167,21 @@ pub(crate) fn compile(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<C
         Some(cache) => cache.load_or_compile(engine.engine(), bytes, compile),
         None => compile(),
     }
+}
+
+/// The largest linear memory any core module of `bytes` defines, in bytes, as it starts (before
+/// any call); `None` when the bytes do not parse, which the compiler then reports.
+fn memory_floor(bytes: &[u8]) -> Option<u64> {
+    let mut floor = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let wasmparser::Payload::MemorySection(memories) = payload.ok()? {
+            for memory in memories {
+                let memory = memory.ok()?;
+                floor = floor.max(memory.initial.saturating_mul(1u64 << memory.page_size_log2()));
+            }
+        }
+    }
+    Some(floor)
 }
 
 fn missing_import(name: &str, error: wasmtime::Error) -> HostError {

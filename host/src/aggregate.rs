@@ -10,7 +10,60 @@ use crate::error::HostError;
 use crate::guest::Guest;
 use crate::host_state::HostState;
 use crate::kind::ActorKind;
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+
+impl RejectionKind {
+    /// The kind's name as the WIT spells it, e.g. `unknown-command`.
+    ///
+    /// ```
+    /// use tollgate_host::aggregate::RejectionKind;
+    /// assert_eq!(RejectionKind::UnknownCommand.name(), "unknown-command");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectionKind::Business => "business",
+            RejectionKind::Malformed => "malformed",
+            RejectionKind::UnknownCommand => "unknown-command",
+        }
+    }
+}
+
+/// What makes a command the same command when its id comes again: the SHA-256 of its type,
+/// content type and payload (not its time, ids or key, which a retry may restamp).
+///
+/// ```
+/// # use tollgate_host::aggregate::{command_digest, json_command};
+/// let c = json_command("account", "alice", "c1", &serde_json::json!({"top-up": {"amount": 5}}), 7).unwrap();
+/// let later = tollgate_host::aggregate::Command { time: 9, ..c.clone() };
+/// let other = json_command("account", "alice", "c1", &serde_json::json!({"top-up": {"amount": 6}}), 7).unwrap();
+/// assert_eq!(command_digest(&c), command_digest(&later));
+/// assert_ne!(command_digest(&c), command_digest(&other));
+/// ```
+pub fn command_digest(command: &Command) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    // Lengths first, so no two (type, content type, payload) triples hash the same bytes.
+    for part in [command.command_type.as_bytes(), command.content_type.as_bytes(), &command.payload] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().to_vec()
+}
+
+/// The answer to a command whose id was used before for another command (another type or
+/// payload): refused, so a client that reuses an id by mistake is told rather than handed the
+/// first command's outcome.
+pub fn command_id_conflict(command: &Command) -> Rejection {
+    Rejection {
+        kind: RejectionKind::Malformed,
+        code: "command-id-conflict".into(),
+        message: format!(
+            "command id `{}` on {}/{} was already used for another command; a retry must repeat the \
+             command exactly, a new command needs a new id",
+            command.command_id, command.stream, command.key
+        ),
+    }
+}
 
 /// Encodes a typed command (an externally tagged serde enum) into a JSON envelope whose
 /// correlation id is its command id.
@@ -135,7 +188,8 @@ struct KeyState {
     sequence: u64,
     events: Vec<Event>,
     state: Option<Vec<u8>>,
-    outcomes: HashMap<String, Outcome>,
+    /// command id -> (its command's digest, its outcome).
+    outcomes: HashMap<String, (Vec<u8>, Outcome)>,
 }
 
 /// Keeps every key's events and state in memory, runs commands through an aggregate actor,
@@ -294,7 +348,13 @@ impl AggregateHost {
                 ),
             }));
         }
-        if let Some(outcome) = self.keys.get(&command.key).and_then(|k| k.outcomes.get(&command.command_id)) {
+        // Without history there are no outcomes to compare with (the runtime keeps digests in
+        // its log), so the hash is not spent on every command.
+        let digest = if self.history { command_digest(command) } else { Vec::new() };
+        if let Some((first, outcome)) = self.keys.get(&command.key).and_then(|k| k.outcomes.get(&command.command_id)) {
+            if *first != digest {
+                return Ok(Outcome::Rejected(command_id_conflict(command)));
+            }
             return Ok(outcome.clone());
         }
         let current = self.keys.get(&command.key);
@@ -337,9 +397,17 @@ impl AggregateHost {
         };
         if self.history {
             let k = self.keys.entry(command.key.clone()).or_default();
-            k.outcomes.insert(command.command_id.clone(), outcome.clone());
+            k.outcomes.insert(command.command_id.clone(), (digest, outcome.clone()));
         }
         Ok(outcome)
+    }
+
+    /// Whether `command` (its id, with the same type and payload) was answered before, so
+    /// running it again answers the same and changes nothing (always false
+    /// [`without_history`](Self::without_history)).
+    pub fn has_answered(&self, command: &Command) -> bool {
+        let known = self.keys.get(&command.key).and_then(|k| k.outcomes.get(&command.command_id));
+        known.is_some_and(|(digest, _)| *digest == command_digest(command))
     }
 
     /// Every event of `key`, oldest first (none [`without_history`](Self::without_history)).

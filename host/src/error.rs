@@ -41,6 +41,20 @@ pub enum HostError {
         /// The validator's message.
         message: String,
     },
+    /// A core module of the component asks for more linear memory before its first call than
+    /// the memory cap allows (Python and JavaScript guests carry their runtime's heap).
+    #[error(
+        "{name}: needs {needed_mib} MiB of linear memory before its first call, over the memory cap of \
+         {limit_mib} MiB: raise `limits.memory_mib` in the manifest (`--memory-mib` for `tollgate test`)"
+    )]
+    MemoryFloor {
+        /// The file or actor name.
+        name: String,
+        /// The initial memory of its largest module, in MiB (rounded up).
+        needed_mib: u64,
+        /// The engine's memory cap, in MiB.
+        limit_mib: u64,
+    },
     /// The component does not export the interface its role needs.
     #[error("{name}: does not export `{expected}` (it exports: {found})")]
     WrongKind {

@@ -140,6 +140,18 @@ impl ActorKind {
         self.spec().name
     }
 
+    /// The name with its indefinite article, for messages: "an aggregate", "a rater".
+    ///
+    /// ```
+    /// use tollgate_host::ActorKind;
+    ///
+    /// assert_eq!(ActorKind::Aggregate.a(), "an aggregate");
+    /// assert_eq!(ActorKind::ProcessManager.a(), "a process-manager");
+    /// ```
+    pub fn a(self) -> String {
+        article(self.name())
+    }
+
     /// Parses [`ActorKind::name`].
     ///
     /// ```
@@ -185,11 +197,17 @@ impl ActorKind {
             .filter(|k| !k.links.is_empty())
             .map(|k| {
                 let names: Vec<String> = k.links.iter().map(|l| format!("`{}`", l.name)).collect();
-                format!("a {} links {}", k.name, names.join(" and "))
+                format!("{} links {}", article(k.name), names.join(" and "))
             })
             .collect();
         if with_links.is_empty() { "no kind has links".into() } else { with_links.join("; ") }
     }
+}
+
+/// `name` after "a" or "an", by its first letter.
+fn article(name: &str) -> String {
+    let an = name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {name}", if an { "an" } else { "a" })
 }
 
 impl fmt::Display for ActorKind {

@@ -83,7 +83,9 @@ impl Node {
                         .map_err(NodeError::Command)?;
                 match rt.execute(&envelope)? {
                     Outcome::Accepted(events) => Reply::Accepted(events.iter().map(EventView::from).collect()),
-                    Outcome::Rejected(r) => Reply::Rejected { code: r.code, message: r.message },
+                    Outcome::Rejected(r) => {
+                        Reply::Rejected { kind: r.kind.name().into(), code: r.code, message: r.message }
+                    }
                 }
             }
             Request::Admit(a) => {

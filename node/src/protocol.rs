@@ -90,6 +90,8 @@ pub enum Reply {
     Accepted(Vec<EventView>),
     /// The command was rejected; nothing was recorded.
     Rejected {
+        /// What kind of refusal: `business`, `malformed` or `unknown-command`.
+        kind: String,
         /// The rejection code, e.g. `insufficient-funds`.
         code: String,
         /// Why, for people.

@@ -10,7 +10,8 @@
 //! - [`wit_build`] encodes the project's WIT packages; [`wit_publish`] pushes them the way
 //!   `wkg publish` does (`tollgate:billing@0.1.0` -> `REGISTRY/tollgate/billing:0.1.0`).
 //! - [`Cache`] / [`resolve`] turn `oci://REF` into a local file, pulled once per digest.
-//! - [`cli`] holds the clap definitions the `tollgate` binary mounts.
+//! - [`TransferProgress`] hears how transfers progress, for callers that show it (the
+//!   `tollgate` binary, which also holds the `push`/`pull`/`wit` commands, draws a bar).
 //! - `testing` (cargo feature `testing`) starts a real registry for tests.
 //!
 //! References that resolve to `latest` are refused unless
@@ -18,7 +19,6 @@
 
 mod auth;
 mod cache;
-pub mod cli;
 mod error;
 mod progress;
 mod reference;
@@ -34,6 +34,7 @@ pub use cache::{CACHE_DIR_ENV, Cache, default_cache_dir, resolve};
 pub use error::{Error, Result};
 pub use oci_client::secrets::RegistryAuth;
 pub use oci_wasm::{WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE, WASM_MANIFEST_MEDIA_TYPE, WasmConfig};
+pub use progress::{TransferMeter, TransferProgress};
 pub use reference::{OCI_SCHEME, is_latest, parse_reference};
 pub use transfer::{Pulled, PushOptions, Pushed, RegistryOptions, manifest_digest, pull, push, push_file};
 pub use wit::{wit_build, wit_build_package, wit_file_name, wit_package_dirs, wit_publish, wit_reference};

@@ -1,21 +1,49 @@
-//! Progress bars for transfers, drawn on stderr only when it is a terminal.
+//! How far transfers have come, told to whoever asked ([`RegistryOptions::progress`]). This
+//! library draws nothing itself; the `tollgate` binary draws a bar on stderr.
+//!
+//! [`RegistryOptions::progress`]: crate::RegistryOptions::progress
 
-use std::io::IsTerminal as _;
+use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+/// Hears of transfers as they start: one [`TransferMeter`] per transfer, so transfers that run
+/// at the same time through the same options keep apart.
+pub trait TransferProgress: Send + Sync {
+    /// A transfer of `total` bytes starts; `label` says what it is (`pushing REF`,
+    /// `pulling REF`). The meter returned hears how it goes.
+    fn start(&self, label: &str, total: u64) -> Box<dyn TransferMeter>;
+}
 
-/// A byte progress bar for a transfer of `total` bytes, labelled `message`. Hidden when
-/// `enabled` is false or stderr is not a terminal.
-pub(crate) fn transfer_bar(enabled: bool, total: u64, message: String) -> ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+/// One transfer in flight.
+pub trait TransferMeter: Send + Sync {
+    /// `bytes` more were transferred (or found already present at the other end).
+    fn advance(&self, bytes: u64);
+    /// The transfer completed. A transfer that fails is dropped without being finished.
+    fn finish(&self);
+}
+
+/// The meter of one transfer, or nothing when nobody asked for progress.
+#[derive(Clone)]
+pub(crate) struct Meter(Option<Arc<dyn TransferMeter>>);
+
+impl Meter {
+    /// Starts a transfer of `total` bytes on `progress`, if any; `label` is only made when asked.
+    pub(crate) fn start(
+        progress: Option<&Arc<dyn TransferProgress>>,
+        total: u64,
+        label: impl FnOnce() -> String,
+    ) -> Meter {
+        Meter(progress.map(|p| Arc::from(p.start(&label(), total))))
     }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style =
-        ProgressStyle::with_template("{msg} [{bar:30.cyan/blue}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_message(message);
-    bar
+
+    pub(crate) fn advance(&self, bytes: u64) {
+        if let Some(meter) = &self.0 {
+            meter.advance(bytes);
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        if let Some(meter) = &self.0 {
+            meter.finish();
+        }
+    }
 }

@@ -144,12 +144,12 @@ impl Drop for Registry {
     }
 }
 
-/// Options for the local plain-HTTP registry, without credentials or progress bars.
+/// Options for the local plain-HTTP registry, without credentials or progress reporting.
 pub fn local() -> RegistryOptions {
     RegistryOptions {
         plain_http: true,
         allow_latest: false,
-        progress: false,
+        progress: None,
         credentials: crate::Credentials::Anonymous,
     }
 }
@@ -164,10 +164,6 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the crate lives in the workspace").to_path_buf()
 }
 
-/// The reference actors, by file stem (`<stem>.wasm`, built by `cargo xtask build-actors`).
-pub const REFERENCE_ACTORS: [&str; 5] =
-    ["prepaid_account", "rater", "admission_policy", "balance_projector", "charging_session"];
-
 /// Where the compiled actors are: `$TOLLGATE_ACTORS_DIR`, else
 /// `<workspace>/target/wasm32-wasip2/release`.
 pub fn actors_dir() -> PathBuf {
@@ -176,11 +172,13 @@ pub fn actors_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip2/release"))
 }
 
-/// The paths of the [`REFERENCE_ACTORS`], or `None` (after printing one `skipping:` line) when
-/// one is missing outside CI; under `CI=true` a missing actor fails.
-pub fn require_reference_actors() -> Option<Vec<(&'static str, PathBuf)>> {
+/// The paths of the actors `stems` (file stems, `<stem>.wasm`, built by `cargo xtask
+/// build-actors`; the reference actors are `tollgate_host_test::fixtures::REFERENCE_ACTORS`), or
+/// `None` (after printing one `skipping:` line) when one is missing outside CI; under `CI=true`
+/// a missing actor fails.
+pub fn require_actors(stems: &[&'static str]) -> Option<Vec<(&'static str, PathBuf)>> {
     let dir = actors_dir();
-    let paths: Vec<_> = REFERENCE_ACTORS.iter().map(|stem| (*stem, dir.join(format!("{stem}.wasm")))).collect();
+    let paths: Vec<_> = stems.iter().map(|stem| (*stem, dir.join(format!("{stem}.wasm")))).collect();
     if let Some((_, missing)) = paths.iter().find(|(_, p)| !p.is_file()) {
         assert!(
             !in_ci(),
@@ -198,12 +196,10 @@ pub fn actor_reference(registry: &str, stem: &str) -> String {
     format!("{registry}/tollgate/{}:0.1.0", stem.replace('_', "-"))
 }
 
-/// Pushes every reference actor to `registry` (`127.0.0.1:PORT`) at [`actor_reference`], with
-/// [`local_push`] options; returns `(stem, file, what was pushed)` per actor.
-pub async fn push_reference_actors(
-    registry: &str,
-    actors: &[(&'static str, PathBuf)],
-) -> Vec<(&'static str, PathBuf, Pushed)> {
+/// Pushes every actor of `actors` (from [`require_actors`]) to `registry` (`127.0.0.1:PORT`)
+/// at [`actor_reference`], with [`local_push`] options; returns `(stem, file, what was
+/// pushed)` per actor.
+pub async fn push_actors(registry: &str, actors: &[(&'static str, PathBuf)]) -> Vec<(&'static str, PathBuf, Pushed)> {
     let mut pushed = Vec::new();
     for (stem, path) in actors {
         let reference = actor_reference(registry, stem);

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::StreamExt as _;
-use indicatif::ProgressBar;
 use oci_client::annotations::{
     ORG_OPENCONTAINERS_IMAGE_CREATED, ORG_OPENCONTAINERS_IMAGE_DESCRIPTION, ORG_OPENCONTAINERS_IMAGE_SOURCE,
     ORG_OPENCONTAINERS_IMAGE_VERSION,
@@ -26,28 +26,40 @@ use tokio::io::AsyncWrite;
 
 use crate::auth::Credentials;
 use crate::error::{Error, Result};
-use crate::progress::transfer_bar;
+use crate::progress::{Meter, TransferProgress};
 use crate::reference::{format_sha256, parse_checked, sha256_digest, sha256_hex};
 
-/// Size of the pieces a layer is uploaded in (each one advances the progress bar).
+/// Size of the pieces a layer is uploaded in (each one advances the progress meter).
 const UPLOAD_CHUNK: usize = 1024 * 1024;
 
 /// How to talk to a registry; shared by pushes and pulls.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryOptions {
     /// Talk plain HTTP instead of HTTPS (local development registries).
     pub plain_http: bool,
     /// Accept references that resolve to the mutable `latest` tag.
     pub allow_latest: bool,
-    /// Draw a progress bar on stderr (it is hidden anyway when stderr is not a terminal).
-    pub progress: bool,
+    /// Who hears how each transfer progresses (the `tollgate` binary draws a bar on stderr);
+    /// `None`: nobody.
+    pub progress: Option<Arc<dyn TransferProgress>>,
     /// Where credentials come from.
     pub credentials: Credentials,
 }
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        Self { plain_http: false, allow_latest: false, progress: true, credentials: Credentials::Auto }
+        Self { plain_http: false, allow_latest: false, progress: None, credentials: Credentials::Auto }
+    }
+}
+
+impl std::fmt::Debug for RegistryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryOptions")
+            .field("plain_http", &self.plain_http)
+            .field("allow_latest", &self.allow_latest)
+            .field("progress", &self.progress.is_some())
+            .field("credentials", &self.credentials)
+            .finish()
     }
 }
 
@@ -203,24 +215,24 @@ pub(crate) async fn push_described(
     let client = client(&options.registry);
     // Stored in the client, which applies it to every blob and manifest request.
     authenticate(&client, &parsed, &options.registry).await?;
-    let bar = transfer_bar(options.registry.progress, size, format!("pushing {reference}"));
+    let meter = Meter::start(options.registry.progress.as_ref(), size, || format!("pushing {reference}"));
 
     // The layer: skipped when the registry already has it, else uploaded in pieces so the
-    // progress bar moves.
+    // progress meter moves.
     let exists =
         client.blob_exists(&parsed, &layer_digest).await.map_err(registry_error("checking the layer of", reference))?;
     if exists {
-        bar.inc(size);
+        meter.advance(size);
     } else {
         let data = layer.data.clone();
         let chunks = (0..data.len())
             .step_by(UPLOAD_CHUNK)
             .map(move |start| Ok(data.slice(start..(start + UPLOAD_CHUNK).min(data.len()))));
-        let bar_ref = bar.clone();
+        let chunk_meter = meter.clone();
         let stream =
             futures_util::stream::iter(chunks).inspect(move |chunk: &Result<bytes::Bytes, OciDistributionError>| {
                 if let Ok(chunk) = chunk {
-                    bar_ref.inc(chunk.len() as u64);
+                    chunk_meter.advance(chunk.len() as u64);
                 }
             });
         client
@@ -240,7 +252,7 @@ pub(crate) async fn push_described(
         .push_manifest_raw(&parsed, body, http::HeaderValue::from_static(WASM_MANIFEST_MEDIA_TYPE))
         .await
         .map_err(registry_error("pushing the manifest of", reference))?;
-    bar.finish_and_clear();
+    meter.finish();
     tracing::info!(reference, %manifest_digest, "pushed");
 
     Ok(Pushed {
@@ -395,15 +407,17 @@ pub(crate) async fn pull_verified(
         path: tmp.path().to_path_buf(),
         source,
     })?;
-    let bar = transfer_bar(options.progress, u64::try_from(layer.size).unwrap_or(0), format!("pulling {reference}"));
+    let meter = Meter::start(options.progress.as_ref(), u64::try_from(layer.size).unwrap_or(0), || {
+        format!("pulling {reference}")
+    });
     let mut writer = HashingWriter {
         inner: tokio::fs::File::from_std(file),
         hasher: sha2::Sha256::new(),
         written: 0,
-        bar: bar.clone(),
+        meter: meter.clone(),
     };
     client.pull_blob(&parsed, layer, &mut writer).await.map_err(blob_error("layer", reference))?;
-    bar.finish_and_clear();
+    meter.finish();
     let HashingWriter { inner, hasher, written, .. } = writer;
     drop(inner);
     let layer_digest = format_sha256(hasher.finalize().as_slice());
@@ -464,12 +478,12 @@ fn check_blob(
     Ok(())
 }
 
-/// Writes through to a file while hashing what was written and advancing a progress bar.
+/// Writes through to a file while hashing what was written and advancing a progress meter.
 struct HashingWriter {
     inner: tokio::fs::File,
     hasher: sha2::Sha256,
     written: u64,
-    bar: ProgressBar,
+    meter: Meter,
 }
 
 impl AsyncWrite for HashingWriter {
@@ -479,7 +493,7 @@ impl AsyncWrite for HashingWriter {
         if let Poll::Ready(Ok(n)) = &poll {
             this.hasher.update(&buf[..*n]);
             this.written += *n as u64;
-            this.bar.inc(*n as u64);
+            this.meter.advance(*n as u64);
         }
         poll
     }

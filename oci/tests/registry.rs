@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use tollgate_host_test::fixtures::REFERENCE_ACTORS;
 use tollgate_oci::testing::{
-    Registry, actor_reference, actors_dir, local, local_push, require_reference_actors, require_tool, tiny_component,
+    Registry, actor_reference, actors_dir, local, local_push, require_actors, require_tool, tiny_component,
     workspace_root,
 };
 use tollgate_oci::{
@@ -140,7 +141,7 @@ async fn repository_wit_packages_round_trip() {
 #[tokio::test]
 async fn built_actor_components_round_trip() {
     // The five reference actors must be there (under CI=true a missing one fails)...
-    let Some(reference_actors) = require_reference_actors() else {
+    let Some(reference_actors) = require_actors(&REFERENCE_ACTORS) else {
         return;
     };
     // ...and every other component next to them (test fixtures) goes along.
@@ -316,46 +317,4 @@ async fn cache_pulls_once_per_digest() {
     // ...unless the cached bytes were damaged, then it must go back to the (dead) registry.
     std::fs::write(&path, b"damaged").unwrap();
     assert!(cache.resolve(&pinned, &local()).await.is_err());
-}
-
-#[test]
-fn cli_push_pull_and_wit_build() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        command: tollgate_oci::cli::Command,
-    }
-    let Some(registry) = Registry::start() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.wasm");
-    let output = dir.path().join("out.wasm");
-    std::fs::write(&input, tiny_component()).unwrap();
-    let reference = format!("{}/tollgate-test/cli:0.2.0", registry.host());
-    let run = |args: &[&str]| {
-        let cli = Cli::try_parse_from(std::iter::once("tollgate").chain(args.iter().copied())).unwrap();
-        tollgate_oci::cli::run(cli.command)
-    };
-    run(&["push", &reference, input.to_str().unwrap(), "--plain-http", "--version", "0.2.0"]).unwrap();
-    run(&["pull", &reference, "-o", output.to_str().unwrap(), "--plain-http"]).unwrap();
-    assert_eq!(std::fs::read(&output).unwrap(), std::fs::read(&input).unwrap());
-    let err = run(&["pull", &format!("{}/tollgate-test/cli", registry.host()), "-o", "x.wasm"]).unwrap_err();
-    assert!(err.to_string().contains("latest"), "{err}");
-
-    let wit = dir.path().join("wit/tiny");
-    std::fs::create_dir_all(&wit).unwrap();
-    std::fs::write(wit.join("tiny.wit"), "package test:tiny@0.1.0;\ninterface host { log: func(level: u32); }\n")
-        .unwrap();
-    let built = dir.path().join("built");
-    run(&["wit", "build", "--wit-dir", dir.path().join("wit").to_str().unwrap(), "-o", built.to_str().unwrap()])
-        .unwrap();
-    assert!(built.join("test_tiny@0.1.0.wasm").is_file());
-    run(&["wit", "publish", &registry.host(), "--wit-dir", dir.path().join("wit").to_str().unwrap(), "--plain-http"])
-        .unwrap();
-    let pulled = dir.path().join("tiny-wit.wasm");
-    run(&["pull", &format!("{}/test/tiny:0.1.0", registry.host()), "-o", pulled.to_str().unwrap(), "--plain-http"])
-        .unwrap();
-    assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(built.join("test_tiny@0.1.0.wasm")).unwrap());
 }

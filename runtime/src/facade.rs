@@ -3,13 +3,15 @@
 //! rater component. Request ids become command ids, so a repeated request changes nothing
 //! twice and gets its original answer.
 
-use crate::core::{Core, UNDO_MARK, Undo, UndoAction};
+use crate::error::RuntimeError;
+use crate::shared::Shared;
+use crate::undo::{UNDO_MARK, Undo, UndoAction};
 use std::sync::{Arc, Mutex};
 use tollgate_billing_model::account::{
     Account, AccountCommand, AccountEvent, Counter as ModelCounter, Money as ModelMoney,
 };
 use tollgate_billing_model::pricing::PriceTerm as ModelTerm;
-use tollgate_host::aggregate::{Outcome, Rejection};
+use tollgate_host::aggregate::{Event, Outcome, Rejection};
 use tollgate_host::bindings::policy::tollgate::billing::charging::{ChargingError, DebitOutcome, ReserveRequest};
 use tollgate_host::bindings::policy::tollgate::billing::rating as imported;
 use tollgate_host::bindings::rater::tollgate::billing::types::{
@@ -21,7 +23,7 @@ use tollgate_host::typed as exported;
 
 /// Serves one policy's billing imports from the runtime's actors.
 pub struct ChargingFacade {
-    pub(crate) core: Arc<Mutex<Core>>,
+    pub(crate) shared: Arc<Mutex<Shared>>,
     /// The aggregate actor serving `charging`.
     pub(crate) account_actor: String,
     /// The rater actor serving `rating`.
@@ -61,6 +63,17 @@ fn status(key: &str, account: &Account) -> AccountStatus {
     }
 }
 
+/// An account aggregate's events as the model's.
+pub(crate) fn account_events(events: &[Event]) -> Result<Vec<AccountEvent>, RuntimeError> {
+    events
+        .iter()
+        .map(|e| {
+            tollgate_codec::decode(&e.event_type, &e.payload)
+                .map_err(|source| RuntimeError::undecodable_event(&e.stream, &e.key, e.sequence, &e.event_type, source))
+        })
+        .collect()
+}
+
 /// A `tollgate:billing` price term as the model's.
 pub fn model_term(term: PriceTerm) -> ModelTerm {
     match term {
@@ -76,8 +89,8 @@ pub fn model_term(term: PriceTerm) -> ModelTerm {
 }
 
 impl ChargingFacade {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends an account command; host failures become `end-user-service-denied`.
@@ -93,8 +106,8 @@ impl ChargingFacade {
                 format!("request id `{request_id}` contains `{UNDO_MARK}`, which only the runtime's undos use"),
             ));
         }
-        let mut core = self.lock();
-        let now = core.clock.now_ms();
+        let mut shared = self.lock();
+        let now = shared.clock.now_ms();
         let mut envelope = tollgate_host::aggregate::json_command(
             tollgate_billing_model::account::STREAM,
             account,
@@ -104,29 +117,28 @@ impl ChargingFacade {
         )
         .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("encode command: {e}")))?;
         // Every call of one decision is correlated with the request decided.
-        if !core.in_decide.request_id.is_empty() {
-            envelope.correlation_id = core.in_decide.request_id.clone();
+        if !shared.in_decide.request_id.is_empty() {
+            envelope.correlation_id = shared.in_decide.request_id.clone();
         }
         // `accepted` counts only appends, not commands answered from the log.
-        let appended_before = core.stats.accepted;
-        let outcome = core
+        let appended_before = shared.stats.accepted;
+        let outcome = shared
             .execute_on(&self.account_actor, &envelope)
             .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("account actor failed: {e}")))?;
-        let new = core.stats.accepted > appended_before;
+        let new = shared.stats.accepted > appended_before;
         let events = match outcome {
             Outcome::Rejected(r) => return Err(error(result_code(&r), r.message)),
-            Outcome::Accepted(events) => events
-                .iter()
-                .map(|e| tollgate_codec::decode::<AccountEvent>(&e.event_type, &e.payload))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("undecodable account event: {e}")))?,
+            Outcome::Accepted(events) => {
+                account_events(&events).map_err(|e| error(ResultCode::EndUserServiceDenied, e.to_string()))?
+            }
         };
-        let state = core
+        // An account without events is in its initial state (not opened).
+        let state = shared
             .account_state(&self.account_actor, account)
             .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("read account: {e}")))?
             .unwrap_or_default();
         let undo = undo_of(request_id, command, &events, &state.currency);
-        self.track(&mut core, account, command, undo, new)?;
+        self.track(&mut shared, account, command, undo, new)?;
         Ok((events, state))
     }
 
@@ -135,7 +147,7 @@ impl ChargingFacade {
     /// answering it from the log would hand out a grant released or a charge refunded.
     fn track(
         &self,
-        core: &mut Core,
+        shared: &mut Shared,
         account: &str,
         command: &AccountCommand,
         action: Option<UndoAction>,
@@ -144,12 +156,12 @@ impl ChargingFacade {
         if new {
             // A reservation this decision debited or released is no longer held.
             if let AccountCommand::Debit { reservation_id, .. } | AccountCommand::Release { reservation_id } = command {
-                core.in_decide.undo.retain(|u| {
+                shared.in_decide.undo.retain(|u| {
                     u.account != account || u.action != UndoAction::Release { reservation_id: reservation_id.clone() }
                 });
             }
             if let Some(action) = action {
-                core.in_decide.undo.push(Undo {
+                shared.in_decide.undo.push(Undo {
                     account_actor: self.account_actor.clone(),
                     account: account.into(),
                     action,
@@ -158,8 +170,8 @@ impl ChargingFacade {
             return Ok(());
         }
         let Some(action) = action else { return Ok(()) };
-        let decision = core.in_decide.request_id.clone();
-        match core.recently_committed(&self.account_actor, account, &action.command_id(&decision)) {
+        let decision = shared.in_decide.request_id.clone();
+        match shared.recently_committed(&self.account_actor, account, &action.command_id(&decision)) {
             Ok(false) => Ok(()),
             Ok(true) => Err(error(
                 ResultCode::EndUserServiceDenied,
@@ -183,8 +195,8 @@ impl ChargingFacade {
 
     fn rate_with_rater(&self, request: imported::RatingRequest) -> Result<imported::Rated, imported::RatingError> {
         let request = exported::RatingRequest { usage: request.usage, counters: request.counters };
-        let mut core = self.lock();
-        match core.rate_on(&self.rater_actor, &request) {
+        let mut shared = self.lock();
+        match shared.rate_on(&self.rater_actor, &request) {
             Ok(Ok(r)) => Ok(imported::Rated { lines: r.lines, total: r.total, plan: r.plan, counters: r.counters }),
             Ok(Err(e)) => Err(match e {
                 exported::RatingError::UnknownOffer(s) => imported::RatingError::UnknownOffer(s),
@@ -229,8 +241,10 @@ impl PolicyServices for ChargingFacade {
             validity_ms: request.validity_ms,
             offer: request.offer.clone(),
         };
-        // A repeated request id is answered with the original `reserved` event: the original
-        // grant, price and counters, whatever happened since.
+        // A repeated request id asking for the same reservation is answered with the original
+        // `reserved` event: the original grant, price and counters, whatever happened since.
+        // The same id asking for another one (other units, offer, plan or validity) is refused
+        // as a `command-id-conflict`.
         let (events, account) = self.send(&request.request_id, &request.account, &command)?;
         match events.into_iter().next() {
             Some(AccountEvent::Reserved {

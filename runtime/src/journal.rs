@@ -32,7 +32,7 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, RuntimeError> {
         .thread_name("tollgate-store")
         .enable_all()
         .build()
-        .map_err(|e| RuntimeError::Store { url: "<runtime>".into(), message: format!("start tokio: {e}") })
+        .map_err(RuntimeError::Tokio)
 }
 
 impl Journal {
@@ -42,8 +42,11 @@ impl Journal {
         F: Future<Output = tollgate_store::Result<Box<dyn EventStore>>>,
     {
         let tokio = tokio_runtime()?;
-        let store =
-            tokio.block_on(open()).map_err(|e| RuntimeError::Store { url: url.into(), message: e.to_string() })?;
+        let store = tokio.block_on(open()).map_err(|source| RuntimeError::Store {
+            url: url.into(),
+            operation: "open".into(),
+            source: Box::new(source),
+        })?;
         Ok(Journal { inner: Arc::new(Inner { store, tokio, url: url.into(), _ephemeral: None }) })
     }
 
@@ -77,14 +80,15 @@ impl Journal {
     /// no fsync, because nothing in it outlives the process.
     pub fn ephemeral() -> Result<Journal, RuntimeError> {
         let tokio = tokio_runtime()?;
-        let dir = tempfile::Builder::new()
-            .prefix("tollgate-ephemeral-")
-            .tempdir()
-            .map_err(|e| RuntimeError::Store { url: "<ephemeral>".into(), message: format!("temp dir: {e}") })?;
+        let dir =
+            tempfile::Builder::new().prefix("tollgate-ephemeral-").tempdir().map_err(RuntimeError::EphemeralDir)?;
         let url = format!("file:{}", dir.path().display());
         let options = FileOptions { sync: false, ..FileOptions::default() };
-        let store = FileStore::open_with(dir.path(), options)
-            .map_err(|e| RuntimeError::Store { url: url.clone(), message: e.to_string() })?;
+        let store = FileStore::open_with(dir.path(), options).map_err(|source| RuntimeError::Store {
+            url: url.clone(),
+            operation: "open".into(),
+            source: Box::new(source),
+        })?;
         Ok(Journal { inner: Arc::new(Inner { store: Box::new(store), tokio, url, _ephemeral: Some(dir) }) })
     }
 
@@ -110,7 +114,7 @@ impl Journal {
 
     /// A store error as a runtime error naming this store and `op`.
     pub fn error(&self, op: &str, e: tollgate_store::StoreError) -> RuntimeError {
-        RuntimeError::Store { url: self.inner.url.clone(), message: format!("{op}: {e}") }
+        RuntimeError::Store { url: self.inner.url.clone(), operation: op.into(), source: Box::new(e) }
     }
 }
 
@@ -154,27 +158,37 @@ impl Journal {
 }
 
 /// A JSON event the runtime writes itself (not decided by an actor), e.g. a node's counters.
-pub fn json_event<T: serde::Serialize>(event_type: &str, body: &T, command_id: &str, time_ms: u64) -> NewEvent {
-    NewEvent {
+pub fn json_event<T: serde::Serialize>(
+    event_type: &str,
+    body: &T,
+    command_id: &str,
+    time_ms: u64,
+) -> Result<NewEvent, RuntimeError> {
+    let payload = tollgate_codec::to_json(body)
+        .map_err(|source| RuntimeError::Encode { what: format!("a `{event_type}` event"), source })?;
+    Ok(NewEvent {
         event_type: event_type.into(),
         schema_version: 1,
         content_type: tollgate_codec::JSON.into(),
-        payload: serde_json::to_vec(body).expect("runtime records encode"),
+        payload,
         command_id: command_id.into(),
+        command_digest: Vec::new(),
         correlation_id: command_id.into(),
         causation_id: String::new(),
         time_ms,
-    }
+    })
 }
 
-/// The store's form of an event the host built.
-pub fn to_new(e: &Event) -> NewEvent {
+/// The store's form of an event the host built, from the command of `command_digest` (empty:
+/// not from a command).
+pub fn to_new(e: &Event, command_digest: &[u8]) -> NewEvent {
     NewEvent {
         event_type: e.event_type.clone(),
         schema_version: e.schema_version,
         content_type: e.content_type.clone(),
         payload: e.payload.clone(),
         command_id: e.command_id.clone(),
+        command_digest: command_digest.to_vec(),
         correlation_id: e.correlation_id.clone(),
         causation_id: e.causation_id.clone(),
         time_ms: e.time,

@@ -18,27 +18,47 @@
 //!   the release's command id names the failed decision.
 //! - Streams and buckets named `tollgate.*` are the runtime's own: no actor or client reaches
 //!   them.
+//!
+//! Inside, what the actors share lives behind one mutex (module `shared`); its work is split
+//! into `commands` on aggregates, `dispatch` of commits to projectors and process managers,
+//! `cascade` bounds on reactions, `timers`, and the `undo` of a failed decision's charging
+//! calls; `namespace` holds the runtime's own stream and bucket names.
 
-pub mod core;
+#![warn(missing_docs)]
+
+mod cascade;
+mod commands;
+mod dispatch;
 pub mod error;
 pub mod facade;
 pub mod journal;
 pub mod manifest;
+mod namespace;
 pub mod quota;
+pub mod read_model;
 pub mod replay;
 pub mod resolve;
+mod shared;
 pub mod stats;
+mod timers;
+mod undo;
 
-pub use crate::core::{RESERVED_PREFIX, RefusedCommand, TIMER_STREAM, is_reserved};
+pub use dispatch::RefusedCommand;
 pub use error::RuntimeError;
 pub use journal::Journal;
 pub use manifest::Manifest;
+pub use namespace::{RESERVED_PREFIX, TIMER_STREAM, is_reserved};
+#[cfg(feature = "oci")]
 pub use resolve::resolve_actor;
 pub use stats::Stats;
 pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
 pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
 
-use crate::core::{AggregateSlot, Core, ManagerSlot, ProjectorSlot};
+use crate::commands::AggregateSlot;
+use crate::dispatch::{ManagerSlot, ProjectorSlot};
+use crate::namespace::refuse_reserved_subscriptions;
+use crate::shared::Shared;
+use crate::undo::InDecide;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -63,8 +83,8 @@ impl Loader {
         Loader { engine, cache: HashMap::new() }
     }
 
-    /// Loads `file` (a path, or `oci://REF` pulled over HTTPS: see [`resolve_actor`]),
-    /// checking its kind; compiled once per loader and file.
+    /// Loads `file` (a path, or `oci://REF` pulled over HTTPS with the `oci` feature: see
+    /// `resolve_actor`), checking its kind; compiled once per loader and file.
     pub fn load(&mut self, file: &Path, kind: ActorKind) -> Result<Actor, RuntimeError> {
         self.load_with(file, kind, false)
     }
@@ -72,7 +92,28 @@ impl Loader {
     /// [`Loader::load`], speaking plain HTTP to the registry of an `oci://` file when
     /// `plain_http`.
     pub fn load_with(&mut self, file: &Path, kind: ActorKind, plain_http: bool) -> Result<Actor, RuntimeError> {
-        let path = resolve_actor(&file.to_string_lossy(), Path::new(""), plain_http)?;
+        self.load_file(None, file, kind, plain_http)
+    }
+
+    /// [`Loader::load_with`] for the manifest's actor `name`, which an error names.
+    pub(crate) fn load_actor(
+        &mut self,
+        name: &str,
+        file: &Path,
+        kind: ActorKind,
+        plain_http: bool,
+    ) -> Result<Actor, RuntimeError> {
+        self.load_file(Some(name), file, kind, plain_http)
+    }
+
+    fn load_file(
+        &mut self,
+        name: Option<&str>,
+        file: &Path,
+        kind: ActorKind,
+        plain_http: bool,
+    ) -> Result<Actor, RuntimeError> {
+        let path = resolve::actor_file(name, file, plain_http)?;
         let actor = match self.cache.get(&path) {
             Some(a) => a.clone(),
             None => {
@@ -95,7 +136,7 @@ pub fn engine_for(manifest: &Manifest) -> Result<HostEngine, RuntimeError> {
 
 /// Actors wired together by a manifest.
 pub struct Runtime {
-    core: Arc<Mutex<Core>>,
+    shared: Arc<Mutex<Shared>>,
     policies: BTreeMap<String, PolicyActor>,
     host_state: BTreeMap<String, HostState>,
     clock: VirtualClock,
@@ -130,30 +171,16 @@ impl Runtime {
         let clock = VirtualClock::default();
         // Event times never go backwards across a restart: the clock starts at the last one.
         clock.set_ms(journal.last_event_time()?);
-        let mut core = Core {
-            clock: clock.clone(),
-            journal,
-            aggregates: BTreeMap::new(),
-            streams: BTreeMap::new(),
-            raters: BTreeMap::new(),
-            projectors: Vec::new(),
-            managers: Vec::new(),
-            refused: Vec::new(),
-            stats: Stats::default(),
-            snapshot_every: manifest.store.snapshot_every,
-            limits: manifest.reactions.clone(),
-            cascades: Default::default(),
-            in_decide: Default::default(),
-        };
+        let mut shared = Shared::new(clock.clone(), journal, manifest);
         let max_deliver = manifest.store.max_deliver;
-        let mut fakes_by_actor = BTreeMap::new();
+        let mut host_states = BTreeMap::new();
         let mut policy_specs = Vec::new();
         for (name, spec) in &manifest.actors {
             let kind = manifest.kind(name);
-            let actor = loader.load_with(&spec.file, kind, manifest.registry.plain_http)?;
+            let actor = loader.load_actor(name, &spec.file, kind, manifest.registry.plain_http)?;
             let host_state = HostState::with_clock(clock.clone());
             host_state.replace_config(spec.config.clone());
-            fakes_by_actor.insert(name.clone(), host_state.clone());
+            host_states.insert(name.clone(), host_state.clone());
             match kind {
                 ActorKind::Aggregate => {
                     let digest = actor.digest().to_string();
@@ -165,20 +192,22 @@ impl Runtime {
                         return Err(RuntimeError::Reserved { what, name: stream });
                     }
                     let snapshot_tag = format!("{digest}#state-v{}", info.state_version);
-                    if let Some(other) = core.streams.insert(stream.clone(), name.clone()) {
+                    if let Some(other) = shared.streams.insert(stream.clone(), name.clone()) {
                         return Err(RuntimeError::DuplicateStream(other, name.clone(), stream));
                     }
-                    core.aggregates.insert(name.clone(), AggregateSlot { host, snapshot_tag, loaded: HashMap::new() });
+                    shared
+                        .aggregates
+                        .insert(name.clone(), AggregateSlot { host, snapshot_tag, loaded: HashMap::new() });
                 }
                 ActorKind::Rater => {
-                    core.raters.insert(name.clone(), RaterActor::new(actor, host_state)?);
+                    shared.raters.insert(name.clone(), RaterActor::new(actor, host_state)?);
                 }
                 ActorKind::Projector => {
                     host_state.record_kv_writes();
                     let mut actor = ProjectorActor::new(actor, host_state.clone())?;
                     let subscriptions = actor.subscriptions()?;
                     refuse_reserved_subscriptions("projector", name, &subscriptions)?;
-                    let consumer = core.consumer(name, max_deliver)?;
+                    let consumer = shared.consumer(name, max_deliver)?;
                     let mut slot = ProjectorSlot {
                         name: name.clone(),
                         actor,
@@ -187,14 +216,14 @@ impl Runtime {
                         consumer,
                         buckets: Vec::new(),
                     };
-                    core.restore_projection(&mut slot)?;
-                    core.projectors.push(slot);
+                    shared.restore_projection(&mut slot)?;
+                    shared.projectors.push(slot);
                 }
                 ActorKind::ProcessManager => {
                     let mut actor = ProcessManagerActor::new(actor, host_state)?;
                     let subscriptions = actor.subscriptions()?;
                     refuse_reserved_subscriptions("process manager", name, &subscriptions)?;
-                    let consumer = core.consumer(name, max_deliver)?;
+                    let consumer = shared.consumer(name, max_deliver)?;
                     let mut slot = ManagerSlot {
                         name: name.clone(),
                         actor,
@@ -203,27 +232,31 @@ impl Runtime {
                         states: BTreeMap::new(),
                         timers: BTreeMap::new(),
                     };
-                    core.restore_manager(&mut slot)?;
-                    core.managers.push(slot);
+                    shared.restore_manager(&mut slot)?;
+                    shared.managers.push(slot);
                 }
                 ActorKind::Policy => policy_specs.push((name.clone(), actor, host_state, spec.links.clone())),
             }
         }
-        let core = Arc::new(Mutex::new(core));
+        let shared = Arc::new(Mutex::new(shared));
         let mut policies = BTreeMap::new();
         for (name, actor, host_state, links) in policy_specs {
+            // `Manifest::parse` requires both links; a `Manifest` built by hand may lack one.
+            let link = |link: &'static str| {
+                links.get(link).cloned().ok_or_else(|| RuntimeError::MissingLink { policy: name.clone(), link })
+            };
             let facade = facade::ChargingFacade {
-                core: core.clone(),
-                account_actor: links["charging"].clone(),
-                rater_actor: links["rating"].clone(),
+                shared: shared.clone(),
+                account_actor: link("charging")?,
+                rater_actor: link("rating")?,
             };
             policies.insert(name, PolicyActor::new(actor, host_state, Arc::new(facade))?);
         }
-        Ok(Runtime { core, policies, host_state: fakes_by_actor, clock })
+        Ok(Runtime { shared, policies, host_state: host_states, clock })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The virtual clock every actor and command sees.
@@ -231,17 +264,24 @@ impl Runtime {
         &self.clock
     }
 
-    /// A JSON command envelope for `stream`/`key`, stamped with the clock.
-    pub fn command<C: Serialize>(&self, stream: &str, key: &str, command_id: &str, command: &C) -> Command {
+    /// A JSON command envelope for `stream`/`key`, stamped with the clock; fails when
+    /// `command` is not an externally tagged enum.
+    pub fn command<C: Serialize>(
+        &self,
+        stream: &str,
+        key: &str,
+        command_id: &str,
+        command: &C,
+    ) -> Result<Command, RuntimeError> {
         tollgate_host::aggregate::json_command(stream, key, command_id, command, self.clock.now_ms())
-            .expect("commands are externally tagged enums")
+            .map_err(|source| RuntimeError::Encode { what: format!("a command for {stream}/{key}"), source })
     }
 
     /// Runs a command on the aggregate owning its stream, then dispatches the new events.
     pub fn execute(&mut self, command: &Command) -> Result<Outcome, RuntimeError> {
-        let mut core = self.lock();
-        let outcome = core.execute(command)?;
-        core.pump()?;
+        let mut shared = self.lock();
+        let outcome = shared.execute(command)?;
+        shared.pump()?;
         Ok(outcome)
     }
 
@@ -253,7 +293,7 @@ impl Runtime {
 
     /// Asks the named policy for an admission decision, then dispatches.
     pub fn admit_with(&mut self, policy: &str, request: &AdmissionRequest) -> Result<Decision, RuntimeError> {
-        self.lock().in_decide = core::InDecide { request_id: request.request_id.clone(), undo: Vec::new() };
+        self.lock().in_decide = InDecide { request_id: request.request_id.clone(), undo: Vec::new() };
         let actor = self.policies.get_mut(policy).ok_or_else(|| RuntimeError::NoSuchActor(policy.into()))?;
         let span = tracing::info_span!("admission", policy, correlation_id = %request.request_id, subscriber = %request.subscriber);
         let _entered = span.enter();
@@ -262,7 +302,7 @@ impl Runtime {
         let decision = match decided {
             Ok(decision) => decision,
             Err(e) => {
-                self.undo_failed_decide(&request.request_id, undo, &e.to_string())?;
+                self.lock().undo_failed_decide(&request.request_id, undo, &e.to_string())?;
                 return Err(e.into());
             }
         };
@@ -270,49 +310,10 @@ impl Runtime {
             Decision::Granted(_) => ResultCode::Success,
             Decision::Denied(d) => d.code,
         };
-        let mut core = self.lock();
-        *core.stats.result_codes.entry(result_code_name(code).into()).or_default() += 1;
-        core.pump()?;
+        let mut shared = self.lock();
+        *shared.stats.result_codes.entry(result_code_name(code).into()).or_default() += 1;
+        shared.pump()?;
         Ok(decision)
-    }
-
-    /// Undoes the charging calls of a failed `decide`, newest first: the client got an error,
-    /// so nothing may stay held or charged for it. Holds are released, money taken is
-    /// refunded; each undo's command id names the decision ([`core::UndoAction::command_id`]),
-    /// so a repeat of the request is refused rather than answered with what was undone.
-    fn undo_failed_decide(&self, request_id: &str, undo: Vec<core::Undo>, failure: &str) -> Result<(), RuntimeError> {
-        let mut core = self.lock();
-        for step in undo.into_iter().rev() {
-            let command = step.action.command(request_id, failure);
-            let mut envelope = tollgate_host::aggregate::json_command(
-                ACCOUNT_STREAM,
-                &step.account,
-                &step.action.command_id(request_id),
-                &command,
-                self.clock.now_ms(),
-            )
-            .expect("commands are externally tagged enums");
-            envelope.correlation_id = request_id.into();
-            let what = step.action.what();
-            match core.execute_on(&step.account_actor, &envelope)? {
-                Outcome::Accepted(_) => {
-                    match step.action {
-                        core::UndoAction::Release { .. } => core.stats.holds_released += 1,
-                        core::UndoAction::Refund { .. } => core.stats.charges_refunded += 1,
-                    }
-                    tracing::warn!(request_id, account = %step.account, ?command, failure, "undid a {what} made by a decision that failed");
-                }
-                Outcome::Rejected(r) => tracing::error!(
-                    request_id,
-                    account = %step.account,
-                    ?command,
-                    code = %r.code,
-                    "could not undo a {what} made by a decision that failed: {}",
-                    r.message
-                ),
-            }
-        }
-        core.pump()
     }
 
     /// Records a fact reported from outside (e.g. the network's usage report on stream
@@ -335,14 +336,14 @@ impl Runtime {
                 message: format!("streams starting with `{RESERVED_PREFIX}` are the runtime's own"),
             });
         }
-        let mut core = self.lock();
-        if let Some(owner) = core.streams.get(stream) {
+        let mut shared = self.lock();
+        if let Some(owner) = shared.streams.get(stream) {
             return Err(RuntimeError::Report {
                 stream: stream.into(),
                 message: format!("aggregate `{owner}` owns it: send it a command instead"),
             });
         }
-        let event = core.append_external(Event {
+        let event = shared.append_external(Event {
             stream: stream.into(),
             key: key.into(),
             event_type,
@@ -355,7 +356,7 @@ impl Runtime {
             correlation_id: correlation_id.into(),
             causation_id: String::new(),
         })?;
-        core.pump()?;
+        shared.pump()?;
         Ok(event)
     }
 
@@ -372,34 +373,35 @@ impl Runtime {
     }
 
     /// The state of account `key` (from the aggregate owning stream `account`), as of the
-    /// last event this runtime read or wrote.
-    pub fn account(&self, key: &str) -> Option<Account> {
-        let mut core = self.lock();
-        let actor = core.streams.get(ACCOUNT_STREAM)?.clone();
-        core.account_state(&actor, key).ok().flatten()
+    /// last event this runtime read or wrote; `None` when the account has no events or no
+    /// aggregate owns the stream.
+    pub fn account(&self, key: &str) -> Result<Option<Account>, RuntimeError> {
+        let mut shared = self.lock();
+        let Some(actor) = shared.streams.get(ACCOUNT_STREAM).cloned() else { return Ok(None) };
+        shared.account_state(&actor, key)
     }
 
     /// Reads account `key` afresh from the store (other runtimes may have written it).
     pub fn reload_account(&self, key: &str) -> Result<Option<Account>, RuntimeError> {
-        let mut core = self.lock();
-        let Some(actor) = core.streams.get(ACCOUNT_STREAM).cloned() else { return Ok(None) };
-        core.forget(&actor, key);
-        core.account_state(&actor, key)
+        let mut shared = self.lock();
+        let Some(actor) = shared.streams.get(ACCOUNT_STREAM).cloned() else { return Ok(None) };
+        shared.forget(&actor, key);
+        shared.account_state(&actor, key)
     }
 
     /// Every event in the store, in commit order.
-    pub fn events(&self) -> Vec<Event> {
-        let core = self.lock();
-        let all = core.journal.run("read log", core.journal.store().read_all(1, usize::MAX));
-        all.map(|v| v.into_iter().map(journal::from_stored).collect()).unwrap_or_default()
+    pub fn events(&self) -> Result<Vec<Event>, RuntimeError> {
+        let shared = self.lock();
+        let all = shared.journal.run("read log", shared.journal.store().read_all(1, usize::MAX))?;
+        Ok(all.into_iter().map(journal::from_stored).collect())
     }
 
     /// The tag under which the aggregate owning `stream` writes snapshots: its component's
     /// digest and state version, so another build never reads them.
     pub fn snapshot_tag(&self, stream: &str) -> Option<String> {
-        let core = self.lock();
-        let actor = core.streams.get(stream)?;
-        Some(core.aggregates[actor].snapshot_tag.clone())
+        let shared = self.lock();
+        let actor = shared.streams.get(stream)?;
+        shared.aggregates.get(actor).map(|slot| slot.snapshot_tag.clone())
     }
 
     /// The event store.
@@ -415,9 +417,9 @@ impl Runtime {
     /// Records this runtime's counters as one event on [`stats::STATS_STREAM`] under `node`,
     /// for `tollgate stats`.
     pub fn record_stats(&self, node: &str, run_id: &str) -> Result<(), RuntimeError> {
-        let core = self.lock();
-        let event = journal::json_event("counters-recorded", &core.stats, run_id, self.clock.now_ms());
-        let result = core.journal.block_on(core.journal.store().append(
+        let shared = self.lock();
+        let event = journal::json_event("counters-recorded", &shared.stats, run_id, self.clock.now_ms())?;
+        let result = shared.journal.block_on(shared.journal.store().append(
             stats::STATS_STREAM,
             node,
             tollgate_store::ExpectedVersion::Any,
@@ -425,7 +427,7 @@ impl Runtime {
         ));
         match result {
             Ok(_) | Err(tollgate_store::StoreError::Duplicate { .. }) => Ok(()),
-            Err(e) => Err(core.journal.error("record counters", e)),
+            Err(e) => Err(shared.journal.error("record counters", e)),
         }
     }
 
@@ -446,17 +448,6 @@ impl Runtime {
             .iter()
             .flat_map(|m| m.timers.iter().map(|((i, id), t)| (m.name.clone(), i.clone(), id.clone(), t.fire_at)))
             .collect()
-    }
-}
-
-/// Refuses an actor that subscribes to one of the runtime's own streams.
-fn refuse_reserved_subscriptions(kind: &str, name: &str, subscriptions: &[String]) -> Result<(), RuntimeError> {
-    match subscriptions.iter().find(|s| is_reserved(s)) {
-        Some(stream) => Err(RuntimeError::Reserved {
-            what: format!("{kind} `{name}` may not subscribe to stream"),
-            name: stream.clone(),
-        }),
-        None => Ok(()),
     }
 }
 

@@ -36,8 +36,10 @@
 //! timer_batch = 256                 # due timers recorded per store round trip
 //! ```
 //!
-//! Relative `file`s are resolved against the manifest's directory. A `file` may instead be an
-//! OCI reference, pulled (once per digest) through the cache of `tollgate-oci` when loaded:
+//! Relative `file`s are resolved against the manifest's directory. With the cargo feature
+//! `oci`, a `file` may instead be an OCI reference, pulled (once per digest) through the cache
+//! of `tollgate-oci` when loaded (without it such a manifest is refused,
+//! [`ManifestError::OciDisabled`]):
 //!
 //! ```toml
 //! [registry]
@@ -264,6 +266,20 @@ pub enum ManifestError {
         /// What is wrong.
         message: String,
     },
+    /// An actor's `file` is an `oci://` reference, but this runtime was built without its
+    /// `oci` feature, so it cannot pull it.
+    #[error(
+        "{path}: `actors.{actor}.file`: `{reference}` is an OCI reference, but tollgate-runtime was built \
+         without its `oci` feature (enable `tollgate-runtime/oci` to pull actors from registries)"
+    )]
+    OciDisabled {
+        /// The manifest.
+        path: PathBuf,
+        /// The actor.
+        actor: String,
+        /// The reference, `oci://...`.
+        reference: String,
+    },
 }
 
 impl Manifest {
@@ -316,14 +332,25 @@ impl Manifest {
                 invalid(format!("actors.{name}.kind"), format!("`{}` is not one of {}", actor.kind, ActorKind::names()))
             })?;
             if let Some(reference) = actor.file.to_str().filter(|f| crate::resolve::is_oci(f)) {
-                let parsed = tollgate_oci::parse_reference(reference)
-                    .map_err(|e| invalid(format!("actors.{name}.file"), e.to_string()))?;
-                if tollgate_oci::is_latest(&parsed) {
-                    return Err(invalid(
-                        format!("actors.{name}.file"),
-                        format!("`{reference}` resolves to the mutable `latest` tag; name a version tag or a digest"),
-                    ));
+                #[cfg(feature = "oci")]
+                {
+                    let parsed = tollgate_oci::parse_reference(reference)
+                        .map_err(|e| invalid(format!("actors.{name}.file"), e.to_string()))?;
+                    if tollgate_oci::is_latest(&parsed) {
+                        return Err(invalid(
+                            format!("actors.{name}.file"),
+                            format!(
+                                "`{reference}` resolves to the mutable `latest` tag; name a version tag or a digest"
+                            ),
+                        ));
+                    }
                 }
+                #[cfg(not(feature = "oci"))]
+                return Err(ManifestError::OciDisabled {
+                    path: path.into(),
+                    actor: name.clone(),
+                    reference: reference.to_string(),
+                });
             } else if actor.file.is_relative() {
                 actor.file = base.join(&actor.file);
             }
@@ -331,7 +358,7 @@ impl Manifest {
                 let Some(wanted) = kind.link(link).map(|l| l.target) else {
                     return Err(invalid(
                         format!("actors.{name}.links.{link}"),
-                        format!("a {kind} has no import `{link}` to link ({})", ActorKind::links_summary()),
+                        format!("{} has no import `{link}` to link ({})", kind.a(), ActorKind::links_summary()),
                     ));
                 };
                 match kinds.get(target) {
@@ -354,7 +381,7 @@ impl Manifest {
                 if !actor.links.contains_key(link.name) {
                     return Err(invalid(
                         format!("actors.{name}.links.{}", link.name),
-                        format!("a {kind} needs this link"),
+                        format!("{} needs this link", kind.a()),
                     ));
                 }
             }
@@ -439,6 +466,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "oci")]
     fn oci_files_are_kept_and_checked() {
         let m = parse("[actors.a]\nkind = \"aggregate\"\nfile = \"oci://127.0.0.1:5000/t/a:0.1.0\"\n").unwrap();
         assert_eq!(m.actors["a"].file, Path::new("oci://127.0.0.1:5000/t/a:0.1.0"));

@@ -17,14 +17,14 @@
 //!   That overspend is bounded by the grants outstanding when the node was cut off.
 
 use crate::error::RuntimeError;
-use crate::facade::result_code;
+use crate::facade::{account_events, result_code};
 use crate::journal::{Journal, json_event};
 use crate::{ResultCode, Runtime};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money, STREAM as ACCOUNT_STREAM};
 use tollgate_billing_model::pricing::PriceTerm;
-use tollgate_host::aggregate::{Event, Outcome, Rejection, RejectionKind};
+use tollgate_host::aggregate::{Outcome, Rejection, RejectionKind};
 use tollgate_store::{ExpectedVersion, NewEvent};
 
 /// Stream of an edge node's own log (key: the node's id).
@@ -170,15 +170,19 @@ impl EdgeNode {
         let log = edge.local.run("read edge log", edge.local.store().read(QUOTA_STREAM, node, 1))?;
         for stored in log {
             edge.sequence = stored.sequence;
-            let event = tollgate_codec::decode::<QuotaEvent>(&stored.event_type, &stored.payload)
-                .map_err(|e| edge.corrupt(format!("event #{} of the edge log: {e}", stored.sequence)))?;
+            let event =
+                tollgate_codec::decode::<QuotaEvent>(&stored.event_type, &stored.payload).map_err(|source| {
+                    RuntimeError::undecodable_event(
+                        &stored.stream,
+                        &stored.key,
+                        stored.sequence,
+                        &stored.event_type,
+                        source,
+                    )
+                })?;
             edge.fold(&stored.command_id, event);
         }
         Ok(edge)
-    }
-
-    fn corrupt(&self, message: String) -> RuntimeError {
-        RuntimeError::Store { url: self.local.url().into(), message }
     }
 
     fn fold(&mut self, command_id: &str, event: QuotaEvent) {
@@ -212,8 +216,9 @@ impl EdgeNode {
 
     /// Appends to the node's log (fsync'd by the embedded store), then folds.
     fn record(&mut self, command_id: &str, event: QuotaEvent, now: u64) -> Result<(), RuntimeError> {
-        let (event_type, payload) = tollgate_codec::encode(&event).expect("quota events encode");
-        let new = NewEvent { event_type, payload, ..json_event("", &(), command_id, now) };
+        let (event_type, payload) = tollgate_codec::encode(&event)
+            .expect("a QuotaEvent is an externally tagged enum of plain fields: it always encodes");
+        let new = NewEvent { event_type, payload, ..json_event("", &(), command_id, now)? };
         let store = self.local.store();
         let appended = store.append(QUOTA_STREAM, &self.node, ExpectedVersion::Exact(self.sequence), vec![new]);
         let result = self.local.run("append to the edge log", appended)?;
@@ -266,9 +271,8 @@ impl EdgeNode {
         let reservation_id = match self.grants.values().find(usable) {
             Some(g) => g.reservation_id.clone(),
             None => match self.obtain(subscriber, units.max(self.policy.grant_units), now)? {
-                Ok(id) if self.grants[&id].units >= units => id,
-                Ok(id) => {
-                    let granted = self.grants[&id].units;
+                Ok((id, granted)) if granted >= units => id,
+                Ok((_, granted)) => {
                     return Ok(EdgeDecision::Denied {
                         code: ResultCode::QuotaLimitReached,
                         reason: format!("the core granted {granted} of {units} units"),
@@ -281,8 +285,14 @@ impl EdgeNode {
         Ok(EdgeDecision::Admitted { reservation_id })
     }
 
-    /// Asks the core for a grant; `Err` is the decision when it cannot be had.
-    fn obtain(&mut self, subscriber: &str, units: u64, now: u64) -> Result<Result<String, EdgeDecision>, RuntimeError> {
+    /// Asks the core for a grant: its reservation id and the units granted; `Err` is the
+    /// decision when it cannot be had.
+    fn obtain(
+        &mut self,
+        subscriber: &str,
+        units: u64,
+        now: u64,
+    ) -> Result<Result<(String, u64), EdgeDecision>, RuntimeError> {
         let n = self.grants.values().filter(|g| g.subscriber == subscriber).count() + 1;
         let reservation_id = format!("{}/{subscriber}/{n}", self.node);
         let command = AccountCommand::Reserve {
@@ -294,7 +304,7 @@ impl EdgeNode {
             offer: String::new(),
         };
         self.core.clock().set_ms(now);
-        let envelope = self.core.command(ACCOUNT_STREAM, subscriber, &reservation_id, &command);
+        let envelope = self.core.command(ACCOUNT_STREAM, subscriber, &reservation_id, &command)?;
         let events = match self.core.execute(&envelope) {
             Err(e) => {
                 tracing::warn!(error = %e, "core unreachable; no local quota left");
@@ -308,8 +318,8 @@ impl EdgeNode {
             }
             Ok(Outcome::Accepted(events)) => events,
         };
-        match decode(&events).as_deref() {
-            Some([AccountEvent::Reserved { granted_units, expires_at, .. }]) => {
+        match account_events(&events)?.as_slice() {
+            [AccountEvent::Reserved { granted_units, expires_at, .. }] => {
                 let event = QuotaEvent::GrantObtained {
                     subscriber: subscriber.into(),
                     reservation_id: reservation_id.clone(),
@@ -318,9 +328,12 @@ impl EdgeNode {
                     expires_at: *expires_at,
                 };
                 self.record(&reservation_id, event, now)?;
-                Ok(Ok(reservation_id))
+                Ok(Ok((reservation_id, *granted_units)))
             }
-            other => Err(self.corrupt(format!("reserve answered with {other:?}"))),
+            other => Err(RuntimeError::UnexpectedAnswer {
+                command: format!("reserve `{reservation_id}` on account `{subscriber}`"),
+                answer: format!("{other:?}"),
+            }),
         }
     }
 
@@ -362,7 +375,7 @@ impl EdgeNode {
         } else {
             AccountCommand::Debit { reservation_id: id.clone(), used_units: grant.used }
         };
-        let envelope = self.core.command(ACCOUNT_STREAM, account, &format!("{id}/debit"), &command);
+        let envelope = self.core.command(ACCOUNT_STREAM, account, &format!("{id}/debit"), &command)?;
         let owed = grant.price_of_used().ok_or_else(|| {
             refused(
                 id,
@@ -375,8 +388,9 @@ impl EdgeNode {
         })?;
         let rejection = match self.core.execute(&envelope)? {
             Outcome::Accepted(events) => {
-                let charged = match decode(&events).as_deref() {
-                    Some([AccountEvent::Debited { charged, .. }]) => *charged,
+                // A debit answers `debited`; a release (nothing used) takes nothing.
+                let charged = match account_events(&events)?.as_slice() {
+                    [AccountEvent::Debited { charged, .. }] => *charged,
                     _ => 0,
                 };
                 return Ok((charged, 0));
@@ -395,7 +409,7 @@ impl EdgeNode {
             amount: Money::new(owed, &self.policy.currency),
             description: format!("late usage of grant {id}"),
         };
-        let envelope = self.core.command(ACCOUNT_STREAM, account, &format!("{id}/late"), &late);
+        let envelope = self.core.command(ACCOUNT_STREAM, account, &format!("{id}/late"), &late)?;
         match self.core.execute(&envelope)? {
             Outcome::Accepted(_) => Ok((owed, 0)),
             Outcome::Rejected(r) if r.code == "insufficient-funds" => {
@@ -408,11 +422,7 @@ impl EdgeNode {
 }
 
 fn refused(id: &str, r: &Rejection) -> RuntimeError {
-    RuntimeError::Store { url: "core".into(), message: format!("settling grant {id}: {}: {}", r.code, r.message) }
-}
-
-fn decode(events: &[Event]) -> Option<Vec<AccountEvent>> {
-    events.iter().map(|e| tollgate_codec::decode::<AccountEvent>(&e.event_type, &e.payload).ok()).collect()
+    RuntimeError::SettlementRefused { reservation_id: id.into(), code: r.code.clone(), message: r.message.clone() }
 }
 
 /// Core side: expires every reservation of `accounts` whose validity plus `clock_skew_ms` has
@@ -431,7 +441,7 @@ pub fn reap_expired_grants(
                 continue;
             }
             let command = AccountCommand::Expire { reservation_id: id.clone() };
-            let envelope = core.command(ACCOUNT_STREAM, account, &format!("{id}/expire"), &command);
+            let envelope = core.command(ACCOUNT_STREAM, account, &format!("{id}/expire"), &command)?;
             if let Outcome::Accepted(_) = core.execute(&envelope)? {
                 expired.push(id.clone());
             }

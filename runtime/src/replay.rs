@@ -3,15 +3,15 @@
 //! are folded in bounded batches ([`tollgate_host::aggregate::FOLD_BATCH_EVENTS`]), so a long
 //! tail replays within the same CPU cap as the node.
 
-use crate::core::{META, is_reserved};
 use crate::error::RuntimeError;
 use crate::journal::{Journal, from_stored};
+use crate::namespace::{META, is_reserved};
 use crate::{Loader, Manifest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tollgate_host::aggregate::Event;
 use tollgate_host::{Actor, ActorKind, AggregateHost, HostState, ProjectorActor};
-use tollgate_store::{KvWrite, StoredEvent};
+use tollgate_store::{KvWrite, StoreError, StoredEvent};
 
 /// Events read per page, and handed to a projector per call.
 const PAGE: usize = 4096;
@@ -126,9 +126,10 @@ pub fn replay(
         }
         let t = Instant::now();
         for batch in wanted.chunks(PAGE) {
-            projector.project(batch)?.map_err(|r| RuntimeError::Store {
-                url: journal.url().into(),
-                message: format!("projector `{name}` refused the log during replay: {}: {}", r.code, r.message),
+            projector.project(batch)?.map_err(|r| RuntimeError::ReplayRefused {
+                projector: name.clone(),
+                code: r.code,
+                message: r.message,
             })?;
         }
         let elapsed = t.elapsed();
@@ -144,7 +145,9 @@ pub fn replay(
         });
         let mut buckets: BTreeSet<String> = rebuilt.keys().cloned().collect();
         if let Some(list) = journal.run("read projection", journal.store().kv_get(name, META, "buckets"))? {
-            let listed = serde_json::from_slice::<Vec<String>>(&list).unwrap_or_default();
+            let listed = serde_json::from_slice::<Vec<String>>(&list).map_err(|e| {
+                journal.error("read projection", StoreError::Corrupt(format!("bucket list of `{name}`: {e}")))
+            })?;
             buckets.extend(listed.into_iter().filter(|b| !is_reserved(b)));
         }
         let mut writes = Vec::new();
@@ -168,7 +171,7 @@ pub fn replay(
             writes.push(KvWrite {
                 bucket: META.into(),
                 key: "buckets".into(),
-                value: Some(serde_json::to_vec(&list).expect("strings encode")),
+                value: Some(serde_json::to_vec(&list).expect("a list of strings always encodes as JSON")),
             });
             journal.run("write rebuilt projection", journal.store().rebuild_projection(name, head, writes))?;
         }
@@ -192,7 +195,7 @@ fn load(
     kind: ActorKind,
 ) -> Result<(Actor, HostState), RuntimeError> {
     let spec = &manifest.actors[name];
-    let actor = loader.load_with(&spec.file, kind, manifest.registry.plain_http)?;
+    let actor = loader.load_actor(name, &spec.file, kind, manifest.registry.plain_http)?;
     let host_state = HostState::new();
     host_state.replace_config(spec.config.clone());
     Ok((actor, host_state))

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_billing_model::tariff::{Pricing, Tariff, config_key};
 use tollgate_host::aggregate::Outcome;
-use tollgate_oci::testing::{Registry, push_reference_actors, require_reference_actors};
+use tollgate_host_test::fixtures::REFERENCE_ACTORS;
+use tollgate_oci::testing::{Registry, push_actors, require_actors};
 use tollgate_runtime::{AdmissionRequest, Decision, Manifest, ResultCode, Runtime, RuntimeError, resolve_actor};
 
 /// Every file under `dir`, recursively, sorted.
@@ -77,7 +78,7 @@ fn request(id: &str, units: u64) -> AdmissionRequest {
 
 #[test]
 fn pulled_actors_run_an_admission_end_to_end() {
-    let Some(actors) = require_reference_actors() else { return };
+    let Some(actors) = require_actors(&REFERENCE_ACTORS) else { return };
     let Some(registry) = Registry::start() else { return };
     let cache = tempfile::tempdir().unwrap();
     // SAFETY: this binary holds a single test and no other thread has started yet.
@@ -87,7 +88,7 @@ fn pulled_actors_run_an_admission_end_to_end() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(push_reference_actors(&registry.host(), &actors));
+        .block_on(push_actors(&registry.host(), &actors));
     // By tag for most actors; the policy by digest, as a deployment would pin it.
     let references: Vec<(&str, String)> = pushed
         .iter()
@@ -103,15 +104,13 @@ fn pulled_actors_run_an_admission_end_to_end() {
 
     // Runtime::load: manifest -> oci:// pulled into the cache -> compiled (and cached) -> run.
     let mut rt = Runtime::load(&manifest_path).unwrap_or_else(|e| panic!("{e}"));
-    let open = rt.command(
-        "account",
-        "alice",
-        "alice/open",
-        &AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 },
-    );
+    let open = rt
+        .command("account", "alice", "alice/open", &AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 })
+        .unwrap();
     assert!(matches!(rt.execute(&open).unwrap(), Outcome::Accepted(_)));
-    let top_up =
-        rt.command("account", "alice", "alice/top-up", &AccountCommand::TopUp { amount: Money::new(120, "EUR") });
+    let top_up = rt
+        .command("account", "alice", "alice/top-up", &AccountCommand::TopUp { amount: Money::new(120, "EUR") })
+        .unwrap();
     assert!(matches!(rt.execute(&top_up).unwrap(), Outcome::Accepted(_)));
     match rt.admit(&request("r1", 60)).unwrap() {
         Decision::Granted(g) => {
@@ -124,7 +123,7 @@ fn pulled_actors_run_an_admission_end_to_end() {
         Decision::Denied(d) => assert_eq!(d.code, ResultCode::QuotaLimitReached, "{}", d.message),
         Decision::Granted(g) => panic!("granted {g:?}"),
     }
-    let alice = rt.account("alice").unwrap();
+    let alice = rt.account("alice").unwrap().unwrap();
     assert_eq!((alice.balance, alice.held, alice.available()), (120, 120, 0));
 
     // The cache holds each pulled component, byte-identical, and its compiled code.

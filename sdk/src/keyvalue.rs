@@ -1,4 +1,7 @@
 //! Key-value storage through `wasi:keyvalue/store`, for projectors' read models.
+//!
+//! Natively (tests of the logic, [`crate::testing`]) a bucket is an in-memory map of the
+//! current thread, empty when the thread starts; [`clear_native`] empties it.
 
 use crate::types::Rejection;
 use serde::{Serialize, de::DeserializeOwned};
@@ -24,8 +27,22 @@ fn storage_error(bucket: &str, key: &str, e: store::Error) -> Rejection {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn no_host(bucket: &str) -> Rejection {
-    Rejection::malformed("no-storage", format!("bucket `{bucket}`: key-value storage needs a component host"))
+thread_local! {
+    /// bucket -> key -> value: the native stand-in for the host's storage.
+    static NATIVE: std::cell::RefCell<std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<u8>>>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// Empties this thread's native buckets (natively only; a component's storage is the host's).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn clear_native() {
+    NATIVE.with(|kv| kv.borrow_mut().clear());
+}
+
+/// Every entry of this thread's native bucket `name`, by key (natively only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn native_entries(name: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    NATIVE.with(|kv| kv.borrow().get(name).cloned().unwrap_or_default())
 }
 
 impl Bucket {
@@ -37,7 +54,7 @@ impl Bucket {
             Ok(Bucket { name: name.into(), inner })
         }
         #[cfg(not(target_arch = "wasm32"))]
-        Err(no_host(name))
+        Ok(Bucket { name: name.into() })
     }
 
     /// Reads raw bytes.
@@ -45,10 +62,7 @@ impl Bucket {
         #[cfg(target_arch = "wasm32")]
         return self.inner.get(key).map_err(|e| storage_error(&self.name, key, e));
         #[cfg(not(target_arch = "wasm32"))]
-        {
-            let _ = key;
-            Err(no_host(&self.name))
-        }
+        Ok(NATIVE.with(|kv| kv.borrow().get(&self.name).and_then(|b| b.get(key)).cloned()))
     }
 
     /// Writes raw bytes.
@@ -57,8 +71,8 @@ impl Bucket {
         return self.inner.set(key, value).map_err(|e| storage_error(&self.name, key, e));
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let _ = (key, value);
-            Err(no_host(&self.name))
+            NATIVE.with(|kv| kv.borrow_mut().entry(self.name.clone()).or_default().insert(key.into(), value.to_vec()));
+            Ok(())
         }
     }
 
@@ -68,8 +82,8 @@ impl Bucket {
         return self.inner.delete(key).map_err(|e| storage_error(&self.name, key, e));
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let _ = key;
-            Err(no_host(&self.name))
+            NATIVE.with(|kv| kv.borrow_mut().get_mut(&self.name).map(|b| b.remove(key)));
+            Ok(())
         }
     }
 

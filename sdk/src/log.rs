@@ -31,3 +31,12 @@ pub fn info(context: &str, message: &str) {
 pub fn warn(context: &str, message: &str) {
     log(Level::Warn, context, message)
 }
+
+/// Emits an error line.
+///
+/// ```
+/// tollgate_sdk::log::error("wire-transfer", "event `x` does not decode");
+/// ```
+pub fn error(context: &str, message: &str) {
+    log(Level::Error, context, message)
+}

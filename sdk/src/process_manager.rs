@@ -27,11 +27,14 @@ impl Reaction {
     /// #[derive(serde::Serialize)]
     /// #[serde(rename_all = "kebab-case")]
     /// enum Cmd { Release { reservation_id: String } }
+    /// #[derive(serde::Serialize)]
+    /// #[serde(rename_all = "kebab-case")]
+    /// enum Ev { Reserved { reservation_id: String } }
+    /// let reserved = Ev::Reserved { reservation_id: "s1".into() };
     /// let cause = tollgate_sdk::Event {
-    ///     stream: "account".into(), key: "alice".into(), event_type: "reserved".into(),
-    ///     schema_version: 1, content_type: "application/json".into(), payload: b"{}".to_vec(),
-    ///     sequence: 3, time: 0, command_id: "c1".into(), correlation_id: "s1".into(),
-    ///     causation_id: String::new(),
+    ///     command_id: "c1".into(),
+    ///     correlation_id: "s1".into(),
+    ///     ..tollgate_sdk::Event::new("account", "alice", &reserved).unwrap()
     /// };
     /// let mut r = tollgate_sdk::process_manager::Reaction::default();
     /// r.send("account", "alice", "s1/release", &Cmd::Release { reservation_id: "s1".into() }, &cause).unwrap();
@@ -96,9 +99,31 @@ fn finish<P: ProcessManager>(state: P::State, reaction: Reaction) -> Result<WitR
 }
 
 /// Runs `P::correlate` on an encoded event.
+///
+/// An event of a type `P::Event` has no variant for is not one the process manager waits
+/// for: `None`. One that does not decode otherwise (a payload of the wrong shape, an event
+/// enum of a shape the codec cannot read, another content type) is never ignored silently: it
+/// is logged, and correlated to its key so that [`react`] refuses it with `malformed-event`
+/// and the reason, which the runtime dead-letters and `tollgate test` shows.
 pub fn correlate<P: ProcessManager>(event: &Event) -> Option<String> {
-    // An event the process manager cannot decode is not one it waits for.
-    crate::aggregate::decode_event::<P::Event>(event).ok().and_then(|typed| P::correlate(&typed, event))
+    if let Err(r) = crate::aggregate::check_content_type(&event.content_type, "event", &event.event_type) {
+        return refuse(event, &r.message);
+    }
+    match codec::decode::<P::Event>(&event.event_type, &event.payload) {
+        Ok(typed) => P::correlate(&typed, event),
+        Err(e) if codec::is_unknown_variant(&e) => None,
+        Err(e) => refuse(event, &e.0),
+    }
+}
+
+/// Logs why `event` does not decode and correlates it to its key, for `react` to refuse.
+fn refuse(event: &Event, reason: &str) -> Option<String> {
+    let message = format!(
+        "event `{}` #{} of {}/{} does not decode, so it is refused rather than ignored: {reason}",
+        event.event_type, event.sequence, event.stream, event.key
+    );
+    crate::log::error("process-manager", &message);
+    Some(event.key.clone())
 }
 
 /// Runs `P::react` on encoded state and event.
@@ -127,6 +152,7 @@ impl<P: ProcessManager> crate::bindings::process_manager::exports::tollgate::eve
     for Adapter<P>
 {
     fn subscriptions() -> Vec<String> {
+        crate::log_undecodable::<P::Event>("process-manager");
         P::SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect()
     }
 

@@ -52,6 +52,7 @@ pub struct Adapter<P>(PhantomData<P>);
 
 impl<P: Projector> crate::bindings::projector::exports::tollgate::eventsourcing::projection::Guest for Adapter<P> {
     fn subscriptions() -> Vec<String> {
+        crate::log_undecodable::<P::Event>("projector");
         P::SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect()
     }
 

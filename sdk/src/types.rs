@@ -40,6 +40,37 @@ impl Rejection {
     }
 }
 
+impl Event {
+    /// Builds a JSON event envelope from a typed event (a serde enum): sequence 1, time 0, no
+    /// command, correlation or causation ids. Set other fields with struct update syntax.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// #[serde(rename_all = "kebab-case")]
+    /// enum Ev { ToppedUp { amount: i64 } }
+    /// let e = tollgate_sdk::Event::new("account", "alice", &Ev::ToppedUp { amount: 5 }).unwrap();
+    /// assert_eq!((e.event_type.as_str(), e.sequence), ("topped-up", 1));
+    /// let later = tollgate_sdk::Event { sequence: 2, time: 60_000, ..e };
+    /// ```
+    pub fn new<T: serde::Serialize>(stream: &str, key: &str, event: &T) -> Result<Self, Rejection> {
+        let (event_type, payload) =
+            crate::codec::encode(event).map_err(|e| Rejection::malformed("encode-event", e.to_string()))?;
+        Ok(Event {
+            stream: stream.into(),
+            key: key.into(),
+            event_type,
+            schema_version: 1,
+            content_type: crate::codec::JSON.into(),
+            payload,
+            sequence: 1,
+            time: 0,
+            command_id: String::new(),
+            correlation_id: String::new(),
+            causation_id: String::new(),
+        })
+    }
+}
+
 impl Command {
     /// Builds a JSON command envelope from a typed command (a serde enum).
     ///

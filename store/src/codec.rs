@@ -52,6 +52,11 @@ impl Enc {
         }
         self
     }
+    /// The events of one append, then their command's digest, once (every event of an append
+    /// carries the same).
+    pub(crate) fn events_with_digest(&mut self, es: &[NewEvent]) -> &mut Self {
+        self.events(es).bytes(es.first().map_or(&[][..], |e| &e.command_digest))
+    }
     pub(crate) fn kv_writes(&mut self, ws: &[KvWrite]) -> &mut Self {
         self.u32(ws.len() as u32);
         for w in ws {
@@ -115,6 +120,7 @@ impl<'a> Dec<'a> {
             content_type: self.str()?,
             payload: self.bytes()?,
             command_id: self.str()?,
+            command_digest: Vec::new(),
             correlation_id: self.str()?,
             causation_id: self.str()?,
             time_ms: self.u64()?,
@@ -127,6 +133,15 @@ impl<'a> Dec<'a> {
             return Err(DecodeError);
         }
         (0..n).map(|_| self.event()).collect()
+    }
+    /// What [`Enc::events_with_digest`] wrote.
+    pub(crate) fn events_with_digest(&mut self) -> Result<Vec<NewEvent>, DecodeError> {
+        let mut events = self.events()?;
+        let digest = self.bytes()?;
+        for e in &mut events {
+            e.command_digest.clone_from(&digest);
+        }
+        Ok(events)
     }
     pub(crate) fn kv_writes(&mut self) -> Result<Vec<KvWrite>, DecodeError> {
         let n = self.u32()? as usize;
@@ -149,16 +164,27 @@ mod tests {
             content_type: "application/json".into(),
             payload: b"{\"units\":5}".to_vec(),
             command_id: "c1".into(),
+            command_digest: vec![7; 32],
             correlation_id: "r1".into(),
             causation_id: "c1".into(),
             time_ms: 1_700_000_000_000,
         };
+        // The first layout has no digest: it reads back without one.
         let mut enc = Enc::default();
         enc.events(&[e.clone(), e.clone()]);
         let back = Dec::new(&enc.buf).events().unwrap();
-        assert_eq!(back, vec![e.clone(), e]);
+        let undigested = NewEvent { command_digest: Vec::new(), ..e.clone() };
+        assert_eq!(back, vec![undigested.clone(), undigested]);
         for cut in 0..enc.buf.len() {
             assert!(Dec::new(&enc.buf[..cut]).events().is_err(), "cut at {cut}");
+        }
+        let mut enc = Enc::default();
+        enc.events_with_digest(&[e.clone(), e.clone()]);
+        let mut dec = Dec::new(&enc.buf);
+        assert_eq!(dec.events_with_digest().unwrap(), vec![e.clone(), e]);
+        assert!(dec.is_empty());
+        for cut in 0..enc.buf.len() {
+            assert!(Dec::new(&enc.buf[..cut]).events_with_digest().is_err(), "cut at {cut}");
         }
     }
 }

@@ -56,6 +56,12 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
     /// Id of the command that produced the event; the idempotency key (empty: no de-dup).
     pub command_id: String,
+    /// SHA-256 of the command that produced the event (its type, content type and payload),
+    /// the same for every event of one append; empty when unknown (a fact reported from
+    /// outside, or an event written before digests were kept). The same command id with
+    /// another digest is another command reusing the id.
+    #[serde(default)]
+    pub command_digest: Vec<u8>,
     /// Id shared by everything caused by one external request.
     pub correlation_id: String,
     /// Id of the message (command or event) that caused this event.
@@ -85,6 +91,9 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
     /// Id of the command that produced the event.
     pub command_id: String,
+    /// SHA-256 of that command (see [`NewEvent::command_digest`]); empty when unknown.
+    #[serde(default)]
+    pub command_digest: Vec<u8>,
     /// Correlation id.
     pub correlation_id: String,
     /// Causation id.
@@ -106,6 +115,7 @@ impl StoredEvent {
             content_type: e.content_type,
             payload: e.payload,
             command_id: e.command_id,
+            command_digest: e.command_digest,
             correlation_id: e.correlation_id,
             causation_id: e.causation_id,
             time_ms: e.time_ms,
@@ -120,6 +130,7 @@ impl StoredEvent {
             content_type: self.content_type.clone(),
             payload: self.payload.clone(),
             command_id: self.command_id.clone(),
+            command_digest: self.command_digest.clone(),
             correlation_id: self.correlation_id.clone(),
             causation_id: self.causation_id.clone(),
             time_ms: self.time_ms,
@@ -512,6 +523,9 @@ pub(crate) fn validate_append(stream: &str, events: &[NewEvent]) -> Result<Strin
     if events.iter().any(|e| e.command_id != command_id) {
         return Err(StoreError::InvalidArgument("all events of one append must carry the same command_id".into()));
     }
+    if events.iter().any(|e| e.command_digest != events[0].command_digest) {
+        return Err(StoreError::InvalidArgument("all events of one append must carry the same command_digest".into()));
+    }
     Ok(command_id)
 }
 
@@ -542,6 +556,7 @@ mod tests {
             content_type: "application/json".into(),
             payload: vec![],
             command_id: cmd.into(),
+            command_digest: Vec::new(),
             correlation_id: String::new(),
             causation_id: String::new(),
             time_ms: 0,

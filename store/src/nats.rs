@@ -109,20 +109,22 @@ struct Batch {
 impl Batch {
     fn encode(&self) -> Bytes {
         let mut e = Enc::default();
-        e.u8(1).str(&self.stream).str(&self.key).u64(self.first_sequence).events(&self.events);
+        e.u8(2).str(&self.stream).str(&self.key).u64(self.first_sequence).events_with_digest(&self.events);
         e.buf.into()
     }
 
     fn decode(d: &mut Dec<'_>) -> Result<Batch> {
         let bad = |_| StoreError::Corrupt("undecodable event message in JetStream".into());
-        if d.u8().map_err(bad)? != 1 {
-            return Err(StoreError::Corrupt("unknown event message version".into()));
+        // Version 2 adds the command's digest after the events; version 1 messages still read.
+        let version = d.u8().map_err(bad)?;
+        if !matches!(version, 1 | 2) {
+            return Err(StoreError::Corrupt(format!("unknown event message version {version}")));
         }
         let batch = Batch {
             stream: d.str().map_err(bad)?,
             key: d.str().map_err(bad)?,
             first_sequence: d.u64().map_err(bad)?,
-            events: d.events().map_err(bad)?,
+            events: if version == 1 { d.events() } else { d.events_with_digest() }.map_err(bad)?,
         };
         // What the rest of the store relies on: an append has 1..=MAX_EVENTS_PER_APPEND events
         // (positions keep 12 bits for the index) with sequences from 1 that fit in a u64.

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::NewEvent;
 
 /// An event of type `event_type` carrying `command_id`, whose payload is `tag`'s bytes;
-/// correlation and causation ids are derived from the command id, the time is fixed.
+/// the command digest, correlation and causation ids are derived from the command id, the time
+/// is fixed.
 pub fn event(event_type: &str, command_id: &str, tag: &str) -> NewEvent {
     NewEvent {
         event_type: event_type.to_owned(),
@@ -23,6 +24,7 @@ pub fn event(event_type: &str, command_id: &str, tag: &str) -> NewEvent {
         content_type: "application/octet-stream".to_owned(),
         payload: tag.as_bytes().to_vec(),
         command_id: command_id.to_owned(),
+        command_digest: format!("digest-{command_id}").into_bytes(),
         correlation_id: format!("corr-{command_id}"),
         causation_id: format!("cause-{command_id}"),
         time_ms: 1_700_000_000_000,

@@ -134,7 +134,7 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
 }
 
 /// Segment size of the damage matrix's log: small, so a dozen records span several segments.
-const MATRIX_SEGMENT_BYTES: u64 = 420;
+const MATRIX_SEGMENT_BYTES: u64 = 480;
 const SEGMENT_HEADER: usize = 48;
 const RECORD_HEADER: usize = 12;
 

@@ -3,6 +3,7 @@
 //! Its only dependencies are the two small crates that read and write wasm, so it builds in
 //! seconds on a fresh machine.
 
+mod guests;
 mod layers;
 
 use std::path::{Path, PathBuf};
@@ -45,7 +46,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   build-actors   build every actor and fixture into target/wasm32-wasip2/release/*.wasm
-  test [ARGS]    build the actors once, then run every test (ARGS go to cargo test)
+  test [ARGS]    build the actors (and the Python and JavaScript example guests, when their
+                 toolchains are installed) once, then run every test (ARGS go to cargo test)
   demo           build the actors, then run the edge demo
   bench [ARGS]   build the actors, run the benchmarks (ARGS go to cargo bench), then write
                  target/bench-report.json and print it as a table";
@@ -192,6 +194,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         return Err(format!("dependencies point up (see ARCHITECTURE.md):\n  {}", broken.join("\n  ")));
     }
     let dir = build_actors()?;
+    guests::build(&root(), std::env::var("CI").is_ok_and(|v| v == "true"))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(extra).env("TOLLGATE_ACTORS_DIR", &dir);
     run(&mut cmd)

@@ -140,7 +140,7 @@ pub fn compare(then: &Then, events: &[Message], commands: &[Message], outcome: &
             has("cancelled_timers").then(|| actual_of("cancelled_timers")),
         );
     }
-    for (name, e) in [("finished", then.finished), ("ignored", then.ignored)] {
+    for (name, e) in [("finished", then.finished), ("ignored", then.ignored), ("duplicate", then.duplicate)] {
         if let Some(e) = e {
             put(name, Value::Bool(e), has(name).then(|| actual_of(name)));
         }
@@ -161,11 +161,10 @@ pub fn compare(then: &Then, events: &[Message], commands: &[Message], outcome: &
         };
         put("error", Value::String(e.clone()), a);
     }
-    // When the actor decided otherwise than stated (e.g. a rejection instead of events, or a
-    // trap), show what it did decide.
-    let surprised = PRIMARY.iter().any(|p| expected.contains_key(*p) && !actual.contains_key(*p))
-        || (outcome.0.contains_key("error") && !expected.contains_key("error"));
-    if surprised {
+    // Whenever the case fails, show what the actor did decide (a rejection with its code and
+    // message, a trap, the events) beside what was stated: a case stating only `then.state`
+    // must not hide the rejection that left the state as it was.
+    if expected != actual {
         for p in PRIMARY {
             if let Some(v) = outcome.0.get(p)
                 && !actual.contains_key(p)

@@ -70,6 +70,10 @@ pub struct Case {
     /// The key, overriding the file's.
     #[serde(default)]
     pub key: Option<String>,
+    /// Whether the file's `[given]` applies before this case's own (default true); `false`
+    /// starts the case from nothing but its own `given`.
+    #[serde(default = "yes")]
+    pub inherit_given: bool,
     /// Setup.
     #[serde(default)]
     pub given: Given,
@@ -138,6 +142,10 @@ pub struct Then {
     /// Whether a process manager ignored the event (it correlates to no instance).
     #[serde(default)]
     pub ignored: Option<bool>,
+    /// Whether an aggregate answered the command as a repeat of one it ran before (same
+    /// command id): the original outcome, nothing changed twice.
+    #[serde(default)]
+    pub duplicate: Option<bool>,
     /// The state afterwards (aggregate key, process instance), compared on the fields stated.
     #[serde(default)]
     pub state: Option<Value>,
@@ -215,6 +223,10 @@ pub fn kinds_for(when: &When) -> anyhow::Result<(&'static str, Vec<ActorKind>)> 
             many.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(" and ")
         ),
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Merges the file's `given` under a case's.

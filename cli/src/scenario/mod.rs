@@ -13,7 +13,7 @@ use format::{Message, ScenarioFile, stored_text};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tollgate_host::{Actor, ActorKind, HostEngine, KINDS};
+use tollgate_host::{Actor, ActorKind, HostEngine};
 use tollgate_host_test::scenario::{self as engine, Act, Actors, Prepared};
 
 /// Arguments of `test`.
@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<PathBuf>,
     /// Binds an actor name to a component: a scenario's `actor = "NAME"` (or a path whose file
-    /// is NAME.wasm) then runs FILE, which may be an `oci://REGISTRY/REPO:TAG` reference
+    /// is NAME.wasm, `-` and `_` alike) then runs FILE, which may be an `oci://REGISTRY/REPO:TAG` reference
     /// (pulled once into the digest-keyed cache). Repeatable.
     #[arg(long = "actor", value_name = "NAME=FILE", value_parser = parse_binding)]
     actors: Vec<(String, PathBuf)>,
@@ -79,7 +79,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let limits =
         tollgate_host::Limits { cpu_ms: args.cpu_ms, memory_bytes: args.memory_mib << 20, ..Default::default() };
-    let engine = HostEngine::new(limits)?;
+    // Compiled code is cached like the runtime's: a large (e.g. Python or JavaScript)
+    // component compiles once, not on every run.
+    let engine = HostEngine::new(limits)?.with_default_code_cache();
     let mut compiled: BTreeMap<PathBuf, Actor> = BTreeMap::new();
     let mut suites = Vec::new();
     for path in &args.scenarios {
@@ -108,6 +110,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             println!("{}", indent(&format!("error: {error}")));
                         }
                         println!("{}", indent(&comparison.diff()));
+                        if let Some(serde_json::Value::Array(lines)) = outcome.0.get("warnings") {
+                            for line in lines.iter().filter_map(serde_json::Value::as_str) {
+                                println!("{}", indent(&format!("actor log: {line}")));
+                            }
+                        }
                     }
                 }
             }
@@ -139,8 +146,10 @@ fn resolve(
         bail!("actor `{reference}` is not bound (pass `--actor {reference}=FILE.wasm`) and is not a .wasm path");
     }
     let path = base.join(reference);
+    // A crate's component is `<crate_name>.wasm`; its package name may spell `_` as `-`.
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-    Ok(bindings.get(stem).cloned().unwrap_or(path))
+    let bound = bindings.get(stem).or_else(|| bindings.get(&stem.replace('_', "-")));
+    Ok(bound.cloned().unwrap_or(path))
 }
 
 fn load(
@@ -159,15 +168,15 @@ fn load(
 fn wrong_kind(actor: &Actor, kinds: &[ActorKind], why: &str) -> anyhow::Error {
     let expected = kinds.iter().map(|k| format!("`{}`", k.export())).collect::<Vec<_>>().join(" or ");
     anyhow::anyhow!(
-        "{why} needs a {}, but {} is a {}: it does not export {expected}",
+        "{why} needs {}, but {} is {}: it does not export {expected}",
         kinds_list(kinds),
         actor.name(),
-        actor.kind()
+        actor.kind().a()
     )
 }
 
 fn kinds_list(kinds: &[ActorKind]) -> String {
-    kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" or ")
+    kinds.iter().map(|k| k.a()).collect::<Vec<_>>().join(" or ")
 }
 
 fn prepare(
@@ -188,7 +197,7 @@ fn prepare(
     }
     let kind = actor.kind();
     if !file.links.is_empty() && kind.spec().links.is_empty() {
-        bail!(at(format!("`links`: {}, and {} is a {kind}", ActorKind::links_summary(), actor.name())));
+        bail!(at(format!("`links`: {}, and {} is {}", ActorKind::links_summary(), actor.name(), kind.a())));
     }
     let mut links = BTreeMap::new();
     for (link, reference) in &file.links {
@@ -204,7 +213,7 @@ fn prepare(
     if !links.is_empty() {
         for needed in kind.spec().links {
             if !links.contains_key(needed.name) {
-                bail!(at(format!("`links.{}`: a {kind} with links needs all of them", needed.name)));
+                bail!(at(format!("`links.{}`: {} with links needs all of them", needed.name, kind.a())));
             }
         }
     }
@@ -236,18 +245,20 @@ fn prepare_case(file: &ScenarioFile, case: &format::Case, actor: &Actor) -> anyh
     if !kinds.contains(&actor.kind()) {
         return Err(wrong_kind(actor, &kinds, &format!("`when.{verb}`")));
     }
-    let given = format::merge(&file.given, &case.given);
+    let given = if case.inherit_given { format::merge(&file.given, &case.given) } else { case.given.clone() };
     let kind = actor.kind();
     let spec = kind.spec();
     if !given.events.is_empty() && !spec.given_events {
         bail!(
-            "`given.events`: a {kind} has no events; {}",
+            "`given.events`: {} has no events; {}",
+            kind.a(),
             if spec.given_commands { "set its account up with `given.commands`" } else { "use `given.config`" }
         );
     }
     if !given.commands.is_empty() && !spec.given_commands {
-        let takers: Vec<&str> = KINDS.iter().filter(|k| k.given_commands).map(|k| k.name).collect();
-        bail!("`given.commands`: only a {} takes commands (a policy: its linked account)", takers.join(" or "));
+        let takers: Vec<String> =
+            ActorKind::ALL.into_iter().filter(|k| k.spec().given_commands).map(ActorKind::a).collect();
+        bail!("`given.commands`: only {} takes commands (a policy: its linked account)", takers.join(" or "));
     }
     for link in given.link_config.keys() {
         if kind.link(link).is_none() {

@@ -15,3 +15,12 @@ crate-type = ["cdylib", "rlib"]
 tollgate-sdk = {{sdk}}
 serde = { version = "1", features = ["derive"] }
 serde_json = "1"
+
+# What ships to an edge node is this build: one codegen unit with LTO lets the optimiser see
+# across serde and the actor, symbols are dead weight, `s` keeps the speed `z` would trade away
+# (the settings `cargo xtask build-actors` uses for the reference actors).
+[profile.release]
+lto = true
+codegen-units = 1
+strip = true
+opt-level = "s"

@@ -45,6 +45,10 @@ impl Aggregate for Loyalty {
             PointsCommand::Earn { points: 0 } | PointsCommand::Redeem { points: 0 } => {
                 Err(Rejection::malformed("zero-amount", "`points` must be > 0"))
             }
+            PointsCommand::Earn { points } if state.balance.checked_add(points).is_none() => Err(Rejection::malformed(
+                "points-out-of-range",
+                format!("{points} more would take the balance past {}", u64::MAX),
+            )),
             PointsCommand::Earn { points } => Ok(vec![PointsEvent::Earned { points }]),
             PointsCommand::Redeem { points } if points > state.balance => Err(Rejection::business(
                 "insufficient-points",
@@ -56,8 +60,9 @@ impl Aggregate for Loyalty {
 
     fn apply(state: &mut Points, event: PointsEvent) {
         match event {
-            PointsEvent::Earned { points } => state.balance += points,
-            PointsEvent::Redeemed { points } => state.balance -= points,
+            // `handle` refused what would overflow; events are facts, so fold without panicking.
+            PointsEvent::Earned { points } => state.balance = state.balance.saturating_add(points),
+            PointsEvent::Redeemed { points } => state.balance = state.balance.saturating_sub(points),
         }
     }
 }

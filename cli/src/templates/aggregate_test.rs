@@ -12,3 +12,10 @@ fn earning_emits_earned_and_overspending_is_refused() {
     let rejection = tollgate_sdk::aggregate::handle::<Loyalty>(None, &redeem).unwrap_err();
     assert_eq!(rejection.code, "insufficient-points");
 }
+
+#[test]
+fn commands_and_events_decode_from_a_type_and_a_payload() {
+    // Plain serde enums; `#[serde(untagged)]` wrappers or `tag`/`content` fail here, not at the edge.
+    tollgate_sdk::codec::check_enum::<PointsCommand>().unwrap();
+    tollgate_sdk::codec::check_enum::<{{crate}}::PointsEvent>().unwrap();
+}

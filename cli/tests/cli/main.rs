@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
 
 mod errors;
+mod guests;
 mod hostile;
 mod inspect;
 mod new;

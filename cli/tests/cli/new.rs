@@ -40,11 +40,13 @@ fn build_and_test(crate_dir: &Path, name: &str) -> (i32, String, String) {
     assert_eq!(code, 0, "cargo build of the new {name} crate failed:\n{out}\n{err}");
     let stem = name.replace('-', "_");
     let wasm = scaffold_target().join(format!("wasm32-wasip2/release/{stem}.wasm"));
-    let binding = format!("{stem}={}", wasm.display());
+    // Bound by the package name, run from another directory: the scenario names its actor.
+    let binding = format!("{name}={}", wasm.display());
+    let scenario = crate_dir.join("scenarios/example.toml");
     output(
         tollgate()
-            .args(["test", "scenarios/example.toml", "--actor", &binding])
-            .current_dir(crate_dir)
+            .args(["test", scenario.to_str().unwrap(), "--actor", &binding])
+            .current_dir(std::env::temp_dir())
             .output()
             .unwrap(),
     )
@@ -56,6 +58,10 @@ fn a_new_aggregate_builds_passes_its_scenario_and_fails_a_broken_rule() {
     let crate_dir = new(dir.path(), "loyalty-points", "aggregate");
     let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("[workspace]"), "{manifest}");
+    // What `cargo build --release` makes is what ships: stripped and optimised for size.
+    for setting in ["lto = true", "strip = true", "opt-level = \"s\""] {
+        assert!(manifest.contains(setting), "{setting}: {manifest}");
+    }
     assert!(manifest.contains(&format!("path = {:?}", root().join("sdk").display().to_string())), "{manifest}");
 
     // Never overwrites.
@@ -65,10 +71,16 @@ fn a_new_aggregate_builds_passes_its_scenario_and_fails_a_broken_rule() {
 
     let (code, out, err) = build_and_test(&crate_dir, "loyalty-points");
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.ends_with("2 passed, 0 failed\n"), "{out}");
+    assert!(out.ends_with("3 passed, 0 failed\n"), "{out}");
 
     // The native test of the logic passes too.
     let (code, out, err) = cargo(&crate_dir, &["test"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // And the scenario file the Python and JavaScript examples pass: the same contract.
+    let wasm = scaffold_target().join("wasm32-wasip2/release/loyalty_points.wasm");
+    let loyalty = root().join("examples/loyalty.toml");
+    let binding = format!("loyalty={}", wasm.display());
+    let (code, out, err) = run(&["test", loyalty.to_str().unwrap(), "--actor", &binding]);
     assert_eq!(code, 0, "{out}\n{err}");
 
     // Break a rule: expect a different number of points.
@@ -79,7 +91,7 @@ fn a_new_aggregate_builds_passes_its_scenario_and_fails_a_broken_rule() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAILED") && out.contains("redeeming spends earned points"), "{out}");
     assert!(out.contains("-     \"balance\": 7") && out.contains("+     \"balance\": 6"), "{out}");
-    assert!(out.ends_with("1 passed, 1 failed\n"), "{out}");
+    assert!(out.ends_with("2 passed, 1 failed\n"), "{out}");
 }
 
 #[test]
@@ -91,6 +103,8 @@ fn every_other_kind_builds_and_passes_its_scenario() {
         let (code, out, err) = build_and_test(&crate_dir, &name);
         assert_eq!(code, 0, "{kind}:\n{out}\n{err}");
         assert!(out.ends_with(" 0 failed\n"), "{kind}: {out}");
+        let (code, out, err) = cargo(&crate_dir, &["test"]);
+        assert_eq!(code, 0, "{kind}: the native tests:\n{out}\n{err}");
     }
 }
 
@@ -106,4 +120,93 @@ fn bad_names_and_missing_sdks_create_nothing() {
     assert_eq!(code, 1);
     assert!(err.contains("/no/such/sdk"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left behind");
+}
+
+/// The events of another crate, which the second process manager wraps.
+const EVENTS_CRATE: &str = r#"
+/// The events of stream `loyalty`.
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub enum PointsEvent {
+    /// Points were added.
+    Earned { points: u64 },
+}
+"#;
+
+/// A process manager whose event enum wraps the other crate's with `#[serde(untagged)]`: a
+/// shape no (type, payload) pair decodes into.
+const WRAPPING_MANAGER: &str = r#"
+use tollgate_sdk::process_manager::Reaction;
+use tollgate_sdk::types::TimestampMs;
+use tollgate_sdk::{Event, ProcessManager, Rejection, Timer};
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Wrapped {
+    Points(points_events::PointsEvent),
+}
+
+pub struct Wire;
+
+impl ProcessManager for Wire {
+    const SUBSCRIPTIONS: &'static [&'static str] = &["loyalty"];
+    type State = ();
+    type Event = Wrapped;
+
+    fn correlate(_event: &Wrapped, envelope: &Event) -> Option<String> {
+        Some(envelope.key.clone())
+    }
+
+    fn react(_state: &mut (), _event: Wrapped, _envelope: &Event) -> Result<Reaction, Rejection> {
+        Ok(Reaction::default())
+    }
+
+    fn on_timer(_state: &mut (), _timer: &Timer, _now: TimestampMs) -> Result<Reaction, Rejection> {
+        Ok(Reaction::default())
+    }
+}
+
+tollgate_sdk::export_process_manager!(Wire);
+"#;
+
+#[test]
+fn an_event_enum_the_codec_cannot_decode_is_reported_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fresh process manager passes its scenario...
+    let (code, out, err) = build_and_test(&new(dir.path(), "bonus", "process-manager"), "bonus");
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // ...a second one, wrapping another crate's event enum, is refused on every event.
+    let events = dir.path().join("points-events");
+    std::fs::create_dir_all(events.join("src")).unwrap();
+    std::fs::write(
+        events.join("Cargo.toml"),
+        "[package]\nname = \"points-events\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+         [dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\n",
+    )
+    .unwrap();
+    std::fs::write(events.join("src/lib.rs"), EVENTS_CRATE).unwrap();
+    let wire = new(dir.path(), "wire", "process-manager");
+    let manifest = std::fs::read_to_string(wire.join("Cargo.toml")).unwrap();
+    let manifest =
+        manifest.replace("[dependencies]\n", "[dependencies]\npoints-events = { path = \"../points-events\" }\n");
+    std::fs::write(wire.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(wire.join("src/lib.rs"), WRAPPING_MANAGER).unwrap();
+    std::fs::write(
+        wire.join("tests/logic.rs"),
+        "#[test]\nfn events_decode() {\n    tollgate_sdk::codec::check_enum::<wire::Wrapped>().unwrap();\n}\n",
+    )
+    .unwrap();
+
+    let (code, out, err) = build_and_test(&wire, "wire");
+    assert_eq!(code, 1, "{out}\n{err}");
+    let first = out.split("FAILED").nth(1).unwrap_or_default();
+    assert!(first.contains("\"code\": \"malformed-event\""), "a rejection, not `ignored`:\n{out}");
+    assert!(first.contains("untagged") && first.contains("does not decode"), "the reason:\n{out}");
+    assert!(!out.contains("\"ignored\": true"), "{out}");
+    // The actor's log says it too, and the check an author runs natively fails with the type named.
+    assert!(out.contains("refused rather than ignored"), "the log line:\n{out}");
+    let (code, out, err) = cargo(&wire, &["test"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(format!("{out}{err}").contains("Wrapped") && format!("{out}{err}").contains("untagged"), "{out}\n{err}");
 }

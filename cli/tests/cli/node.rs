@@ -1,4 +1,4 @@
-//! `tollgate run`, `events`, `stats`, `replay` and `dead-letters` on the embedded log.
+//! `tollgate run`, `events`, `kv`, `stats`, `replay` and `dead-letters` on the embedded log.
 
 use crate::{actor, run, tollgate};
 use std::io::Write;
@@ -100,6 +100,44 @@ fn a_node_keeps_its_log_and_answers_repeats_across_runs() {
 }
 
 #[test]
+fn a_projectors_read_model_is_shown_by_key_and_by_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path());
+    let store = format!("file:{}", dir.path().join("log").display());
+    let overdraw = r#"{"execute": {"stream": "account", "key": "alice", "id": "d1", "command": {"direct-debit": {"amount": {"minor_units": 5000, "currency": "EUR"}}}}}"#;
+    let (code, replies, err) = node(&manifest, &store, &[OPEN, TOP_UP, ADMIT, overdraw]);
+    assert_eq!(code, 0, "{err}");
+    // A rejected command says what kind of refusal it was.
+    let rejected = &replies[3]["ok"]["rejected"];
+    assert_eq!((rejected["kind"].as_str(), rejected["code"].as_str()), (Some("business"), Some("insufficient-funds")));
+
+    // Found through the manifest: one key, as JSON.
+    let (code, out, err) = run(&["kv", "balances", "alice", "--store", &store, "--manifest", &manifest]);
+    assert_eq!(code, 0, "{err}");
+    let view: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((view["balance"].as_i64(), view["held"].as_i64()), (Some(1_000), Some(20)), "{out}");
+    // The whole bucket, one JSON object per line.
+    let (code, out, err) = run(&["kv", "balances", "--store", &store, "--projector", "balances", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let entries: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(entries.len(), 1, "{out}");
+    assert_eq!((entries[0]["key"].as_str(), entries[0]["value"]["available"].as_i64()), (Some("alice"), Some(980)));
+
+    // A missing key, a bucket no projector writes, the runtime's own bucket: named, exit 1.
+    let (code, _, err) = run(&["kv", "balances", "bob", "--store", &store, "--projector", "balances"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("balances/bob: no entry"), "{err}");
+    let (code, _, err) = run(&["kv", "nope", "--store", &store, "--manifest", &manifest]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bucket `nope`: no projector") && err.contains("`balances`"), "{err}");
+    let (code, _, err) = run(&["kv", "tollgate.meta", "--store", &store, "--projector", "balances"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("tollgate.meta"), "{err}");
+    let (code, _, err) = run(&["kv", "balances", "--store", &store]);
+    assert_eq!(code, 2, "clap asks for --manifest or --projector: {err}");
+}
+
+#[test]
 fn a_bad_request_line_is_named_and_the_rest_still_runs() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest(dir.path());
@@ -133,6 +171,7 @@ fn dead_letters_are_listed_and_redriven() {
             content_type: "application/json".into(),
             payload: b"not json".to_vec(),
             command_id: "poison".into(),
+            command_digest: Vec::new(),
             correlation_id: String::new(),
             causation_id: String::new(),
             time_ms: 0,

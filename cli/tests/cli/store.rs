@@ -12,6 +12,7 @@ fn event(command_id: &str, payload: &str) -> NewEvent {
         content_type: "application/json".into(),
         payload: payload.as_bytes().to_vec(),
         command_id: command_id.into(),
+        command_digest: Vec::new(),
         correlation_id: command_id.into(),
         causation_id: String::new(),
         time_ms: 1_700_000_000_000,

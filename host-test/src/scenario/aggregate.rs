@@ -107,6 +107,7 @@ pub(super) fn run(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
     run.recorder.reset();
     let mut outcome = Outcome::default();
     let c = super::command(case, &stream, m, "cmd-1".into(), now)?;
+    outcome.insert("duplicate", Value::Bool(run.host.has_answered(&c)));
     match run.when(&c).outcome {
         Ok(AggregateOutcome::Accepted(events)) => {
             outcome.insert("events", Value::Array(events.iter().map(event_json).collect()));

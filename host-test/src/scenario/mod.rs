@@ -22,7 +22,7 @@ use crate::Recorder;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tollgate_host::aggregate::{Command, Event, Rejection, RejectionKind};
+use tollgate_host::aggregate::{Command, Event, Rejection};
 use tollgate_host::{Actor, ActorKind, HostError, HostState};
 use tollgate_node::view::{self, EventView, json_or_text};
 
@@ -104,7 +104,7 @@ pub fn run(actors: &Actors, case: &Prepared, loader: &mut tollgate_runtime::Load
 /// The case's error for an `Act` its runner does not take: [`Prepared`] cases are checked
 /// against the actor's kind before they run, so only a hand-built case gets here.
 fn wrong_act(case: &Prepared, kind: ActorKind) -> String {
-    format!("case `{}`: a {kind} does not take {:?}", case.name, case.act)
+    format!("case `{}`: {} does not take {:?}", case.name, kind.a(), case.act)
 }
 
 /// Seeds key-value entries from the case.
@@ -190,12 +190,7 @@ fn event_json(e: &Event) -> Value {
 }
 
 fn rejection_json(r: &Rejection) -> Value {
-    let kind = match r.kind {
-        RejectionKind::Business => "business",
-        RejectionKind::Malformed => "malformed",
-        RejectionKind::UnknownCommand => "unknown-command",
-    };
-    json!({ "code": r.code, "kind": kind, "message": r.message })
+    json!({ "code": r.code, "kind": r.kind.name(), "message": r.message })
 }
 
 /// Adds the side effects every kind reports: key-value contents and host calls.
@@ -222,6 +217,14 @@ fn finish(outcome: &mut Outcome, host_state: &HostState, recorder: &Recorder) {
         })
         .collect();
     outcome.insert("calls", Value::Array(calls));
+    // What the actor warned about explains a failing case (e.g. an event it cannot decode).
+    let warnings = recorder
+        .logs()
+        .into_iter()
+        .filter(|l| matches!(l.level.as_str(), "warn" | "error" | "critical"))
+        .map(|l| Value::String(format!("{} {}: {}", l.level, l.context, l.message)))
+        .collect();
+    outcome.insert("warnings", Value::Array(warnings));
 }
 
 fn host_error(outcome: &mut Outcome, e: &HostError) {

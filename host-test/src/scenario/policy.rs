@@ -131,13 +131,14 @@ pub(super) fn run_linked(
         }
     }
     recorder.reset();
-    let before = rt.events().len();
+    let before = rt.events().map_err(|e| e.to_string())?.len();
     let mut outcome = Outcome::default();
     match rt.admit_with("policy", &request) {
         Ok(d) => outcome.insert("decision", decision_json(&d)),
         Err(e) => outcome.insert("error", Value::String(e.to_string())),
     }
-    outcome.insert("events", rt.events().get(before..).unwrap_or_default().iter().map(event_json).collect());
+    let events = rt.events().map_err(|e| e.to_string())?;
+    outcome.insert("events", events.get(before..).unwrap_or_default().iter().map(event_json).collect());
     finish(&mut outcome, &host_state, &recorder);
     Ok(outcome)
 }

@@ -8,6 +8,7 @@ mod hostile;
 mod loading;
 mod misbehaving;
 mod prepaid_account;
+mod reactions;
 
 use std::sync::OnceLock;
 use tollgate_host::{Actor, HostEngine};

@@ -22,7 +22,7 @@ fn view(rt: &Runtime, account: &str) -> BalanceView {
 }
 
 fn top_up(rt: &mut Runtime, account: &str, id: &str, amount: i64) -> Outcome {
-    let c = rt.command("account", account, id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") });
+    let c = rt.command("account", account, id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") }).unwrap();
     rt.execute(&c).unwrap()
 }
 
@@ -33,20 +33,20 @@ fn a_restart_keeps_accounts_projections_and_answers_repeats_from_the_log() {
         let mut rt = durable(dir.path(), 100);
         open(&mut rt, "ada", 1_000);
         let first = rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap();
-        (rt.account("ada").unwrap(), view(&rt, "ada"), first)
+        (rt.account("ada").unwrap().unwrap(), view(&rt, "ada"), first)
     };
     let mut rt = durable(dir.path(), 100);
-    assert_eq!(rt.account("ada").unwrap(), account, "state rebuilt from the log");
+    assert_eq!(rt.account("ada").unwrap().unwrap(), account, "state rebuilt from the log");
     assert_eq!(view(&rt, "ada"), projected, "projection restored from the store");
     // Another use first, then the repeat: answered with the original decision, whole.
     granted(&rt.admit(&request("r2", "ada", "voice", 10, None)).unwrap());
-    let logged = rt.events().len();
+    let logged = rt.events().unwrap().len();
     let again = rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap();
     assert_eq!(format!("{again:?}"), format!("{first:?}"), "the repeat gets the original price, lines and grant");
-    assert_eq!(rt.events().len(), logged, "a repeated request appends nothing");
-    assert_eq!(rt.account("ada").unwrap().held, 40, "r1 held once, not twice");
+    assert_eq!(rt.events().unwrap().len(), logged, "a repeated request appends nothing");
+    assert_eq!(rt.account("ada").unwrap().unwrap().held, 40, "r1 held once, not twice");
     assert_eq!(top_up(&mut rt, "ada", "ada/top-up", 1_000).clone_events().len(), 1, "answered with the original event");
-    assert_eq!(rt.account("ada").unwrap().balance, 1_000, "the repeated top-up changed nothing");
+    assert_eq!(rt.account("ada").unwrap().unwrap().balance, 1_000, "the repeated top-up changed nothing");
     assert!(rt.stats().duplicates >= 2);
     // Events after the restart are projected once, on top of the restored view.
     assert!(matches!(top_up(&mut rt, "ada", "ada/top-up-2", 5), Outcome::Accepted(_)));
@@ -61,14 +61,14 @@ fn event_times_never_go_backwards_across_a_restart() {
         let mut rt = durable(dir.path(), 100);
         rt.clock().set_ms(5_000_000);
         open(&mut rt, "ada", 1_000);
-        rt.events().iter().map(|e| e.time).max().unwrap()
+        rt.events().unwrap().iter().map(|e| e.time).max().unwrap()
     };
     assert_eq!(before, 5_000_000);
     // The host's clock went back (a new node process, a clock step): the runtime's does not.
     let mut rt = durable(dir.path(), 100);
     assert_eq!(rt.clock().now_ms(), before, "the clock starts at the log's last event");
     assert!(matches!(top_up(&mut rt, "ada", "ada/top-up-2", 5), Outcome::Accepted(_)));
-    let times: Vec<u64> = rt.events().iter().map(|e| e.time).collect();
+    let times: Vec<u64> = rt.events().unwrap().iter().map(|e| e.time).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "event times in log order: {times:?}");
     // An empty log starts at 0.
     let empty = tempfile::tempdir().unwrap();
@@ -110,11 +110,19 @@ fn snapshots_are_read_back_and_another_actor_build_ignores_them() {
     let other_build = Snapshot { actor_digest: "sha256:another-build#state-v1".into(), ..doctored.clone() };
     journal.block_on(journal.store().put_snapshot("account", "bo", other_build)).unwrap();
     drop(journal);
-    assert_eq!(durable(dir.path(), 5).account("bo").unwrap().balance, 110, "another build's snapshot is ignored");
+    assert_eq!(
+        durable(dir.path(), 5).account("bo").unwrap().unwrap().balance,
+        110,
+        "another build's snapshot is ignored"
+    );
     let journal = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
     journal.block_on(journal.store().put_snapshot("account", "bo", doctored)).unwrap();
     drop(journal);
-    assert_eq!(durable(dir.path(), 5).account("bo").unwrap().balance, 111, "snapshot + tail, not a full replay");
+    assert_eq!(
+        durable(dir.path(), 5).account("bo").unwrap().unwrap().balance,
+        111,
+        "snapshot + tail, not a full replay"
+    );
 }
 
 #[test]
@@ -128,14 +136,14 @@ fn process_manager_timers_survive_a_restart() {
     }
     let mut rt = durable(dir.path(), 100);
     assert_eq!(rt.timers().len(), 1, "the expiry timer was reloaded");
-    assert_eq!(rt.account("cy").unwrap().held, 200);
+    assert_eq!(rt.account("cy").unwrap().unwrap().held, 200);
     assert!(rt.advance_ms(30_000).unwrap() >= 1, "it fires after the restart");
-    assert_eq!(rt.account("cy").unwrap().held, 0);
+    assert_eq!(rt.account("cy").unwrap().unwrap().held, 0);
     assert!(rt.timers().is_empty());
     drop(rt);
     let mut rt = durable(dir.path(), 100);
     assert_eq!(rt.advance_ms(60_000).unwrap(), 0, "a fired timer does not come back");
-    assert_eq!(rt.events().iter().filter(|e| e.event_type == "expired").count(), 1);
+    assert_eq!(rt.events().unwrap().iter().filter(|e| e.event_type == "expired").count(), 1);
 }
 
 fn v1(event_type: &str, payload: &str, command_id: &str) -> NewEvent {
@@ -145,6 +153,8 @@ fn v1(event_type: &str, payload: &str, command_id: &str) -> NewEvent {
         content_type: "application/json".into(),
         payload: payload.as_bytes().to_vec(),
         command_id: command_id.into(),
+        // Written before digests were kept.
+        command_digest: Vec::new(),
         correlation_id: command_id.into(),
         causation_id: String::new(),
         time_ms: 0,
@@ -166,14 +176,14 @@ fn a_log_written_at_schema_version_1_replays_through_the_version_2_account() {
     drop(journal);
     let mut rt = durable(dir.path(), 100);
     rt.pump().unwrap();
-    let account = rt.account("dee").unwrap();
+    let account = rt.account("dee").unwrap().unwrap();
     assert_eq!((account.balance, account.available()), (380, 380));
     let projected = view(&rt, "dee");
     assert_eq!((projected.balance, projected.ledger.len()), (380, 3), "the projector saw upcast events");
     // New events are written at version 2 next to the old ones.
     let events = top_up(&mut rt, "dee", "t2", 20).clone_events();
     assert_eq!(events[0].schema_version, 2);
-    assert_eq!(rt.account("dee").unwrap().balance, 400);
+    assert_eq!(rt.account("dee").unwrap().unwrap().balance, 400);
 }
 
 #[test]
@@ -227,4 +237,48 @@ fn a_redriven_delivery_older_than_the_checkpoint_is_projected_without_moving_it_
     drop(rt);
     drop(journal);
     assert_eq!(view(&durable(dir.path(), 100), "zoe").currency, "EUR", "and it was committed");
+}
+
+#[test]
+fn a_command_id_reused_for_another_command_is_refused_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut rt = durable(dir.path(), 100);
+        open(&mut rt, "ada", 1_000);
+        assert!(matches!(top_up(&mut rt, "ada", "t1", 5), Outcome::Accepted(_)));
+        // At once, from the runtime's memory of the key...
+        match top_up(&mut rt, "ada", "t1", 6) {
+            Outcome::Rejected(r) => assert_eq!(r.code, "command-id-conflict", "{}", r.message),
+            Outcome::Accepted(events) => panic!("answered {events:?}"),
+        }
+    }
+    // ...and after a restart, from the digest kept with the events in the log.
+    let mut rt = durable(dir.path(), 100);
+    let logged = rt.events().unwrap().len();
+    match top_up(&mut rt, "ada", "t1", 6) {
+        Outcome::Rejected(r) => assert!(r.code == "command-id-conflict" && r.message.contains("`t1`"), "{}", r.message),
+        Outcome::Accepted(events) => panic!("answered {events:?}"),
+    }
+    // The same command again is still a duplicate, answered with its original event.
+    assert_eq!(top_up(&mut rt, "ada", "t1", 5).clone_events().len(), 1);
+    assert_eq!(rt.events().unwrap().len(), logged, "neither appended anything");
+    assert_eq!(rt.account("ada").unwrap().unwrap().balance, 1_005);
+    assert_eq!(rt.stats().rejected.get("command-id-conflict"), Some(&1));
+}
+
+#[test]
+fn a_log_written_before_digests_still_answers_its_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(&format!("file:{}", dir.path().display())).unwrap();
+        let opened = NewEvent { schema_version: 2, ..v1("opened", r#"{"currency":"EUR","overdraft_limit":0}"#, "o1") };
+        let topped_up = NewEvent { schema_version: 2, ..v1("topped-up", r#"{"amount":5}"#, "t1") };
+        for event in [opened, topped_up] {
+            journal.run("append", journal.store().append("account", "old", ExpectedVersion::Any, vec![event])).unwrap();
+        }
+    }
+    let mut rt = durable(dir.path(), 100);
+    // No digest to compare: the id alone answers, as before digests were kept.
+    assert_eq!(top_up(&mut rt, "old", "t1", 6).clone_events().len(), 1);
+    assert_eq!(rt.account("old").unwrap().unwrap().balance, 5);
 }

@@ -41,7 +41,7 @@ fn connect_edge(url: &str) -> Runtime {
 }
 
 fn execute(rt: &mut Runtime, key: &str, id: &str, command: &AccountCommand) -> Outcome {
-    let c = rt.command("account", key, id, command);
+    let c = rt.command("account", key, id, command).unwrap();
     rt.execute(&c).unwrap()
 }
 

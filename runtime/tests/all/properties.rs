@@ -18,7 +18,7 @@ struct Component(Runtime);
 impl Ledger for Component {
     fn execute(&mut self, id: &str, command: &AccountCommand, now: u64) -> Result<Vec<AccountEvent>, String> {
         self.0.clock().set_ms(now);
-        let c = self.0.command("account", "acct", id, command);
+        let c = self.0.command("account", "acct", id, command).unwrap();
         match self.0.execute(&c).expect("no trap, no host failure") {
             Outcome::Rejected(r) => Err(r.code),
             Outcome::Accepted(events) => Ok(events
@@ -29,7 +29,7 @@ impl Ledger for Component {
     }
 
     fn state(&mut self) -> Account {
-        self.0.account("acct").unwrap_or_default()
+        self.0.account("acct").unwrap().unwrap_or_default()
     }
 }
 
@@ -61,6 +61,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 fn sum_of(rt: &Runtime, event_type: &str, field: &str) -> i64 {
     rt.events()
+        .unwrap()
         .iter()
         .filter(|e| e.stream == "account" && e.event_type == event_type)
         .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap()[field].as_i64().unwrap())
@@ -75,7 +76,7 @@ proptest! {
     fn money_stays_right_on_the_component((overdraft_limit, ops) in core::run()) {
         let mut ledger = Component(runtime());
         core::check_run(&mut ledger, overdraft_limit, &ops);
-        if ledger.0.account("acct").is_some() {
+        if ledger.0.account("acct").unwrap().is_some() {
             check_projection(&ledger.0, "acct");
         }
     }
@@ -94,13 +95,13 @@ proptest! {
             let id = format!("step-{i}");
             match step {
                 Step::TopUp(amount) => {
-                    let c = rt.command("account", "acct", &id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") });
+                    let c = rt.command("account", "acct", &id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") }).unwrap();
                     if let Outcome::Accepted(_) = rt.execute(&c).unwrap() {
                         topped_up += amount;
                     }
                 }
                 Step::Admit { offer, units, country } => {
-                    let before = rt.account("acct").unwrap();
+                    let before = rt.account("acct").unwrap().unwrap();
                     let admission = request(&id, "acct", OFFERS[offer], units, country);
                     let decision = rt.admit(&admission).unwrap();
                     match &decision {
@@ -113,7 +114,7 @@ proptest! {
                             // reservation: a debit of all its units charges its price.
                             if before.reservations.is_empty() {
                                 let debit = AccountCommand::Debit { reservation_id: id.clone(), used_units: g.grant.granted_units };
-                                let c = rt.command("account", "acct", &format!("{id}/all"), &debit);
+                                let c = rt.command("account", "acct", &format!("{id}/all"), &debit).unwrap();
                                 match rt.execute(&c).unwrap() {
                                     Outcome::Accepted(events) => {
                                         let event = tollgate_codec::decode::<AccountEvent>(&events[0].event_type, &events[0].payload).unwrap();
@@ -125,7 +126,7 @@ proptest! {
                             }
                         }
                         Decision::Denied(d) => {
-                            prop_assert_eq!(rt.account("acct").unwrap(), before, "a denial changes nothing");
+                            prop_assert_eq!(rt.account("acct").unwrap().unwrap(), before, "a denial changes nothing");
                             if units == 0 {
                                 prop_assert_eq!(d.code, ResultCode::EndUserServiceDenied);
                             }
@@ -144,19 +145,19 @@ proptest! {
                     prop_assert_eq!(&format!("{again:?}"), first, "a repeat answers the original decision");
                 }
                 Step::Debit { pick, used_percent } => {
-                    let open: Vec<_> = rt.account("acct").unwrap().reservations.into_iter().collect();
+                    let open: Vec<_> = rt.account("acct").unwrap().unwrap().reservations.into_iter().collect();
                     if !open.is_empty() {
                         let (rid, r) = &open[pick % open.len()];
                         let used = (u128::from(r.granted_units) * u128::from(used_percent) / 100) as u64;
-                        let c = rt.command("account", "acct", &id, &AccountCommand::Debit { reservation_id: rid.clone(), used_units: used });
+                        let c = rt.command("account", "acct", &id, &AccountCommand::Debit { reservation_id: rid.clone(), used_units: used }).unwrap();
                         prop_assert!(matches!(rt.execute(&c).unwrap(), Outcome::Accepted(_)));
                     }
                 }
                 Step::Release { pick } => {
-                    let open: Vec<_> = rt.account("acct").unwrap().reservations.into_keys().collect();
+                    let open: Vec<_> = rt.account("acct").unwrap().unwrap().reservations.into_keys().collect();
                     if !open.is_empty() {
                         let rid = open[pick % open.len()].clone();
-                        let c = rt.command("account", "acct", &id, &AccountCommand::Release { reservation_id: rid });
+                        let c = rt.command("account", "acct", &id, &AccountCommand::Release { reservation_id: rid }).unwrap();
                         prop_assert!(matches!(rt.execute(&c).unwrap(), Outcome::Accepted(_)));
                     }
                 }
@@ -164,7 +165,7 @@ proptest! {
                     rt.advance_ms(ms).unwrap();
                 }
             }
-            let account = rt.account("acct").unwrap();
+            let account = rt.account("acct").unwrap().unwrap();
             prop_assert!(account.available() >= 0, "available {} below -overdraft", account.available());
             let charged = sum_of(&rt, "debited", "charged") + sum_of(&rt, "direct-debited", "amount");
             prop_assert_eq!(topped_up, account.balance + charged, "money conserved");

@@ -20,6 +20,9 @@ mod tag {
     pub(super) const DEAD_LETTER: u8 = 8;
     pub(super) const REDRIVE: u8 = 9;
     pub(super) const SEGMENT_END: u8 = 10;
+    /// [`EVENTS`] followed by the digest of the command that produced them. Written since
+    /// digests are kept; [`EVENTS`] records still read, with no digest.
+    pub(super) const EVENTS_WITH_DIGEST: u8 = 11;
 }
 
 /// The events of one append, with the coordinates the store gave them.
@@ -157,6 +160,13 @@ impl Record {
                 first_position: d.u64()?,
                 events: d.events()?,
             }),
+            tag::EVENTS_WITH_DIGEST => Record::Events(Commit {
+                stream: d.str()?,
+                key: d.str()?,
+                first_sequence: d.u64()?,
+                first_position: d.u64()?,
+                events: d.events_with_digest()?,
+            }),
             tag::SNAPSHOT => Record::Snapshot {
                 stream: d.str()?,
                 key: d.str()?,
@@ -182,7 +192,12 @@ impl Record {
 }
 
 fn encode_commit(e: &mut Enc, c: &Commit) {
-    e.u8(tag::EVENTS).str(&c.stream).str(&c.key).u64(c.first_sequence).u64(c.first_position).events(&c.events);
+    e.u8(tag::EVENTS_WITH_DIGEST)
+        .str(&c.stream)
+        .str(&c.key)
+        .u64(c.first_sequence)
+        .u64(c.first_position)
+        .events_with_digest(&c.events);
 }
 
 /// A record body written by `body`, inside its frame.
@@ -193,4 +208,44 @@ fn framed(body: impl FnOnce(&mut Enc)) -> Vec<u8> {
     let mut buf = e.buf;
     frame(&mut buf);
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(digest: &[u8]) -> Commit {
+        let event = NewEvent {
+            event_type: "noted".into(),
+            schema_version: 1,
+            content_type: "application/json".into(),
+            payload: b"{}".to_vec(),
+            command_id: "c1".into(),
+            command_digest: digest.to_vec(),
+            correlation_id: "c1".into(),
+            causation_id: String::new(),
+            time_ms: 1,
+        };
+        Commit { stream: "s".into(), key: "k".into(), first_sequence: 3, first_position: 9, events: vec![event] }
+    }
+
+    #[test]
+    fn events_records_keep_their_commands_digest_and_older_records_still_read() {
+        let written = commit(&[5; 32]);
+        let framed = Record::encode_events(&written);
+        let Ok(Record::Events(read)) = Record::decode(&framed[RECORD_HEADER..]) else { panic!("not events") };
+        assert_eq!(read.events, written.events);
+
+        // A log written before digests were kept: tag 1, no digest after the events.
+        let mut e = Enc::default();
+        let old = commit(&[]);
+        e.u8(tag::EVENTS)
+            .str(&old.stream)
+            .str(&old.key)
+            .u64(old.first_sequence)
+            .u64(old.first_position)
+            .events(&old.events);
+        let Ok(Record::Events(read)) = Record::decode(&e.buf) else { panic!("not events") };
+        assert_eq!((read.first_sequence, read.events), (3, old.events));
+    }
 }

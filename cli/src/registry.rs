@@ -1,16 +1,18 @@
-//! Command-line definitions (clap derive) for `tollgate push`, `pull` and `wit build|publish`.
+//! `tollgate push`, `pull` and `wit build|publish`: the OCI registry commands, over
+//! `tollgate-oci`.
 //!
-//! The `tollgate` binary flattens [`Command`] into its own subcommands and hands the parsed
-//! value to [`run`].
+//! `main` flattens [`Command`] into the binary's own subcommands and hands the parsed value
+//! to [`run`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use tollgate_oci::{Credentials, PushOptions, RegistryOptions};
 
-use crate::auth::Credentials;
-use crate::transfer::{PushOptions, RegistryOptions};
+use crate::progress::TerminalProgress;
 
 /// The OCI subcommands of `tollgate`.
 #[derive(Debug, Clone, Subcommand)]
@@ -49,7 +51,7 @@ impl RegistryArgs {
         RegistryOptions {
             plain_http: self.plain_http,
             allow_latest: self.allow_latest,
-            progress: true,
+            progress: Some(Arc::new(TerminalProgress)),
             credentials: Credentials::Auto,
         }
     }
@@ -142,8 +144,7 @@ fn parse_annotation(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs `command` on a private tokio runtime. Call it from synchronous code (not from inside
-/// another tokio runtime; use [`run_async`] there).
+/// Runs `command` on a private tokio runtime.
 pub fn run(command: Command) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
@@ -151,7 +152,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Runs `command`; prints what it did on stdout.
-pub async fn run_async(command: Command) -> anyhow::Result<()> {
+async fn run_async(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Push(args) => {
             let options = PushOptions {
@@ -162,11 +163,11 @@ pub async fn run_async(command: Command) -> anyhow::Result<()> {
                 author: None,
                 annotations: args.annotations.into_iter().collect::<BTreeMap<_, _>>(),
             };
-            let pushed = crate::push_file(&args.reference, &args.file, &options).await?;
+            let pushed = tollgate_oci::push_file(&args.reference, &args.file, &options).await?;
             println!("pushed {} ({} bytes) as {}", args.file.display(), pushed.size, pushed.pinned);
         }
         Command::Pull(args) => {
-            let pulled = crate::pull(&args.reference, &args.output, &args.registry.options()).await?;
+            let pulled = tollgate_oci::pull(&args.reference, &args.output, &args.registry.options()).await?;
             println!(
                 "pulled {} ({} bytes, layer {}) to {}",
                 pulled.pinned,
@@ -176,16 +177,16 @@ pub async fn run_async(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Wit(WitCommand::Build(args)) => {
-            let packages = crate::wit_build(&args.wit_dir)?;
+            let packages = tollgate_oci::wit_build(&args.wit_dir)?;
             std::fs::create_dir_all(&args.output).with_context(|| format!("creating `{}`", args.output.display()))?;
             for (name, bytes) in packages {
-                let path = args.output.join(crate::wit_file_name(&name));
+                let path = args.output.join(tollgate_oci::wit_file_name(&name));
                 std::fs::write(&path, &bytes).with_context(|| format!("writing `{}`", path.display()))?;
                 println!("built {name} -> {} ({} bytes)", path.display(), bytes.len());
             }
         }
         Command::Wit(WitCommand::Publish(args)) => {
-            let mut packages = crate::wit_build(&args.wit_dir)?;
+            let mut packages = tollgate_oci::wit_build(&args.wit_dir)?;
             if !args.packages.is_empty() {
                 for wanted in &args.packages {
                     anyhow::ensure!(
@@ -197,10 +198,14 @@ pub async fn run_async(command: Command) -> anyhow::Result<()> {
                 packages.retain(|(n, _)| args.packages.iter().any(|w| package_matches(n, w)));
             }
             let options = PushOptions {
-                registry: RegistryOptions { plain_http: args.plain_http, ..RegistryOptions::default() },
+                registry: RegistryOptions {
+                    plain_http: args.plain_http,
+                    progress: Some(Arc::new(TerminalProgress)),
+                    ..RegistryOptions::default()
+                },
                 ..PushOptions::default()
             };
-            for pushed in crate::wit_publish(&args.registry, &packages, &options).await? {
+            for pushed in tollgate_oci::wit_publish(&args.registry, &packages, &options).await? {
                 println!("published {} as {}", pushed.reference, pushed.pinned);
             }
         }
@@ -209,7 +214,7 @@ pub async fn run_async(command: Command) -> anyhow::Result<()> {
 }
 
 /// Whether `name` is `wanted` (`ns:name`, or `ns:name@version`).
-fn package_matches(name: &wit_parser::PackageName, wanted: &str) -> bool {
+fn package_matches(name: &tollgate_oci::PackageName, wanted: &str) -> bool {
     wanted == name.to_string() || wanted == format!("{}:{}", name.namespace, name.name)
 }
 
@@ -217,6 +222,7 @@ fn package_matches(name: &wit_parser::PackageName, wanted: &str) -> bool {
 mod tests {
     use super::*;
     use clap::{CommandFactory as _, Parser};
+    use tollgate_oci::testing::{Registry, tiny_component};
 
     #[derive(Parser)]
     #[command(name = "tollgate", version)]
@@ -256,5 +262,48 @@ mod tests {
             cli.command,
             Command::Wit(WitCommand::Publish(WitPublishArgs { ref wit_dir, .. })) if wit_dir == &PathBuf::from("wit")
         ));
+    }
+
+    #[test]
+    fn cli_push_pull_and_wit_build() {
+        let Some(registry) = Registry::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.wasm");
+        let output = dir.path().join("out.wasm");
+        std::fs::write(&input, tiny_component()).unwrap();
+        let reference = format!("{}/tollgate-test/cli:0.2.0", registry.host());
+        let run = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("tollgate").chain(args.iter().copied())).unwrap();
+            super::run(cli.command)
+        };
+        run(&["push", &reference, input.to_str().unwrap(), "--plain-http", "--version", "0.2.0"]).unwrap();
+        run(&["pull", &reference, "-o", output.to_str().unwrap(), "--plain-http"]).unwrap();
+        assert_eq!(std::fs::read(&output).unwrap(), std::fs::read(&input).unwrap());
+        let err = run(&["pull", &format!("{}/tollgate-test/cli", registry.host()), "-o", "x.wasm"]).unwrap_err();
+        assert!(err.to_string().contains("latest"), "{err}");
+
+        let wit = dir.path().join("wit/tiny");
+        std::fs::create_dir_all(&wit).unwrap();
+        std::fs::write(wit.join("tiny.wit"), "package test:tiny@0.1.0;\ninterface host { log: func(level: u32); }\n")
+            .unwrap();
+        let built = dir.path().join("built");
+        run(&["wit", "build", "--wit-dir", dir.path().join("wit").to_str().unwrap(), "-o", built.to_str().unwrap()])
+            .unwrap();
+        assert!(built.join("test_tiny@0.1.0.wasm").is_file());
+        run(&[
+            "wit",
+            "publish",
+            &registry.host(),
+            "--wit-dir",
+            dir.path().join("wit").to_str().unwrap(),
+            "--plain-http",
+        ])
+        .unwrap();
+        let pulled = dir.path().join("tiny-wit.wasm");
+        run(&["pull", &format!("{}/test/tiny:0.1.0", registry.host()), "-o", pulled.to_str().unwrap(), "--plain-http"])
+            .unwrap();
+        assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(built.join("test_tiny@0.1.0.wasm")).unwrap());
     }
 }

@@ -1,0 +1,278 @@
+//! Writing the log: commands on aggregates, and facts reported from outside.
+//!
+//! A command's key is loaded once (snapshot + tail, upcast), the command is decided, and its
+//! events are appended with the expected sequence (optimistic concurrency). A lost race
+//! forgets the key, reloads and decides again; a committed command id is answered from the
+//! log. States are snapshotted every `snapshot_every` events under the actor's digest.
+
+use crate::error::RuntimeError;
+use crate::journal::{from_stored, to_new};
+use crate::namespace::is_reserved;
+use crate::shared::Shared;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+use tollgate_billing_model::account::Account;
+use tollgate_host::AggregateHost;
+use tollgate_host::aggregate::{Command, Event, Outcome, command_digest, command_id_conflict};
+use tollgate_store::{ExpectedVersion, Snapshot, StoreError};
+
+/// How many recent command ids per key are remembered, so a retry whose events are older than
+/// the snapshot is still answered from the log rather than decided again.
+const DEDUP_HORIZON: u64 = 1024;
+/// Attempts of one command before contention is reported.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// An aggregate actor, its cached states, and what was read of each key.
+pub(crate) struct AggregateSlot {
+    pub host: AggregateHost,
+    /// Identifies the actor build and state encoding that wrote a snapshot.
+    pub snapshot_tag: String,
+    pub loaded: HashMap<String, LoadedKey>,
+}
+
+/// What the runtime knows about one key beyond its state.
+#[derive(Default)]
+pub(crate) struct LoadedKey {
+    snapshot_sequence: u64,
+    /// command id -> (first, last) sequence and the command's digest (empty: unknown), for the
+    /// last [`DEDUP_HORIZON`] commands.
+    commands: HashMap<String, (u64, u64, Vec<u8>)>,
+    order: VecDeque<String>,
+}
+
+impl LoadedKey {
+    fn remember(&mut self, command_id: &str, sequence: u64, digest: &[u8]) {
+        if command_id.is_empty() {
+            return;
+        }
+        match self.commands.get_mut(command_id) {
+            Some(range) => range.1 = range.1.max(sequence),
+            None => {
+                self.commands.insert(command_id.into(), (sequence, sequence, digest.to_vec()));
+                self.order.push_back(command_id.into());
+                if self.order.len() as u64 > DEDUP_HORIZON
+                    && let Some(old) = self.order.pop_front()
+                {
+                    self.commands.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Reads a key's snapshot and the events after it into the aggregate's cache.
+    fn load(&mut self, actor: &str, key: &str) -> Result<(), RuntimeError> {
+        let slot = self.aggregates.get_mut(actor).ok_or_else(|| RuntimeError::NoSuchActor(actor.into()))?;
+        if slot.loaded.contains_key(key) {
+            return Ok(());
+        }
+        let stream = slot.host.info().stream.clone();
+        let tag = slot.snapshot_tag.clone();
+        let snapshot = self.journal.run("read snapshot", self.journal.store().get_snapshot(&stream, key, &tag))?;
+        let (state, at) = snapshot.map_or((None, 0), |s| (Some(s.state), s.sequence));
+        let from = at.saturating_sub(DEDUP_HORIZON) + 1;
+        let tail = self.journal.run("read events", self.journal.store().read(&stream, key, from))?;
+        let mut loaded = LoadedKey { snapshot_sequence: at, ..LoadedKey::default() };
+        for e in &tail {
+            loaded.remember(&e.command_id, e.sequence, &e.command_digest);
+        }
+        let fresh: Vec<Event> = tail.into_iter().filter(|e| e.sequence > at).map(from_stored).collect();
+        slot.host.restore(key, state, at);
+        if let Err(e) = slot.host.fold(key, fresh) {
+            slot.host.forget(key);
+            return Err(e.into());
+        }
+        slot.loaded.insert(key.into(), loaded);
+        Ok(())
+    }
+
+    /// Drops a key's cached state, so the next use reads it from the store.
+    pub fn forget(&mut self, actor: &str, key: &str) {
+        if let Some(slot) = self.aggregates.get_mut(actor) {
+            slot.host.forget(key);
+            slot.loaded.remove(key);
+        }
+    }
+
+    /// The events `(first..=last)` of a key, as committed, and the digest of the command that
+    /// wrote them (empty: unknown).
+    fn committed(&self, stream: &str, key: &str, first: u64, last: u64) -> Result<(Vec<Event>, Vec<u8>), RuntimeError> {
+        let events = self.journal.run("read events", self.journal.store().read(stream, key, first))?;
+        let digest = events.first().map(|e| e.command_digest.clone()).unwrap_or_default();
+        Ok((events.into_iter().take_while(|e| e.sequence <= last).map(from_stored).collect(), digest))
+    }
+
+    /// The answer to a command whose id was committed before: its events again, or a conflict
+    /// when that id was committed for another command (digests known and different).
+    fn answer_repeat(&mut self, command: &Command, digest: &[u8], known: &[u8], events: Vec<Event>) -> Outcome {
+        if !known.is_empty() && known != digest {
+            *self.stats.rejected.entry("command-id-conflict".into()).or_default() += 1;
+            tracing::debug!("command id reused for another command");
+            return Outcome::Rejected(command_id_conflict(command));
+        }
+        self.stats.duplicates += 1;
+        tracing::debug!("repeated command answered from the log");
+        Outcome::Accepted(events)
+    }
+
+    /// Runs a command on a named aggregate actor and appends its events.
+    pub fn execute_on(&mut self, actor: &str, command: &Command) -> Result<Outcome, RuntimeError> {
+        let span = tracing::info_span!(
+            "command",
+            stream = %command.stream,
+            key = %command.key,
+            command = %command.command_type,
+            command_id = %command.command_id,
+            correlation_id = %command.correlation_id,
+        );
+        let _entered = span.enter();
+        let slot = self.aggregates.get_mut(actor).ok_or_else(|| RuntimeError::NoSuchActor(actor.into()))?;
+        if command.stream != slot.host.info().stream {
+            // The host answers with a `wrong-stream` rejection without touching any key.
+            return Ok(slot.host.execute(command)?);
+        }
+        let (stream, key) = (command.stream.as_str(), command.key.as_str());
+        let digest = command_digest(command);
+        const REGISTERED: &str = "the aggregate was found above, and aggregates are never removed";
+        for attempt in 1..=MAX_ATTEMPTS {
+            self.load(actor, key)?;
+            let slot = self.aggregates.get_mut(actor).expect(REGISTERED);
+            let loaded = slot.loaded.get(key).expect("`load` succeeded, so the key is cached");
+            if let Some((first, last, known)) = loaded.commands.get(&command.command_id).cloned() {
+                let (events, _) = self.committed(stream, key, first, last)?;
+                return Ok(self.answer_repeat(command, &digest, &known, events));
+            }
+            let expected = slot.host.sequence(key);
+            let events = match slot.host.execute(command)? {
+                Outcome::Rejected(r) => {
+                    *self.stats.rejected.entry(r.code.clone()).or_default() += 1;
+                    return Ok(Outcome::Rejected(r));
+                }
+                Outcome::Accepted(events) => events,
+            };
+            let new = events.iter().map(|e| to_new(e, &digest)).collect();
+            let appended =
+                self.journal.block_on(self.journal.store().append(stream, key, ExpectedVersion::Exact(expected), new));
+            let slot = self.aggregates.get_mut(actor).expect(REGISTERED);
+            match appended {
+                Ok(result) => {
+                    let loaded =
+                        slot.loaded.get_mut(key).expect("the key was cached above and only this call changes it");
+                    loaded.remember(&command.command_id, result.first_sequence, &digest);
+                    loaded.remember(&command.command_id, result.last_sequence, &digest);
+                    self.stats.accepted += 1;
+                    self.maybe_snapshot(actor, key)?;
+                    return Ok(Outcome::Accepted(events));
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    self.stats.occ_conflicts += 1;
+                    tracing::debug!(attempt, expected, actual, "lost an append race; reloading");
+                    slot.host.forget(key);
+                    slot.loaded.remove(key);
+                    backoff(attempt, &command.command_id);
+                }
+                Err(StoreError::Duplicate { original, .. }) => {
+                    slot.host.forget(key);
+                    slot.loaded.remove(key);
+                    let (events, known) =
+                        self.committed(stream, key, original.first_sequence, original.last_sequence)?;
+                    return Ok(self.answer_repeat(command, &digest, &known, events));
+                }
+                Err(e) => {
+                    slot.host.forget(key);
+                    slot.loaded.remove(key);
+                    return Err(self.journal.error("append", e));
+                }
+            }
+        }
+        Err(RuntimeError::Contention { stream: stream.into(), key: key.into(), attempts: MAX_ATTEMPTS })
+    }
+
+    /// Writes a snapshot of a key `execute_on` just appended to, once it is `snapshot_every`
+    /// events past the last one.
+    fn maybe_snapshot(&mut self, actor: &str, key: &str) -> Result<(), RuntimeError> {
+        let slot = self.aggregates.get_mut(actor).expect("the caller found this aggregate");
+        let loaded = slot.loaded.get_mut(key).expect("the caller appended to this key, so it is cached");
+        let sequence = slot.host.sequence(key);
+        if self.snapshot_every == 0 || sequence - loaded.snapshot_sequence < self.snapshot_every {
+            return Ok(());
+        }
+        let Some(state) = slot.host.state(key) else { return Ok(()) };
+        let snapshot = Snapshot { actor_digest: slot.snapshot_tag.clone(), sequence, state: state.to_vec() };
+        loaded.snapshot_sequence = sequence;
+        let stream = slot.host.info().stream.clone();
+        self.journal.run("write snapshot", self.journal.store().put_snapshot(&stream, key, snapshot))?;
+        self.stats.snapshots += 1;
+        Ok(())
+    }
+
+    /// Runs a command on the aggregate that owns its stream.
+    pub fn execute(&mut self, command: &Command) -> Result<Outcome, RuntimeError> {
+        if is_reserved(&command.stream) {
+            return Err(RuntimeError::Reserved {
+                what: "a command may not go to stream".into(),
+                name: command.stream.clone(),
+            });
+        }
+        let actor = self
+            .streams
+            .get(&command.stream)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NoSuchStream(command.stream.clone()))?;
+        self.execute_on(&actor, command)
+    }
+
+    /// Whether `command_id` is among the recent commands committed on `key` of an aggregate
+    /// (the last [`DEDUP_HORIZON`] of them).
+    pub fn recently_committed(&mut self, actor: &str, key: &str, command_id: &str) -> Result<bool, RuntimeError> {
+        self.load(actor, key)?;
+        let loaded = self.aggregates.get(actor).and_then(|slot| slot.loaded.get(key));
+        Ok(loaded.is_some_and(|k| k.commands.contains_key(command_id)))
+    }
+
+    /// An account's decoded state, loading it from the store if needed; `None` before its
+    /// first event.
+    pub fn account_state(&mut self, actor: &str, key: &str) -> Result<Option<Account>, RuntimeError> {
+        self.load(actor, key)?;
+        let Some(slot) = self.aggregates.get(actor) else { return Ok(None) };
+        let Some(bytes) = slot.host.state(key) else { return Ok(None) };
+        tollgate_codec::from_json(bytes).map(Some).map_err(|source| RuntimeError::UndecodableState {
+            stream: slot.host.info().stream.clone(),
+            key: key.into(),
+            sequence: slot.host.sequence(key),
+            source,
+        })
+    }
+
+    /// Appends an event to a stream no aggregate owns (a fact reported from outside); a
+    /// repeated id returns the event first recorded under it.
+    pub fn append_external(&mut self, event: Event) -> Result<Event, RuntimeError> {
+        let (stream, key) = (event.stream.clone(), event.key.clone());
+        let appended = self.journal.block_on(self.journal.store().append(
+            &stream,
+            &key,
+            ExpectedVersion::Any,
+            vec![to_new(&event, &[])],
+        ));
+        let sequence = match appended {
+            Ok(result) => result.first_sequence,
+            Err(StoreError::Duplicate { original, .. }) => {
+                self.stats.duplicates += 1;
+                let sequence = original.first_sequence;
+                let (events, _) = self.committed(&stream, &key, sequence, sequence)?;
+                return events.into_iter().next().ok_or(RuntimeError::MissingEvent { stream, key, sequence });
+            }
+            Err(e) => return Err(self.journal.error("append", e)),
+        };
+        Ok(Event { sequence, ..event })
+    }
+}
+
+/// Waits a little before retrying a lost race, longer each time and spread by command, so
+/// racing writers do not collide again in lockstep.
+fn backoff(attempt: u32, command_id: &str) {
+    let spread = command_id.bytes().fold(attempt as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)) % 200;
+    let micros = (50u64 << attempt.min(6)) + spread;
+    std::thread::sleep(Duration::from_micros(micros));
+}

@@ -1,0 +1,355 @@
+//! Dispatch: every commit is delivered to projectors and process managers through durable
+//! consumers, and what they do with it is committed with their checkpoint.
+//!
+//! - Projectors: each delivery is projected, then its key-value writes and the checkpoint are
+//!   committed in one store call, then acked. A refusal or trap is nacked, and after
+//!   `max_deliver` attempts dead-lettered.
+//! - Process managers: like projectors, with instance states as their key-value writes. The
+//!   commands a reaction sends run at once; the timers it sets are kept by [`crate::timers`].
+//!   A reaction over a bound of `[reactions]` ([`crate::cascade`]) does nothing and fails its
+//!   delivery.
+
+use crate::cascade::Cause;
+use crate::error::RuntimeError;
+use crate::journal::from_stored;
+use crate::namespace::{INSTANCES, META, TIMER_STREAM, is_reserved};
+use crate::shared::Shared;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
+use tollgate_host::typed::Reaction;
+use tollgate_host::{HostError, HostState, ProcessManagerActor, ProjectorActor};
+use tollgate_store::{Consumer, ConsumerOptions, Delivery, KvWrite, NackOutcome, StoreError, StoredEvent};
+
+/// Deliveries asked for at once.
+const DELIVERY_BATCH: usize = 256;
+
+/// A projector, its consumer, and the buckets it has written.
+pub(crate) struct ProjectorSlot {
+    pub name: String,
+    pub actor: ProjectorActor,
+    pub host_state: HostState,
+    pub subscriptions: Vec<String>,
+    pub consumer: Box<dyn Consumer>,
+    pub buckets: Vec<String>,
+}
+
+/// A process manager, its consumer, its instances' states and its timers.
+pub(crate) struct ManagerSlot {
+    pub name: String,
+    pub actor: ProcessManagerActor,
+    pub subscriptions: Vec<String>,
+    pub consumer: Box<dyn Consumer>,
+    pub states: BTreeMap<String, Vec<u8>>,
+    /// (instance, timer id) -> timer.
+    pub timers: BTreeMap<(String, String), Timer>,
+}
+
+/// A command a process manager sent that the aggregate refused: kept for inspection.
+#[derive(Debug, Clone)]
+pub struct RefusedCommand {
+    /// The process manager.
+    pub manager: String,
+    /// The command.
+    pub command: Command,
+    /// Why it was refused.
+    pub rejection: Rejection,
+}
+
+/// A refusal by an actor as a host error naming what was refused.
+pub(crate) fn host_error(context: String, rejection: &Rejection) -> HostError {
+    HostError::Host { context, message: format!("{}: {}", rejection.code, rejection.message) }
+}
+
+/// The correlation id of a delivery (of its first event), for tracing.
+fn correlation(delivery: &Delivery) -> &str {
+    delivery.events.first().map_or("", |e| e.correlation_id.as_str())
+}
+
+impl Shared {
+    /// Opens the consumer of a projector or process manager.
+    pub fn consumer(&self, name: &str, max_deliver: u32) -> Result<Box<dyn Consumer>, RuntimeError> {
+        let options = ConsumerOptions { max_deliver, ..ConsumerOptions::default() };
+        self.journal.run("open consumer", self.journal.store().consumer(name, options))
+    }
+
+    /// Loads what a projector committed before (its buckets) into its host state.
+    pub fn restore_projection(&self, slot: &mut ProjectorSlot) -> Result<(), RuntimeError> {
+        let name = slot.name.as_str();
+        slot.buckets = crate::read_model::buckets(&self.journal, name)?;
+        for bucket in &slot.buckets {
+            for (key, value) in self.journal.run("read projection", self.journal.store().kv_list(name, bucket))? {
+                slot.host_state.kv_set(bucket, &key, &value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a process manager's instance states and open timers.
+    pub fn restore_manager(&self, slot: &mut ManagerSlot) -> Result<(), RuntimeError> {
+        let name = slot.name.as_str();
+        slot.states = self
+            .journal
+            .run("read process states", self.journal.store().kv_list(name, INSTANCES))?
+            .into_iter()
+            .collect();
+        self.restore_timers(slot)
+    }
+
+    /// Delivers every new commit to projectors and process managers, runs the commands they
+    /// send, and repeats until nothing new happens.
+    pub fn pump(&mut self) -> Result<(), RuntimeError> {
+        loop {
+            let mut progressed = false;
+            let mut projectors = std::mem::take(&mut self.projectors);
+            let result = projectors.iter_mut().try_for_each(|p| {
+                progressed |= self.project(p)?;
+                Ok::<_, RuntimeError>(())
+            });
+            self.projectors = projectors;
+            result?;
+            let mut managers = std::mem::take(&mut self.managers);
+            let result = managers.iter_mut().try_for_each(|m| {
+                progressed |= self.manage(m)?;
+                Ok::<_, RuntimeError>(())
+            });
+            self.managers = managers;
+            result?;
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn next_deliveries(&self, consumer: &mut Box<dyn Consumer>) -> Result<Vec<Delivery>, RuntimeError> {
+        self.journal
+            .block_on(consumer.next(DELIVERY_BATCH, Duration::ZERO))
+            .map_err(|e| self.journal.error("next delivery", e))
+    }
+
+    /// Events of a delivery the subscriber wants, raised to their aggregate's schema version.
+    fn wanted(&mut self, events: &[StoredEvent], subscriptions: &[String]) -> Result<Vec<Event>, RuntimeError> {
+        let mut out = Vec::new();
+        for e in events {
+            if !subscriptions.contains(&e.stream) {
+                continue;
+            }
+            let event = from_stored(e.clone());
+            match self.streams.get(&e.stream).and_then(|a| self.aggregates.get_mut(a)) {
+                Some(slot) => out.extend(slot.host.upcast(vec![event])?),
+                None => out.push(event),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Settles a delivery a subscriber failed: redelivered, or dead-lettered after its attempts.
+    fn fail(
+        &mut self,
+        who: &str,
+        consumer: &mut Box<dyn Consumer>,
+        position: u64,
+        reason: &str,
+    ) -> Result<(), RuntimeError> {
+        self.stats.delivery_failures += 1;
+        let outcome =
+            self.journal.block_on(consumer.nack(position, reason)).map_err(|e| self.journal.error("nack", e))?;
+        if outcome == NackOutcome::DeadLettered {
+            self.stats.dead_lettered += 1;
+            tracing::error!(consumer = who, position, reason, "delivery dead-lettered");
+        } else {
+            tracing::warn!(consumer = who, position, reason, "delivery failed; it will be redelivered");
+        }
+        Ok(())
+    }
+
+    fn ack(&self, consumer: &mut Box<dyn Consumer>, position: u64) -> Result<(), RuntimeError> {
+        self.journal.block_on(consumer.ack(position)).map_err(|e| self.journal.error("ack", e))
+    }
+
+    fn project(&mut self, slot: &mut ProjectorSlot) -> Result<bool, RuntimeError> {
+        let deliveries = self.next_deliveries(&mut slot.consumer)?;
+        let progressed = !deliveries.is_empty();
+        for delivery in deliveries {
+            let span = tracing::info_span!("project", projector = %slot.name, position = delivery.position, correlation_id = %correlation(&delivery));
+            let _entered = span.enter();
+            let events = match self.wanted(&delivery.events, &slot.subscriptions) {
+                Ok(events) => events,
+                Err(e) => {
+                    self.fail(&slot.name, &mut slot.consumer, delivery.position, &e.to_string())?;
+                    continue;
+                }
+            };
+            if events.is_empty() {
+                self.ack(&mut slot.consumer, delivery.position)?;
+                continue;
+            }
+            let refusal = match slot.actor.project(&events) {
+                Ok(Ok(())) => None,
+                Ok(Err(r)) => Some(format!("{}: {}", r.code, r.message)),
+                Err(e) => Some(e.to_string()),
+            };
+            // What a failed call wrote is dropped here, so it is not committed with the next
+            // delivery.
+            let mut writes: Vec<KvWrite> = slot
+                .host_state
+                .take_kv_writes()
+                .into_iter()
+                .map(|(bucket, key, value)| KvWrite { bucket, key, value })
+                .collect();
+            let refusal = refusal.or_else(|| {
+                let intruding = writes.iter().find(|w| is_reserved(&w.bucket))?;
+                let error = RuntimeError::Reserved {
+                    what: format!("projector `{}` may not write bucket", slot.name),
+                    name: intruding.bucket.clone(),
+                };
+                Some(format!("{error}; nothing of this delivery was committed"))
+            });
+            if let Some(reason) = refusal {
+                self.undo_writes(slot, &writes)?;
+                self.fail(&slot.name, &mut slot.consumer, delivery.position, &reason)?;
+                continue;
+            }
+            let before = slot.buckets.len();
+            for w in &writes {
+                if !slot.buckets.contains(&w.bucket) {
+                    slot.buckets.push(w.bucket.clone());
+                }
+            }
+            if slot.buckets.len() != before {
+                let list = serde_json::to_vec(&slot.buckets).expect("a list of strings always encodes as JSON");
+                writes.push(KvWrite { bucket: META.into(), key: "buckets".into(), value: Some(list) });
+            }
+            self.commit(&slot.name, delivery.position, writes)?;
+            self.ack(&mut slot.consumer, delivery.position)?;
+        }
+        Ok(progressed)
+    }
+
+    /// Puts back what a projector's failed call wrote, in its in-memory view, from the store
+    /// (where nothing of it was committed), so the view stays what was committed.
+    fn undo_writes(&self, slot: &ProjectorSlot, writes: &[KvWrite]) -> Result<(), RuntimeError> {
+        for w in writes {
+            let store = self.journal.store();
+            match self.journal.run("read projection", store.kv_get(&slot.name, &w.bucket, &w.key))? {
+                Some(value) => slot.host_state.kv_set(&w.bucket, &w.key, &value),
+                None => slot.host_state.kv_remove(&w.bucket, &w.key),
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits a delivery's key-value writes with the consumer's checkpoint. A redriven dead
+    /// letter (or a commit another process already passed) is older than the checkpoint: its
+    /// writes land atomically without moving the checkpoint back.
+    fn commit(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<(), RuntimeError> {
+        let store = self.journal.store();
+        match self.journal.block_on(store.commit_projection(consumer, position, writes.clone())) {
+            Err(StoreError::StaleCheckpoint { checkpoint, .. }) => {
+                self.journal.run("commit an older delivery", store.rebuild_projection(consumer, checkpoint, writes))
+            }
+            other => other.map_err(|e| self.journal.error("commit delivery", e)),
+        }
+    }
+
+    fn manage(&mut self, slot: &mut ManagerSlot) -> Result<bool, RuntimeError> {
+        let deliveries = self.next_deliveries(&mut slot.consumer)?;
+        let progressed = !deliveries.is_empty();
+        for delivery in deliveries {
+            let span = tracing::info_span!("manage", manager = %slot.name, position = delivery.position, correlation_id = %correlation(&delivery));
+            let _entered = span.enter();
+            // States change only once the delivery is committed, so a failure leaves them.
+            let mut changed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+            match self.manage_delivery(slot, &delivery, &mut changed) {
+                Ok(()) => {
+                    let writes: Vec<KvWrite> = changed
+                        .iter()
+                        .map(|(k, v)| KvWrite { bucket: INSTANCES.into(), key: k.clone(), value: v.clone() })
+                        .collect();
+                    if !writes.is_empty() {
+                        self.commit(&slot.name, delivery.position, writes)?;
+                    }
+                    for (instance, state) in changed {
+                        match state {
+                            Some(s) => slot.states.insert(instance, s),
+                            None => slot.states.remove(&instance),
+                        };
+                    }
+                    self.ack(&mut slot.consumer, delivery.position)?;
+                }
+                Err(e) => self.fail(&slot.name, &mut slot.consumer, delivery.position, &e.to_string())?,
+            }
+        }
+        Ok(progressed)
+    }
+
+    fn manage_delivery(
+        &mut self,
+        slot: &mut ManagerSlot,
+        delivery: &Delivery,
+        changed: &mut BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), RuntimeError> {
+        for stored in &delivery.events {
+            if stored.stream == TIMER_STREAM {
+                self.react_to_timer(slot, stored, changed)?;
+                continue;
+            }
+            if !slot.subscriptions.contains(&stored.stream) {
+                continue;
+            }
+            let event = self.wanted(std::slice::from_ref(stored), &slot.subscriptions)?;
+            let Some(event) = event.into_iter().next() else { continue };
+            let Some(instance) = slot.actor.correlate(&event)? else { continue };
+            let state = current(slot, changed, &instance);
+            let what = format!("{} reacting to {}/{} #{}", slot.name, event.stream, event.key, event.sequence);
+            let reaction = slot.actor.react(state.as_deref(), &event)?.map_err(|r| host_error(what.clone(), &r))?;
+            let cause = self.cause_of(stored);
+            self.apply_reaction(slot, &instance, reaction, changed, &cause, &what)?;
+        }
+        Ok(())
+    }
+
+    /// Does what a process manager's reaction (to an input at `cause`) asks, unless it goes
+    /// over a bound of `[reactions]`: its timers are set and cancelled, its instance state is
+    /// noted in `changed`, and its commands run.
+    pub(crate) fn apply_reaction(
+        &mut self,
+        slot: &mut ManagerSlot,
+        instance: &str,
+        reaction: Reaction,
+        changed: &mut BTreeMap<String, Option<Vec<u8>>>,
+        cause: &Cause,
+        what: &str,
+    ) -> Result<(), RuntimeError> {
+        if let Err(e) = self.check_bounds(&reaction, cause, what) {
+            self.stats.reactions_over_bounds += 1;
+            return Err(e);
+        }
+        let effects = (reaction.commands.len() + reaction.set_timers.len()) as u64;
+        self.cascades.add_effects(&cause.root, effects);
+        let next = cause.next();
+        let Reaction { state, commands, set_timers, cancel_timers } = reaction;
+        self.reschedule(slot, instance, state.is_none(), set_timers, cancel_timers, &next)?;
+        changed.insert(instance.into(), state);
+        for command in commands {
+            self.cascades.remember(&command.stream, &command.key, &command.command_id, next.clone());
+            if let Outcome::Rejected(rejection) = self.execute(&command)? {
+                tracing::warn!(manager = %slot.name, command = %command.command_type, code = %rejection.code, "command refused");
+                self.refused.push(RefusedCommand { manager: slot.name.clone(), command, rejection });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An instance's state as the delivery under way left it so far.
+pub(crate) fn current(
+    slot: &ManagerSlot,
+    changed: &BTreeMap<String, Option<Vec<u8>>>,
+    instance: &str,
+) -> Option<Vec<u8>> {
+    match changed.get(instance) {
+        Some(state) => state.clone(),
+        None => slot.states.get(instance).cloned(),
+    }
+}

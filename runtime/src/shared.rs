@@ -1,0 +1,74 @@
+//! What a runtime's actors share: one event store, one clock, the counters, and the
+//! bookkeeping of cascades and of the `decide` under way. Guarded by one mutex; a policy's
+//! imports ([`crate::facade::ChargingFacade`]) lock it per call.
+//!
+//! Its work is split by what it does: [`crate::commands`] (commands on aggregates, reported
+//! facts), [`crate::dispatch`] (commits delivered to projectors and process managers),
+//! [`crate::cascade`] (bounds on what reactions cause), [`crate::timers`] and
+//! [`crate::undo`] (undoing a failed decision's charging calls).
+
+use crate::cascade::Cascades;
+use crate::commands::AggregateSlot;
+use crate::dispatch::{ManagerSlot, ProjectorSlot, RefusedCommand};
+use crate::error::RuntimeError;
+use crate::journal::Journal;
+use crate::manifest::{Manifest, ReactionLimits};
+use crate::stats::Stats;
+use crate::undo::InDecide;
+use std::collections::BTreeMap;
+use tollgate_host::RaterActor;
+use tollgate_host::host_state::VirtualClock;
+use tollgate_host::typed::{Rated, RatingError, RatingRequest};
+
+/// The actors of one runtime over one event store, and everything they share.
+pub(crate) struct Shared {
+    pub clock: VirtualClock,
+    pub journal: Journal,
+    pub aggregates: BTreeMap<String, AggregateSlot>,
+    /// stream -> aggregate actor name.
+    pub streams: BTreeMap<String, String>,
+    pub raters: BTreeMap<String, RaterActor>,
+    pub projectors: Vec<ProjectorSlot>,
+    pub managers: Vec<ManagerSlot>,
+    pub refused: Vec<RefusedCommand>,
+    pub stats: Stats,
+    /// A snapshot is written once a key has this many events past its last one (0: never).
+    pub snapshot_every: u64,
+    /// Bounds on what reactions may cause.
+    pub limits: ReactionLimits,
+    pub cascades: Cascades,
+    /// The `decide` call under way and what to undo if it fails (see
+    /// [`crate::Runtime::admit_with`]).
+    pub in_decide: InDecide,
+}
+
+impl Shared {
+    /// No actors yet, over `journal`, with the store and reaction settings of `manifest`.
+    pub fn new(clock: VirtualClock, journal: Journal, manifest: &Manifest) -> Shared {
+        Shared {
+            clock,
+            journal,
+            aggregates: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            raters: BTreeMap::new(),
+            projectors: Vec::new(),
+            managers: Vec::new(),
+            refused: Vec::new(),
+            stats: Stats::default(),
+            snapshot_every: manifest.store.snapshot_every,
+            limits: manifest.reactions.clone(),
+            cascades: Cascades::default(),
+            in_decide: InDecide::default(),
+        }
+    }
+
+    /// Rates with a named rater.
+    pub fn rate_on(
+        &mut self,
+        actor: &str,
+        request: &RatingRequest,
+    ) -> Result<Result<Rated, RatingError>, RuntimeError> {
+        let rater = self.raters.get_mut(actor).ok_or_else(|| RuntimeError::NoSuchActor(actor.into()))?;
+        Ok(rater.rate(request)?)
+    }
+}

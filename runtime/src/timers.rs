@@ -1,0 +1,236 @@
+//! Process-manager timers: kept in the store, fired on the runtime's clock.
+//!
+//! A due timer becomes an event on [`TIMER_STREAM`], so its reaction is checkpointed like any
+//! other delivery. Due timers are recorded in batches (concurrent appends, so the store
+//! group-commits them), at most `reactions.max_timers_per_tick` per tick.
+
+use crate::cascade::Cause;
+use crate::dispatch::{ManagerSlot, current, host_error};
+use crate::error::RuntimeError;
+use crate::journal::to_new;
+use crate::namespace::TIMER_STREAM;
+use crate::shared::Shared;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use tollgate_host::aggregate::{Event, Timer};
+use tollgate_store::{ExpectedVersion, StoreError, StoredEvent};
+
+/// Due timers of one key recorded concurrently (they race for the key's next sequence).
+const SAME_KEY_CONCURRENCY: usize = 16;
+
+/// A due timer as recorded on [`TIMER_STREAM`], and its id in the store.
+#[derive(Serialize, Deserialize)]
+struct TimerKey {
+    manager: String,
+    instance: String,
+    id: String,
+}
+
+/// The payload of a `timer-fired` event on [`TIMER_STREAM`].
+#[derive(Serialize, Deserialize)]
+struct FiredTimer {
+    #[serde(flatten)]
+    key: TimerKey,
+    fire_at: u64,
+    payload: Vec<u8>,
+}
+
+/// The store id of timer `id` of `manager`'s `instance`.
+fn timer_key(manager: &str, instance: &str, id: &str) -> String {
+    serde_json::to_string(&TimerKey { manager: manager.into(), instance: instance.into(), id: id.into() })
+        .expect("a struct of strings always encodes as JSON")
+}
+
+/// The timer key of a store timer; `None` for a timer the runtime did not set.
+fn parse_timer_key(id: &str) -> Option<TimerKey> {
+    // The runtime sets every timer it owns with `timer_key`; an id that does not parse as one
+    // was set by another user of the store, and is not the runtime's to fire or restore.
+    serde_json::from_str(id).ok()
+}
+
+impl Shared {
+    /// Loads the open timers of a process manager from the store.
+    pub(crate) fn restore_timers(&self, slot: &mut ManagerSlot) -> Result<(), RuntimeError> {
+        for timer in self.journal.run("read timers", self.journal.store().due_timers(u64::MAX))? {
+            let Some(key) = parse_timer_key(&timer.id) else { continue };
+            if key.manager == slot.name {
+                let t = Timer { id: key.id.clone(), fire_at: timer.fire_at_ms, payload: timer.payload };
+                slot.timers.insert((key.instance, key.id), t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Does what a reaction of `slot` on `instance` asks of its timers: cancels `cancel` (and
+    /// every timer of the instance when it `finished`), otherwise stores `set`; what the set
+    /// timers cause is at `next` in the cascade.
+    pub(crate) fn reschedule(
+        &mut self,
+        slot: &mut ManagerSlot,
+        instance: &str,
+        finished: bool,
+        set: Vec<Timer>,
+        mut cancel: Vec<String>,
+        next: &Cause,
+    ) -> Result<(), RuntimeError> {
+        if finished {
+            cancel.extend(slot.timers.keys().filter(|(i, _)| i == instance).map(|(_, id)| id.clone()));
+        }
+        for id in cancel {
+            let key = timer_key(&slot.name, instance, &id);
+            self.journal.run("cancel timer", self.journal.store().cancel_timer(&key))?;
+            slot.timers.remove(&(instance.to_string(), id));
+        }
+        if finished {
+            return Ok(());
+        }
+        let stored: Vec<tollgate_store::Timer> = set
+            .iter()
+            .map(|timer| tollgate_store::Timer {
+                id: timer_key(&slot.name, instance, &timer.id),
+                fire_at_ms: timer.fire_at,
+                payload: timer.payload.clone(),
+            })
+            .collect();
+        for t in &stored {
+            self.cascades.remember("", "", &t.id, next.clone());
+        }
+        // Concurrent puts: the store group-commits a reaction's timers in one sync.
+        let puts = stored.into_iter().map(|t| self.journal.store().put_timer(t));
+        for result in self.journal.block_on(futures_util::future::join_all(puts)) {
+            result.map_err(|e| self.journal.error("set timer", e))?;
+        }
+        for timer in set {
+            slot.timers.insert((instance.to_string(), timer.id.clone()), timer);
+        }
+        Ok(())
+    }
+
+    /// Runs `slot`'s reaction to a fired timer recorded on [`TIMER_STREAM`] (if the timer is
+    /// its own), noting the instance's new state in `changed`.
+    pub(crate) fn react_to_timer(
+        &mut self,
+        slot: &mut ManagerSlot,
+        stored: &StoredEvent,
+        changed: &mut BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), RuntimeError> {
+        let fired: FiredTimer = tollgate_codec::from_json(&stored.payload).map_err(|source| {
+            RuntimeError::undecodable_event(&stored.stream, &stored.key, stored.sequence, &stored.event_type, source)
+        })?;
+        if fired.key.manager != slot.name {
+            return Ok(());
+        }
+        let instance = fired.key.instance.clone();
+        let state = current(slot, changed, &instance);
+        let timer = Timer { id: fired.key.id.clone(), fire_at: fired.fire_at, payload: fired.payload };
+        let now = self.clock.now_ms();
+        let what = format!("{} on timer `{}` of `{instance}`", slot.name, timer.id);
+        let reaction = slot.actor.on_timer(state.as_deref(), &timer, now)?.map_err(|r| host_error(what.clone(), &r))?;
+        self.stats.timers_fired += 1;
+        let cause = self.cause_of(stored);
+        self.apply_reaction(slot, &instance, reaction, changed, &cause, &what)
+    }
+
+    /// Records the timers due at `now` as events on [`TIMER_STREAM`] (earliest first, in
+    /// batches of `reactions.timer_batch`) and dispatches them, until none is due (a reaction
+    /// may set another) or `reactions.max_timers_per_tick` fired; returns how many fired.
+    /// Timers left due fire on the next tick.
+    pub fn fire_due_timers(&mut self) -> Result<usize, RuntimeError> {
+        let mut fired = 0;
+        let per_tick = self.limits.max_timers_per_tick as usize;
+        loop {
+            let now = self.clock.now_ms();
+            let due = self.journal.run("read timers", self.journal.store().due_timers(now))?;
+            let room = per_tick.saturating_sub(fired).min(self.limits.timer_batch as usize);
+            let mut ours = due
+                .into_iter()
+                .filter_map(|t| {
+                    let key = parse_timer_key(&t.id)?;
+                    self.managers.iter().any(|m| m.name == key.manager).then_some((t, key))
+                })
+                .peekable();
+            if ours.peek().is_none() {
+                return Ok(fired);
+            }
+            if room == 0 {
+                tracing::warn!(
+                    fired,
+                    max_timers_per_tick = per_tick,
+                    "more timers are due than one tick may fire; the rest fire on the next tick"
+                );
+                return Ok(fired);
+            }
+            let batch: Vec<(tollgate_store::Timer, TimerKey)> = ours.take(room).collect();
+            fired += batch.len();
+            self.fire_batch(batch, now)?;
+            self.pump()?;
+        }
+    }
+
+    /// Records a batch of due timers and removes them from the store, each with concurrent
+    /// store calls, so a store that group-commits (the embedded log) syncs once per batch.
+    /// A timer recorded twice (a crash before its removal) keeps its first record: its event's
+    /// command id is the timer's id and due time.
+    fn fire_batch(&mut self, batch: Vec<(tollgate_store::Timer, TimerKey)>, now: u64) -> Result<(), RuntimeError> {
+        let fired: Vec<(String, String, String)> =
+            batch.iter().map(|(_, k)| (k.manager.clone(), k.instance.clone(), k.id.clone())).collect();
+        let events: Vec<Event> = batch
+            .into_iter()
+            .map(|(timer, key)| Event {
+                stream: TIMER_STREAM.into(),
+                key: format!("{}/{}", key.manager, key.instance),
+                event_type: "timer-fired".into(),
+                schema_version: 1,
+                content_type: tollgate_codec::JSON.into(),
+                payload: serde_json::to_vec(&FiredTimer { fire_at: timer.fire_at_ms, payload: timer.payload, key })
+                    .expect("a struct of strings, numbers and bytes always encodes as JSON"),
+                sequence: 0,
+                time: now,
+                command_id: format!("{}@{}", timer.id, timer.fire_at_ms),
+                correlation_id: timer.id,
+                causation_id: String::new(),
+            })
+            .collect();
+        let store = self.journal.store();
+        // Appends to one key race for its next sequence (JetStream retries a lost race a
+        // bounded number of times), so each wave holds at most SAME_KEY_CONCURRENCY per key.
+        let mut waves: Vec<Vec<&Event>> = Vec::new();
+        let mut per_key: HashMap<&str, usize> = HashMap::new();
+        for e in &events {
+            let n = per_key.entry(e.key.as_str()).or_default();
+            let wave = *n / SAME_KEY_CONCURRENCY;
+            *n += 1;
+            if waves.len() <= wave {
+                waves.push(Vec::new());
+            }
+            waves[wave].push(e);
+        }
+        for wave in waves {
+            let appends =
+                wave.iter().map(|e| store.append(&e.stream, &e.key, ExpectedVersion::Any, vec![to_new(e, &[])]));
+            for result in self.journal.block_on(futures_util::future::join_all(appends)) {
+                match result {
+                    Ok(_) => {}
+                    Err(StoreError::Duplicate { .. }) => self.stats.duplicates += 1,
+                    Err(e) => return Err(self.journal.error("record due timer", e)),
+                }
+            }
+        }
+        for e in &events {
+            // The timer's reaction continues the cascade of the reaction that set it.
+            if let Some(cause) = self.cascades.cause("", "", &e.correlation_id) {
+                self.cascades.remember(&e.stream, &e.key, &e.command_id, cause);
+            }
+        }
+        let cancels = events.iter().map(|e| store.cancel_timer(&e.correlation_id));
+        for result in self.journal.block_on(futures_util::future::join_all(cancels)) {
+            result.map_err(|e| self.journal.error("cancel fired timer", e))?;
+        }
+        for (manager, instance, id) in fired {
+            if let Some(slot) = self.managers.iter_mut().find(|m| m.name == manager) {
+                slot.timers.remove(&(instance, id));
+            }
+        }
+        Ok(())
+    }
+}
