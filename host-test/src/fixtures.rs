@@ -39,12 +39,18 @@ pub fn actor_path(name: &str) -> PathBuf {
 
 /// An aggregate component that also imports `interfaces` of package `test:needs-more` (each a
 /// `(name, WIT body)` pair), which no tollgate host provides: the fixture for load errors.
+///
+/// A body may `use wasi:io/streams@0.2.0.{input-stream};`, a resource the host does provide, the
+/// way `wasi:http/types` does.
 pub fn needs_more(interfaces: &[(&str, &str)]) -> Vec<u8> {
     use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
     use wit_parser::{ManglingAndAbi, Resolve};
 
     let mut resolve = Resolve::default();
     resolve.push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/eventsourcing")).expect("tollgate WIT");
+    resolve
+        .push_str("wasi-io.wit", "package wasi:io@0.2.0;\ninterface streams { resource input-stream; }")
+        .expect("wasi:io WIT");
     let declared: String = interfaces.iter().map(|(name, body)| format!("interface {name} {{ {body} }}\n")).collect();
     let imported: String = interfaces.iter().map(|(name, _)| format!("import {name};\n")).collect();
     let text = format!(

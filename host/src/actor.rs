@@ -220,6 +220,17 @@ pub fn missing_imports(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<
     let imports: Vec<(String, ComponentItem)> =
         component.component_type().imports(engine.engine()).map(|(n, e)| (n.to_string(), e.ty)).collect();
     let mut missing: Vec<MissingImport> = Vec::new();
+    // Whether `ty` is a resource of an import that comes before `import`, which is what a `use`
+    // of another interface's resource looks like in a component's type.
+    let defined_earlier = |import: &str, ty: &ResourceType| {
+        imports.iter().take_while(|(n, _)| n != import).any(|(_, item)| match item {
+            ComponentItem::Resource(other) => other == ty,
+            ComponentItem::ComponentInstance(instance) => instance
+                .exports(engine.engine())
+                .any(|(_, e)| matches!(e.ty, ComponentItem::Resource(other) if other == *ty)),
+            _ => false,
+        })
+    };
     let trap = |_: wasmtime::StoreContextMut<'_, StoreState>,
                 _: wasmtime::component::types::ComponentFunc,
                 _: &[wasmtime::component::Val],
@@ -247,7 +258,10 @@ pub fn missing_imports(engine: &HostEngine, name: &str, bytes: &[u8]) -> Result<
                     for (i, (export, e)) in instance.exports(engine.engine()).enumerate() {
                         match e.ty {
                             ComponentItem::ComponentFunc(_) => inst.func_new(export, trap)?,
-                            ComponentItem::Resource(_) => {
+                            // A resource `use`d from an earlier import (e.g. `wasi:http/types`'
+                            // `input-stream`, which is `wasi:io/streams`') is that import's
+                            // type: the linker already has it, and a fresh one would not match.
+                            ComponentItem::Resource(ty) if !defined_earlier(&import, &ty) => {
                                 inst.resource(export, ResourceType::host_dynamic(i as u32), |_, _| Ok(()))?
                             }
                             _ => {}
