@@ -311,13 +311,7 @@ pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
 fn writer_of(journal: &Journal, manifest: &Manifest, bucket: &str, path: &std::path::Path) -> anyhow::Result<String> {
     let projectors: Vec<&String> =
         manifest.actors.keys().filter(|name| manifest.kind(name) == ActorKind::Projector).collect();
-    let mut writers = Vec::new();
-    for name in &projectors {
-        if read_model::buckets(journal, name)?.iter().any(|b| b == bucket) {
-            writers.push(name.as_str());
-        }
-    }
-    match writers.as_slice() {
+    match read_model::writers(journal, projectors.iter().map(|p| p.as_str()), bucket)?.as_slice() {
         [one] => Ok(one.to_string()),
         [] => {
             let names: Vec<String> = projectors.iter().map(|p| format!("`{p}`")).collect();

@@ -8,6 +8,7 @@ mod node;
 mod progress;
 mod registry;
 mod scenario;
+mod serve;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Demo(demo::Args),
     /// Run a node over a durable store, reading JSON-lines requests (stdin or --input).
     Run(node::Args),
+    /// Serve a node over HTTP (native JSON API, metrics, health) until SIGTERM or SIGINT.
+    Serve(serve::Args),
     /// Rebuild aggregates and projections from the log; rewrite projections that differ.
     Replay(log::ReplayArgs),
     /// Show the events of one stream key.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Test(args) => scenario::run(args),
         Command::New(args) => new::run(args),
         Command::Run(args) => node::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Replay(args) => log::replay(args),
         Command::Events(args) => log::events(args),
         Command::Kv(args) => log::kv(args),

@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 use tollgate_runtime::Stats;
 
-type Answer = oneshot::Sender<Result<Reply, NodeError>>;
+/// Work for the node's thread: a request, or any other call on the node (reads, counters).
+type Job = Box<dyn FnOnce(&mut Node) + Send>;
 
 /// A [`Node`] running on a thread of its own. The runtime inside keeps its own tokio runtime
 /// and must not be called from another, so an async server cannot hold a `Node` directly; it
@@ -24,7 +25,7 @@ type Answer = oneshot::Sender<Result<Reply, NodeError>>;
 /// # Ok(()) }
 /// ```
 pub struct NodeHandle {
-    requests: mpsc::Sender<(Request, Answer)>,
+    jobs: mpsc::Sender<Job>,
     thread: JoinHandle<Result<Stats, NodeError>>,
 }
 
@@ -32,7 +33,7 @@ impl NodeHandle {
     /// Opens a node with `open` on a new thread (so its runtime is created, used and dropped
     /// there) and returns once it is open, or with the error that kept it from opening.
     pub fn spawn(open: impl FnOnce() -> Result<Node, NodeError> + Send + 'static) -> Result<NodeHandle, NodeError> {
-        let (requests, inbox) = mpsc::channel::<(Request, Answer)>();
+        let (jobs, inbox) = mpsc::channel::<Job>();
         let (opened, open_result) = mpsc::channel::<Result<(), NodeError>>();
         let thread = std::thread::Builder::new()
             .name("tollgate-node".into())
@@ -47,15 +48,14 @@ impl NodeHandle {
                         return Err(NodeError::Stopped);
                     }
                 };
-                for (request, answer) in inbox {
-                    // A caller that gave up waiting drops its receiver; the request still ran.
-                    let _ = answer.send(node.handle(request));
+                for job in inbox {
+                    job(&mut node);
                 }
                 node.close()
             })
             .map_err(|_| NodeError::Stopped)?;
         match open_result.recv() {
-            Ok(Ok(())) => Ok(NodeHandle { requests, thread }),
+            Ok(Ok(())) => Ok(NodeHandle { jobs, thread }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -64,26 +64,48 @@ impl NodeHandle {
         }
     }
 
-    fn send(&self, request: Request) -> Result<oneshot::Receiver<Result<Reply, NodeError>>, NodeError> {
+    fn send<R: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Node) -> R + Send + 'static,
+    ) -> Result<oneshot::Receiver<R>, NodeError> {
         let (answer, reply) = oneshot::channel();
-        self.requests.send((request, answer)).map_err(|_| NodeError::Stopped)?;
+        let job: Job = Box::new(move |node| {
+            // A caller that gave up waiting drops its receiver; the call still ran.
+            let _ = answer.send(call(node));
+        });
+        self.jobs.send(job).map_err(|_| NodeError::Stopped)?;
         Ok(reply)
     }
 
     /// Answers a request; for async callers (any runtime).
     pub async fn request(&self, request: Request) -> Result<Reply, NodeError> {
-        self.send(request)?.await.map_err(|_| NodeError::Stopped)?
+        self.with(move |node| node.handle(request)).await?
     }
 
     /// Answers a request, blocking the calling thread; must not be called from async code.
     pub fn request_blocking(&self, request: Request) -> Result<Reply, NodeError> {
-        self.send(request)?.blocking_recv().map_err(|_| NodeError::Stopped)?
+        self.send(move |node| node.handle(request))?.blocking_recv().map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs `call` on the node's thread, in turn with the requests, and returns what it
+    /// returns: reads of streams and read models, counters.
+    ///
+    /// ```no_run
+    /// # async fn stats(node: &tollgate_node::NodeHandle) -> Result<(), tollgate_node::NodeError> {
+    /// let accepted = node.with(|node| node.stats().accepted).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with<R: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Node) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        self.send(call)?.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Stops taking requests, lets the node finish those queued, records its counters and
     /// returns them. Blocks until the node's thread ends.
     pub fn close(self) -> Result<Stats, NodeError> {
-        drop(self.requests);
+        drop(self.jobs);
         self.thread.join().map_err(|_| NodeError::Stopped)?
     }
 }

@@ -1,10 +1,11 @@
 //! A node: a runtime over a store, answering [`Request`]s.
 
-use crate::protocol::{InvalidField, Reply, Request};
-use crate::view::EventView;
+use crate::protocol::{InvalidField, Reply, Request, check_name};
+use crate::view::{EventView, json_or_text};
+use serde_json::Value;
 use std::path::Path;
 use tollgate_host::aggregate::Outcome;
-use tollgate_runtime::{AdmissionRequest, Runtime, RuntimeError, Stats};
+use tollgate_runtime::{AdmissionRequest, Runtime, RuntimeError, Stats, read_model};
 
 /// Why a node could not answer a request, or could not start or stop.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,31 @@ impl Node {
             }
             Request::AdvanceMs(ms) => Reply::TimersFired(rt.advance_ms(ms)?),
         })
+    }
+
+    /// The events of `key` on `stream`, oldest first (none for a key never written).
+    pub fn stream(&self, stream: &str, key: &str) -> Result<Vec<EventView>, NodeError> {
+        check_name("stream", stream)?;
+        check_name("key", key)?;
+        Ok(self.runtime.stream(stream, key, 1)?.iter().map(EventView::from).collect())
+    }
+
+    /// The value of `key` in read-model `bucket`, as JSON (or text), from the one projector
+    /// that writes the bucket; `None` when no projector has written it or the key has no entry.
+    pub fn kv(&self, bucket: &str, key: &str) -> Result<Option<Value>, NodeError> {
+        check_name("bucket", bucket)?;
+        check_name("key", key)?;
+        let projectors = self.runtime.projectors();
+        let journal = self.runtime.journal();
+        let writers = read_model::writers(&journal, projectors.iter().map(String::as_str), bucket)?;
+        match writers.as_slice() {
+            [] => Ok(None),
+            [projector] => Ok(read_model::get(&journal, projector, bucket, key)?.map(|v| json_or_text(&v))),
+            many => Err(NodeError::Invalid(InvalidField {
+                field: "bucket".into(),
+                problem: format!("is written by {} projectors ({})", many.len(), many.join(", ")),
+            })),
+        }
     }
 
     /// The node's name.

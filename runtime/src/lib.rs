@@ -441,6 +441,18 @@ impl Runtime {
         self.host_state.get(actor)
     }
 
+    /// The names of the projectors, in manifest order.
+    pub fn projectors(&self) -> Vec<String> {
+        self.lock().projectors.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The events of `key` on `stream`, oldest first, from sequence `from` (1 = all).
+    pub fn stream(&self, stream: &str, key: &str, from: u64) -> Result<Vec<Event>, RuntimeError> {
+        let journal = self.journal();
+        let events = journal.run("read events", journal.store().read(stream, key, from))?;
+        Ok(events.into_iter().map(journal::from_stored).collect())
+    }
+
     /// Open timers per process manager: (manager, instance, timer id, fire at).
     pub fn timers(&self) -> Vec<(String, String, String, u64)> {
         self.lock()

@@ -23,6 +23,22 @@ pub fn buckets(journal: &Journal, projector: &str) -> Result<Vec<String>, Runtim
     })
 }
 
+/// Which of `projectors` have written `bucket`: normally one, none before the first delivery
+/// (or for a bucket no projector writes).
+pub fn writers<'a>(
+    journal: &Journal,
+    projectors: impl IntoIterator<Item = &'a str>,
+    bucket: &str,
+) -> Result<Vec<&'a str>, RuntimeError> {
+    let mut found = Vec::new();
+    for projector in projectors {
+        if buckets(journal, projector)?.iter().any(|b| b == bucket) {
+            found.push(projector);
+        }
+    }
+    Ok(found)
+}
+
 /// The value of `key` in `projector`'s `bucket`, if any.
 pub fn get(journal: &Journal, projector: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
     refuse_reserved(bucket)?;

@@ -11,6 +11,7 @@ mod new;
 mod node;
 mod oci;
 mod scenarios;
+mod serve;
 mod store;
 
 use std::path::{Path, PathBuf};

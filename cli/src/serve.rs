@@ -1,0 +1,72 @@
+//! `tollgate serve`: a long-running node answering HTTP (see [`tollgate_serve`]).
+//!
+//! Prints `listening on http://ADDR` on stdout once the port is bound (so `--listen
+//! 127.0.0.1:0` can be used and the port read back), serves until SIGTERM or SIGINT, then
+//! finishes the requests in flight, records the node's counters and prints them on stderr.
+
+use anyhow::Context;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tollgate_node::Node;
+use tollgate_serve::{Config, serve};
+
+/// Arguments of `serve`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The manifest wiring the actors.
+    manifest: PathBuf,
+    /// The event store: `file:DIR` (embedded, durable) or `nats://HOST:PORT` (JetStream).
+    #[arg(long)]
+    store: String,
+    /// Where to listen; loopback unless you say otherwise (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// This node's name, under which its counters are recorded.
+    #[arg(long, default_value = "edge")]
+    node: String,
+    /// Requests the node holds at once (waiting or running); one more is answered 503.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    queue: u32,
+    /// Seconds shutdown waits for requests in flight.
+    #[arg(long, default_value_t = 10)]
+    grace_secs: u64,
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the process still stops on SIGTERM, just not gracefully.
+        _ => std::future::pending().await,
+    }
+}
+
+/// Runs `tollgate serve`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let stats = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+        let address = listener.local_addr()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{address}")?;
+        out.flush()?;
+        drop(out);
+        let (manifest, store, name) = (args.manifest, args.store, args.node);
+        let open = move || Node::open(&manifest, &store, &name);
+        let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs) };
+        anyhow::Ok(serve(listener, open, config, terminated()).await?)
+    })?;
+    eprintln!("{}", serde_json::to_string(&stats)?);
+    Ok(ExitCode::SUCCESS)
+}

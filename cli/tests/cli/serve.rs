@@ -1,0 +1,187 @@
+//! `tollgate serve`: a real process answering a real HTTP client on a free loopback port.
+
+use crate::node::manifest;
+use crate::{run, tollgate};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+/// A running `tollgate serve`, killed if a test fails before it stops it.
+struct Server {
+    child: Option<Child>,
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status, content type, and the body as JSON (or as a string when it is not).
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: Value,
+}
+
+impl Server {
+    fn start(manifest: &str, store: &str, extra: &[&str]) -> Server {
+        let mut child = tollgate()
+            .args(["serve", manifest, "--store", store, "--listen", "127.0.0.1:0", "--node", "served"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line: {line:?}")).to_string();
+        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let server = Server { child: Some(child), base, agent };
+        // Readiness is a state the node reaches (catch-up done), polled without a deadline
+        // of our own: the test harness's timeout is the bound.
+        while server.get("/readyz").status != 200 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn answer(mut response: ureq::http::Response<ureq::Body>) -> Answer {
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let text = response.body_mut().read_to_string().unwrap();
+        Answer { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        Server::answer(self.agent.get(format!("{}{path}", self.base)).call().unwrap())
+    }
+
+    fn post(&self, path: &str, body: &str) -> Answer {
+        let request = self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/json");
+        Server::answer(request.send(body).unwrap())
+    }
+
+    /// Sends SIGTERM and waits: (exit code, stderr).
+    fn terminate(mut self) -> (i32, String) {
+        let child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let (code, _, err) = crate::output(child.wait_with_output().unwrap());
+        (code, err)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn command(id: &str, command: Value) -> String {
+    json!({ "id": id, "command": command }).to_string()
+}
+
+#[test]
+fn a_served_node_answers_the_native_api_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path());
+    let store = format!("file:{}", dir.path().join("log").display());
+    let server = Server::start(&manifest, &store, &[]);
+    assert_eq!(server.get("/healthz").status, 200);
+
+    let open = server.post("/v1/commands/account/alice", &command("o1", json!({"open": {"currency": "EUR"}})));
+    assert_eq!((open.status, open.body["accepted"][0]["type"].as_str()), (200, Some("opened")), "{}", open.body);
+    let top_up = command("t1", json!({"top-up": {"amount": {"minor_units": 1000, "currency": "EUR"}}}));
+    assert_eq!(server.post("/v1/commands/account/alice", &top_up).status, 200);
+    // A retried command is answered with the original event, not applied twice.
+    let again = server.post("/v1/commands/account/alice", &top_up);
+    assert_eq!((again.status, again.body["accepted"][0]["sequence"].as_u64()), (200, Some(2)), "{}", again.body);
+
+    let admit = json!({"id": "r1", "subscriber": "alice", "offer": "voice", "units": 10}).to_string();
+    let granted = server.post("/v1/admissions", &admit);
+    assert_eq!(granted.status, 200, "{}", granted.body);
+    assert!(granted.body["granted"]["grant"]["reservation_id"].is_string(), "{}", granted.body);
+    let unknown = server.post("/v1/admissions", &admit.replace("alice", "nobody").replace("r1", "r2"));
+    assert_eq!(unknown.status, 200, "a denial is a decision: {}", unknown.body);
+    assert!(unknown.body["denied"].is_object(), "{}", unknown.body);
+
+    // A business refusal: 422 ProblemDetails whose cause is the rejection code.
+    let overdraw = command("d1", json!({"direct-debit": {"amount": {"minor_units": 5000, "currency": "EUR"}}}));
+    let refused = server.post("/v1/commands/account/alice", &overdraw);
+    assert_eq!((refused.status, refused.content_type.as_str()), (422, "application/problem+json"), "{}", refused.body);
+    assert_eq!(
+        (refused.body["status"].as_u64(), refused.body["cause"].as_str(), refused.body["kind"].as_str()),
+        (Some(422), Some("insufficient-funds"), Some("business"))
+    );
+
+    // Malformed input: named, 400, nothing ran.
+    let not_json = server.post("/v1/admissions", "{\"id\": ");
+    assert_eq!(
+        (not_json.status, not_json.body["cause"].as_str()),
+        (400, Some("INVALID_MSG_FORMAT")),
+        "{}",
+        not_json.body
+    );
+    let empty_id = server.post("/v1/commands/account/alice", &command("", json!("close")));
+    assert_eq!((empty_id.status, empty_id.body["cause"].as_str()), (400, Some("MANDATORY_IE_INCORRECT")));
+    assert!(empty_id.body["detail"].as_str().unwrap().contains("`id` is empty"), "{}", empty_id.body);
+    let untagged = server.post("/v1/commands/account/alice", &command("x1", json!(42)));
+    assert_eq!(untagged.status, 400, "{}", untagged.body);
+    let unknown_field = server.post("/v1/commands/account/alice", r#"{"id": "x2", "command": "close", "extra": 1}"#);
+    assert!(unknown_field.body["detail"].as_str().unwrap().contains("extra"), "{}", unknown_field.body);
+    let too_big = server.post("/v1/admissions", &"x".repeat(tollgate_serve::MAX_BODY_BYTES + 1));
+    assert_eq!((too_big.status, too_big.content_type.as_str()), (413, "application/problem+json"));
+
+    // Reads: the key's stream and the projector's read model.
+    let events = server.get("/v1/streams/account/alice");
+    let types: Vec<&str> = events.body.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["opened", "topped-up", "reserved"]);
+    assert_eq!(server.get("/v1/streams/account/nobody").body, json!([]));
+    let balance = server.get("/v1/kv/balances/alice");
+    assert_eq!(
+        (balance.body["balance"].as_i64(), balance.body["held"].as_i64()),
+        (Some(1000), Some(20)),
+        "{}",
+        balance.body
+    );
+    let missing = server.get("/v1/kv/balances/bob");
+    assert_eq!((missing.status, missing.body["cause"].as_str()), (404, Some("DATA_NOT_FOUND")));
+
+    let metrics = server.get("/metrics");
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains(r#"tollgate_http_requests_total{route="/v1/admissions",method="POST",status="200"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"tollgate_commands_rejected_total{code="insufficient-funds"} 1"#), "{text}");
+    assert!(text.contains(r#"tollgate_admissions_total{result="success"} 1"#), "{text}");
+    assert!(text.contains("tollgate_http_request_duration_seconds_bucket{"), "{text}");
+
+    // SIGTERM: exit 0, counters recorded in the store.
+    let (code, err) = server.terminate();
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["stats", &manifest, "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("counters of 1 recorded runs"), "{out}");
+    assert!(out.contains("duplicates answered    1"), "{out}");
+}
+
+#[test]
+fn serve_refuses_a_bad_manifest_and_an_address_in_use_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("log").display());
+    let missing = dir.path().join("missing.toml");
+    let (code, _, err) = run(&["serve", missing.to_str().unwrap(), "--store", &store, "--listen", "127.0.0.1:0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("missing.toml"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let manifest = manifest(dir.path());
+    let (code, _, err) = run(&["serve", &manifest, "--store", &store, "--listen", &address]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("--listen {address}: cannot bind")), "{err}");
+}

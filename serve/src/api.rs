@@ -1,0 +1,91 @@
+//! The native JSON API: the node protocol over HTTP.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /v1/admissions` | an [`Admission`] | `200` with the decision (`granted` or `denied`) |
+//! | `POST /v1/commands/{stream}/{key}` | `{"id": ..., "command": ...}` | `200` with `{"accepted": [events]}`; a refusal is ProblemDetails: `422` (business) or `400` with `cause` the rejection code |
+//! | `GET /v1/streams/{stream}/{key}` | | `200` with the key's events, oldest first |
+//! | `GET /v1/kv/{bucket}/{key}` | | `200` with the read model's value; `404` when there is none |
+
+use crate::problem::Problem;
+use crate::server::AppState;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::sync::Arc;
+use tollgate_node::{Admission, Reply, Request};
+
+/// The body of `POST /v1/commands/{stream}/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandBody {
+    /// The command id (its idempotency key).
+    id: String,
+    /// The command, externally tagged.
+    command: Value,
+}
+
+/// Decodes a JSON body, or says what is wrong with it (and where).
+pub(crate) fn body<T: DeserializeOwned>(bytes: Result<Bytes, BytesRejection>) -> Result<T, Problem> {
+    let bytes = bytes.map_err(|e| Problem::new(e.status(), "INVALID_MSG_FORMAT", e.body_text()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::malformed(format!("the body is not the JSON this route takes: {e}")))
+}
+
+/// Answers a node reply: a refusal becomes ProblemDetails, anything else `200` with the reply.
+fn answer(reply: Reply) -> Response {
+    match reply {
+        Reply::Rejected { kind, code, message } => {
+            let status = if kind == "business" { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+            Problem { kind: Some(kind), ..Problem::new(status, &code, message) }.into_response()
+        }
+        Reply::Decision(decision) => Json(decision).into_response(),
+        other => Json(other).into_response(),
+    }
+}
+
+pub(crate) async fn admissions(
+    State(state): State<Arc<AppState>>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let admission: Admission = body(bytes)?;
+    Ok(answer(state.node()?.request(Request::Admit(admission)).await?))
+}
+
+pub(crate) async fn commands(
+    State(state): State<Arc<AppState>>,
+    Path((stream, key)): Path<(String, String)>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let CommandBody { id, command } = body(bytes)?;
+    Ok(answer(state.node()?.request(Request::Execute { stream, key, id, command }).await?))
+}
+
+pub(crate) async fn streams(
+    State(state): State<Arc<AppState>>,
+    Path((stream, key)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let events = state.node()?.with(move |node| node.stream(&stream, &key)).await??;
+    Ok(Json(events).into_response())
+}
+
+pub(crate) async fn kv(
+    State(state): State<Arc<AppState>>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let (b, k) = (bucket.clone(), key.clone());
+    match state.node()?.with(move |node| node.kv(&b, &k)).await?? {
+        Some(value) => Ok(Json(value).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "DATA_NOT_FOUND",
+            format!("read model `{bucket}` has no entry `{key}` (or no projector of this node writes it)"),
+        )),
+    }
+}

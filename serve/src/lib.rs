@@ -1,0 +1,18 @@
+//! A tollgate edge node as a network service: `tollgate serve`.
+//!
+//! - [`serve`]: HTTP/1.1 and HTTP/2 (cleartext) over a [`tollgate_node::NodeHandle`], with
+//!   graceful shutdown that finishes requests in flight and records the node's counters.
+//! - [`api`]: the native JSON API (`/v1/admissions`, `/v1/commands`, `/v1/streams`, `/v1/kv`).
+//! - [`metrics`]: `GET /metrics` in Prometheus text; `GET /healthz` answers while the process
+//!   runs, `GET /readyz` once the node has caught up with its store.
+//! - Back-pressure: at most [`Config::queue`] requests wait for or run on the node; one more is
+//!   answered `503` with `Retry-After` at once.
+//! - Every error is [`problem::Problem`]: `application/problem+json` with `status`, `cause`
+//!   and `detail`.
+
+pub mod api;
+pub mod metrics;
+pub mod problem;
+mod server;
+
+pub use server::{Config, MAX_BODY_BYTES, ServeError, serve};

@@ -1,0 +1,146 @@
+//! `GET /metrics`: Prometheus text. HTTP requests by route and status and their latency are
+//! counted here, as they are answered; the node's own counters (commands, admissions by
+//! result code, OCC conflicts, dead letters, timers) are read from the node at each scrape.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tollgate_runtime::Stats;
+
+/// Labels of one HTTP request: the route template (never the raw path, so keys do not
+/// become series), the method and the status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+/// Labels of a latency series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+type LatencyFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+/// A server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+    in_flight: Gauge,
+    node: Arc<Mutex<Stats>>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s: an admission is tens of µs warm, a cold actor or a slow store seconds.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = LatencyFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let in_flight = Gauge::default();
+        let node = Arc::new(Mutex::new(Stats::default()));
+        registry.register(
+            "tollgate_http_requests",
+            "HTTP requests answered, by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "tollgate_http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route",
+            latency.clone(),
+        );
+        registry.register("tollgate_http_in_flight", "Requests being answered now", in_flight.clone());
+        registry.register_collector(Box::new(NodeCounters(node.clone())));
+        Metrics { registry, requests, latency, in_flight, node }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = RequestLabels { route: route.into(), method: method.into(), status };
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&RouteLabel { route: route.into() }).observe(seconds);
+    }
+
+    /// The Prometheus text of every metric, with the node's counters as of `stats`.
+    pub fn render(&self, stats: Stats) -> String {
+        *self.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = stats;
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Middleware counting every request by the route that matched (`unmatched` for none).
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = request.method().to_string();
+    let start = Instant::now();
+    metrics.in_flight.inc();
+    let response = next.run(request).await;
+    metrics.in_flight.dec();
+    metrics.observe(&route, &method, response.status().as_u16(), start.elapsed().as_secs_f64());
+    response
+}
+
+/// The node's counters, encoded at each scrape from the last copy read from the node.
+#[derive(Debug)]
+struct NodeCounters(Arc<Mutex<Stats>>);
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let value = ConstCounter::new(value);
+    value.encode(encoder.encode_descriptor(name, help, None, value.metric_type())?)
+}
+
+fn counter_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a String, &'a u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    for (value, count) in values {
+        ConstCounter::new(*count).encode(family.encode_family(&[(label, value.as_str())])?)?;
+    }
+    Ok(())
+}
+
+impl Collector for NodeCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let e = &mut encoder;
+        counter(e, "tollgate_commands_accepted", "Commands that appended events", s.accepted)?;
+        counter_family(e, "tollgate_commands_rejected", "Commands refused, by rejection code", "code", &s.rejected)?;
+        counter(e, "tollgate_commands_duplicate", "Commands answered from the log as duplicates", s.duplicates)?;
+        counter(e, "tollgate_occ_conflicts", "Appends that lost an optimistic-concurrency race", s.occ_conflicts)?;
+        counter_family(e, "tollgate_admissions", "Admission decisions, by result code", "result", &s.result_codes)?;
+        counter(
+            e,
+            "tollgate_delivery_failures",
+            "Deliveries projectors and process managers failed",
+            s.delivery_failures,
+        )?;
+        counter(e, "tollgate_dead_letters", "Deliveries moved to the dead letters", s.dead_lettered)?;
+        counter(e, "tollgate_timers_fired", "Timers fired", s.timers_fired)?;
+        counter(e, "tollgate_snapshots", "Snapshots written", s.snapshots)
+    }
+}
