@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tollgate_node::Node;
+use tollgate_runtime::Manifest;
 use tollgate_serve::{Config, serve};
 
 /// Arguments of `serve`.
@@ -62,9 +63,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         writeln!(out, "listening on http://{address}")?;
         out.flush()?;
         drop(out);
+        let rating_groups = Manifest::load(&args.manifest)?.rating_groups();
         let (manifest, store, name) = (args.manifest, args.store, args.node);
         let open = move || Node::open(&manifest, &store, &name);
-        let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs) };
+        let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs), rating_groups };
         anyhow::Ok(serve(listener, open, config, terminated()).await?)
     })?;
     eprintln!("{}", serde_json::to_string(&stats)?);

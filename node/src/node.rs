@@ -133,6 +133,11 @@ impl Node {
         }
     }
 
+    /// The node's clock, ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.runtime.clock().now_ms()
+    }
+
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -72,6 +72,11 @@ pub struct Manifest {
     /// How much work one delivery to a process manager may cause.
     #[serde(default)]
     pub reactions: ReactionLimits,
+    /// The offer each charging rating group is used under, for network charging requests
+    /// (`tollgate serve`'s Nchf routes): `[rating_groups]` with `100 = "voice"`. Keys are
+    /// checked to be rating groups (`u32`); read them with [`Manifest::rating_groups`].
+    #[serde(default)]
+    pub rating_groups: BTreeMap<String, String>,
     /// Actors by name.
     pub actors: BTreeMap<String, ActorSpec>,
 }
@@ -325,6 +330,17 @@ impl Manifest {
         if let Some(field) = manifest.reactions.zero_field() {
             return Err(invalid(format!("reactions.{field}"), "must be > 0".into()));
         }
+        for (group, offer) in &manifest.rating_groups {
+            if group.parse::<u32>().is_err() {
+                return Err(invalid(
+                    format!("rating_groups.{group}"),
+                    "is not a rating group (an integer from 0 to 4294967295)".into(),
+                ));
+            }
+            if offer.is_empty() {
+                return Err(invalid(format!("rating_groups.{group}"), "names no offer".into()));
+            }
+        }
         let kinds: BTreeMap<String, Option<ActorKind>> =
             manifest.actors.iter().map(|(n, a)| (n.clone(), ActorKind::from_name(&a.kind))).collect();
         for (name, actor) in &mut manifest.actors {
@@ -389,6 +405,11 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The offer of each rating group of `[rating_groups]` (keys checked by [`Manifest::parse`]).
+    pub fn rating_groups(&self) -> BTreeMap<u32, String> {
+        self.rating_groups.iter().filter_map(|(g, o)| Some((g.parse().ok()?, o.clone()))).collect()
+    }
+
     /// The kind of an actor (checked by [`Manifest::parse`]).
     pub fn kind(&self, name: &str) -> ActorKind {
         ActorKind::from_name(&self.actors[name].kind).expect("kinds are checked on parse")
@@ -408,6 +429,16 @@ mod tests {
         let m = parse("[actors.account]\nkind = \"aggregate\"\nfile = \"a.wasm\"\n").unwrap();
         assert_eq!(m.actors["account"].file, Path::new("/base/a.wasm"));
         assert_eq!(m.limits.cpu_ms, 100);
+    }
+
+    #[test]
+    fn rating_groups_name_offers_and_must_be_integers() {
+        let m = parse("[rating_groups]\n100 = \"voice\"\n\"7\" = \"video\"\n[actors]\n").unwrap();
+        assert_eq!(m.rating_groups(), BTreeMap::from([(7, "video".to_string()), (100, "voice".to_string())]));
+        let err = parse("[rating_groups]\nvoice = \"voice\"\n[actors]\n").unwrap_err().to_string();
+        assert_eq!(err, "m.toml: `rating_groups.voice`: is not a rating group (an integer from 0 to 4294967295)");
+        let err = parse("[rating_groups]\n4294967296 = \"voice\"\n[actors]\n").unwrap_err().to_string();
+        assert!(err.contains("`rating_groups.4294967296`"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - [`serve`]: HTTP/1.1 and HTTP/2 (cleartext) over a [`tollgate_node::NodeHandle`], with
 //!   graceful shutdown that finishes requests in flight and records the node's counters.
 //! - [`api`]: the native JSON API (`/v1/admissions`, `/v1/commands`, `/v1/streams`, `/v1/kv`).
+//! - [`nchf`]: Nchf_ConvergedCharging (3GPP TS 32.291) create, update and release of
+//!   charging data, idempotent by `invocationSequenceNumber`.
 //! - [`metrics`]: `GET /metrics` in Prometheus text; `GET /healthz` answers while the process
 //!   runs, `GET /readyz` once the node has caught up with its store.
 //! - Back-pressure: at most [`Config::queue`] requests wait for or run on the node; one more is
@@ -12,6 +14,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod nchf;
 pub mod problem;
 mod server;
 

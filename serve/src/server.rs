@@ -1,14 +1,15 @@
 //! The server: routes, the bounded queue in front of the node, readiness and shutdown.
 
-use crate::api;
 use crate::metrics::{self, Metrics};
 use crate::problem::Problem;
+use crate::{api, nchf};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -28,11 +29,13 @@ pub struct Config {
     pub queue: usize,
     /// How long shutdown waits for in-flight requests before giving up on them.
     pub grace: Duration,
+    /// The offer each Nchf rating group is charged under (the manifest's `[rating_groups]`).
+    pub rating_groups: BTreeMap<u32, String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { queue: 1024, grace: Duration::from_secs(10) }
+        Config { queue: 1024, grace: Duration::from_secs(10), rating_groups: BTreeMap::new() }
     }
 }
 
@@ -59,6 +62,7 @@ pub(crate) struct AppState {
     queue: Arc<Semaphore>,
     queue_limit: usize,
     metrics: Arc<Metrics>,
+    pub(crate) offers: Arc<BTreeMap<u32, String>>,
 }
 
 impl AppState {
@@ -118,6 +122,13 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/commands/{stream}/{key}", post(api::commands))
         .route("/v1/streams/{stream}/{key}", get(api::streams))
         .route("/v1/kv/{bucket}/{key}", get(api::kv))
+        .nest(
+            nchf::PREFIX,
+            Router::new()
+                .route("/chargingdata", post(nchf::routes::create_route))
+                .route("/chargingdata/{reference}/update", post(nchf::routes::update_route))
+                .route("/chargingdata/{reference}/release", post(nchf::routes::release_route)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), bounded));
     Router::new()
         .merge(work)
@@ -162,6 +173,7 @@ pub async fn serve(
         queue: Arc::new(Semaphore::new(config.queue)),
         queue_limit: config.queue,
         metrics: Arc::new(Metrics::default()),
+        offers: Arc::new(config.rating_groups),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(
@@ -229,6 +241,7 @@ mod tests {
             queue: Arc::new(Semaphore::new(queue)),
             queue_limit: queue,
             metrics: Arc::new(Metrics::default()),
+            offers: Arc::default(),
         })
     }
 
