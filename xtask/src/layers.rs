@@ -15,6 +15,7 @@ pub const LAYERS: &[(&str, &str, u8)] = &[
     ("tollgate-runtime", "runtime", 2),
     ("tollgate-node", "node", 3),
     ("tollgate-host-test", "host-test", 4),
+    ("tollgate-serve", "serve", 4),
 ];
 
 fn layer(name: &str) -> Option<u8> {

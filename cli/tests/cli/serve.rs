@@ -304,3 +304,136 @@ fn an_nchf_session_reserves_debits_and_releases_and_a_retry_charges_once() {
     let (code, err) = server.terminate();
     assert_eq!(code, 0, "{err}");
 }
+
+/// The README's "Serving" requests: its curl block, run with `sh -e` against a served
+/// `examples/edge.toml`.
+#[test]
+fn the_readmes_serving_requests_run_against_the_example_manifest() {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "curl is missing and CI=true");
+        eprintln!("skipped: the README's curl examples need curl (apt-get install curl)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let actors = format!("{}/", tollgate_host_test::fixtures::actors_dir().display());
+    let text = std::fs::read_to_string(crate::root().join("examples/edge.toml")).unwrap();
+    let manifest = dir.path().join("edge.toml");
+    std::fs::write(&manifest, text.replace("../target/wasm32-wasip2/release/", &actors)).unwrap();
+    let store = format!("file:{}", dir.path().join("log").display());
+    let server = Server::start(manifest.to_str().unwrap(), &store, &[]);
+
+    let readme = std::fs::read_to_string(crate::root().join("README.md")).unwrap();
+    let section = readme.split("## Serving").nth(1).unwrap();
+    let block = section.split("```sh\n").find(|b| b.starts_with("TG=localhost:8080")).expect("the curl block");
+    let script = block.split("```").next().unwrap();
+    let address = server.base.strip_prefix("http://").unwrap();
+    let script = script.replacen("TG=localhost:8080", &format!("TG={address}"), 1);
+    let out = std::process::Command::new("sh").args(["-e", "-c", &script]).output().unwrap();
+    let (code, out, err) = crate::output(out);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(r#"tollgate_admissions_total{result="success"} 3"#), "{out}");
+
+    // 10 voice units held by the admission; 45 + 5 seconds charged by the Nchf session.
+    let balance = server.get("/v1/kv/balances/alice").body;
+    assert_eq!((balance["balance"].as_i64(), balance["held"].as_i64()), (Some(1000 - 50 * 2), Some(20)), "{balance}");
+    let (code, err) = server.terminate();
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Clients hammering a server with top-ups until it goes away: each sends unique command ids
+/// to its own account and returns the ids answered `200`.
+fn load(server: &Server, clients: usize, after_acks: usize, stop: impl FnOnce()) -> Vec<(String, String)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let acked = AtomicUsize::new(0);
+    let base = server.base.clone();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let (base, acked) = (&base, &acked);
+                scope.spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                    let account = format!("load-{c}");
+                    let mut mine = Vec::new();
+                    // Bounded: a client stops at its first failed request, or after 100k.
+                    for i in 0..100_000 {
+                        let id = format!("{account}/t{i}");
+                        let body = command(&id, json!({"top-up": {"amount": {"minor_units": 1, "currency": "EUR"}}}));
+                        match agent.post(format!("{base}/v1/commands/account/{account}")).send(&body) {
+                            Ok(r) if r.status().as_u16() == 200 => {
+                                mine.push((account.clone(), id));
+                                acked.fetch_add(1, Ordering::SeqCst);
+                            }
+                            _ => break,
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        while acked.load(Ordering::SeqCst) < after_acks {
+            std::thread::yield_now();
+        }
+        stop();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    })
+}
+
+/// Every acknowledged command is in its account's log exactly once.
+fn each_once(server: &Server, acked: &[(String, String)], clients: usize) {
+    for c in 0..clients {
+        let account = format!("load-{c}");
+        let events = server.get(&format!("/v1/streams/account/{account}")).body;
+        let ids: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["command_id"].as_str().unwrap()).collect();
+        for (_, id) in acked.iter().filter(|(a, _)| *a == account) {
+            assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id} in {account}'s log");
+        }
+        let unique: std::collections::BTreeSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "a command id twice in {account}'s log");
+    }
+}
+
+#[test]
+fn killed_under_load_every_acknowledged_request_is_in_the_log_once_and_sigterm_drains() {
+    const CLIENTS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path());
+    let store = format!("file:{}", dir.path().join("log").display());
+    let mut server = Server::start(&manifest, &store, &[]);
+    for c in 0..CLIENTS {
+        let open = command("open", json!({"open": {"currency": "EUR"}}));
+        assert_eq!(server.post(&format!("/v1/commands/account/load-{c}"), &open).status, 200);
+    }
+    let mut child = server.child.take().unwrap();
+    let killed = load(&server, CLIENTS, 200, || child.kill().unwrap());
+    child.wait().unwrap();
+    assert!(killed.len() >= 200);
+
+    // Restarted on the same store: all acknowledged, none twice; a client retrying every
+    // acknowledged request changes nothing.
+    let server = Server::start(&manifest, &store, &[]);
+    each_once(&server, &killed, CLIENTS);
+    let before: Vec<usize> = (0..CLIENTS)
+        .map(|c| server.get(&format!("/v1/streams/account/load-{c}")).body.as_array().unwrap().len())
+        .collect();
+    for (account, id) in killed.iter().step_by(17) {
+        let body = command(id, json!({"top-up": {"amount": {"minor_units": 1, "currency": "EUR"}}}));
+        assert_eq!(server.post(&format!("/v1/commands/account/{account}"), &body).status, 200);
+    }
+    for (c, n) in before.iter().enumerate() {
+        assert_eq!(server.get(&format!("/v1/streams/account/load-{c}")).body.as_array().unwrap().len(), *n);
+    }
+
+    // SIGTERM under load: requests in flight finish, the process exits 0.
+    let pid = server.child.as_ref().unwrap().id().to_string();
+    let drained = load(&server, CLIENTS, 200, || {
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    });
+    let mut server = server;
+    let child = server.child.take().unwrap();
+    drop(server);
+    let (code, _, err) = crate::output(child.wait_with_output().unwrap());
+    assert_eq!(code, 0, "{err}");
+    let server = Server::start(&manifest, &store, &[]);
+    each_once(&server, &killed, CLIENTS);
+    each_once(&server, &drained, CLIENTS);
+}
