@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tollgate_node::Node;
 use tollgate_runtime::Manifest;
-use tollgate_serve::{Config, serve};
+use tollgate_serve::{Config, NodeSpec, serve};
 
 /// Arguments of `serve`.
 #[derive(clap::Args)]
@@ -31,6 +30,10 @@ pub struct Args {
     /// Requests the node holds at once (waiting or running); one more is answered 503.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     queue: u32,
+    /// Runtimes answering requests for different keys in parallel (default: one per core;
+    /// 0: the primary runtime answers everything).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Seconds shutdown waits for requests in flight.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
@@ -64,10 +67,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.flush()?;
         drop(out);
         let rating_groups = Manifest::load(&args.manifest)?.rating_groups();
-        let (manifest, store, name) = (args.manifest, args.store, args.node);
-        let open = move || Node::open(&manifest, &store, &name);
+        let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let spec = NodeSpec { manifest: args.manifest, store: args.store, name: args.node, workers };
         let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs), rating_groups };
-        anyhow::Ok(serve(listener, open, config, terminated()).await?)
+        anyhow::Ok(serve(listener, spec, config, terminated()).await?)
     })?;
     eprintln!("{}", serde_json::to_string(&stats)?);
     Ok(ExitCode::SUCCESS)

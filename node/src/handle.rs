@@ -102,6 +102,20 @@ impl NodeHandle {
         self.send(call)?.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// [`NodeHandle::with`], blocking the calling thread; must not be called from async code.
+    pub fn with_blocking<R: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Node) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        self.send(call)?.blocking_recv().map_err(|_| NodeError::Stopped)
+    }
+
+    /// Queues `call` on the node's thread without waiting for it (e.g. to deliver what other
+    /// runtimes wrote); fails only when the node has stopped.
+    pub fn post(&self, call: impl FnOnce(&mut Node) + Send + 'static) -> Result<(), NodeError> {
+        self.jobs.send(Box::new(call)).map_err(|_| NodeError::Stopped)
+    }
+
     /// Stops taking requests, lets the node finish those queued, records its counters and
     /// returns them. Blocks until the node's thread ends.
     pub fn close(self) -> Result<Stats, NodeError> {

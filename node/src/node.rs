@@ -40,6 +40,7 @@ pub struct Node {
     runtime: Runtime,
     name: String,
     started: u64,
+    records: bool,
 }
 
 impl Node {
@@ -55,7 +56,19 @@ impl Node {
         let started = wall_ms().max(runtime.clock().now_ms());
         runtime.clock().set_ms(started);
         runtime.pump().map_err(NodeError::CatchUp)?;
-        Ok(Node { runtime, name: name.into(), started })
+        Ok(Node { runtime, name: name.into(), started, records: true })
+    }
+
+    /// A node that answers beside another over the same store (a worker of a server): it
+    /// does not record its counters when closed; the other node [absorbs](Node::absorb) them.
+    pub fn beside(runtime: Runtime, name: &str) -> Result<Node, NodeError> {
+        Ok(Node { records: false, ..Node::over(runtime, name)? })
+    }
+
+    /// Adds the counters of a node that served beside this one, so they are recorded with
+    /// this node's.
+    pub fn absorb(&mut self, stats: &Stats) {
+        self.runtime.absorb_stats(stats);
     }
 
     /// Moves the clock up to the wall clock (never back) and fires the timers now due;
@@ -153,9 +166,13 @@ impl Node {
         self.runtime.stats()
     }
 
-    /// Records the node's counters in the store (for `tollgate stats`) and returns them.
+    /// Records the node's counters in the store (for `tollgate stats`; not for a node
+    /// [beside](Node::beside) another) and returns them.
     pub fn close(self) -> Result<Stats, NodeError> {
         let stats = self.runtime.stats();
+        if !self.records {
+            return Ok(stats);
+        }
         let run_id = format!("{}-{}-{}", self.name, self.started, std::process::id());
         self.runtime.record_stats(&self.name, &run_id)?;
         Ok(stats)

@@ -414,6 +414,12 @@ impl Runtime {
         self.lock().stats.clone()
     }
 
+    /// Adds `other`'s counters into this runtime's, e.g. those of runtimes that served the
+    /// same node beside it, so one recorded run counts them all.
+    pub fn absorb_stats(&self, other: &Stats) {
+        self.lock().stats.add(other);
+    }
+
     /// Records this runtime's counters as one event on [`stats::STATS_STREAM`] under `node`,
     /// for `tollgate stats`.
     pub fn record_stats(&self, node: &str, run_id: &str) -> Result<(), RuntimeError> {

@@ -55,7 +55,10 @@ pub(crate) async fn admissions(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let admission: Admission = body(bytes)?;
-    Ok(answer(state.node()?.request(Request::Admit(admission)).await?))
+    let pool = state.pool()?;
+    let reply = pool.for_key(&admission.subscriber).request(Request::Admit(admission)).await?;
+    pool.wrote();
+    Ok(answer(reply))
 }
 
 pub(crate) async fn commands(
@@ -64,14 +67,18 @@ pub(crate) async fn commands(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let CommandBody { id, command } = body(bytes)?;
-    Ok(answer(state.node()?.request(Request::Execute { stream, key, id, command }).await?))
+    let pool = state.pool()?;
+    // By key alone: an account's commands and its subscriber's admissions go to one runtime.
+    let reply = pool.for_key(&key).request(Request::Execute { stream, key: key.clone(), id, command }).await?;
+    pool.wrote();
+    Ok(answer(reply))
 }
 
 pub(crate) async fn streams(
     State(state): State<Arc<AppState>>,
     Path((stream, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let events = state.node()?.with(move |node| node.stream(&stream, &key)).await??;
+    let events = state.pool()?.for_key(&key.clone()).with(move |node| node.stream(&stream, &key)).await??;
     Ok(Json(events).into_response())
 }
 
@@ -80,7 +87,12 @@ pub(crate) async fn kv(
     Path((bucket, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let (b, k) = (bucket.clone(), key.clone());
-    match state.node()?.with(move |node| node.kv(&b, &k)).await?? {
+    // The primary delivers what the workers wrote first: a read follows the writes answered.
+    let read = state.pool()?.primary().with(move |node| {
+        node.runtime().pump()?;
+        node.kv(&b, &k)
+    });
+    match read.await?? {
         Some(value) => Ok(Json(value).into_response()),
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,

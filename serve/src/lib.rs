@@ -1,7 +1,9 @@
 //! A tollgate edge node as a network service: `tollgate serve`.
 //!
-//! - [`serve`]: HTTP/1.1 and HTTP/2 (cleartext) over a [`tollgate_node::NodeHandle`], with
-//!   graceful shutdown that finishes requests in flight and records the node's counters.
+//! - [`serve`]: HTTP/1.1 and HTTP/2 (cleartext) over a node's runtimes ([`NodeSpec`]):
+//!   requests for different keys run in parallel on worker runtimes, requests for one key on
+//!   one worker in order; projectors, process managers and timers run once, on the primary.
+//!   Graceful shutdown finishes requests in flight and records the node's counters.
 //! - [`api`]: the native JSON API (`/v1/admissions`, `/v1/commands`, `/v1/streams`, `/v1/kv`).
 //! - [`nchf`]: Nchf_ConvergedCharging (3GPP TS 32.291) create, update and release of
 //!   charging data, idempotent by `invocationSequenceNumber`.
@@ -15,7 +17,9 @@
 pub mod api;
 pub mod metrics;
 pub mod nchf;
+mod pool;
 pub mod problem;
 mod server;
 
+pub use pool::NodeSpec;
 pub use server::{Config, MAX_BODY_BYTES, ServeError, serve};

@@ -546,6 +546,16 @@ pub(crate) mod routes {
     use serde_json::Value;
     use std::sync::Arc;
 
+    /// The key a request is served under: its subscriber (so a session's steps and the
+    /// account's other requests go to one runtime), else the charging data ref.
+    fn route(request: &Value, reference: Option<&str>) -> String {
+        match (request.get("subscriberIdentifier").and_then(Value::as_str), reference) {
+            (Some(subscriber), _) => subscriber.to_string(),
+            (None, Some(reference)) => reference.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
     pub(crate) async fn create_route(
         State(state): State<Arc<AppState>>,
         headers: HeaderMap,
@@ -553,7 +563,10 @@ pub(crate) mod routes {
     ) -> Result<Response, Problem> {
         let request: Value = body(bytes)?;
         let offers = state.offers.clone();
-        let (reference, answer) = state.node()?.with(move |node| create(node, &offers, &request)).await??;
+        let pool = state.pool()?;
+        let node = pool.for_key(&route(&request, None));
+        let (reference, answer) = node.with(move |node| create(node, &offers, &request)).await??;
+        pool.wrote();
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
         let location = HeaderValue::from_str(&format!("http://{host}{PREFIX}/chargingdata/{reference}"))
             .unwrap_or_else(|_| HeaderValue::from_static("/"));
@@ -567,7 +580,10 @@ pub(crate) mod routes {
     ) -> Result<Response, Problem> {
         let request: Value = body(bytes)?;
         let offers = state.offers.clone();
-        let answer = state.node()?.with(move |node| update(node, &offers, &reference, &request)).await??;
+        let pool = state.pool()?;
+        let node = pool.for_key(&route(&request, Some(&reference)));
+        let answer = node.with(move |node| update(node, &offers, &reference, &request)).await??;
+        pool.wrote();
         Ok(Json(answer).into_response())
     }
 
@@ -577,7 +593,10 @@ pub(crate) mod routes {
         bytes: Result<Bytes, BytesRejection>,
     ) -> Result<StatusCode, Problem> {
         let request: Value = body(bytes)?;
-        state.node()?.with(move |node| release(node, &reference, &request)).await??;
+        let pool = state.pool()?;
+        let node = pool.for_key(&route(&request, Some(&reference)));
+        node.with(move |node| release(node, &reference, &request)).await??;
+        pool.wrote();
         Ok(StatusCode::NO_CONTENT)
     }
 }

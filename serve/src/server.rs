@@ -1,6 +1,7 @@
 //! The server: routes, the bounded queue in front of the node, readiness and shutdown.
 
 use crate::metrics::{self, Metrics};
+use crate::pool::{NodeSpec, Pool};
 use crate::problem::Problem;
 use crate::{api, nchf};
 use axum::Router;
@@ -15,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tollgate_node::{Node, NodeError, NodeHandle};
+use tollgate_node::NodeError;
 use tollgate_runtime::Stats;
 
 /// The largest request body taken, in bytes; a larger one is answered `413`.
@@ -58,7 +59,7 @@ pub enum ServeError {
 
 /// What every route shares.
 pub(crate) struct AppState {
-    node: OnceLock<Arc<NodeHandle>>,
+    pool: OnceLock<Arc<Pool>>,
     queue: Arc<Semaphore>,
     queue_limit: usize,
     metrics: Arc<Metrics>,
@@ -66,11 +67,11 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// The node, or `503` while it is still catching up with the store.
-    pub(crate) fn node(&self) -> Result<&NodeHandle, Problem> {
-        self.node
+    /// The node's runtimes, or `503` while they are still catching up with the store.
+    pub(crate) fn pool(&self) -> Result<&Pool, Problem> {
+        self.pool
             .get()
-            .map(|node| node.as_ref())
+            .map(|pool| pool.as_ref())
             .ok_or_else(|| Problem::unavailable("NF_SERVICE_FAILURE", "the node is still catching up with its store"))
     }
 }
@@ -92,12 +93,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, Problem> {
-    state.node().map(|_| "ready\n")
+    state.pool().map(|_| "ready\n")
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let stats = match state.node() {
-        Ok(node) => node.with(|node| node.stats()).await.unwrap_or_default(),
+    let stats = match state.pool() {
+        Ok(pool) => pool.stats().await,
         Err(_) => Stats::default(),
     };
     let mut response = state.metrics.render(stats).into_response();
@@ -141,53 +142,57 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// How often the primary runtime fires due timers and delivers what the workers wrote when no
+/// request asks it to.
+const TICK: Duration = Duration::from_millis(100);
+
 /// Serves a node over HTTP on `listener` until `shutdown` completes.
 ///
-/// The listener answers at once (`/healthz`); the node is opened with `open` on its own thread
-/// meanwhile, and `/readyz` and every request route answer `503` until it has caught up with
-/// its store. When `shutdown` completes the server stops accepting connections, lets the
-/// requests in flight finish (for at most [`Config::grace`]), then closes the node, which
-/// records its counters in the store, and returns them.
+/// The listener answers at once (`/healthz`); the node's runtimes are opened meanwhile (see
+/// [`NodeSpec`]), and `/readyz` and every request route answer `503` until they have caught up
+/// with the store. While serving, the primary runtime fires due timers every 100 ms. When
+/// `shutdown` completes the server stops accepting connections, lets the requests in flight
+/// finish (for at most [`Config::grace`]), delivers the last writes, records the node's
+/// counters in the store and returns them.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use tollgate_node::Node;
-/// use tollgate_serve::{Config, serve};
+/// use tollgate_serve::{Config, NodeSpec, serve};
 ///
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-/// let open = || Node::open("edge.toml".as_ref(), "file:/var/lib/edge", "edge");
+/// let spec = NodeSpec { manifest: "edge.toml".into(), store: "file:/var/lib/edge".into(), name: "edge".into(), workers: 2 };
 /// // Whatever should stop the server: a signal, a test's channel.
 /// let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-/// let stats = serve(listener, open, Config::default(), async { let _ = stopped.await; }).await?;
+/// let stats = serve(listener, spec, Config::default(), async { let _ = stopped.await; }).await?;
 /// println!("{} commands accepted", stats.accepted);
 /// # Ok(()) }
 /// ```
 pub async fn serve(
     listener: TcpListener,
-    open: impl FnOnce() -> Result<Node, NodeError> + Send + 'static,
+    spec: NodeSpec,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Stats, ServeError> {
     let state = Arc::new(AppState {
-        node: OnceLock::new(),
+        pool: OnceLock::new(),
         queue: Arc::new(Semaphore::new(config.queue)),
         queue_limit: config.queue,
         metrics: Arc::new(Metrics::default()),
         offers: Arc::new(config.rating_groups),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut server_stopped = stopped.clone();
     let server = tokio::spawn(
         axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(async move {
-                let mut stopped = stopped;
-                let _ = stopped.wait_for(|stop| *stop).await;
+                let _ = server_stopped.wait_for(|stop| *stop).await;
             })
             .into_future(),
     );
 
     // A signal while the node is still opening stops the server, but the node is still
     // opened (it cannot be interrupted) and then closed, so its counters are recorded.
-    let opening = tokio::task::spawn_blocking(move || NodeHandle::spawn(open));
+    let opening = tokio::task::spawn_blocking(move || Pool::open(&spec));
     tokio::pin!(shutdown, opening);
     let mut signalled = false;
     let opened = loop {
@@ -199,32 +204,64 @@ pub async fn serve(
             }
         }
     };
-    let node = match opened {
-        Ok(node) => Arc::new(node),
+    let pool = match opened {
+        Ok(pool) => Arc::new(pool),
         Err(error) => {
             let _ = stop.send(true);
             let _ = server.await;
             return Err(ServeError::Open(error));
         }
     };
-    let _ = state.node.set(node.clone());
+    let _ = state.pool.set(pool.clone());
+    let ticker = tokio::spawn(tick(pool.clone(), stopped));
     tracing::info!("node ready");
     if !signalled {
         shutdown.await;
         let _ = stop.send(true);
     }
     tracing::info!("shutting down: finishing requests in flight");
-    match tokio::time::timeout(config.grace, server).await {
+    let _ = ticker.await;
+    let deadline = tokio::time::Instant::now() + config.grace;
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(served)) => served?,
         Ok(Err(_)) => return Err(ServeError::Io(std::io::Error::other("the HTTP server task panicked"))),
         Err(_) => return Err(ServeError::Grace(config.grace)),
     }
     drop(state);
-    let node = Arc::try_unwrap(node).map_err(|_| ServeError::Grace(config.grace))?;
-    tokio::task::spawn_blocking(move || node.close())
+    // A connection's task may still be dropping its copy of the routes' state after the server
+    // has returned; it lets go within the grace period or the shutdown fails.
+    let mut pool = pool;
+    let pool = loop {
+        match Arc::try_unwrap(pool) {
+            Ok(pool) => break pool,
+            Err(_) if tokio::time::Instant::now() >= deadline => return Err(ServeError::Grace(config.grace)),
+            Err(shared) => {
+                pool = shared;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    tokio::task::spawn_blocking(move || pool.close())
         .await
         .map_err(|_| ServeError::Close(NodeError::Stopped))?
         .map_err(ServeError::Close)
+}
+
+/// Fires due timers and delivers the workers' writes every [`TICK`] until `stopped`.
+async fn tick(pool: Arc<Pool>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stopped.borrow_and_update() {
+        tokio::select! {
+            changed = stopped.changed() => if changed.is_err() { return },
+            _ = every.tick() => {
+                let ticked = pool.primary().with(|node| node.tick().and_then(|_| Ok(node.runtime().pump()?))).await;
+                if let Ok(Err(e)) = ticked {
+                    tracing::warn!(error = %e, "firing timers");
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -237,7 +274,7 @@ mod tests {
 
     fn state(queue: usize) -> Arc<AppState> {
         Arc::new(AppState {
-            node: OnceLock::new(),
+            pool: OnceLock::new(),
             queue: Arc::new(Semaphore::new(queue)),
             queue_limit: queue,
             metrics: Arc::new(Metrics::default()),

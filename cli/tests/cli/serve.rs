@@ -398,7 +398,8 @@ fn killed_under_load_every_acknowledged_request_is_in_the_log_once_and_sigterm_d
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest(dir.path());
     let store = format!("file:{}", dir.path().join("log").display());
-    let mut server = Server::start(&manifest, &store, &[]);
+    let workers = ["--workers", "3"];
+    let mut server = Server::start(&manifest, &store, &workers);
     for c in 0..CLIENTS {
         let open = command("open", json!({"open": {"currency": "EUR"}}));
         assert_eq!(server.post(&format!("/v1/commands/account/load-{c}"), &open).status, 200);
@@ -410,7 +411,7 @@ fn killed_under_load_every_acknowledged_request_is_in_the_log_once_and_sigterm_d
 
     // Restarted on the same store: all acknowledged, none twice; a client retrying every
     // acknowledged request changes nothing.
-    let server = Server::start(&manifest, &store, &[]);
+    let server = Server::start(&manifest, &store, &workers);
     each_once(&server, &killed, CLIENTS);
     let before: Vec<usize> = (0..CLIENTS)
         .map(|c| server.get(&format!("/v1/streams/account/load-{c}")).body.as_array().unwrap().len())
@@ -422,6 +423,13 @@ fn killed_under_load_every_acknowledged_request_is_in_the_log_once_and_sigterm_d
     for (c, n) in before.iter().enumerate() {
         assert_eq!(server.get(&format!("/v1/streams/account/load-{c}")).body.as_array().unwrap().len(), *n);
     }
+    // Requests for one key go to one worker: the node's workers never race each other.
+    let metrics = server.get("/metrics").body;
+    assert!(metrics.as_str().unwrap().contains("tollgate_occ_conflicts_total 0\n"), "{metrics}");
+    let balances = server.get("/v1/kv/balances/load-0").body;
+    // (A request cut off by the kill may be in the log without having been answered.)
+    let top_ups = before[0] as i64 - 1;
+    assert_eq!(balances["balance"].as_i64(), Some(top_ups), "the projector saw every worker's writes once: {balances}");
 
     // SIGTERM under load: requests in flight finish, the process exits 0.
     let pid = server.child.as_ref().unwrap().id().to_string();

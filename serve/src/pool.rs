@@ -1,0 +1,113 @@
+//! The runtimes of one served node. Requests for different keys run in parallel on workers,
+//! each a runtime on its own thread over the node's one store; requests for one key always go
+//! to the same worker, so a node's workers never race each other on a key. Projectors,
+//! process managers and timers run once, on the primary runtime, which delivers what the
+//! workers wrote.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tollgate_host::ActorKind;
+use tollgate_node::{Node, NodeError, NodeHandle};
+use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for};
+
+/// What a server opens: the manifest, the store and the node's name.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// The manifest wiring the actors.
+    pub manifest: PathBuf,
+    /// The event store: `file:DIR` or `nats://HOST:PORT`.
+    pub store: String,
+    /// The name the node's counters are recorded under.
+    pub name: String,
+    /// Runtimes answering keyed requests in parallel (0: the primary answers everything).
+    pub workers: usize,
+}
+
+/// A primary runtime and its workers.
+pub(crate) struct Pool {
+    primary: NodeHandle,
+    workers: Vec<NodeHandle>,
+    delivery_queued: Arc<AtomicBool>,
+}
+
+impl Pool {
+    /// Opens the primary (every actor) and the workers (aggregates, raters and policies) over
+    /// one store; blocks until all have caught up.
+    pub(crate) fn open(spec: &NodeSpec) -> Result<Pool, NodeError> {
+        let manifest = Manifest::load(&spec.manifest).map_err(|e| NodeError::Runtime(e.into()))?;
+        let engine = engine_for(&manifest)?;
+        let journal = Journal::open(&spec.store)?;
+        let mut commands = manifest.clone();
+        commands
+            .actors
+            .retain(|name, _| !matches!(manifest.kind(name), ActorKind::Projector | ActorKind::ProcessManager));
+        let open = |manifest: Manifest, primary: bool| {
+            let (engine, journal, name) = (engine.clone(), journal.clone(), spec.name.clone());
+            NodeHandle::spawn(move || {
+                let runtime = Runtime::open(&manifest, &mut Loader::new(engine), journal)?;
+                if primary { Node::over(runtime, &name) } else { Node::beside(runtime, &name) }
+            })
+        };
+        let primary = open(manifest.clone(), true)?;
+        let workers = (0..spec.workers).map(|_| open(commands.clone(), false)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Pool { primary, workers, delivery_queued: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// The runtime that answers requests for `key` (a stream key, a subscriber, a charging
+    /// data ref): always the same one for one key.
+    pub(crate) fn for_key(&self, key: &str) -> &NodeHandle {
+        if self.workers.is_empty() {
+            return &self.primary;
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.workers[(hasher.finish() % self.workers.len() as u64) as usize]
+    }
+
+    /// The runtime with the projectors, process managers and timers.
+    pub(crate) fn primary(&self) -> &NodeHandle {
+        &self.primary
+    }
+
+    /// After a worker may have written: has the primary deliver new events to projectors and
+    /// process managers, once for any number of writes made before it gets to it.
+    pub(crate) fn wrote(&self) {
+        if self.workers.is_empty() || self.delivery_queued.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let queued = self.delivery_queued.clone();
+        let _ = self.primary.post(move |node| {
+            queued.store(false, Ordering::SeqCst);
+            if let Err(e) = node.runtime().pump() {
+                tracing::warn!(error = %e, "delivering what the workers wrote");
+            }
+        });
+    }
+
+    /// The counters of every runtime, summed.
+    pub(crate) async fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for node in std::iter::once(&self.primary).chain(&self.workers) {
+            if let Ok(stats) = node.with(|node| node.stats()).await {
+                total.add(&stats);
+            }
+        }
+        total
+    }
+
+    /// Closes the workers, then the primary, which records everyone's counters; blocks.
+    pub(crate) fn close(self) -> Result<Stats, NodeError> {
+        let mut workers = Stats::default();
+        for worker in self.workers {
+            workers.add(&worker.close()?);
+        }
+        self.primary.with_blocking(move |node| {
+            node.absorb(&workers);
+            // What the workers wrote last is delivered before the node stops.
+            node.runtime().pump()
+        })??;
+        self.primary.close()
+    }
+}
