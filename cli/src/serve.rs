@@ -30,10 +30,10 @@ pub struct Args {
     /// Requests the node holds at once (waiting or running); one more is answered 503.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     queue: u32,
-    /// Runtimes answering requests for different keys in parallel (default: one per core;
-    /// 0: the primary runtime answers everything).
-    #[arg(long)]
-    workers: Option<usize>,
+    /// Runtimes answering requests for different keys in parallel (default: 8 per core, as a
+    /// worker mostly waits for its append's fsync; 0: the primary runtime answers everything).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    workers: Option<u16>,
     /// Seconds shutdown waits for requests in flight.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
@@ -67,7 +67,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.flush()?;
         drop(out);
         let rating_groups = Manifest::load(&args.manifest)?.rating_groups();
-        let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = args.workers.map_or((8 * cores).min(1024), usize::from);
         let spec = NodeSpec { manifest: args.manifest, store: args.store, name: args.node, workers };
         let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs), rating_groups };
         anyhow::Ok(serve(listener, spec, config, terminated()).await?)

@@ -129,8 +129,17 @@ impl Loader {
 
 /// An engine with a manifest's limits and the default compiled-code cache.
 pub fn engine_for(manifest: &Manifest) -> Result<HostEngine, RuntimeError> {
+    engine_for_runtimes(manifest, 1)
+}
+
+/// [`engine_for`] with room for `runtimes` runtimes of the manifest at once: each holds an
+/// instance of every actor, plus one being replaced after a trap.
+pub fn engine_for_runtimes(manifest: &Manifest, runtimes: usize) -> Result<HostEngine, RuntimeError> {
+    let default = Limits::default();
+    let needed = runtimes.saturating_mul(manifest.actors.len()).saturating_mul(2);
+    let max_instances = u32::try_from(needed).unwrap_or(u32::MAX).max(default.max_instances);
     let limits =
-        Limits { cpu_ms: manifest.limits.cpu_ms, memory_bytes: manifest.limits.memory_mib << 20, ..Limits::default() };
+        Limits { cpu_ms: manifest.limits.cpu_ms, memory_bytes: manifest.limits.memory_mib << 20, max_instances };
     Ok(HostEngine::new(limits)?.with_default_code_cache())
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tollgate_host::ActorKind;
 use tollgate_node::{Node, NodeError, NodeHandle};
-use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for};
+use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for_runtimes};
 
 /// What a server opens: the manifest, the store and the node's name.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ impl Pool {
     /// one store; blocks until all have caught up.
     pub(crate) fn open(spec: &NodeSpec) -> Result<Pool, NodeError> {
         let manifest = Manifest::load(&spec.manifest).map_err(|e| NodeError::Runtime(e.into()))?;
-        let engine = engine_for(&manifest)?;
+        let engine = engine_for_runtimes(&manifest, spec.workers + 1)?;
         let journal = Journal::open(&spec.store)?;
         let mut commands = manifest.clone();
         commands
