@@ -78,7 +78,8 @@ pub(crate) async fn streams(
     State(state): State<Arc<AppState>>,
     Path((stream, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let events = state.pool()?.for_key(&key.clone()).with(move |node| node.stream(&stream, &key)).await??;
+    let node = state.pool()?.for_key(&key);
+    let events = node.with(move |node| node.stream(&stream, &key)).await??;
     Ok(Json(events).into_response())
 }
 
