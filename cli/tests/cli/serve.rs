@@ -80,6 +80,17 @@ impl Drop for Server {
     }
 }
 
+/// Whether curl is here; under `CI=true` it must be (`.ci/run` installs it), elsewhere its
+/// absence skips what needs it, saying so.
+fn curl_available() -> bool {
+    if std::process::Command::new("curl").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "curl is missing and CI=true");
+    eprintln!("skipped: needs curl (apt-get install curl)");
+    false
+}
+
 fn command(id: &str, command: Value) -> String {
     json!({ "id": id, "command": command }).to_string()
 }
@@ -159,6 +170,16 @@ fn a_served_node_answers_the_native_api_and_stops_cleanly_on_sigterm() {
     assert!(text.contains(r#"tollgate_commands_rejected_total{code="insufficient-funds"} 1"#), "{text}");
     assert!(text.contains(r#"tollgate_admissions_total{result="success"} 1"#), "{text}");
     assert!(text.contains("tollgate_http_request_duration_seconds_bucket{"), "{text}");
+
+    // Cleartext HTTP/2 (prior knowledge), as network functions speak it.
+    if curl_available() {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+            .arg(format!("{}/v1/streams/account/alice", server.base))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    }
 
     // SIGTERM: exit 0, counters recorded in the store.
     let (code, err) = server.terminate();
@@ -309,9 +330,7 @@ fn an_nchf_session_reserves_debits_and_releases_and_a_retry_charges_once() {
 /// `examples/edge.toml`.
 #[test]
 fn the_readmes_serving_requests_run_against_the_example_manifest() {
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "curl is missing and CI=true");
-        eprintln!("skipped: the README's curl examples need curl (apt-get install curl)");
+    if !curl_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
