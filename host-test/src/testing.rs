@@ -214,23 +214,21 @@ fn describe(outcome: &Result<Outcome, HostError>) -> String {
     }
 }
 
+/// Panics unless `outcome` is a rejection with `code`; `what` names what was refused.
+#[track_caller]
+fn expect_rejection<T>(outcome: &Result<Result<T, Rejection>, HostError>, code: &str, what: &str) {
+    match outcome {
+        Ok(Err(r)) if r.code == code => {}
+        Ok(Err(r)) => panic!("expected rejection `{code}`, got rejection `{}`: {}", r.code, r.message),
+        Ok(Ok(_)) => panic!("expected rejection `{code}`, but the {what} was taken"),
+        Err(e) => panic!("expected rejection `{code}`, got host error: {e}"),
+    }
+}
+
 /// A JSON event envelope of a typed event (a serde enum): sequence 1, time 0, no ids; set other
 /// fields with struct update syntax, as with the SDK's `Event::new`.
 pub fn event<E: Serialize>(stream: &str, key: &str, event: &E) -> Event {
-    let (event_type, payload) = tollgate_codec::encode(event).expect("event is an externally tagged enum");
-    Event {
-        stream: stream.into(),
-        key: key.into(),
-        event_type,
-        schema_version: 1,
-        content_type: tollgate_codec::JSON.into(),
-        payload,
-        sequence: 1,
-        time: 0,
-        command_id: String::new(),
-        correlation_id: String::new(),
-        causation_id: String::new(),
-    }
+    tollgate_host::aggregate::json_event(stream, key, event).expect("event is an externally tagged enum")
 }
 
 fn load(path: &Path) -> Result<Actor, HostError> {
@@ -368,12 +366,7 @@ impl ProcessThen {
     /// Asserts the input was refused with this code.
     #[track_caller]
     pub fn then_expect_rejection(self, code: &str) -> Self {
-        match &self.outcome {
-            Ok(Err(r)) if r.code == code => {}
-            Ok(Err(r)) => panic!("expected rejection `{code}`, got rejection `{}`: {}", r.code, r.message),
-            Ok(Ok(_)) => panic!("expected rejection `{code}`, but the input was taken"),
-            Err(e) => panic!("expected rejection `{code}`, got host error: {e}"),
-        }
+        expect_rejection(&self.outcome, code, "input");
         self
     }
 
@@ -450,12 +443,7 @@ impl ProjectorThen {
     /// Asserts the batch was refused with this code.
     #[track_caller]
     pub fn then_expect_rejection(self, code: &str) -> Self {
-        match &self.outcome {
-            Ok(Err(r)) if r.code == code => {}
-            Ok(Err(r)) => panic!("expected rejection `{code}`, got rejection `{}`: {}", r.code, r.message),
-            Ok(Ok(())) => panic!("expected rejection `{code}`, but the batch was taken"),
-            Err(e) => panic!("expected rejection `{code}`, got host error: {e}"),
-        }
+        expect_rejection(&self.outcome, code, "batch");
         self
     }
 

@@ -96,6 +96,37 @@ pub fn json_command<C: serde::Serialize>(
     })
 }
 
+/// An event envelope of a typed event (a serde enum) as JSON: schema version 1, sequence 1,
+/// time 0, no ids; set the rest with struct update syntax.
+///
+/// ```
+/// #[derive(serde::Serialize)]
+/// #[serde(rename_all = "kebab-case")]
+/// enum Fact { Started { units: u64 } }
+/// let e = tollgate_host::aggregate::json_event("session", "call-1", &Fact::Started { units: 5 }).unwrap();
+/// assert_eq!((e.event_type.as_str(), e.sequence), ("started", 1));
+/// ```
+pub fn json_event<E: serde::Serialize>(
+    stream: &str,
+    key: &str,
+    event: &E,
+) -> Result<Event, tollgate_codec::CodecError> {
+    let (event_type, payload) = tollgate_codec::encode(event)?;
+    Ok(Event {
+        stream: stream.into(),
+        key: key.into(),
+        event_type,
+        schema_version: 1,
+        content_type: tollgate_codec::JSON.into(),
+        payload,
+        sequence: 1,
+        time: 0,
+        command_id: String::new(),
+        correlation_id: String::new(),
+        causation_id: String::new(),
+    })
+}
+
 /// Most events handed to one `apply` call when a stored tail is folded.
 pub const FOLD_BATCH_EVENTS: usize = 256;
 /// Most payload bytes handed to one `apply` call when a stored tail is folded (a single larger

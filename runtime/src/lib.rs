@@ -335,7 +335,7 @@ impl Runtime {
         report_id: &str,
         event: &E,
     ) -> Result<Event, RuntimeError> {
-        let (event_type, payload) = tollgate_codec::encode(event).map_err(|e| RuntimeError::Report {
+        let event = tollgate_host::aggregate::json_event(stream, key, event).map_err(|e| RuntimeError::Report {
             stream: stream.into(),
             message: format!("the event is not an externally tagged enum: {e}"),
         })?;
@@ -353,17 +353,11 @@ impl Runtime {
             });
         }
         let event = shared.append_external(Event {
-            stream: stream.into(),
-            key: key.into(),
-            event_type,
-            schema_version: 1,
-            content_type: tollgate_codec::JSON.into(),
-            payload,
             sequence: 0,
             time: self.clock.now_ms(),
             command_id: report_id.into(),
             correlation_id: correlation_id.into(),
-            causation_id: String::new(),
+            ..event
         })?;
         shared.pump()?;
         Ok(event)
