@@ -187,8 +187,7 @@ fn main() {
         name: "bench".into(),
         workers,
     };
-    let config =
-        Config { queue: 4 * CONNECTIONS, rating_groups: [(100, "voice".to_string())].into(), ..Config::default() };
+    let config = Config { queue: 4 * CONNECTIONS, ..Config::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = server_runtime.spawn(serve(listener, spec, config, async move {
         let _ = stopped.await;

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tollgate_runtime::Manifest;
 use tollgate_serve::{Config, NodeSpec, serve};
 
 /// Arguments of `serve`.
@@ -66,11 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         writeln!(out, "listening on http://{address}")?;
         out.flush()?;
         drop(out);
-        let rating_groups = Manifest::load(&args.manifest)?.rating_groups();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = args.workers.map_or((8 * cores).min(1024), usize::from);
         let spec = NodeSpec { manifest: args.manifest, store: args.store, name: args.node, workers };
-        let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs), rating_groups };
+        let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs) };
         anyhow::Ok(serve(listener, spec, config, terminated()).await?)
     })?;
     eprintln!("{}", serde_json::to_string(&stats)?);

@@ -562,8 +562,8 @@ pub(crate) mod routes {
         bytes: Result<Bytes, BytesRejection>,
     ) -> Result<Response, Problem> {
         let request: Value = body(bytes)?;
-        let offers = state.offers.clone();
         let pool = state.pool()?;
+        let offers = pool.offers();
         let node = pool.for_key(&route(&request, None));
         let (reference, answer) = node.with(move |node| create(node, &offers, &request)).await??;
         pool.wrote();
@@ -579,8 +579,8 @@ pub(crate) mod routes {
         bytes: Result<Bytes, BytesRejection>,
     ) -> Result<Response, Problem> {
         let request: Value = body(bytes)?;
-        let offers = state.offers.clone();
         let pool = state.pool()?;
+        let offers = pool.offers();
         let node = pool.for_key(&route(&request, Some(&reference)));
         let answer = node.with(move |node| update(node, &offers, &reference, &request)).await??;
         pool.wrote();

@@ -4,6 +4,7 @@
 //! process managers and timers run once, on the primary runtime, which delivers what the
 //! workers wrote.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub(crate) struct Pool {
     primary: NodeHandle,
     workers: Vec<NodeHandle>,
     delivery_queued: Arc<AtomicBool>,
+    offers: Arc<BTreeMap<u32, String>>,
 }
 
 impl Pool {
@@ -52,7 +54,8 @@ impl Pool {
         };
         let primary = open(manifest.clone(), true)?;
         let workers = (0..spec.workers).map(|_| open(commands.clone(), false)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Pool { primary, workers, delivery_queued: Arc::new(AtomicBool::new(false)) })
+        let offers = Arc::new(manifest.rating_groups());
+        Ok(Pool { primary, workers, delivery_queued: Arc::new(AtomicBool::new(false)), offers })
     }
 
     /// The runtime that answers requests for `key` (a stream key, a subscriber, a charging
@@ -64,6 +67,11 @@ impl Pool {
         let mut hasher = std::hash::DefaultHasher::new();
         key.hash(&mut hasher);
         &self.workers[(hasher.finish() % self.workers.len() as u64) as usize]
+    }
+
+    /// The offer each Nchf rating group is charged under (the manifest's `[rating_groups]`).
+    pub(crate) fn offers(&self) -> Arc<BTreeMap<u32, String>> {
+        self.offers.clone()
     }
 
     /// The runtime with the projectors, process managers and timers.

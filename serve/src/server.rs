@@ -10,7 +10,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -30,13 +29,11 @@ pub struct Config {
     pub queue: usize,
     /// How long shutdown waits for in-flight requests before giving up on them.
     pub grace: Duration,
-    /// The offer each Nchf rating group is charged under (the manifest's `[rating_groups]`).
-    pub rating_groups: BTreeMap<u32, String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { queue: 1024, grace: Duration::from_secs(10), rating_groups: BTreeMap::new() }
+        Config { queue: 1024, grace: Duration::from_secs(10) }
     }
 }
 
@@ -63,7 +60,6 @@ pub(crate) struct AppState {
     queue: Arc<Semaphore>,
     queue_limit: usize,
     metrics: Arc<Metrics>,
-    pub(crate) offers: Arc<BTreeMap<u32, String>>,
 }
 
 impl AppState {
@@ -78,7 +74,7 @@ impl AppState {
 
 /// Holds a place in the bounded queue for the whole request, or answers `503` at once.
 async fn bounded(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    match state.queue.clone().try_acquire_owned() {
+    match state.queue.try_acquire() {
         Ok(_place) => next.run(request).await,
         Err(_) => Problem::unavailable(
             "NF_CONGESTION",
@@ -178,7 +174,6 @@ pub async fn serve(
         queue: Arc::new(Semaphore::new(config.queue)),
         queue_limit: config.queue,
         metrics: Arc::new(Metrics::default()),
-        offers: Arc::new(config.rating_groups),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut server_stopped = stopped.clone();
@@ -278,7 +273,6 @@ mod tests {
             queue: Arc::new(Semaphore::new(queue)),
             queue_limit: queue,
             metrics: Arc::new(Metrics::default()),
-            offers: Arc::default(),
         })
     }
 
