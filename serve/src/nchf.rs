@@ -376,7 +376,8 @@ fn settle(
     })
 }
 
-/// The units used in `containers`, all of the grant's kind.
+/// The units used in `containers`, all of the grant's kind (`None`: the rating group has no
+/// open grant, so any usage is refused).
 fn used(containers: &[Units], kind: Option<UnitKind>, field: &str) -> Result<u64, Problem> {
     let mut total = 0u64;
     for (i, container) in containers.iter().enumerate() {
@@ -390,6 +391,13 @@ fn used(containers: &[Units], kind: Option<UnitKind>, field: &str) -> Result<u64
         total = total
             .checked_add(amount)
             .ok_or_else(|| incorrect(field.to_string(), "adds up to more than 2^64 - 1 units"))?;
+    }
+    // Usage with nothing to charge it against is refused, never answered as if charged.
+    if kind.is_none() && total > 0 {
+        return Err(incorrect(
+            field.to_string(),
+            &format!("reports {total} units, but its rating group has no open grant in this charging data"),
+        ));
     }
     Ok(total)
 }

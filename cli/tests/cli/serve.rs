@@ -13,11 +13,13 @@ struct Server {
     agent: ureq::Agent,
 }
 
-/// An HTTP answer: status, content type, and the body as JSON (or as a string when it is not).
+/// An HTTP answer: status, content type, the body as JSON (or as a string when it is not), and
+/// `Location`.
 struct Answer {
     status: u16,
     content_type: String,
     body: Value,
+    location: Option<String>,
 }
 
 impl Server {
@@ -48,8 +50,9 @@ impl Server {
         let status = response.status().as_u16();
         let content_type =
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_string());
         let text = response.body_mut().read_to_string().unwrap();
-        Answer { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+        Answer { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::String(text)), location }
     }
 
     fn get(&self, path: &str) -> Answer {
@@ -296,7 +299,19 @@ fn an_nchf_session_reserves_debits_and_releases_and_a_retry_charges_once() {
     assert_eq!(denied.body["multipleUnitInformation"][0]["resultCode"], "USER_UNKNOWN", "{}", denied.body);
     assert!(denied.body["multipleUnitInformation"][0].get("grantedUnit").is_none());
     let unrated = charging(Some(imsi), 0, json!([{"ratingGroup": 7, "requestedUnit": {"time": 60}}]));
-    assert_eq!(server.post(NCHF, &unrated).body["multipleUnitInformation"][0]["resultCode"], "RATING_FAILED");
+    let unrated = server.post(NCHF, &unrated);
+    assert_eq!(unrated.body["multipleUnitInformation"][0]["resultCode"], "RATING_FAILED");
+    // Usage for a rating group with no grant cannot be charged: refused, not answered 200.
+    let unrated_ref = unrated.location.unwrap().rsplit('/').next().unwrap().to_string();
+    let usage = charging(Some(imsi), 1, json!([{"ratingGroup": 7, "usedUnitContainer": [{"time": 5}]}]));
+    let refused = server.post(&format!("{NCHF}/{unrated_ref}/update"), &usage);
+    assert_eq!(
+        (refused.status, refused.body["cause"].as_str()),
+        (400, Some("MANDATORY_IE_INCORRECT")),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body["detail"].as_str().unwrap().contains("no open grant"), "{}", refused.body);
 
     // Every error class is ProblemDetails with its status and cause.
     let problems = [
