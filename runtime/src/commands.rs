@@ -152,8 +152,7 @@ impl Shared {
                 Outcome::Accepted(events) => events,
             };
             let new = events.iter().map(|e| to_new(e, &digest)).collect();
-            let appended =
-                self.journal.block_on(self.journal.store().append(stream, key, ExpectedVersion::Exact(expected), new));
+            let appended = self.journal.append(stream, key, ExpectedVersion::Exact(expected), new);
             let slot = self.aggregates.get_mut(actor).expect(REGISTERED);
             match appended {
                 Ok(result) => {
@@ -249,12 +248,7 @@ impl Shared {
     /// repeated id returns the event first recorded under it.
     pub fn append_external(&mut self, event: Event) -> Result<Event, RuntimeError> {
         let (stream, key) = (event.stream.clone(), event.key.clone());
-        let appended = self.journal.block_on(self.journal.store().append(
-            &stream,
-            &key,
-            ExpectedVersion::Any,
-            vec![to_new(&event, &[])],
-        ));
+        let appended = self.journal.append(&stream, &key, ExpectedVersion::Any, vec![to_new(&event, &[])]);
         let sequence = match appended {
             Ok(result) => result.first_sequence,
             Err(StoreError::Duplicate { original, .. }) => {

@@ -45,7 +45,7 @@ mod undo;
 
 pub use dispatch::RefusedCommand;
 pub use error::RuntimeError;
-pub use journal::Journal;
+pub use journal::{AppendLatency, Journal};
 pub use manifest::Manifest;
 pub use namespace::{RESERVED_PREFIX, TIMER_STREAM, is_reserved};
 #[cfg(feature = "oci")]
@@ -428,12 +428,8 @@ impl Runtime {
     pub fn record_stats(&self, node: &str, run_id: &str) -> Result<(), RuntimeError> {
         let shared = self.lock();
         let event = journal::json_event("counters-recorded", &shared.stats, run_id, self.clock.now_ms())?;
-        let result = shared.journal.block_on(shared.journal.store().append(
-            stats::STATS_STREAM,
-            node,
-            tollgate_store::ExpectedVersion::Any,
-            vec![event],
-        ));
+        let result =
+            shared.journal.append(stats::STATS_STREAM, node, tollgate_store::ExpectedVersion::Any, vec![event]);
         match result {
             Ok(_) | Err(tollgate_store::StoreError::Duplicate { .. }) => Ok(()),
             Err(e) => Err(shared.journal.error("record counters", e)),

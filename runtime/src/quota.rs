@@ -219,9 +219,10 @@ impl EdgeNode {
         let (event_type, payload) = tollgate_codec::encode(&event)
             .expect("a QuotaEvent is an externally tagged enum of plain fields: it always encodes");
         let new = NewEvent { event_type, payload, ..json_event("", &(), command_id, now)? };
-        let store = self.local.store();
-        let appended = store.append(QUOTA_STREAM, &self.node, ExpectedVersion::Exact(self.sequence), vec![new]);
-        let result = self.local.run("append to the edge log", appended)?;
+        let result = self
+            .local
+            .append(QUOTA_STREAM, &self.node, ExpectedVersion::Exact(self.sequence), vec![new])
+            .map_err(|e| self.local.error("append to the edge log", e))?;
         self.sequence = result.last_sequence;
         self.fold(command_id, event);
         Ok(())

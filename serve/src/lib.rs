@@ -15,6 +15,7 @@
 //!   and `detail`.
 
 pub mod api;
+mod exposure;
 pub mod metrics;
 pub mod nchf;
 mod pool;

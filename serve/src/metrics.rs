@@ -1,20 +1,38 @@
 //! `GET /metrics`: Prometheus text. HTTP requests by route and status and their latency are
 //! counted here, as they are answered; the node's own counters (commands, admissions by
-//! result code, OCC conflicts, dead letters, timers) are read from the node at each scrape.
+//! result code, OCC conflicts, dead letters, timers), its store's append latency and the
+//! outstanding grant exposure are read from the node at each scrape.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tollgate_runtime::Stats;
+use tollgate_runtime::{AppendLatency, Stats};
+
+use crate::exposure::Held;
+
+/// What the node reports at a scrape.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeReading {
+    /// Every runtime's counters, summed.
+    pub(crate) stats: Stats,
+    /// How long the store's appends took.
+    pub(crate) appends: AppendLatency,
+    /// Money held by open grants, by currency.
+    pub(crate) exposure: BTreeMap<String, Held>,
+    /// Account events the exposure could not fold.
+    pub(crate) undecodable: u64,
+}
 
 /// Labels of one HTTP request: the route template (never the raw path, so keys do not
 /// become series), the method and the status.
@@ -40,7 +58,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
     in_flight: Gauge,
-    node: Arc<Mutex<Stats>>,
+    node: Arc<Mutex<NodeReading>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,7 +72,7 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = LatencyFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
         let in_flight = Gauge::default();
-        let node = Arc::new(Mutex::new(Stats::default()));
+        let node = Arc::new(Mutex::new(NodeReading::default()));
         registry.register(
             "tollgate_http_requests",
             "HTTP requests answered, by route, method and status",
@@ -79,9 +97,9 @@ impl Metrics {
         self.latency.get_or_create(&RouteLabel { route: route.into() }).observe(seconds);
     }
 
-    /// The Prometheus text of every metric, with the node's counters as of `stats`.
-    pub fn render(&self, stats: Stats) -> String {
-        *self.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = stats;
+    /// The Prometheus text of every metric, with the node as read at this scrape.
+    pub(crate) fn render(&self, reading: NodeReading) -> String {
+        *self.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = reading;
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -101,9 +119,9 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     response
 }
 
-/// The node's counters, encoded at each scrape from the last copy read from the node.
+/// The node's counters, encoded at each scrape from the last reading of the node.
 #[derive(Debug)]
-struct NodeCounters(Arc<Mutex<Stats>>);
+struct NodeCounters(Arc<Mutex<NodeReading>>);
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
     let value = ConstCounter::new(value);
@@ -117,7 +135,7 @@ fn counter_family<'a>(
     label: &str,
     values: impl IntoIterator<Item = (&'a String, &'a u64)>,
 ) -> std::fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (value, count) in values {
         ConstCounter::new(*count).encode(family.encode_family(&[(label, value.as_str())])?)?;
     }
@@ -126,8 +144,8 @@ fn counter_family<'a>(
 
 impl Collector for NodeCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let s = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let e = &mut encoder;
+        let reading = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let (s, e) = (&reading.stats, &mut encoder);
         counter(e, "tollgate_commands_accepted", "Commands that appended events", s.accepted)?;
         counter_family(e, "tollgate_commands_rejected", "Commands refused, by rejection code", "code", &s.rejected)?;
         counter(e, "tollgate_commands_duplicate", "Commands answered from the log as duplicates", s.duplicates)?;
@@ -141,6 +159,44 @@ impl Collector for NodeCounters {
         )?;
         counter(e, "tollgate_dead_letters", "Deliveries moved to the dead letters", s.dead_lettered)?;
         counter(e, "tollgate_timers_fired", "Timers fired", s.timers_fired)?;
-        counter(e, "tollgate_snapshots", "Snapshots written", s.snapshots)
+        counter(e, "tollgate_snapshots", "Snapshots written", s.snapshots)?;
+
+        let appends = &reading.appends;
+        let mut histogram = e.encode_descriptor(
+            "tollgate_store_append_duration_seconds",
+            "Time an append to the event store took (the group commit's fsync included)",
+            None,
+            MetricType::Histogram,
+        )?;
+        histogram.encode_histogram::<Vec<(String, String)>>(
+            appends.sum_seconds,
+            appends.count,
+            &appends.buckets,
+            None,
+        )?;
+
+        // Held money can exceed i64 summed over many accounts; the gauge saturates, the
+        // exposure itself does not wrap.
+        let saturate = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+        let mut held = e.encode_descriptor(
+            "tollgate_grant_exposure_minor_units",
+            "Money held by open reservations over every account in the store, by currency",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (currency, h) in &reading.exposure {
+            held.encode_family(&[("currency", currency.as_str())])?.encode_gauge(&saturate(h.minor_units))?;
+        }
+        let mut grants =
+            e.encode_descriptor("tollgate_grants_open", "Open reservations, by currency", None, MetricType::Gauge)?;
+        for (currency, h) in &reading.exposure {
+            grants.encode_family(&[("currency", currency.as_str())])?.encode_gauge(&saturate(i128::from(h.grants)))?;
+        }
+        counter(
+            e,
+            "tollgate_grant_exposure_undecodable_events",
+            "Account events the exposure could not fold (another schema or damage): the figure misses them",
+            reading.undecodable,
+        )
     }
 }

@@ -7,11 +7,14 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use tollgate_host::ActorKind;
 use tollgate_node::{Node, NodeError, NodeHandle};
-use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for_runtimes};
+use tollgate_runtime::{Journal, Loader, Manifest, Runtime, RuntimeError, Stats, engine_for_runtimes};
+
+use crate::exposure::Exposure;
+use crate::metrics::NodeReading;
 
 /// What a server opens: the manifest, the store and the node's name.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub(crate) struct Pool {
     workers: Vec<NodeHandle>,
     delivery_queued: Arc<AtomicBool>,
     offers: Arc<BTreeMap<u32, String>>,
+    journal: Journal,
+    exposure: Mutex<Exposure>,
 }
 
 impl Pool {
@@ -55,7 +60,8 @@ impl Pool {
         let primary = open(manifest.clone(), true)?;
         let workers = (0..spec.workers).map(|_| open(commands.clone(), false)).collect::<Result<Vec<_>, _>>()?;
         let offers = Arc::new(manifest.rating_groups());
-        Ok(Pool { primary, workers, delivery_queued: Arc::new(AtomicBool::new(false)), offers })
+        let exposure = Mutex::default();
+        Ok(Pool { primary, workers, delivery_queued: Arc::new(AtomicBool::new(false)), offers, journal, exposure })
     }
 
     /// The runtime that answers requests for `key` (a stream key, a subscriber, a charging
@@ -103,6 +109,24 @@ impl Pool {
             }
         }
         total
+    }
+
+    /// Folds the next page of the log into the grant exposure; blocks on the store.
+    pub(crate) fn fold_exposure(&self) -> Result<(), RuntimeError> {
+        self.exposure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).catch_up(&self.journal)
+    }
+
+    /// What `/metrics` reports of the node: its counters, its store's append latency and the
+    /// grant exposure folded so far.
+    pub(crate) async fn reading(&self) -> NodeReading {
+        let stats = self.stats().await;
+        let exposure = self.exposure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        NodeReading {
+            stats,
+            appends: self.journal.append_latency(),
+            exposure: exposure.by_currency().clone(),
+            undecodable: exposure.undecodable(),
+        }
     }
 
     /// Closes the workers, then the primary, which records everyone's counters; blocks.

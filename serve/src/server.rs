@@ -1,6 +1,6 @@
 //! The server: routes, the bounded queue in front of the node, readiness and shutdown.
 
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, NodeReading};
 use crate::pool::{NodeSpec, Pool};
 use crate::problem::Problem;
 use crate::{api, nchf};
@@ -72,10 +72,27 @@ impl AppState {
     }
 }
 
-/// Holds a place in the bounded queue for the whole request, or answers `503` at once.
+/// How long a request's body may take to arrive. Bodies are read before a request takes a
+/// place in the queue, so a slow client holds its own connection, never a place of the node's.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the body, then holds a place in the bounded queue for the rest of the request, or
+/// answers `503` with `Retry-After` at once when every place is taken.
 async fn bounded(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            let detail = format!("the request body is over {MAX_BODY_BYTES} bytes or was cut off");
+            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_BODY_TOO_LARGE", detail).into_response();
+        }
+        Err(_) => {
+            let detail = format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs());
+            return Problem::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", detail).into_response();
+        }
+    };
     match state.queue.try_acquire() {
-        Ok(_place) => next.run(request).await,
+        Ok(_place) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
         Err(_) => Problem::unavailable(
             "NF_CONGESTION",
             format!("the node is holding {} requests, its limit; retry later", state.queue_limit),
@@ -93,11 +110,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, Prob
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let stats = match state.pool() {
-        Ok(pool) => pool.stats().await,
-        Err(_) => Stats::default(),
+    let reading = match state.pool() {
+        Ok(pool) => pool.reading().await,
+        Err(_) => NodeReading::default(),
     };
-    let mut response = state.metrics.render(stats).into_response();
+    let mut response = state.metrics.render(reading).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -242,7 +259,8 @@ pub async fn serve(
         .map_err(ServeError::Close)
 }
 
-/// Fires due timers and delivers the workers' writes every [`TICK`] until `stopped`.
+/// Fires due timers, delivers the workers' writes and folds the next page of the log into
+/// the grant exposure every [`TICK`] until `stopped`.
 async fn tick(pool: Arc<Pool>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -253,6 +271,10 @@ async fn tick(pool: Arc<Pool>, mut stopped: tokio::sync::watch::Receiver<bool>) 
                 let ticked = pool.primary().with(|node| node.tick().and_then(|_| Ok(node.runtime().pump()?))).await;
                 if let Ok(Err(e)) = ticked {
                     tracing::warn!(error = %e, "firing timers");
+                }
+                let folding = pool.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || folding.fold_exposure()).await {
+                    tracing::warn!(error = %e, "folding the grant exposure");
                 }
             }
         }
@@ -289,7 +311,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_queue_answers_503_with_retry_after_before_reading_the_body() {
+    async fn a_full_queue_answers_503_with_retry_after_at_once() {
         let state = state(2);
         let _held = state.queue.clone().acquire_many_owned(2).await.unwrap();
         let (status, headers, body) = call(&state, "POST", "/v1/admissions").await;
@@ -322,7 +344,7 @@ mod tests {
         let (status, _, body) = call(&state, "GET", "/v2/nothing").await;
         assert_eq!((status, body["cause"].as_str()), (StatusCode::NOT_FOUND, Some("RESOURCE_URI_STRUCTURE_NOT_FOUND")));
         assert!(body["detail"].as_str().unwrap().contains("/v2/nothing"), "{body}");
-        let text = state.metrics.render(Stats::default());
+        let text = state.metrics.render(NodeReading::default());
         assert!(
             text.contains(r#"tollgate_http_requests_total{route="unmatched",method="GET",status="404"} 1"#),
             "{text}"

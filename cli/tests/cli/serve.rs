@@ -64,6 +64,18 @@ impl Server {
         Server::answer(request.send(body).unwrap())
     }
 
+    /// `/metrics` once it contains `line`: the server folds some figures on its next tick.
+    /// Polled without a deadline of our own (the harness's timeout bounds it).
+    fn metrics_until(&self, line: &str) -> String {
+        loop {
+            let text = self.get("/metrics").body.as_str().unwrap().to_string();
+            if text.contains(line) {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits: (exit code, stderr).
     fn terminate(mut self) -> (i32, String) {
         let child = self.child.take().unwrap();
@@ -173,6 +185,11 @@ fn a_served_node_answers_the_native_api_and_stops_cleanly_on_sigterm() {
     assert!(text.contains(r#"tollgate_commands_rejected_total{code="insufficient-funds"} 1"#), "{text}");
     assert!(text.contains(r#"tollgate_admissions_total{result="success"} 1"#), "{text}");
     assert!(text.contains("tollgate_http_request_duration_seconds_bucket{"), "{text}");
+    // Three appends (open, top-up, the admission's reservation; the retry appended nothing).
+    assert!(text.contains("tollgate_store_append_duration_seconds_count 3\n"), "{text}");
+    // The admission's hold, folded from the log on the server's next tick.
+    let text = server.metrics_until(r#"tollgate_grant_exposure_minor_units{currency="EUR"} 20"#);
+    assert!(text.contains(r#"tollgate_grants_open{currency="EUR"} 1"#), "{text}");
 
     // Cleartext HTTP/2 (prior knowledge), as network functions speak it.
     if curl_available() {
@@ -478,4 +495,132 @@ fn killed_under_load_every_acknowledged_request_is_in_the_log_once_and_sigterm_d
     let server = Server::start(&manifest, &store, &[]);
     each_once(&server, &killed, CLIENTS);
     each_once(&server, &drained, CLIENTS);
+}
+
+#[test]
+fn a_client_sending_its_body_slowly_holds_no_place_of_the_node() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path());
+    let store = format!("file:{}", dir.path().join("log").display());
+    // One place: were it taken by the slow request, every other request would be refused.
+    let server = Server::start(&manifest, &store, &["--queue", "1", "--workers", "1"]);
+    let body = command("o1", json!({"open": {"currency": "EUR"}}));
+    let (head, tail) = body.split_at(body.len() / 2);
+    let address = server.base.strip_prefix("http://").unwrap();
+    let mut slow = std::net::TcpStream::connect(address).unwrap();
+    let request = format!(
+        "POST /v1/commands/account/slow HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+        body.len()
+    );
+    slow.write_all(request.as_bytes()).unwrap();
+    // The server has the headers and half the body; others are served meanwhile.
+    for c in 0..5 {
+        let answer = server.post(&format!("/v1/commands/account/fast-{c}"), &body);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    slow.write_all(tail.as_bytes()).unwrap();
+    let mut response = String::new();
+    slow.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(server.get("/v1/streams/account/slow").body.as_array().unwrap().len(), 1);
+    let (code, err) = server.terminate();
+    assert_eq!(code, 0, "{err}");
+}
+
+/// One client's answers under overload: (status, took, the admission's id) each.
+type Answers = Vec<(u16, std::time::Duration, String)>;
+
+#[test]
+fn over_capacity_clients_get_fast_503s_and_every_admission_answered_200_is_held_once() {
+    const CLIENTS: usize = 16;
+    const PER_CLIENT: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path());
+    let store = format!("file:{}", dir.path().join("log").display());
+    // Two places for sixteen clients that send their next request as soon as one is answered.
+    let server = Server::start(&manifest, &store, &["--queue", "2", "--workers", "1"]);
+    for c in 0..CLIENTS {
+        let path = format!("/v1/commands/account/over-{c}");
+        assert_eq!(server.post(&path, &command("open", json!({"open": {"currency": "EUR"}}))).status, 200);
+        let top_up = command("top-up", json!({"top-up": {"amount": {"minor_units": 1_000_000, "currency": "EUR"}}}));
+        assert_eq!(server.post(&path, &top_up).status, 200);
+    }
+    let base = server.base.clone();
+    let mut answers: Vec<Answers> = Vec::new();
+    // Rounds until one has seen the node refuse (each round is sixteen clients racing for two
+    // places, so the first almost surely does); bounded at ten.
+    for round in 0..10 {
+        answers = std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|c| {
+                    let base = &base;
+                    scope.spawn(move || {
+                        let agent: ureq::Agent =
+                            ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                        (0..PER_CLIENT)
+                            .map(|i| {
+                                let id = format!("r{round}-{c}-{i}");
+                                let admit =
+                                    json!({"id": id, "subscriber": format!("over-{c}"), "offer": "voice", "units": 1});
+                                let start = std::time::Instant::now();
+                                let response =
+                                    agent.post(format!("{base}/v1/admissions")).send(admit.to_string()).unwrap();
+                                let took = start.elapsed();
+                                let status = response.status().as_u16();
+                                if status == 503 {
+                                    assert_eq!(response.headers()["retry-after"], "1");
+                                    let answer = Server::answer(response);
+                                    assert_eq!(answer.content_type, "application/problem+json");
+                                    assert_eq!(answer.body["cause"].as_str(), Some("NF_CONGESTION"), "{}", answer.body);
+                                } else {
+                                    let answer = Server::answer(response);
+                                    assert_eq!(status, 200, "only 200 or 503 under overload: {}", answer.body);
+                                    assert!(answer.body["granted"].is_object(), "{}", answer.body);
+                                }
+                                (status, took, id)
+                            })
+                            .collect::<Answers>()
+                    })
+                })
+                .collect();
+            clients.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        if answers.iter().flatten().any(|(status, _, _)| *status == 503) {
+            break;
+        }
+    }
+    let all: Vec<_> = answers.iter().flatten().collect();
+    let refused: Vec<_> = all.iter().filter(|(s, _, _)| *s == 503).collect();
+    assert!(!refused.is_empty(), "sixteen clients for two places never saw a 503 in ten rounds");
+    let percentile = |mut took: Vec<std::time::Duration>, p: usize| {
+        took.sort();
+        took[(took.len() * p / 100).min(took.len() - 1)]
+    };
+    let accepted: Vec<_> = all.iter().filter(|(s, _, _)| *s == 200).map(|(_, t, _)| *t).collect();
+    eprintln!(
+        "overload: {} accepted (p99 {:?}), {} refused (p99 {:?})",
+        accepted.len(),
+        percentile(accepted.clone(), 99),
+        refused.len(),
+        percentile(refused.iter().map(|(_, t, _)| *t).collect(), 99)
+    );
+
+    // What was accepted is held exactly once; what was refused left no trace.
+    for (c, client) in answers.iter().enumerate() {
+        let events = server.get(&format!("/v1/streams/account/over-{c}")).body;
+        let ids: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["command_id"].as_str().unwrap()).collect();
+        for (status, _, id) in client {
+            let expected = usize::from(*status == 200);
+            assert_eq!(ids.iter().filter(|i| **i == id).count(), expected, "{id} ({status}) in {ids:?}");
+        }
+    }
+    let text = server.get("/metrics").body.as_str().unwrap().to_string();
+    let line = format!(
+        r#"tollgate_http_requests_total{{route="/v1/admissions",method="POST",status="503"}} {}"#,
+        refused.len()
+    );
+    assert!(text.contains(&line), "{text}");
+    let (code, err) = server.terminate();
+    assert_eq!(code, 0, "{err}");
 }
