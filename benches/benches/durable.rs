@@ -6,6 +6,9 @@
 //!   `fdatasync` cover every append queued meanwhile.
 //! * `durable-jetstream`: `NatsStore` against a nats-server started on a free loopback port
 //!   (skipped with a message when nats-server is not installed).
+//! * `durable-jetstream-cluster-r1` / `-r3`: a three-server cluster on loopback, the events
+//!   stream kept on one server, then on all three (each append is acknowledged once a majority
+//!   has it); the R3 figure's ratio is against R1 in the same run.
 
 #![allow(clippy::unwrap_used)] // a benchmark stops on the first unexpected error
 
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tollgate_benches::fixtures;
 use tollgate_benches::measure::{self, PHASE, Report, Timing};
-use tollgate_store::testing::NatsServer;
+use tollgate_store::testing::{NatsCluster, NatsServer};
 use tollgate_store::{EventStore, ExpectedVersion, FileStore, NatsOptions, NatsStore, NewEvent};
 
 /// Concurrent appenders.
@@ -103,7 +106,25 @@ impl Appenders {
     }
 }
 
-fn scenario(c: &mut criterion::Criterion, rt: &Runtime, name: &str, appenders: &Appenders, target: (&str, f64)) {
+/// Connects to `url`, retrying while the servers are still electing leaders (at most 60 s).
+fn connect(rt: &Runtime, url: &str, options: NatsOptions) -> NatsStore {
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match NatsStore::connect(url, options.clone()).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("nats not ready yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("connect to {url}: {e}"),
+            }
+        }
+    })
+}
+
+/// Criterion's measurement, then (in bench mode) a timed phase: its figures.
+fn scenario(c: &mut criterion::Criterion, rt: &Runtime, name: &str, appenders: &Appenders) -> Option<Timing> {
     c.bench_function(&format!("{name} ({TASKS} appenders)"), |b| {
         b.iter_custom(|iters| {
             let per_task = iters.div_ceil(TASKS as u64).max(1);
@@ -112,18 +133,23 @@ fn scenario(c: &mut criterion::Criterion, rt: &Runtime, name: &str, appenders: &
         })
     });
     if !measure::bench_mode() {
-        return;
+        return None;
     }
     let (done, elapsed, latencies) = rt.block_on(appenders.run(Stop::Deadline(Instant::now() + PHASE)));
     let ops_per_sec = done as f64 / elapsed.as_secs_f64();
-    let timing = Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies };
-    Report::new(
-        name,
-        &format!("one append of one event (1 command), {TASKS} concurrent appenders; latency per append"),
-        &timing,
-    )
-    .target(target.0, ops_per_sec >= target.1)
-    .write();
+    Some(Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies })
+}
+
+fn report(name: &str, timing: &Timing) -> Report {
+    let op = format!("one append of one event (1 command), {TASKS} concurrent appenders; latency per append");
+    Report::new(name, &op, timing)
+}
+
+/// [`scenario`], reported against a throughput target.
+fn with_target(c: &mut criterion::Criterion, rt: &Runtime, name: &str, appenders: &Appenders, target: (&str, f64)) {
+    if let Some(timing) = scenario(c, rt, name, appenders) {
+        report(name, &timing).target(target.0, timing.ops_per_sec >= target.1).write();
+    }
 }
 
 fn main() {
@@ -133,7 +159,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = FileStore::open(dir.path()).expect("open the file store");
     let appenders = Appenders::new(Arc::new(file.clone()));
-    scenario(&mut c, &rt, "durable-file", &appenders, (">= 50k commands/s", 50_000.0));
+    with_target(&mut c, &rt, "durable-file", &appenders, (">= 50k commands/s", 50_000.0));
     let stats = file.stats();
     println!(
         "durable-file: {} records in {} fdatasyncs ({:.1} records per sync)",
@@ -146,23 +172,33 @@ fn main() {
     match NatsServer::start() {
         Err(why) => println!("durable-jetstream: skipped: {why}"),
         Ok(server) => {
-            let store = rt.block_on(async {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    match NatsStore::connect(&server.url, NatsOptions::default()).await {
-                        Ok(s) => break s,
-                        Err(e) if Instant::now() < deadline => {
-                            eprintln!("nats not ready yet: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        Err(e) => panic!("connect to {}: {e}", server.url),
-                    }
-                }
-            });
+            let store = connect(&rt, &server.url, NatsOptions::default());
             let appenders = Appenders::new(Arc::new(store));
-            scenario(&mut c, &rt, "durable-jetstream", &appenders, (">= 10k commands/s", 10_000.0));
+            with_target(&mut c, &rt, "durable-jetstream", &appenders, (">= 10k commands/s", 10_000.0));
             drop(appenders);
             drop(server);
+        }
+    }
+
+    match NatsCluster::start(3) {
+        Err(why) => println!("durable-jetstream-cluster: skipped: {why}"),
+        Ok(cluster) => {
+            let mut r1: Option<Timing> = None;
+            for replicas in [1, 3] {
+                // One prefix per replica count: two sets of streams in the one cluster.
+                let options = NatsOptions { prefix: format!("r{replicas}"), replicas, ..NatsOptions::default() };
+                let appenders = Appenders::new(Arc::new(connect(&rt, &cluster.url(), options)));
+                let name = format!("durable-jetstream-cluster-r{replicas}");
+                let Some(timing) = scenario(&mut c, &rt, &name, &appenders) else { continue };
+                match &r1 {
+                    // The ratio column holds R3 / R1 of this run.
+                    Some(one) => report(&name, &timing).ratio(timing.ops_per_sec / one.ops_per_sec).write(),
+                    None => report(&name, &timing).write(),
+                }
+                if replicas == 1 {
+                    r1 = Some(timing);
+                }
+            }
         }
     }
     c.final_summary();

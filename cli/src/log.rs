@@ -83,7 +83,11 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.manifest)?;
     let mut loader = Loader::new(engine_for(&manifest)?);
     // Only a repairing replay writes; a check must leave the store as it found it.
-    let journal = if args.check { Journal::open_read_only(&args.store)? } else { Journal::open(&args.store)? };
+    let journal = if args.check {
+        Journal::open_read_only(&args.store)?
+    } else {
+        Journal::open_for(&args.store, &manifest.store)?
+    };
     let report = replay::replay(&manifest, &mut loader, &journal, !args.check)?;
     println!("read {} events in {:.1?} ({})", report.events, report.read, per_second(report.events, report.read));
     for a in &report.aggregates {
@@ -219,6 +223,23 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
         if matches!(manifest.kind(name), ActorKind::Projector | ActorKind::ProcessManager) {
             let depth = journal.run("read dead letters", journal.store().dead_letters(name))?.len();
             println!("  {name:<22} {depth}");
+        }
+    }
+    match journal.run("read the log's replication", journal.store().replication())? {
+        None => println!("replication: one copy"),
+        Some(r) => {
+            let leader = r.leader.as_deref().unwrap_or("none (an election is under way)");
+            println!("replication: {} copies, leader {leader}", r.replicas);
+            for f in &r.followers {
+                let state = if f.offline {
+                    "offline"
+                } else if f.current {
+                    "current"
+                } else {
+                    "catching up"
+                };
+                println!("  {:<22} {state}, {} operations behind", f.server, f.lag);
+            }
         }
     }
     let mut loader = Loader::new(engine_for(&manifest)?);

@@ -100,9 +100,14 @@ impl Journal {
         })
     }
 
-    /// Opens `file:DIR` (the embedded log) or `nats://HOST:PORT` (JetStream).
+    /// Opens `file:DIR` (the embedded log) or `nats://HOST:PORT[,HOST:PORT...]` (JetStream).
     pub fn open(url: &str) -> Result<Journal, RuntimeError> {
         Journal::connect(url, || tollgate_store::open(url))
+    }
+
+    /// [`Journal::open`] as a manifest's `[store]` section says (its JetStream `replicas`).
+    pub fn open_for(url: &str, spec: &crate::manifest::StoreSpec) -> Result<Journal, RuntimeError> {
+        Journal::connect(url, || tollgate_store::open_with(url, spec.replicas))
     }
 
     /// Opens a store without writing to it (`tollgate events`, `stats`, `replay --check`, ...):

@@ -163,7 +163,7 @@ impl Runtime {
         let manifest = Manifest::load(path)?;
         let mut loader = Loader::new(engine_for(&manifest)?);
         let journal = match store {
-            Some(url) => Journal::open(url)?,
+            Some(url) => Journal::open_for(url, &manifest.store)?,
             None => Journal::ephemeral()?,
         };
         Runtime::open(&manifest, &mut loader, journal)

@@ -21,7 +21,7 @@
 //! ```
 //!
 //! An optional `[store]` section tunes how the event store is used (`snapshot_every = 100`,
-//! `max_deliver = 5`); which store is chosen when the runtime starts.
+//! `max_deliver = 5`, `replicas = 1`); which store is chosen when the runtime starts.
 //!
 //! An optional `[reactions]` section bounds the work process managers may cause (see
 //! [`ReactionLimits`]; defaults shown):
@@ -92,6 +92,14 @@ pub struct StoreSpec {
     /// the dead letters.
     #[serde(default = "default_max_deliver")]
     pub max_deliver: u32,
+    /// Copies a JetStream store keeps of every stream and bucket it creates (1 to 5; 3 for a
+    /// cluster of three servers). The embedded log keeps one copy and refuses more.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 fn default_snapshot_every() -> u64 {
@@ -104,7 +112,11 @@ fn default_max_deliver() -> u32 {
 
 impl Default for StoreSpec {
     fn default() -> Self {
-        StoreSpec { snapshot_every: default_snapshot_every(), max_deliver: default_max_deliver() }
+        StoreSpec {
+            snapshot_every: default_snapshot_every(),
+            max_deliver: default_max_deliver(),
+            replicas: default_replicas(),
+        }
     }
 }
 
@@ -327,6 +339,13 @@ impl Manifest {
                 ),
             ));
         }
+        let replicas = manifest.store.replicas;
+        if !(1..=5).contains(&replicas) {
+            return Err(invalid(
+                "store.replicas".into(),
+                format!("is {replicas}, must be between 1 and 5 (JetStream's limit)"),
+            ));
+        }
         if let Some(field) = manifest.reactions.zero_field() {
             return Err(invalid(format!("reactions.{field}"), "must be > 0".into()));
         }
@@ -494,6 +513,12 @@ mod tests {
         }
         let err = parse(&format!("[store]\nmax_deliver = 4294967296\n{actor}")).unwrap_err().to_string();
         assert!(err.starts_with("m.toml") && err.contains("max_deliver"), "{err}");
+        for replicas in [0, 6] {
+            let err = parse(&format!("[store]\nreplicas = {replicas}\n{actor}")).unwrap_err().to_string();
+            assert!(err.contains("store.replicas") && err.contains("between 1 and 5"), "{err}");
+        }
+        assert_eq!(parse(&format!("[store]\nreplicas = 3\n{actor}")).unwrap().store.replicas, 3);
+        assert_eq!(parse(actor).unwrap().store.replicas, 1);
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Pool {
     pub(crate) fn open(spec: &NodeSpec) -> Result<Pool, NodeError> {
         let manifest = Manifest::load(&spec.manifest).map_err(|e| NodeError::Runtime(e.into()))?;
         let engine = engine_for_runtimes(&manifest, spec.workers + 1)?;
-        let journal = Journal::open(&spec.store)?;
+        let journal = Journal::open_for(&spec.store, &manifest.store)?;
         let mut commands = manifest.clone();
         commands
             .actors

@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use file::{Damage, FORMAT_VERSION, FileOptions, FileStats, FileStore, LogReport, RepairReport, SegmentReport};
-pub use nats::{NatsOptions, NatsStore};
+pub use nats::{FIXED_4320, NatsOptions, NatsStore, serializes_replicated_appends};
 
 /// Largest number of events accepted in one append (the JetStream position encoding reserves
 /// 12 bits for the index of an event inside its append).
@@ -434,6 +434,36 @@ pub trait EventStore: Send + Sync {
     /// Timers with `fire_at_ms <= now_ms`, earliest first. Timers stay until cancelled, so
     /// firing is at-least-once: fire, then `cancel_timer`.
     async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>>;
+
+    /// How the event log is copied across servers, for a store that replicates it; `None`
+    /// for one that keeps a single copy (the embedded log, JetStream without a cluster).
+    async fn replication(&self) -> Result<Option<Replication>> {
+        Ok(None)
+    }
+}
+
+/// How a replicated event log is copied ([`EventStore::replication`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// Copies configured.
+    pub replicas: usize,
+    /// The server leading the log; `None` while the cluster elects one.
+    pub leader: Option<String>,
+    /// The other copies.
+    pub followers: Vec<Follower>,
+}
+
+/// One copy of a replicated log other than the leader's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Follower {
+    /// The server holding it.
+    pub server: String,
+    /// Whether it has every operation the leader has.
+    pub current: bool,
+    /// Operations it is behind the leader.
+    pub lag: u64,
+    /// Whether the group considers the server gone.
+    pub offline: bool,
 }
 
 /// A handle on a durable consumer with explicit acknowledgement.
@@ -453,17 +483,29 @@ pub trait Consumer: Send {
     async fn nack(&mut self, position: u64, reason: &str) -> Result<NackOutcome>;
 }
 
-/// Opens a store from a URL: `file:DIR` (also `file://DIR`) or `nats://HOST:PORT`.
+/// Opens a store from a URL: `file:DIR` (also `file://DIR`) or `nats://HOST:PORT` (several
+/// servers of one cluster: `nats://HOST:PORT,HOST:PORT`).
 pub async fn open(url: &str) -> Result<Box<dyn EventStore>> {
+    open_with(url, 1).await
+}
+
+/// [`open`], with `replicas` copies of every JetStream stream and bucket it creates. The
+/// embedded log keeps one copy: more is refused rather than silently not kept.
+pub async fn open_with(url: &str, replicas: usize) -> Result<Box<dyn EventStore>> {
     if let Some(rest) = url.strip_prefix("file:") {
         let dir = rest.strip_prefix("//").unwrap_or(rest);
         if dir.is_empty() {
             return Err(StoreError::InvalidUrl(url.to_owned()));
         }
+        if replicas != 1 {
+            return Err(StoreError::InvalidArgument(format!(
+                "replicas = {replicas} needs a nats:// store: the embedded log at {dir} keeps one copy"
+            )));
+        }
         let store = FileStore::open(dir)?;
         Ok(Box::new(store))
     } else if url.starts_with("nats://") {
-        let store = NatsStore::connect(url, NatsOptions::default()).await?;
+        let store = NatsStore::connect(url, NatsOptions { replicas, ..NatsOptions::default() }).await?;
         Ok(Box::new(store))
     } else {
         Err(StoreError::InvalidUrl(url.to_owned()))
@@ -580,6 +622,16 @@ mod tests {
         assert!(validate_append("a", &[ev("x"), ev("y")]).is_err());
         assert!(validate_append("", &[ev("x")]).is_err());
         assert_eq!(validate_append("a", &[ev("x"), ev("x")]).unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn an_embedded_log_refuses_more_than_one_copy_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file:{}", dir.path().join("log").display());
+        let err = open_with(&url, 3).await.err().expect("refused").to_string();
+        assert!(err.contains("replicas = 3 needs a nats:// store"), "{err}");
+        assert!(!dir.path().join("log").exists());
+        assert!(open_with(&url, 1).await.is_ok());
     }
 
     #[test]

