@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tollgate_benches::measure::{self, PHASE, Report, Timing};
+use tollgate_benches::measure::{self, PHASE, Report, drive};
 use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_host::aggregate::Outcome;
 use tollgate_runtime::{AdmissionRequest, Decision, Journal, Loader, Manifest, Runtime, engine_for};
@@ -91,50 +91,6 @@ impl Connection {
     }
 }
 
-/// What one connection did in a phase.
-struct Work {
-    done: u64,
-    latencies: hdrhistogram::Histogram<u64>,
-}
-
-/// Runs `op` on every connection until the deadline; returns operations per second over the
-/// phase and every latency.
-async fn drive<F, Fut>(connections: Vec<Connection>, op: F) -> (Timing, Vec<Connection>)
-where
-    F: Fn(usize, u64, Connection) -> Fut + Copy + Send + 'static,
-    Fut: std::future::Future<Output = (Connection, Duration)> + Send,
-{
-    let deadline = Instant::now() + phase();
-    let start = Instant::now();
-    let tasks: Vec<_> = connections
-        .into_iter()
-        .enumerate()
-        .map(|(c, mut connection)| {
-            tokio::spawn(async move {
-                let mut work = Work { done: 0, latencies: measure::histogram() };
-                while Instant::now() < deadline {
-                    let (back, took) = op(c, work.done, connection).await;
-                    connection = back;
-                    measure::record(&mut work.latencies, took);
-                    work.done += 1;
-                }
-                (work, connection)
-            })
-        })
-        .collect();
-    let mut latencies = measure::histogram();
-    let mut done = 0;
-    let mut connections = Vec::new();
-    for task in tasks {
-        let (work, connection) = task.await.unwrap();
-        done += work.done;
-        latencies.add(work.latencies).unwrap();
-        connections.push(connection);
-    }
-    let ops_per_sec = done as f64 / start.elapsed().as_secs_f64();
-    (Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies }, connections)
-}
-
 /// Admissions per second through `Runtime::admit` on one thread over a durable store.
 fn in_process(manifest: &Path, dir: &Path) -> f64 {
     let parsed = Manifest::load(manifest).unwrap();
@@ -186,6 +142,7 @@ fn main() {
         store: format!("file:{}", dir.path().join("served").display()),
         name: "bench".into(),
         workers,
+        ..NodeSpec::default()
     };
     let config = Config { queue: 4 * CONNECTIONS, ..Config::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -212,7 +169,7 @@ fn main() {
             assert_eq!(connection.post(&path, top_up).await.0, 200);
         }
 
-        let (timing, connections) = drive(connections, |c, n, mut connection| async move {
+        let (timing, connections) = drive(connections, phase(), |c, n, mut connection| async move {
             let admit = json!({"id": format!("a-{c}-{n}"), "subscriber": format!("sub-{c}"), "offer": "voice", "units": 1});
             let t0 = Instant::now();
             let (status, body, _) = connection.post("/v1/admissions", admit).await;
@@ -237,7 +194,7 @@ fn main() {
             .target(">= 30k admissions/s, p99 <= 5 ms", met)
             .write();
 
-        let (timing, _) = drive(connections, |c, n, mut connection| async move {
+        let (timing, _) = drive(connections, phase(), |c, n, mut connection| async move {
             let nchf = "/nchf-convergedcharging/v3/chargingdata";
             let request = |sequence: u32, usage: Value| {
                 json!({

@@ -200,3 +200,50 @@ pub fn results_path() -> PathBuf {
     let target = exe.ancestors().nth(3).expect("bench binaries live in <target>/<profile>/deps");
     target.join("bench-results.jsonl")
 }
+
+/// What one client did in a phase.
+struct Work {
+    done: u64,
+    latencies: Histogram<u64>,
+}
+
+/// Runs `op` on every client concurrently, each sending its next operation when the last is
+/// answered, for `phase`; `op` gets the client's index, how many it has done and the client,
+/// and gives the client back with the operation's latency. Returns operations per second over
+/// the phase with every latency, and the clients.
+pub async fn drive<C, F, Fut>(clients: Vec<C>, phase: Duration, op: F) -> (Timing, Vec<C>)
+where
+    C: Send + 'static,
+    F: Fn(usize, u64, C) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = (C, Duration)> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + phase;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut client)| {
+            tokio::spawn(async move {
+                let mut work = Work { done: 0, latencies: histogram() };
+                while Instant::now() < deadline {
+                    let (back, took) = op(c, work.done, client).await;
+                    client = back;
+                    record(&mut work.latencies, took);
+                    work.done += 1;
+                }
+                (work, client)
+            })
+        })
+        .collect();
+    let mut latencies = histogram();
+    let mut done = 0;
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (work, client) = task.await.expect("a client task panicked");
+        done += work.done;
+        latencies.add(work.latencies).expect("histograms of one shape add");
+        clients.push(client);
+    }
+    let ops_per_sec = done as f64 / start.elapsed().as_secs_f64();
+    (Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies }, clients)
+}

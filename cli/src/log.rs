@@ -2,13 +2,14 @@
 //! that only read open the store read-only, so they never change a byte of it.
 
 use anyhow::Context;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate_host::ActorKind;
 use tollgate_node::view::{self, EventView};
 use tollgate_runtime::journal::from_stored;
+use tollgate_runtime::quota::{EdgeLog, QUOTA_STREAM};
 use tollgate_runtime::stats::STATS_STREAM;
 use tollgate_runtime::{Journal, Loader, Manifest, Runtime, Stats, engine_for, read_model, replay};
 
@@ -186,6 +187,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let mut total = Stats::default();
     let mut runs = 0;
     let mut accounts = BTreeSet::new();
+    let mut edges = BTreeMap::new();
     let mut from = 1;
     loop {
         let page = journal.run("read log", journal.store().read_all(from, 4096))?;
@@ -199,6 +201,9 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
                 runs += 1;
             } else if e.stream == tollgate_billing_model::account::STREAM {
                 accounts.insert(e.key);
+            } else if e.stream == QUOTA_STREAM {
+                let log: &mut EdgeLog = edges.entry(e.key.clone()).or_default();
+                log.fold_stored(&e)?;
             }
         }
     }
@@ -244,14 +249,15 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     }
     let mut loader = Loader::new(engine_for(&manifest)?);
     let rt = Runtime::open(&manifest, &mut loader, journal)?;
-    let (mut held, mut grants) = (0i64, 0usize);
+    // Summed over accounts, held money can pass i64; i128 does not wrap.
+    let (mut held, mut grants) = (0i128, 0usize);
     let mut currencies = BTreeSet::new();
     let mut unreadable = 0;
     for key in &accounts {
         // A damaged account is said, not fatal: the rest of the exposure is still worth showing.
         match rt.account(key) {
             Ok(Some(account)) => {
-                held += account.held;
+                held += i128::from(account.held);
                 grants += account.reservations.len();
                 currencies.insert(account.currency);
             }
@@ -267,7 +273,28 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     if unreadable > 0 {
         println!("unreadable accounts: {unreadable} (not counted above)");
     }
+    print_edges(&edges, manifest.quota.as_ref().map_or("", |q| q.currency.as_str()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What each edge node whose log is in the store holds and owes.
+fn print_edges(edges: &BTreeMap<String, EdgeLog>, currency: &str) {
+    if edges.is_empty() {
+        return;
+    }
+    println!("edge nodes:");
+    let now = tollgate_node::wall_ms();
+    for (node, log) in edges {
+        let r = log.report(node);
+        let contact = match r.last_contact {
+            Some(at) => format!("{at} ms ({} s ago)", now.saturating_sub(at) / 1000),
+            None => "never".into(),
+        };
+        println!(
+            "  {node:<22} grants held {}, exposure {} {currency}, unsettled usage {} units ({} {currency}), unpaid {} {currency}, last contact with the core {contact}",
+            r.grants_held, r.exposure, r.unsettled_units, r.unsettled_usage, r.unpaid
+        );
+    }
 }
 
 /// Arguments of `kv`.

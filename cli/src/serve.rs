@@ -1,4 +1,5 @@
-//! `tollgate serve`: a long-running node answering HTTP (see [`tollgate_serve`]).
+//! `tollgate serve`: a long-running node answering HTTP, and NATS with `--nats` (see
+//! [`tollgate_serve`]); a core by default, an edge of a core with `--role edge`.
 //!
 //! Prints `listening on http://ADDR` on stdout once the port is bound (so `--listen
 //! 127.0.0.1:0` can be used and the port read back), serves until SIGTERM or SIGINT, then
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tollgate_serve::{Config, NodeSpec, serve};
+use tollgate_serve::{Config, NodeSpec, Role, serve};
 
 /// Arguments of `serve`.
 #[derive(clap::Args)]
@@ -36,6 +37,29 @@ pub struct Args {
     /// Seconds shutdown waits for requests in flight.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// Also answer admissions and commands over NATS request/reply at this server
+    /// (`tollgate.<node>.admit`, `tollgate.<node>.command.<stream>`).
+    #[arg(long, value_name = "nats://HOST:PORT")]
+    nats: Option<String>,
+    /// `core` charges accounts itself; `edge` admits from grants it obtains from a core over
+    /// NATS (`--core`), sized by the manifest's `[quota]`.
+    #[arg(long, value_enum, default_value_t = RoleArg::Core)]
+    role: RoleArg,
+    /// The core's NATS server (with `--role edge`).
+    #[arg(long, value_name = "nats://HOST:PORT", required_if_eq("role", "edge"))]
+    core: Option<String>,
+    /// The core's node name, as it was started with `--node` (with `--role edge`).
+    #[arg(long, default_value = "core", value_name = "NAME")]
+    core_node: String,
+}
+
+/// What the node does in the lattice.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    /// Charges accounts itself.
+    Core,
+    /// Admits from grants held by a core.
+    Edge,
 }
 
 /// Completes on the first SIGTERM or SIGINT.
@@ -67,7 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         drop(out);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = args.workers.map_or((8 * cores).min(1024), usize::from);
-        let spec = NodeSpec { manifest: args.manifest, store: args.store, name: args.node, workers };
+        let role = match (args.role, args.core) {
+            (RoleArg::Edge, Some(url)) => Role::Edge { url, core: args.core_node },
+            (RoleArg::Edge, None) => anyhow::bail!("--role edge needs --core nats://HOST:PORT"),
+            (RoleArg::Core, Some(_)) => anyhow::bail!("--core is for --role edge; a core charges accounts itself"),
+            (RoleArg::Core, None) => Role::Core,
+        };
+        let spec =
+            NodeSpec { manifest: args.manifest, store: args.store, name: args.node, workers, role, nats: args.nats };
         let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs) };
         anyhow::Ok(serve(listener, spec, config, terminated()).await?)
     })?;

@@ -164,6 +164,15 @@ pub enum RuntimeError {
         /// The rejection message.
         message: String,
     },
+    /// An edge node could not reach its core (cut off, timed out, or the core could not run
+    /// the command now); whether the command ran is unknown, so it is retried with its id.
+    #[error("the core at `{subject}` did not answer: {reason}")]
+    CoreUnreachable {
+        /// Where the core was asked, e.g. `tollgate.core.command.account`.
+        subject: String,
+        /// Why there is no answer.
+        reason: String,
+    },
     /// The core answered a command with events the runtime cannot use.
     #[error("{command} answered with {answer}")]
     UnexpectedAnswer {
@@ -186,7 +195,7 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// Event `sequence` of `stream`/`key`, of type `event_type`, could not be decoded.
-    pub(crate) fn undecodable_event(
+    pub fn undecodable_event(
         stream: &str,
         key: &str,
         sequence: u64,

@@ -407,6 +407,11 @@ impl Runtime {
         shared.aggregates.get(actor).map(|slot| slot.snapshot_tag.clone())
     }
 
+    /// The streams whose commands this runtime's aggregates take.
+    pub fn command_streams(&self) -> Vec<String> {
+        self.lock().streams.keys().cloned().collect()
+    }
+
     /// The event store.
     pub fn journal(&self) -> Journal {
         self.lock().journal.clone()

@@ -50,6 +50,7 @@
 //! file = "oci://127.0.0.1:5000/tollgate/prepaid-account:0.1.0"
 //! ```
 
+use crate::quota::QuotaPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,7 +78,13 @@ pub struct Manifest {
     /// checked to be rating groups (`u32`); read them with [`Manifest::rating_groups`].
     #[serde(default)]
     pub rating_groups: BTreeMap<String, String>,
-    /// Actors by name.
+    /// The lattice's edge quota (`[quota]`): how an edge node (`tollgate serve --role edge`)
+    /// sizes the grants it asks its core for, and the clock-skew margin after which a core
+    /// expires a grant an edge never settled.
+    #[serde(default)]
+    pub quota: Option<QuotaPolicy>,
+    /// Actors by name (an edge node's manifest may have none).
+    #[serde(default)]
     pub actors: BTreeMap<String, ActorSpec>,
 }
 
@@ -348,6 +355,9 @@ impl Manifest {
         }
         if let Some(field) = manifest.reactions.zero_field() {
             return Err(invalid(format!("reactions.{field}"), "must be > 0".into()));
+        }
+        if let Some((field, message)) = manifest.quota.as_ref().and_then(QuotaPolicy::invalid_field) {
+            return Err(invalid(format!("quota.{field}"), message));
         }
         for (group, offer) in &manifest.rating_groups {
             if group.parse::<u32>().is_err() {

@@ -15,6 +15,9 @@
 //!   Usage forwarded after such a release (a partition longer than validity + margin) is
 //!   charged late with `direct-debit`; what the balance cannot cover is reported as unpaid.
 //!   That overspend is bounded by the grants outstanding when the node was cut off.
+//! - The node reaches the core through a [`CoreLink`]: a [`Runtime`] over the core's store (one
+//!   process, or several sharing JetStream), or a request/reply link over NATS to a core node
+//!   (`tollgate serve --role edge`).
 
 use crate::error::RuntimeError;
 use crate::facade::{account_events, result_code};
@@ -22,6 +25,7 @@ use crate::journal::{Journal, json_event};
 use crate::{ResultCode, Runtime};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money, STREAM as ACCOUNT_STREAM};
 use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::aggregate::{Outcome, Rejection, RejectionKind};
@@ -30,8 +34,9 @@ use tollgate_store::{ExpectedVersion, NewEvent};
 /// Stream of an edge node's own log (key: the node's id).
 pub const QUOTA_STREAM: &str = "edge.quota";
 
-/// How a node asks for grants.
+/// How a node asks for grants (the manifest's `[quota]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QuotaPolicy {
     /// Units asked for per grant (more when one request needs more).
     pub grant_units: u64,
@@ -45,10 +50,42 @@ pub struct QuotaPolicy {
     pub clock_skew_ms: u64,
 }
 
+impl QuotaPolicy {
+    /// The first field that cannot work, and why: `None` when every field can.
+    pub fn invalid_field(&self) -> Option<(&'static str, String)> {
+        if self.grant_units == 0 {
+            return Some(("grant_units", "must be > 0".into()));
+        }
+        if self.unit_price < 0 {
+            return Some(("unit_price", format!("is {}, must not be negative", self.unit_price)));
+        }
+        if i64::try_from(self.grant_units).ok().and_then(|u| u.checked_mul(self.unit_price)).is_none() {
+            return Some((
+                "unit_price",
+                format!("{} x grant_units {} is past the largest amount of money", self.unit_price, self.grant_units),
+            ));
+        }
+        if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Some(("currency", format!("`{}` is not an ISO 4217 code such as EUR", self.currency)));
+        }
+        if self.validity_ms == 0 {
+            return Some(("validity_ms", "must be > 0".into()));
+        }
+        None
+    }
+}
+
 /// What happened on an edge node, as recorded in its log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QuotaEvent {
+    /// The node's log was started: the first event of every log. Its grants are named after
+    /// `instance` as well as the node, so two nodes given one name (a mistake, or a node
+    /// whose log was lost) never share a reservation at the core.
+    Started {
+        /// Random, chosen when the log was started.
+        instance: String,
+    },
     /// The core held money for a grant.
     GrantObtained {
         /// The subscriber (core account).
@@ -62,12 +99,18 @@ pub enum QuotaEvent {
         /// Validity end, by the core's command time.
         expires_at: u64,
     },
-    /// A use was admitted against a grant (the event's command id is the request id).
+    /// A use was admitted against a grant (the event's command id is the request id); logs
+    /// written before uses were batched.
     UsageAdmitted {
         /// The grant.
         reservation_id: String,
         /// Units used.
         units: u64,
+    },
+    /// Uses were admitted against grants, decided together and logged in one append.
+    UsesAdmitted {
+        /// Each use, in the order decided.
+        uses: Vec<AdmittedUse>,
     },
     /// The grant's usage reached the core.
     GrantSettled {
@@ -79,6 +122,28 @@ pub enum QuotaEvent {
         /// the balance no longer covered it).
         unpaid: i64,
     },
+}
+
+/// One admitted use, as [`QuotaEvent::UsesAdmitted`] logs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmittedUse {
+    /// The request (its idempotency key).
+    pub request_id: String,
+    /// The grant used.
+    pub reservation_id: String,
+    /// Units used.
+    pub units: u64,
+}
+
+/// One admission asked of an edge node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeRequest {
+    /// The subscriber (core account).
+    pub subscriber: String,
+    /// The request id (its idempotency key).
+    pub request_id: String,
+    /// Units requested.
+    pub units: u64,
 }
 
 /// A grant as the node sees it.
@@ -115,6 +180,167 @@ impl LocalGrant {
     }
 }
 
+/// What an edge node holds and owes, folded from its log: `tollgate stats` and `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EdgeReport {
+    /// The node (the key of its log).
+    pub node: String,
+    /// The currency of its money (empty when read from the log alone).
+    pub currency: String,
+    /// Grants not yet settled with the core.
+    pub grants_held: usize,
+    /// Money the core holds for those grants ([`EdgeNode::exposure`]).
+    pub exposure: i64,
+    /// Units admitted on those grants: usage the core has not been told of.
+    pub unsettled_units: u64,
+    /// Money of those units, saturating.
+    pub unsettled_usage: i64,
+    /// Money of admitted usage the core could not take (settled late, past the balance).
+    pub unpaid: i64,
+    /// When the core last answered this node (its clock, ms since the epoch); `None`: never.
+    pub last_contact: Option<u64>,
+}
+
+/// An edge node's log folded: its grants and the requests it admitted.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeLog {
+    instance: Option<String>,
+    grants: BTreeMap<String, LocalGrant>,
+    admitted: HashMap<String, String>,
+    sequence: u64,
+    last_contact: Option<u64>,
+}
+
+impl EdgeLog {
+    /// Reads and folds the log of node `node` from `journal`.
+    pub fn read(journal: &Journal, node: &str) -> Result<EdgeLog, RuntimeError> {
+        let mut log = EdgeLog::default();
+        for stored in journal.run("read edge log", journal.store().read(QUOTA_STREAM, node, 1))? {
+            log.fold_stored(&stored)?;
+        }
+        Ok(log)
+    }
+
+    /// Folds one event of the log; an event that does not decode is an error naming it.
+    pub fn fold_stored(&mut self, stored: &tollgate_store::StoredEvent) -> Result<(), RuntimeError> {
+        let event = tollgate_codec::decode::<QuotaEvent>(&stored.event_type, &stored.payload).map_err(|source| {
+            RuntimeError::undecodable_event(&stored.stream, &stored.key, stored.sequence, &stored.event_type, source)
+        })?;
+        self.sequence = stored.sequence;
+        self.fold(&stored.command_id, event, stored.time_ms);
+        Ok(())
+    }
+
+    fn fold(&mut self, command_id: &str, event: QuotaEvent, time: u64) {
+        match event {
+            QuotaEvent::Started { instance } => self.instance = Some(instance),
+            QuotaEvent::GrantObtained { subscriber, reservation_id, units, unit_price, expires_at } => {
+                self.last_contact = Some(time);
+                let grant = LocalGrant {
+                    subscriber,
+                    reservation_id: reservation_id.clone(),
+                    units,
+                    used: 0,
+                    unit_price,
+                    expires_at,
+                    settled: None,
+                };
+                self.grants.insert(reservation_id, grant);
+            }
+            QuotaEvent::UsageAdmitted { reservation_id, units } => {
+                self.use_grant(&AdmittedUse { request_id: command_id.into(), reservation_id, units });
+            }
+            QuotaEvent::UsesAdmitted { uses } => {
+                for used in &uses {
+                    self.use_grant(used);
+                }
+            }
+            QuotaEvent::GrantSettled { reservation_id, charged, unpaid } => {
+                self.last_contact = Some(time);
+                if let Some(g) = self.grants.get_mut(&reservation_id) {
+                    g.settled = Some((charged, unpaid));
+                }
+            }
+        }
+    }
+
+    fn use_grant(&mut self, used: &AdmittedUse) {
+        if let Some(g) = self.grants.get_mut(&used.reservation_id) {
+            // Admission checked `units <= g.units - g.used`; saturate for a damaged log.
+            g.used = g.used.saturating_add(used.units);
+        }
+        self.admitted.insert(used.request_id.clone(), used.reservation_id.clone());
+    }
+
+    /// The grants by reservation id.
+    pub fn grants(&self) -> &BTreeMap<String, LocalGrant> {
+        &self.grants
+    }
+
+    /// Money held at the core for grants not settled. Each grant's money was held by the
+    /// core, so it fits; the sum saturates rather than wrap.
+    pub fn exposure(&self) -> i64 {
+        self.open().map(LocalGrant::price_of_units).fold(0, i64::saturating_add)
+    }
+
+    fn open(&self) -> impl Iterator<Item = &LocalGrant> {
+        self.grants.values().filter(|g| g.settled.is_none())
+    }
+
+    /// The figures of node `node`.
+    pub fn report(&self, node: &str) -> EdgeReport {
+        EdgeReport {
+            node: node.into(),
+            currency: String::new(),
+            grants_held: self.open().count(),
+            exposure: self.exposure(),
+            unsettled_units: self.open().map(|g| g.used).fold(0, u64::saturating_add),
+            unsettled_usage: self.open().map(|g| g.price_of_used().unwrap_or(i64::MAX)).fold(0, i64::saturating_add),
+            unpaid: self
+                .grants
+                .values()
+                .filter_map(|g| g.settled)
+                .map(|(_, unpaid)| unpaid)
+                .fold(0, i64::saturating_add),
+            last_contact: self.last_contact,
+        }
+    }
+}
+
+/// How an edge node reaches the core's accounts.
+pub trait CoreLink {
+    /// Runs `command` with id `command_id` on account `account` at the core, at `now` by the
+    /// node's clock (a core with a clock of its own may use that). `Ok(Ok(events))`: accepted
+    /// (a repeated id answers the original events); `Ok(Err(_))`: the core refused;
+    /// `Err(_)`: the core could not be reached or its answer was not understood, and the
+    /// command may or may not have run (so a retry must use the same id).
+    fn account(
+        &mut self,
+        account: &str,
+        command_id: &str,
+        command: &AccountCommand,
+        now: u64,
+    ) -> Result<Result<Vec<AccountEvent>, Rejection>, RuntimeError>;
+}
+
+/// A runtime over the core's store is the core: the command runs here.
+impl CoreLink for Runtime {
+    fn account(
+        &mut self,
+        account: &str,
+        command_id: &str,
+        command: &AccountCommand,
+        now: u64,
+    ) -> Result<Result<Vec<AccountEvent>, Rejection>, RuntimeError> {
+        self.clock().set_ms(now);
+        let envelope = self.command(ACCOUNT_STREAM, account, command_id, command)?;
+        match self.execute(&envelope)? {
+            Outcome::Accepted(events) => Ok(Ok(account_events(&events)?)),
+            Outcome::Rejected(r) => Ok(Err(r)),
+        }
+    }
+}
+
 /// The answer to a local admission.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EdgeDecision {
@@ -143,108 +369,95 @@ pub struct Settled {
     pub unreachable: Option<String>,
 }
 
-/// An edge node: local admission against grants from the core account.
-pub struct EdgeNode {
+/// An edge node: local admission against grants from the core account, which it reaches
+/// through `C`.
+pub struct EdgeNode<C: CoreLink = Runtime> {
     node: String,
-    core: Runtime,
+    core: C,
     local: Journal,
     policy: QuotaPolicy,
-    grants: BTreeMap<String, LocalGrant>,
-    admitted: HashMap<String, String>,
-    sequence: u64,
+    log: EdgeLog,
+    /// When the core last answered (accepted or refused), by the node's clock.
+    answered: Option<u64>,
 }
 
-impl EdgeNode {
-    /// A node named `node` that reaches the core account through `core` (a runtime over the
-    /// core's store) and keeps its own log in `local`; replays that log first.
-    pub fn open(node: &str, core: Runtime, local: Journal, policy: QuotaPolicy) -> Result<EdgeNode, RuntimeError> {
-        let mut edge = EdgeNode {
-            node: node.into(),
-            core,
-            local,
-            policy,
-            grants: BTreeMap::new(),
-            admitted: HashMap::new(),
-            sequence: 0,
-        };
-        let log = edge.local.run("read edge log", edge.local.store().read(QUOTA_STREAM, node, 1))?;
-        for stored in log {
-            edge.sequence = stored.sequence;
-            let event =
-                tollgate_codec::decode::<QuotaEvent>(&stored.event_type, &stored.payload).map_err(|source| {
-                    RuntimeError::undecodable_event(
-                        &stored.stream,
-                        &stored.key,
-                        stored.sequence,
-                        &stored.event_type,
-                        source,
-                    )
-                })?;
-            edge.fold(&stored.command_id, event);
+impl<C: CoreLink> EdgeNode<C> {
+    /// A node named `node` that reaches the core account through `core` and keeps its own log
+    /// in `local`; replays that log first.
+    pub fn open(node: &str, core: C, local: Journal, policy: QuotaPolicy) -> Result<EdgeNode<C>, RuntimeError> {
+        let log = EdgeLog::read(&local, node)?;
+        let mut edge = EdgeNode { node: node.into(), core, local, policy, log, answered: None };
+        if edge.log.instance.is_none() {
+            let instance = format!("{:016x}", RandomState::new().hash_one(wall_clock_nanos()));
+            let now = u64::try_from(wall_clock_nanos() / 1_000_000).unwrap_or(u64::MAX);
+            edge.record(&format!("{node}/started"), QuotaEvent::Started { instance }, now)?;
         }
         Ok(edge)
     }
 
-    fn fold(&mut self, command_id: &str, event: QuotaEvent) {
-        match event {
-            QuotaEvent::GrantObtained { subscriber, reservation_id, units, unit_price, expires_at } => {
-                let grant = LocalGrant {
-                    subscriber,
-                    reservation_id: reservation_id.clone(),
-                    units,
-                    used: 0,
-                    unit_price,
-                    expires_at,
-                    settled: None,
-                };
-                self.grants.insert(reservation_id, grant);
-            }
-            QuotaEvent::UsageAdmitted { reservation_id, units } => {
-                if let Some(g) = self.grants.get_mut(&reservation_id) {
-                    // Admission checked `units <= g.units - g.used`; saturate for a damaged log.
-                    g.used = g.used.saturating_add(units);
-                }
-                self.admitted.insert(command_id.into(), reservation_id);
-            }
-            QuotaEvent::GrantSettled { reservation_id, charged, unpaid } => {
-                if let Some(g) = self.grants.get_mut(&reservation_id) {
-                    g.settled = Some((charged, unpaid));
-                }
-            }
-        }
+    /// Runs an account command at the core, noting when the core answered.
+    fn ask(
+        &mut self,
+        account: &str,
+        command_id: &str,
+        command: &AccountCommand,
+        now: u64,
+    ) -> Result<Result<Vec<AccountEvent>, Rejection>, RuntimeError> {
+        let answer = self.core.account(account, command_id, command, now)?;
+        self.answered = Some(now);
+        Ok(answer)
     }
 
     /// Appends to the node's log (fsync'd by the embedded store), then folds.
     fn record(&mut self, command_id: &str, event: QuotaEvent, now: u64) -> Result<(), RuntimeError> {
-        let (event_type, payload) = tollgate_codec::encode(&event)
+        self.append(command_id, &event, now)?;
+        self.log.fold(command_id, event, now);
+        Ok(())
+    }
+
+    /// Appends one event to the node's log, without folding it.
+    fn append(&mut self, command_id: &str, event: &QuotaEvent, now: u64) -> Result<(), RuntimeError> {
+        let (event_type, payload) = tollgate_codec::encode(event)
             .expect("a QuotaEvent is an externally tagged enum of plain fields: it always encodes");
         let new = NewEvent { event_type, payload, ..json_event("", &(), command_id, now)? };
         let result = self
             .local
-            .append(QUOTA_STREAM, &self.node, ExpectedVersion::Exact(self.sequence), vec![new])
+            .append(QUOTA_STREAM, &self.node, ExpectedVersion::Exact(self.log.sequence), vec![new])
             .map_err(|e| self.local.error("append to the edge log", e))?;
-        self.sequence = result.last_sequence;
-        self.fold(command_id, event);
+        self.log.sequence = result.last_sequence;
         Ok(())
     }
 
     /// The node's grants by reservation id.
     pub fn grants(&self) -> &BTreeMap<String, LocalGrant> {
-        &self.grants
+        self.log.grants()
     }
 
     /// Money held at the core for grants this node has not settled: what it could still owe.
-    /// Each grant's money was held by the core, so it fits; the sum saturates rather than wrap.
     pub fn exposure(&self) -> i64 {
-        self.grants
-            .values()
-            .filter(|g| g.settled.is_none())
-            .map(LocalGrant::price_of_units)
-            .fold(0, i64::saturating_add)
+        self.log.exposure()
     }
 
-    /// The runtime the node reaches the core through.
-    pub fn core(&mut self) -> &mut Runtime {
+    /// What the node holds and owes, and when the core last answered it.
+    pub fn report(&self) -> EdgeReport {
+        let mut report = self.log.report(&self.node);
+        report.last_contact = report.last_contact.max(self.answered);
+        report.currency = self.policy.currency.clone();
+        report
+    }
+
+    /// The grant `reservation_id`, if the node holds it.
+    pub fn grant(&self, reservation_id: &str) -> Option<&LocalGrant> {
+        self.log.grants.get(reservation_id)
+    }
+
+    /// The policy grants are asked for with.
+    pub fn policy(&self) -> &QuotaPolicy {
+        &self.policy
+    }
+
+    /// The link the node reaches the core through.
+    pub fn core(&mut self) -> &mut C {
         &mut self.core
     }
 
@@ -258,21 +471,69 @@ impl EdgeNode {
         units: u64,
         now: u64,
     ) -> Result<EdgeDecision, RuntimeError> {
-        let span = tracing::info_span!("edge-admission", node = %self.node, subscriber, correlation_id = request_id);
+        let request = EdgeRequest { subscriber: subscriber.into(), request_id: request_id.into(), units };
+        let mut decisions = self.admit_many(std::slice::from_ref(&request), now)?;
+        Ok(decisions.pop().expect("one decision per request"))
+    }
+
+    /// Decides `requests` in order, as [`EdgeNode::admit`] would one by one, and logs every
+    /// admitted use in one append: one fsync for the lot. Nothing is answered before that
+    /// append is durable; when it fails, no use of the batch counts (the node re-reads its
+    /// log) and the error is returned.
+    pub fn admit_many(&mut self, requests: &[EdgeRequest], now: u64) -> Result<Vec<EdgeDecision>, RuntimeError> {
+        let mut decisions = Vec::with_capacity(requests.len());
+        let mut uses = Vec::new();
+        for request in requests {
+            let decided = self.decide(request, now);
+            let decision = match decided {
+                Ok(decision) => decision,
+                Err(e) => {
+                    self.log = EdgeLog::read(&self.local, &self.node)?;
+                    return Err(e);
+                }
+            };
+            if let (EdgeDecision::Admitted { reservation_id }, false) =
+                (&decision, self.log.admitted.contains_key(&request.request_id))
+            {
+                let used = AdmittedUse {
+                    request_id: request.request_id.clone(),
+                    reservation_id: reservation_id.clone(),
+                    units: request.units,
+                };
+                self.log.use_grant(&used);
+                uses.push(used);
+            }
+            decisions.push(decision);
+        }
+        let Some(first) = uses.first() else { return Ok(decisions) };
+        // One command id per append; a request id is logged once, so the first is unique.
+        let command_id = first.request_id.clone();
+        if let Err(e) = self.append(&command_id, &QuotaEvent::UsesAdmitted { uses }, now) {
+            self.log = EdgeLog::read(&self.local, &self.node)?;
+            return Err(e);
+        }
+        Ok(decisions)
+    }
+
+    /// One request's decision against the grants as they stand (uses decided earlier in the
+    /// batch included), obtaining a grant from the core when none has room.
+    fn decide(&mut self, request: &EdgeRequest, now: u64) -> Result<EdgeDecision, RuntimeError> {
+        let EdgeRequest { subscriber, request_id, units } = request;
+        let span = tracing::info_span!("edge-admission", node = %self.node, %subscriber, correlation_id = %request_id);
         let _entered = span.enter();
-        if let Some(reservation_id) = self.admitted.get(request_id) {
+        if let Some(reservation_id) = self.log.admitted.get(request_id) {
             return Ok(EdgeDecision::Admitted { reservation_id: reservation_id.clone() });
         }
         let usable = |g: &&LocalGrant| {
-            g.subscriber == subscriber
+            g.subscriber == *subscriber
                 && g.settled.is_none()
                 && now < g.expires_at
-                && g.units.checked_sub(g.used).is_some_and(|left| left >= units)
+                && g.units.checked_sub(g.used).is_some_and(|left| left >= *units)
         };
-        let reservation_id = match self.grants.values().find(usable) {
+        let reservation_id = match self.log.grants.values().find(usable) {
             Some(g) => g.reservation_id.clone(),
-            None => match self.obtain(subscriber, units.max(self.policy.grant_units), now)? {
-                Ok((id, granted)) if granted >= units => id,
+            None => match self.obtain(subscriber, (*units).max(self.policy.grant_units), now)? {
+                Ok((id, granted)) if granted >= *units => id,
                 Ok((_, granted)) => {
                     return Ok(EdgeDecision::Denied {
                         code: ResultCode::QuotaLimitReached,
@@ -282,7 +543,6 @@ impl EdgeNode {
                 Err(denied) => return Ok(denied),
             },
         };
-        self.record(request_id, QuotaEvent::UsageAdmitted { reservation_id: reservation_id.clone(), units }, now)?;
         Ok(EdgeDecision::Admitted { reservation_id })
     }
 
@@ -294,8 +554,11 @@ impl EdgeNode {
         units: u64,
         now: u64,
     ) -> Result<Result<(String, u64), EdgeDecision>, RuntimeError> {
-        let n = self.grants.values().filter(|g| g.subscriber == subscriber).count() + 1;
-        let reservation_id = format!("{}/{subscriber}/{n}", self.node);
+        let n = self.log.grants.values().filter(|g| g.subscriber == subscriber).count() + 1;
+        let instance = self.log.instance.as_deref().unwrap_or_default();
+        // Deterministic given the log, so a reserve whose answer was lost is retried with the
+        // same id and answered from the core's log rather than held twice.
+        let reservation_id = format!("{}/{instance}/{subscriber}/{n}", self.node);
         let command = AccountCommand::Reserve {
             reservation_id: reservation_id.clone(),
             units,
@@ -304,9 +567,7 @@ impl EdgeNode {
             validity_ms: self.policy.validity_ms,
             offer: String::new(),
         };
-        self.core.clock().set_ms(now);
-        let envelope = self.core.command(ACCOUNT_STREAM, subscriber, &reservation_id, &command)?;
-        let events = match self.core.execute(&envelope) {
+        let events = match self.ask(subscriber, &reservation_id, &command, now) {
             Err(e) => {
                 tracing::warn!(error = %e, "core unreachable; no local quota left");
                 return Ok(Err(EdgeDecision::Denied {
@@ -314,12 +575,12 @@ impl EdgeNode {
                     reason: format!("no local quota and the core is unreachable: {e}"),
                 }));
             }
-            Ok(Outcome::Rejected(r)) => {
+            Ok(Err(r)) => {
                 return Ok(Err(EdgeDecision::Denied { code: result_code(&r), reason: r.message }));
             }
-            Ok(Outcome::Accepted(events)) => events,
+            Ok(Ok(events)) => events,
         };
-        match account_events(&events)?.as_slice() {
+        match events.as_slice() {
             [AccountEvent::Reserved { granted_units, expires_at, .. }] => {
                 let event = QuotaEvent::GrantObtained {
                     subscriber: subscriber.into(),
@@ -342,6 +603,7 @@ impl EdgeNode {
     /// open grant when `all`) to the core. Stops at the first failure to reach the core.
     pub fn settle(&mut self, now: u64, all: bool) -> Result<Settled, RuntimeError> {
         let finished: Vec<LocalGrant> = self
+            .log
             .grants
             .values()
             .filter(|g| g.settled.is_none() && (all || g.used == g.units || now >= g.expires_at))
@@ -370,13 +632,11 @@ impl EdgeNode {
     fn forward(&mut self, grant: &LocalGrant, now: u64) -> Result<(i64, i64), RuntimeError> {
         let id = &grant.reservation_id;
         let account = &grant.subscriber;
-        self.core.clock().set_ms(now);
         let command = if grant.used == 0 {
             AccountCommand::Release { reservation_id: id.clone() }
         } else {
             AccountCommand::Debit { reservation_id: id.clone(), used_units: grant.used }
         };
-        let envelope = self.core.command(ACCOUNT_STREAM, account, &format!("{id}/debit"), &command)?;
         let owed = grant.price_of_used().ok_or_else(|| {
             refused(
                 id,
@@ -387,16 +647,16 @@ impl EdgeNode {
                 },
             )
         })?;
-        let rejection = match self.core.execute(&envelope)? {
-            Outcome::Accepted(events) => {
+        let rejection = match self.ask(account, &format!("{id}/debit"), &command, now)? {
+            Ok(events) => {
                 // A debit answers `debited`; a release (nothing used) takes nothing.
-                let charged = match account_events(&events)?.as_slice() {
+                let charged = match events.as_slice() {
                     [AccountEvent::Debited { charged, .. }] => *charged,
                     _ => 0,
                 };
                 return Ok((charged, 0));
             }
-            Outcome::Rejected(r) => r,
+            Err(r) => r,
         };
         if rejection.code != "unknown-reservation" {
             return Err(refused(id, &rejection));
@@ -410,16 +670,20 @@ impl EdgeNode {
             amount: Money::new(owed, &self.policy.currency),
             description: format!("late usage of grant {id}"),
         };
-        let envelope = self.core.command(ACCOUNT_STREAM, account, &format!("{id}/late"), &late)?;
-        match self.core.execute(&envelope)? {
-            Outcome::Accepted(_) => Ok((owed, 0)),
-            Outcome::Rejected(r) if r.code == "insufficient-funds" => {
+        match self.ask(account, &format!("{id}/late"), &late, now)? {
+            Ok(_) => Ok((owed, 0)),
+            Err(r) if r.code == "insufficient-funds" => {
                 tracing::error!(grant = %id, owed, "late usage exceeds the balance: unpaid");
                 Ok((0, owed))
             }
-            Outcome::Rejected(r) => Err(refused(id, &r)),
+            Err(r) => Err(refused(id, &r)),
         }
     }
+}
+
+/// The wall clock in ns, mixed into a node's instance with the process's random hash keys.
+fn wall_clock_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 fn refused(id: &str, r: &Rejection) -> RuntimeError {

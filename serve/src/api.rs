@@ -19,16 +19,21 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::sync::Arc;
+use tollgate_node::view::to_value;
 use tollgate_node::{Admission, Reply, Request};
 
-/// The body of `POST /v1/commands/{stream}/{key}`.
+/// The body of `POST /v1/commands/{stream}/{key}`, and of `tollgate.<node>.command.<stream>`
+/// over NATS, where the key is in the body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CommandBody {
+pub(crate) struct CommandBody {
+    /// The aggregate's key (over NATS; in the path over HTTP).
+    #[serde(default)]
+    pub(crate) key: Option<String>,
     /// The command id (its idempotency key).
-    id: String,
+    pub(crate) id: String,
     /// The command, externally tagged.
-    command: Value,
+    pub(crate) command: Value,
 }
 
 /// Decodes a JSON body, or says what is wrong with it (and where).
@@ -38,40 +43,62 @@ pub(crate) fn body<T: DeserializeOwned>(bytes: Result<Bytes, BytesRejection>) ->
         .map_err(|e| Problem::malformed(format!("the body is not the JSON this route takes: {e}")))
 }
 
-/// Answers a node reply: a refusal becomes ProblemDetails, anything else `200` with the reply.
-fn answer(reply: Reply) -> Response {
+/// A node reply as the API answers it: a refusal becomes ProblemDetails, anything else the
+/// reply's JSON.
+fn outcome(reply: Reply) -> Result<Value, Problem> {
     match reply {
         Reply::Rejected { kind, code, message } => {
             let status = if kind == "business" { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
-            Problem { kind: Some(kind), ..Problem::new(status, &code, message) }.into_response()
+            Err(Problem { kind: Some(kind), ..Problem::new(status, &code, message) })
         }
-        Reply::Decision(decision) => Json(decision).into_response(),
-        other => Json(other).into_response(),
+        Reply::Decision(decision) => Ok(to_value(&decision)),
+        other => Ok(to_value(&other)),
     }
+}
+
+/// Decides an admission: on a core by its policy, on an edge from the grants it holds.
+pub(crate) async fn admit(state: &AppState, admission: Admission) -> Result<Value, Problem> {
+    if let Some(edge) = state.edge()? {
+        return Ok(to_value(&edge.admit(admission).await?));
+    }
+    let pool = state.pool()?;
+    let reply = pool.for_key(&admission.subscriber).request(Request::Admit(admission)).await?;
+    pool.wrote();
+    outcome(reply)
+}
+
+/// Runs a command on the aggregate owning `stream`.
+pub(crate) async fn execute(
+    state: &AppState,
+    stream: String,
+    key: String,
+    id: String,
+    command: Value,
+) -> Result<Value, Problem> {
+    let pool = state.pool()?;
+    // By key alone: an account's commands and its subscriber's admissions go to one runtime.
+    let reply = pool.for_key(&key).request(Request::Execute { stream, key: key.clone(), id, command }).await?;
+    pool.wrote();
+    outcome(reply)
 }
 
 pub(crate) async fn admissions(
     State(state): State<Arc<AppState>>,
     bytes: Result<Bytes, BytesRejection>,
-) -> Result<Response, Problem> {
-    let admission: Admission = body(bytes)?;
-    let pool = state.pool()?;
-    let reply = pool.for_key(&admission.subscriber).request(Request::Admit(admission)).await?;
-    pool.wrote();
-    Ok(answer(reply))
+) -> Result<Json<Value>, Problem> {
+    Ok(Json(admit(&state, body(bytes)?).await?))
 }
 
 pub(crate) async fn commands(
     State(state): State<Arc<AppState>>,
     Path((stream, key)): Path<(String, String)>,
     bytes: Result<Bytes, BytesRejection>,
-) -> Result<Response, Problem> {
-    let CommandBody { id, command } = body(bytes)?;
-    let pool = state.pool()?;
-    // By key alone: an account's commands and its subscriber's admissions go to one runtime.
-    let reply = pool.for_key(&key).request(Request::Execute { stream, key: key.clone(), id, command }).await?;
-    pool.wrote();
-    Ok(answer(reply))
+) -> Result<Json<Value>, Problem> {
+    let CommandBody { key: in_body, id, command } = body(bytes)?;
+    if in_body.as_ref().is_some_and(|k| *k != key) {
+        return Err(Problem::malformed(format!("`key` in the body differs from the path's `{key}`")));
+    }
+    Ok(Json(execute(&state, stream, key, id, command).await?))
 }
 
 pub(crate) async fn streams(

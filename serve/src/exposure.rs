@@ -63,6 +63,20 @@ impl Exposure {
         now.grants = now.grants.saturating_add(account.reservations.len() as u64);
     }
 
+    /// `(account, reservation)` of every open grant whose validity ended more than `margin_ms`
+    /// before `now` (as folded so far).
+    pub(crate) fn due(&self, now: u64, margin_ms: u64) -> Vec<(String, String)> {
+        let mut due = Vec::new();
+        for (key, account) in &self.accounts {
+            for (id, r) in &account.reservations {
+                if r.expires_at.saturating_add(margin_ms) <= now {
+                    due.push((key.clone(), id.clone()));
+                }
+            }
+        }
+        due
+    }
+
     /// Held money and open grants by currency (an account not yet opened counts under "").
     pub(crate) fn by_currency(&self) -> &BTreeMap<String, Held> {
         &self.by_currency

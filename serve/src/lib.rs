@@ -11,16 +11,21 @@
 //!   runs, `GET /readyz` once the node has caught up with its store.
 //! - Back-pressure: at most [`Config::queue`] requests wait for or run on the node; one more is
 //!   answered `503` with `Retry-After` at once.
+//! - [`lattice`]: with `--nats`, the same admissions and commands as NATS request/reply
+//!   (a NATS micro service); with `--role edge`, the node admits from grants it obtains from
+//!   a core over NATS, and settles the usage with it.
 //! - Every error is [`problem::Problem`]: `application/problem+json` with `status`, `cause`
 //!   and `detail`.
 
 pub mod api;
+mod edge;
 mod exposure;
+pub mod lattice;
 pub mod metrics;
 pub mod nchf;
 mod pool;
 pub mod problem;
 mod server;
 
-pub use pool::NodeSpec;
+pub use pool::{NodeSpec, Role};
 pub use server::{Config, MAX_BODY_BYTES, ServeError, serve};

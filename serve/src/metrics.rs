@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tollgate_runtime::quota::EdgeReport;
 use tollgate_runtime::{AppendLatency, Stats};
 
 use crate::exposure::Held;
@@ -32,6 +33,8 @@ pub(crate) struct NodeReading {
     pub(crate) exposure: BTreeMap<String, Held>,
     /// Account events the exposure could not fold.
     pub(crate) undecodable: u64,
+    /// On an edge: the grants it holds and the usage it owes.
+    pub(crate) edge: Option<EdgeReport>,
 }
 
 /// Labels of one HTTP request: the route template (never the raw path, so keys do not
@@ -197,6 +200,65 @@ impl Collector for NodeCounters {
             "tollgate_grant_exposure_undecodable_events",
             "Account events the exposure could not fold (another schema or damage): the figure misses them",
             reading.undecodable,
-        )
+        )?;
+        match &reading.edge {
+            Some(edge) => encode_edge(e, edge),
+            None => Ok(()),
+        }
     }
+}
+
+/// An edge's figures, labelled with the node (and the currency of money).
+fn encode_edge(e: &mut DescriptorEncoder, edge: &EdgeReport) -> std::fmt::Result {
+    let node = vec![("node", edge.node.as_str())];
+    let money = vec![("node", edge.node.as_str()), ("currency", edge.currency.as_str())];
+    type Labels<'a> = Vec<(&'a str, &'a str)>;
+    let gauges: [(&str, &str, &Labels, i64); 5] = [
+        (
+            "tollgate_edge_grants_held",
+            "Grants this edge holds and has not settled with its core",
+            &node,
+            saturate(edge.grants_held as u64),
+        ),
+        (
+            "tollgate_edge_exposure_minor_units",
+            "Money the core holds for this edge's unsettled grants",
+            &money,
+            edge.exposure,
+        ),
+        (
+            "tollgate_edge_unsettled_units",
+            "Units admitted on grants not yet settled with the core",
+            &node,
+            saturate(edge.unsettled_units),
+        ),
+        (
+            "tollgate_edge_unsettled_usage_minor_units",
+            "Money of the units admitted and not yet settled",
+            &money,
+            edge.unsettled_usage,
+        ),
+        (
+            "tollgate_edge_unpaid_minor_units",
+            "Admitted usage the core could not charge (settled late, past the balance)",
+            &money,
+            edge.unpaid,
+        ),
+    ];
+    for (name, help, labels, value) in gauges {
+        e.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_family(labels)?.encode_gauge(&value)?;
+    }
+    let seconds = edge.last_contact.map_or(0, |ms| saturate(ms / 1000));
+    e.encode_descriptor(
+        "tollgate_edge_core_last_contact_timestamp_seconds",
+        "When the core last answered this edge, seconds since the epoch (0: never)",
+        None,
+        MetricType::Gauge,
+    )?
+    .encode_family(&node)?
+    .encode_gauge(&seconds)
+}
+
+fn saturate(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -9,15 +9,42 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tollgate_billing_model::account::STREAM;
 use tollgate_host::ActorKind;
-use tollgate_node::{Node, NodeError, NodeHandle};
+use tollgate_node::{Node, NodeError, NodeHandle, Reply, Request, wall_ms};
 use tollgate_runtime::{Journal, Loader, Manifest, Runtime, RuntimeError, Stats, engine_for_runtimes};
 
 use crate::exposure::Exposure;
 use crate::metrics::NodeReading;
 
+/// What a node does in the lattice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Charges accounts itself, with the manifest's actors.
+    #[default]
+    Core,
+    /// Admits from grants held by a core, reached over NATS (see [`crate::edge`]); sized by
+    /// the manifest's `[quota]`.
+    Edge {
+        /// The core's NATS URL.
+        url: String,
+        /// The core's node name (its subjects are `tollgate.<core>.…`).
+        core: String,
+    },
+}
+
+impl Role {
+    /// `core` or `edge`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Core => "core",
+            Role::Edge { .. } => "edge",
+        }
+    }
+}
+
 /// What a server opens: the manifest, the store and the node's name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NodeSpec {
     /// The manifest wiring the actors.
     pub manifest: PathBuf,
@@ -27,6 +54,10 @@ pub struct NodeSpec {
     pub name: String,
     /// Runtimes answering keyed requests in parallel (0: the primary answers everything).
     pub workers: usize,
+    /// Core or edge.
+    pub role: Role,
+    /// Where to answer admissions and commands over NATS (`nats://HOST:PORT`), if anywhere.
+    pub nats: Option<String>,
 }
 
 /// A primary runtime and its workers.
@@ -37,6 +68,10 @@ pub(crate) struct Pool {
     offers: Arc<BTreeMap<u32, String>>,
     journal: Journal,
     exposure: Mutex<Exposure>,
+    streams: Vec<String>,
+    /// Expire grants still open this long after their validity (the manifest's
+    /// `[quota] clock_skew_ms`); `None`: the node reaps nothing.
+    reap_after_ms: Option<u64>,
 }
 
 impl Pool {
@@ -61,7 +96,49 @@ impl Pool {
         let workers = (0..spec.workers).map(|_| open(commands.clone(), false)).collect::<Result<Vec<_>, _>>()?;
         let offers = Arc::new(manifest.rating_groups());
         let exposure = Mutex::default();
-        Ok(Pool { primary, workers, delivery_queued: Arc::new(AtomicBool::new(false)), offers, journal, exposure })
+        let streams = primary.with_blocking(|node| node.runtime().command_streams())?;
+        Ok(Pool {
+            primary,
+            workers,
+            delivery_queued: Arc::new(AtomicBool::new(false)),
+            offers,
+            journal,
+            exposure,
+            streams,
+            reap_after_ms: manifest.quota.map(|q| q.clock_skew_ms),
+        })
+    }
+
+    /// The streams whose commands the node's aggregates take.
+    pub(crate) fn streams(&self) -> &[String] {
+        &self.streams
+    }
+
+    /// Expires every grant whose validity plus the clock-skew margin has passed by the wall
+    /// clock: an edge that never settled it (cut off, gone) can no longer be using it. Each
+    /// `expire` goes to the worker of its account, with id `<reservation>/expire`, so a
+    /// repeat changes nothing.
+    pub(crate) async fn reap(&self) -> Result<usize, NodeError> {
+        let Some(margin) = self.reap_after_ms else { return Ok(0) };
+        let due = self.exposure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).due(wall_ms(), margin);
+        let mut expired = 0;
+        for (account, reservation_id) in due {
+            let command = serde_json::json!({ "expire": { "reservation_id": reservation_id } });
+            let request = Request::Execute {
+                stream: STREAM.into(),
+                key: account.clone(),
+                id: format!("{reservation_id}/expire"),
+                command,
+            };
+            if let Reply::Accepted(events) = self.for_key(&account).request(request).await? {
+                expired += events.len();
+            }
+        }
+        if expired > 0 {
+            tracing::info!(expired, "expired grants past validity and the clock-skew margin");
+            self.wrote();
+        }
+        Ok(expired)
     }
 
     /// The runtime that answers requests for `key` (a stream key, a subscriber, a charging
@@ -126,6 +203,7 @@ impl Pool {
             appends: self.journal.append_latency(),
             exposure: exposure.by_currency().clone(),
             undecodable: exposure.undecodable(),
+            edge: None,
         }
     }
 

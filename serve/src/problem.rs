@@ -3,11 +3,11 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tollgate_node::NodeError;
 
 /// One ProblemDetails answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// The HTTP status, repeated in the body.
     pub status: u16,
@@ -18,7 +18,7 @@ pub struct Problem {
     /// A stable code for programs, e.g. `MANDATORY_IE_INCORRECT` or a rejection code.
     pub cause: String,
     /// The rejection's kind (`business`, `malformed`, `unknown-command`) when an actor refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Seconds to wait before retrying, on `503`.
     #[serde(skip)]

@@ -9,8 +9,11 @@
 
 pub mod conformance;
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::NewEvent;
@@ -312,5 +315,60 @@ impl Drop for NatsCluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// A loopback TCP proxy in front of nats-server that can be cut (open connections are shut
+/// down, new ones refused) and restored: a network partition for one node.
+pub struct Partition {
+    /// `nats://127.0.0.1:PORT`: the proxy's address, to give the node instead of the server's.
+    pub url: String,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Partition {
+    /// A proxy to `upstream` (`nats://HOST:PORT`) on a free loopback port.
+    pub fn new(upstream: &str) -> std::io::Result<Partition> {
+        let upstream = upstream.trim_start_matches("nats://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("nats://{}", listener.local_addr()?);
+        let cut = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let (Ok(c1), Ok(s1), Ok(c2), Ok(s2)) =
+                    (client.try_clone(), server.try_clone(), client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                o.lock().unwrap_or_else(|p| p.into_inner()).extend([c1, s1]);
+                for (mut from, mut to) in [(c2, s2), (server, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Ok(Partition { url, cut, open })
+    }
+
+    /// Shuts every open connection down and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
     }
 }

@@ -8,6 +8,7 @@ mod errors;
 mod guests;
 mod hostile;
 mod inspect;
+mod lattice;
 mod new;
 mod node;
 mod oci;

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 
 /// A running `tollgate serve`, killed if a test fails before it stops it.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     base: String,
     agent: ureq::Agent,
@@ -15,22 +15,21 @@ struct Server {
 
 /// An HTTP answer: status, content type, the body as JSON (or as a string when it is not), and
 /// `Location`.
-struct Answer {
-    status: u16,
-    content_type: String,
-    body: Value,
-    location: Option<String>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) body: Value,
+    pub(crate) location: Option<String>,
 }
 
 impl Server {
-    fn start(manifest: &str, store: &str, extra: &[&str]) -> Server {
-        let mut child = tollgate()
-            .args(["serve", manifest, "--store", store, "--listen", "127.0.0.1:0", "--node", "served"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+    pub(crate) fn start(manifest: &str, store: &str, extra: &[&str]) -> Server {
+        let mut child = tollgate();
+        child.args(["serve", manifest, "--store", store, "--listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--node") {
+            child.args(["--node", "served"]);
+        }
+        let mut child = child.args(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let base =
@@ -55,18 +54,18 @@ impl Server {
         Answer { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::String(text)), location }
     }
 
-    fn get(&self, path: &str) -> Answer {
+    pub(crate) fn get(&self, path: &str) -> Answer {
         Server::answer(self.agent.get(format!("{}{path}", self.base)).call().unwrap())
     }
 
-    fn post(&self, path: &str, body: &str) -> Answer {
+    pub(crate) fn post(&self, path: &str, body: &str) -> Answer {
         let request = self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/json");
         Server::answer(request.send(body).unwrap())
     }
 
     /// `/metrics` once it contains `line`: the server folds some figures on its next tick.
     /// Polled without a deadline of our own (the harness's timeout bounds it).
-    fn metrics_until(&self, line: &str) -> String {
+    pub(crate) fn metrics_until(&self, line: &str) -> String {
         loop {
             let text = self.get("/metrics").body.as_str().unwrap().to_string();
             if text.contains(line) {
@@ -77,7 +76,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits: (exit code, stderr).
-    fn terminate(mut self) -> (i32, String) {
+    pub(crate) fn terminate(mut self) -> (i32, String) {
         let child = self.child.take().unwrap();
         let pid = child.id().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -97,7 +96,7 @@ impl Drop for Server {
 
 /// Whether curl is here; under `CI=true` it must be (`.ci/run` installs it), elsewhere its
 /// absence skips what needs it, saying so.
-fn curl_available() -> bool {
+pub(crate) fn curl_available() -> bool {
     if std::process::Command::new("curl").arg("--version").output().is_ok() {
         return true;
     }
@@ -106,7 +105,7 @@ fn curl_available() -> bool {
     false
 }
 
-fn command(id: &str, command: Value) -> String {
+pub(crate) fn command(id: &str, command: Value) -> String {
     json!({ "id": id, "command": command }).to_string()
 }
 

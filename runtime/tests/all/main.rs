@@ -9,3 +9,4 @@ mod edge;
 mod hostile;
 mod jetstream;
 mod properties;
+mod quota;
