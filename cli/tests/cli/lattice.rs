@@ -367,3 +367,40 @@ fn serve_refuses_an_edge_without_a_quota_and_a_node_name_nats_cannot_carry() {
     assert_ne!(code, 0);
     assert!(err.contains("--node") && err.contains("`a.b` contains '.'"), "{err}");
 }
+
+/// The node's admissions counted in its `/metrics`, over every result code.
+fn admissions_counted(server: &Server) -> u64 {
+    let text = server.get("/metrics").body.as_str().unwrap().to_string();
+    text.lines()
+        .filter(|l| l.starts_with("tollgate_admissions_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn two_cores_started_under_one_name_share_its_requests() {
+    let Some(nats) = NatsServer::start_or_skip() else { return };
+    let manifest = root().join("examples/lattice/core.toml").display().to_string();
+    // Both over the same JetStream store: one set of accounts, two processes answering.
+    let start = || Server::start(&manifest, &nats.url, &["--node", "core", "--nats", &nats.url, "--workers", "2"]);
+    let (first, second) = (start(), start());
+    open_account(&first, "sub", 1_000_000);
+    let peer = Peer::connect(&nats.url);
+    let (before_first, before_second) = (admissions_counted(&first), admissions_counted(&second));
+    for i in 0..40 {
+        let (answer, code) = peer.request("tollgate.core.admit", &admission(&format!("shared-{i}"), 1));
+        assert_eq!((answer["granted"].is_object(), code), (true, None), "{answer}");
+    }
+    let (by_first, by_second) =
+        (admissions_counted(&first) - before_first, admissions_counted(&second) - before_second);
+    // The queue group hands each request to one of them; 40 all to one has odds of 2^-39.
+    assert_eq!(by_first + by_second, 40);
+    assert!(by_first > 0 && by_second > 0, "first {by_first}, second {by_second}");
+    // Every admission held once at the one account, whichever node answered it.
+    let held = account_events(&first, "sub").iter().filter(|e| e["type"] == "reserved").count();
+    assert_eq!(held, 40);
+    for server in [first, second] {
+        let (code, err) = server.terminate();
+        assert_eq!(code, 0, "{err}");
+    }
+}
