@@ -307,6 +307,9 @@ impl EdgeLog {
     }
 }
 
+/// The core's answer to an account command: its events, or its refusal.
+pub type CoreAnswer = Result<Vec<AccountEvent>, Rejection>;
+
 /// How an edge node reaches the core's accounts.
 pub trait CoreLink {
     /// Runs `command` with id `command_id` on account `account` at the core, at `now` by the
@@ -320,7 +323,7 @@ pub trait CoreLink {
         command_id: &str,
         command: &AccountCommand,
         now: u64,
-    ) -> Result<Result<Vec<AccountEvent>, Rejection>, RuntimeError>;
+    ) -> Result<CoreAnswer, RuntimeError>;
 }
 
 /// A runtime over the core's store is the core: the command runs here.
@@ -331,7 +334,7 @@ impl CoreLink for Runtime {
         command_id: &str,
         command: &AccountCommand,
         now: u64,
-    ) -> Result<Result<Vec<AccountEvent>, Rejection>, RuntimeError> {
+    ) -> Result<CoreAnswer, RuntimeError> {
         self.clock().set_ms(now);
         let envelope = self.command(ACCOUNT_STREAM, account, command_id, command)?;
         match self.execute(&envelope)? {
@@ -402,7 +405,7 @@ impl<C: CoreLink> EdgeNode<C> {
         command_id: &str,
         command: &AccountCommand,
         now: u64,
-    ) -> Result<Result<Vec<AccountEvent>, Rejection>, RuntimeError> {
+    ) -> Result<CoreAnswer, RuntimeError> {
         let answer = self.core.account(account, command_id, command, now)?;
         self.answered = Some(now);
         Ok(answer)

@@ -27,7 +27,7 @@ use tollgate_host::aggregate::{Rejection, RejectionKind};
 use tollgate_node::Admission;
 use tollgate_node::view::EventView;
 use tollgate_runtime::RuntimeError;
-use tollgate_runtime::quota::CoreLink;
+use tollgate_runtime::quota::{CoreAnswer, CoreLink};
 
 /// The NATS micro service every node registers.
 pub const SERVICE: &str = "tollgate";
@@ -168,7 +168,7 @@ impl CoreLink for NatsCore {
         command_id: &str,
         command: &AccountCommand,
         _now: u64,
-    ) -> Result<Result<Vec<AccountEvent>, Rejection>, RuntimeError> {
+    ) -> Result<CoreAnswer, RuntimeError> {
         // Cut off: answer at once rather than hold the edge's admissions for a timeout (a
         // link still making its first connection is waited for, within the timeout).
         if self.client.connection_state() == State::Disconnected {
