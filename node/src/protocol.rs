@@ -78,6 +78,16 @@ pub struct Admission {
     pub country: Option<String>,
 }
 
+impl Admission {
+    /// Refuses an admission whose names are empty, too long or hold control characters.
+    pub fn check(&self) -> Result<(), InvalidField> {
+        check_name("id", &self.id)?;
+        check_name("subscriber", &self.subscriber)?;
+        check_name("offer", &self.offer)?;
+        self.country.as_deref().map_or(Ok(()), |c| check_name("country", c))
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -187,12 +197,7 @@ impl Request {
                 check_name("id", id)?;
                 check_tagged("command", command)
             }
-            Request::Admit(a) => {
-                check_name("id", &a.id)?;
-                check_name("subscriber", &a.subscriber)?;
-                check_name("offer", &a.offer)?;
-                a.country.as_deref().map_or(Ok(()), |c| check_name("country", c))
-            }
+            Request::Admit(a) => a.check(),
             Request::Report { stream, key, id, event, correlation_id } => {
                 check_name("stream", stream)?;
                 check_name("key", key)?;

@@ -206,6 +206,11 @@ pub struct EdgeReport {
 pub struct EdgeLog {
     instance: Option<String>,
     grants: BTreeMap<String, LocalGrant>,
+    /// The reservation ids of each subscriber's grants not yet settled, oldest first: an
+    /// admission and the tick's settlement look only at these, never at the whole history.
+    open: BTreeMap<String, Vec<String>>,
+    /// Grants each subscriber has had, settled or not: the next grant's number.
+    obtained: HashMap<String, usize>,
     admitted: HashMap<String, String>,
     sequence: u64,
     last_contact: Option<u64>,
@@ -236,6 +241,8 @@ impl EdgeLog {
             QuotaEvent::Started { instance } => self.instance = Some(instance),
             QuotaEvent::GrantObtained { subscriber, reservation_id, units, unit_price, expires_at } => {
                 self.last_contact = Some(time);
+                *self.obtained.entry(subscriber.clone()).or_default() += 1;
+                self.open.entry(subscriber.clone()).or_default().push(reservation_id.clone());
                 let grant = LocalGrant {
                     subscriber,
                     reservation_id: reservation_id.clone(),
@@ -259,6 +266,12 @@ impl EdgeLog {
                 self.last_contact = Some(time);
                 if let Some(g) = self.grants.get_mut(&reservation_id) {
                     g.settled = Some((charged, unpaid));
+                    if let Some(open) = self.open.get_mut(&g.subscriber) {
+                        open.retain(|id| *id != reservation_id);
+                        if open.is_empty() {
+                            self.open.remove(&g.subscriber);
+                        }
+                    }
                 }
             }
         }
@@ -283,8 +296,14 @@ impl EdgeLog {
         self.open().map(LocalGrant::price_of_units).fold(0, i64::saturating_add)
     }
 
+    /// The grants not yet settled.
     fn open(&self) -> impl Iterator<Item = &LocalGrant> {
-        self.grants.values().filter(|g| g.settled.is_none())
+        self.open.values().flatten().filter_map(|id| self.grants.get(id))
+    }
+
+    /// `subscriber`'s grants not yet settled, oldest first.
+    fn open_of(&self, subscriber: &str) -> impl Iterator<Item = &LocalGrant> {
+        self.open.get(subscriber).into_iter().flatten().filter_map(|id| self.grants.get(id))
     }
 
     /// The figures of node `node`.
@@ -391,8 +410,9 @@ impl<C: CoreLink> EdgeNode<C> {
         let log = EdgeLog::read(&local, node)?;
         let mut edge = EdgeNode { node: node.into(), core, local, policy, log, answered: None };
         if edge.log.instance.is_none() {
-            let instance = format!("{:016x}", RandomState::new().hash_one(wall_clock_nanos()));
-            let now = u64::try_from(wall_clock_nanos() / 1_000_000).unwrap_or(u64::MAX);
+            let nanos = wall_clock_nanos();
+            let instance = format!("{:016x}", RandomState::new().hash_one(nanos));
+            let now = u64::try_from(nanos / 1_000_000).unwrap_or(u64::MAX);
             edge.record(&format!("{node}/started"), QuotaEvent::Started { instance }, now)?;
         }
         Ok(edge)
@@ -527,14 +547,11 @@ impl<C: CoreLink> EdgeNode<C> {
         if let Some(reservation_id) = self.log.admitted.get(request_id) {
             return Ok(EdgeDecision::Admitted { reservation_id: reservation_id.clone() });
         }
-        let usable = |g: &&LocalGrant| {
-            g.subscriber == *subscriber
-                && g.settled.is_none()
-                && now < g.expires_at
-                && g.units.checked_sub(g.used).is_some_and(|left| left >= *units)
-        };
-        let reservation_id = match self.log.grants.values().find(usable) {
-            Some(g) => g.reservation_id.clone(),
+        let usable =
+            |g: &&LocalGrant| now < g.expires_at && g.units.checked_sub(g.used).is_some_and(|left| left >= *units);
+        let room = self.log.open_of(subscriber).find(usable).map(|g| g.reservation_id.clone());
+        let reservation_id = match room {
+            Some(id) => id,
             None => match self.obtain(subscriber, (*units).max(self.policy.grant_units), now)? {
                 Ok((id, granted)) if granted >= *units => id,
                 Ok((_, granted)) => {
@@ -557,7 +574,7 @@ impl<C: CoreLink> EdgeNode<C> {
         units: u64,
         now: u64,
     ) -> Result<Result<(String, u64), EdgeDecision>, RuntimeError> {
-        let n = self.log.grants.values().filter(|g| g.subscriber == subscriber).count() + 1;
+        let n = self.log.obtained.get(subscriber).copied().unwrap_or_default() + 1;
         let instance = self.log.instance.as_deref().unwrap_or_default();
         // Deterministic given the log, so a reserve whose answer was lost is retried with the
         // same id and answered from the core's log rather than held twice.
@@ -605,13 +622,8 @@ impl<C: CoreLink> EdgeNode<C> {
     /// Forwards the usage of every finished grant (used up, or past validity at `now`; every
     /// open grant when `all`) to the core. Stops at the first failure to reach the core.
     pub fn settle(&mut self, now: u64, all: bool) -> Result<Settled, RuntimeError> {
-        let finished: Vec<LocalGrant> = self
-            .log
-            .grants
-            .values()
-            .filter(|g| g.settled.is_none() && (all || g.used == g.units || now >= g.expires_at))
-            .cloned()
-            .collect();
+        let finished: Vec<LocalGrant> =
+            self.log.open().filter(|g| all || g.used == g.units || now >= g.expires_at).cloned().collect();
         let mut report = Settled::default();
         for (i, grant) in finished.iter().enumerate() {
             match self.forward(grant, now) {
@@ -693,6 +705,18 @@ fn refused(id: &str, r: &Rejection) -> RuntimeError {
     RuntimeError::SettlementRefused { reservation_id: id.into(), code: r.code.clone(), message: r.message.clone() }
 }
 
+/// Whether a grant valid until `expires_at` is past its validity plus `margin_ms` at `now`, so
+/// no edge within the clock-skew margin can still be using it: the core may expire it.
+pub fn past_margin(expires_at: u64, margin_ms: u64, now: u64) -> bool {
+    expires_at.saturating_add(margin_ms) <= now
+}
+
+/// The command that expires grant `reservation_id`, with its command id (one per grant, so a
+/// repeat changes nothing).
+pub fn expiry(reservation_id: &str) -> (String, AccountCommand) {
+    (format!("{reservation_id}/expire"), AccountCommand::Expire { reservation_id: reservation_id.into() })
+}
+
 /// Core side: expires every reservation of `accounts` whose validity plus `clock_skew_ms` has
 /// passed by the core's clock (command id `<reservation>/expire`); returns the expired ids.
 pub fn reap_expired_grants(
@@ -705,11 +729,11 @@ pub fn reap_expired_grants(
     for account in accounts {
         let Some(state) = core.reload_account(account)? else { continue };
         for (id, r) in &state.reservations {
-            if r.expires_at.saturating_add(clock_skew_ms) > now {
+            if !past_margin(r.expires_at, clock_skew_ms, now) {
                 continue;
             }
-            let command = AccountCommand::Expire { reservation_id: id.clone() };
-            let envelope = core.command(ACCOUNT_STREAM, account, &format!("{id}/expire"), &command)?;
+            let (command_id, command) = expiry(id);
+            let envelope = core.command(ACCOUNT_STREAM, account, &command_id, &command)?;
             if let Outcome::Accepted(_) = core.execute(&envelope)? {
                 expired.push(id.clone());
             }

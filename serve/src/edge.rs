@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 use tollgate_node::view::{DecisionView, GrantView, MoneyView, PriceLineView};
-use tollgate_node::{Admission, NodeError, Request, wall_ms};
+use tollgate_node::{Admission, NodeError, wall_ms};
 use tollgate_runtime::quota::{EdgeDecision, EdgeNode, EdgeReport, EdgeRequest, QuotaPolicy, Settled};
 use tollgate_runtime::{Journal, result_code_name};
 
@@ -107,7 +107,7 @@ impl Edge {
     /// Admits against a local grant, asking the core for one when none has room; a repeated
     /// request id gets the same answer.
     pub(crate) async fn admit(&self, admission: Admission) -> Result<DecisionView, Problem> {
-        Request::Admit(admission.clone()).check(0).map_err(NodeError::from)?;
+        admission.check().map_err(NodeError::from)?;
         if admission.units == 0 {
             return Err(NodeError::from(tollgate_node::protocol::InvalidField {
                 field: "units".into(),

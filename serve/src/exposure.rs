@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use tollgate_billing_model::account::{self, Account, AccountEvent};
+use tollgate_runtime::quota::past_margin;
 use tollgate_runtime::{Journal, RuntimeError};
 
 /// Events read from the log per [`Exposure::catch_up`] call.
@@ -69,7 +70,7 @@ impl Exposure {
         let mut due = Vec::new();
         for (key, account) in &self.accounts {
             for (id, r) in &account.reservations {
-                if r.expires_at.saturating_add(margin_ms) <= now {
+                if past_margin(r.expires_at, margin_ms, now) {
                     due.push((key.clone(), id.clone()));
                 }
             }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tollgate_billing_model::account::STREAM;
 use tollgate_host::ActorKind;
 use tollgate_node::{Node, NodeError, NodeHandle, Reply, Request, wall_ms};
+use tollgate_runtime::quota::expiry;
 use tollgate_runtime::{Journal, Loader, Manifest, Runtime, RuntimeError, Stats, engine_for_runtimes};
 
 use crate::exposure::Exposure;
@@ -123,13 +124,9 @@ impl Pool {
         let due = self.exposure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).due(wall_ms(), margin);
         let mut expired = 0;
         for (account, reservation_id) in due {
-            let command = serde_json::json!({ "expire": { "reservation_id": reservation_id } });
-            let request = Request::Execute {
-                stream: STREAM.into(),
-                key: account.clone(),
-                id: format!("{reservation_id}/expire"),
-                command,
-            };
+            let (id, command) = expiry(&reservation_id);
+            let command = tollgate_node::view::to_value(&command);
+            let request = Request::Execute { stream: STREAM.into(), key: account.clone(), id, command };
             if let Reply::Accepted(events) = self.for_key(&account).request(request).await? {
                 expired += events.len();
             }
