@@ -1,7 +1,9 @@
 //! "admission": one full admission decision through `Runtime::admit` on warm instances: the
-//! policy component calls `config`, `charging.balance-check` (host reads the account state),
-//! `rating.rate` (the rater component) and `charging.reserve` (the account component's
-//! `handle` + `apply` through the aggregate host), then the runtime dispatches the new event.
+//! policy component calls `config`, `charging.balance-check` (the host's decoded account, kept
+//! current from committed events), `rating.rate` (the rater component) and `charging.reserve`
+//! (the account component's `execute`, on the state it holds), then the runtime dispatches the
+//! new event: three calls into components. `admission-parallel`: both cores, a runtime and an
+//! account per thread.
 //!
 //! Every 16 admissions the open reservations are released (off the clock) so the account's
 //! state stays bounded. `admission` runs the admission path alone (account, rater, policy);
@@ -132,6 +134,41 @@ fn run(c: &mut Criterion, loader: &mut Loader, name: &str, edge: bool) {
         report = report.target(">= 200k/s, p99 <= 20 us", met);
     }
     report.write();
+    if !edge {
+        let parallel = parallel(loader);
+        Report::new(&format!("{name}-parallel"), &format!("{op}; two threads, a runtime each"), &parallel).write();
+    }
+}
+
+/// Both cores: a runtime and an account per thread, measured at once; throughput summed.
+fn parallel(loader: &Loader) -> measure::Timing {
+    let timings: Vec<measure::Timing> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..2)
+            .map(|_| {
+                let engine = loader.engine().clone();
+                scope.spawn(move || {
+                    let bench = std::cell::RefCell::new(Bench::new(&mut Loader::new(engine), false));
+                    measure::measure_with_setup(
+                        PHASE,
+                        1_000,
+                        |_| {
+                            let mut b = bench.borrow_mut();
+                            b.housekeeping();
+                            b.request()
+                        },
+                        |request| bench.borrow_mut().admit(&request),
+                    )
+                })
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().expect("a measuring thread panicked")).collect()
+    });
+    let mut latencies = measure::histogram();
+    for t in &timings {
+        latencies.add(&t.latencies).expect("histograms of one shape");
+    }
+    let ops_per_sec = timings.iter().map(|t| t.ops_per_sec).sum::<f64>();
+    measure::Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies }
 }
 
 fn main() {

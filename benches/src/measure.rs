@@ -85,6 +85,22 @@ pub fn measure(phase: Duration, mut op: impl FnMut()) -> Timing {
     Timing { ops_per_sec: 1e9 / mean_ns, mean_ns, latencies }
 }
 
+/// Runs [`measure`] on `threads` threads at once, each with its own operation (`make(i)` for
+/// thread `i`, built on that thread): throughput is their sum, latencies are merged.
+pub fn parallel<F: FnMut()>(threads: usize, phase: Duration, make: impl Fn(usize) -> F + Sync) -> Timing {
+    let timings: Vec<Timing> = std::thread::scope(|scope| {
+        let make = &make;
+        let running: Vec<_> = (0..threads).map(|i| scope.spawn(move || measure(phase, make(i)))).collect();
+        running.into_iter().map(|t| t.join().expect("a measuring thread panicked")).collect()
+    });
+    let mut latencies = histogram();
+    for t in &timings {
+        latencies.add(&t.latencies).expect("histograms of one shape");
+    }
+    let ops_per_sec: f64 = timings.iter().map(|t| t.ops_per_sec).sum();
+    Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies }
+}
+
 /// Measures an operation that needs untimed preparation: before every call `setup` runs off
 /// the clock and its result is handed to `op`, which is timed. Runs for `phase` (at least
 /// `min_ops` calls); throughput is calls divided by the summed time of the calls alone.

@@ -29,6 +29,8 @@ struct Report {
     size: u64,
     kind: Option<String>,
     world: Option<String>,
+    /// The version of the tollgate contract the component targets, and whether it is current.
+    contract: Option<String>,
     digest: Option<String>,
     imports: Vec<String>,
     exports: Vec<String>,
@@ -53,6 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         size: bytes.len() as u64,
         kind: None,
         world: None,
+        contract: None,
         digest: None,
         imports: vec![],
         exports: vec![],
@@ -63,7 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match Actor::from_bytes(&engine, &name, &bytes) {
         Ok(actor) => {
             report.kind = Some(actor.kind().to_string());
-            report.world = Some(actor.kind().world().into());
+            report.world = Some(actor.world().into());
+            report.contract = Some(contract(actor.world(), actor.is_current()));
             report.digest = Some(format!("sha256:{}", actor.digest()));
             report.imports = actor.imports().to_vec();
             report.exports = actor.exports().to_vec();
@@ -81,7 +85,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             if !ActorKind::ALL.iter().any(|k| report.exports.iter().any(|e| e == k.export())) {
                 let expected = ActorKind::ALL.map(|k| format!("`{}`", k.export())).join(" or ");
-                report.problems.push(format!("exports no tollgate interface (expected one of {expected})"));
+                match report.exports.iter().find(|e| e.starts_with("tollgate:")) {
+                    // A tollgate export of a version this host does not run (a 0.1 projector).
+                    Some(other) => report.problems.push(format!(
+                        "exports `{other}`, a contract version this host does not run (expected one of {expected}); \
+                         rebuild it with the current tollgate-sdk"
+                    )),
+                    None => report.problems.push(format!("exports no tollgate interface (expected one of {expected})")),
+                }
             }
             match missing_imports(&engine, &name, &bytes) {
                 Ok(missing) => {
@@ -103,6 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let (Some(kind), Some(world)) = (&report.kind, &report.world) {
             println!("kind:     {kind}");
             println!("world:    {world}");
+        }
+        if let Some(contract) = &report.contract {
+            println!("contract: {contract}");
         }
         if let Some(digest) = &report.digest {
             println!("digest:   {digest}");
@@ -128,6 +142,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if report.runnable { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The contract a world belongs to, e.g. `tollgate:eventsourcing@0.1.0 (older: ...)`.
+fn contract(world: &str, current: bool) -> String {
+    let package = world.split_once('/').map_or(world, |(package, _)| package);
+    let version = world.rsplit_once('@').map_or("", |(_, version)| version);
+    if current {
+        format!("{package}@{version} (current)")
+    } else {
+        format!("{package}@{version} (older: this host keeps its states and sends them with every call)")
+    }
 }
 
 /// Compiles the bytes as a component, for listing its imports and exports.

@@ -5,5 +5,5 @@ set -eu
 cd "$(dirname "$0")"
 OUT="${OUT:-loyalty.wasm}"
 # `http` and `fetch-event` would import wasi:http, which a tollgate host does not serve.
-npx --no-install componentize-js app.js --wit ../../wit/eventsourcing --world-name aggregate \
+npx --no-install componentize-js app.js --wit ../../wit/eventsourcing-0.1 --world-name aggregate \
   --disable http fetch-event -o "$OUT"

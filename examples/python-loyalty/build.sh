@@ -6,4 +6,4 @@ set -eu
 cd "$(dirname "$0")"
 OUT="${OUT:-loyalty.wasm}"
 # The package folder itself (its deps/ are symlinks to sibling packages), not wit/.
-componentize-py -d ../../wit/eventsourcing -w aggregate componentize app -o "$OUT"
+componentize-py -d ../../wit/eventsourcing-0.1 -w aggregate componentize app -o "$OUT"

@@ -54,7 +54,7 @@ pub fn needs_more(interfaces: &[(&str, &str)]) -> Vec<u8> {
     let declared: String = interfaces.iter().map(|(name, body)| format!("interface {name} {{ {body} }}\n")).collect();
     let imported: String = interfaces.iter().map(|(name, _)| format!("import {name};\n")).collect();
     let text = format!(
-        "package test:needs-more;\n{declared}world needs-more {{\n{imported}export tollgate:eventsourcing/command-handler@0.1.0;\n}}"
+        "package test:needs-more;\n{declared}world needs-more {{\n{imported}export tollgate:eventsourcing/command-handler@0.2.0;\n}}"
     );
     let pkg = resolve.push_str("needs-more.wit", &text).expect("fixture WIT");
     let world = resolve.select_world(&[pkg], Some("needs-more")).expect("fixture world");

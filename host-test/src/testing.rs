@@ -181,9 +181,9 @@ impl Then {
     }
 
     /// The key's state, decoded.
-    pub fn state<S: DeserializeOwned>(&self) -> S {
-        let bytes = self.test.run.host.state(&self.test.key).expect("the key has no state yet");
-        serde_json::from_slice(bytes).expect("state decodes")
+    pub fn state<S: DeserializeOwned>(&mut self) -> S {
+        let json = self.test.run.host.state_json(&self.test.key).expect("no trap").expect("the key has no state yet");
+        serde_json::from_str(&json).expect("state decodes")
     }
 
     /// The test, to continue with.

@@ -13,6 +13,7 @@ use crate::state::StoreState;
 struct Inner {
     name: String,
     kind: ActorKind,
+    world: &'static str,
     digest: String,
     size: usize,
     imports: Vec<String>,
@@ -53,17 +54,23 @@ impl Actor {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine.engine()).map(|(n, _)| n.to_string()).collect();
         let imports: Vec<String> = ty.imports(engine.engine()).map(|(n, _)| n.to_string()).collect();
-        let kind = ActorKind::ALL.into_iter().find(|k| exports.iter().any(|e| e == k.export())).ok_or_else(|| {
-            HostError::WrongKind {
+        let contracts = ActorKind::ALL.into_iter().flat_map(|k| {
+            let spec = k.spec();
+            std::iter::once((k, spec.world, spec.export)).chain(spec.older.iter().map(move |(w, e)| (k, *w, *e)))
+        });
+        let (kind, world, _) = contracts
+            .clone()
+            .find(|(_, _, export)| exports.iter().any(|e| e == export))
+            .ok_or_else(|| HostError::WrongKind {
                 name: name.into(),
-                expected: ActorKind::ALL.map(|k| k.export()).join("` or `"),
+                expected: contracts.map(|(_, _, e)| e).collect::<Vec<_>>().join("` or `"),
                 found: list(&exports),
-            }
-        })?;
+            })?;
         let pre = engine.linker().instantiate_pre(&component).map_err(|e| missing_import(name, e))?;
         Ok(Actor(Arc::new(Inner {
             name: name.into(),
             kind,
+            world,
             digest: hex(&Sha256::digest(bytes)),
             size: bytes.len(),
             imports,
@@ -95,6 +102,17 @@ impl Actor {
     /// Its kind.
     pub fn kind(&self) -> ActorKind {
         self.0.kind
+    }
+
+    /// The world it targets, with its version (`tollgate:eventsourcing/aggregate@0.1.0` for an
+    /// aggregate built against the older contract).
+    pub fn world(&self) -> &'static str {
+        self.0.world
+    }
+
+    /// Whether it targets the current contract of its kind (not one of its `older` ones).
+    pub fn is_current(&self) -> bool {
+        self.0.world == self.0.kind.world()
     }
 
     /// The sha256 of its bytes, hex; snapshots and caches are keyed by it.

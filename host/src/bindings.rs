@@ -11,6 +11,19 @@ pub mod aggregate {
     });
 }
 
+/// The `tollgate:eventsourcing/aggregate@0.1.0` world, which this host still runs: its
+/// `types` are those of 0.2 (0.2 only added to them), so both contracts speak one set of types.
+pub mod aggregate_v1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/eventsourcing-0.1",
+        world: "tollgate:eventsourcing/aggregate",
+        with: {
+            "tollgate:eventsourcing/types": crate::bindings::aggregate::tollgate::eventsourcing::types,
+            "wasi:logging/logging": crate::bindings::aggregate::wasi::logging::logging,
+        },
+    });
+}
+
 /// The `tollgate:eventsourcing/projector` world.
 pub mod projector {
     wasmtime::component::bindgen!({

@@ -118,6 +118,19 @@ pub enum HostError {
         /// The cap.
         limit_bytes: usize,
     },
+    /// The aggregate's instance does not hold the state the host named (a fresh instance after
+    /// a trap, or a key it evicted): the caller loads the key again and retries.
+    #[error("{actor}: does not hold {stream}/{key} at #{sequence}; the key must be loaded again")]
+    NotResident {
+        /// The actor.
+        actor: String,
+        /// The aggregate's stream.
+        stream: String,
+        /// The key.
+        key: String,
+        /// The sequence named.
+        sequence: u64,
+    },
     /// A host-side failure (engine, linking, instantiation).
     #[error("{context}: {message}")]
     Host {

@@ -40,6 +40,8 @@ pub struct KindSpec {
     pub world: &'static str,
     /// The interface a component of this kind exports (how a loaded component's kind is told).
     pub export: &'static str,
+    /// Older contracts this host still runs for the kind: (world, export) pairs.
+    pub older: &'static [(&'static str, &'static str)],
     /// Imports linked to other actors; a manifest must link every one.
     pub links: &'static [Link],
     /// The scenario `when.*` verbs this kind answers.
@@ -56,8 +58,9 @@ pub const KINDS: [KindSpec; 5] = [
     KindSpec {
         kind: ActorKind::Aggregate,
         name: "aggregate",
-        world: "tollgate:eventsourcing/aggregate@0.1.0",
-        export: "tollgate:eventsourcing/command-handler@0.1.0",
+        world: "tollgate:eventsourcing/aggregate@0.2.0",
+        export: "tollgate:eventsourcing/command-handler@0.2.0",
+        older: &[("tollgate:eventsourcing/aggregate@0.1.0", "tollgate:eventsourcing/command-handler@0.1.0")],
         links: &[],
         when: &["command"],
         given_events: true,
@@ -66,8 +69,9 @@ pub const KINDS: [KindSpec; 5] = [
     KindSpec {
         kind: ActorKind::Projector,
         name: "projector",
-        world: "tollgate:eventsourcing/projector@0.1.0",
-        export: "tollgate:eventsourcing/projection@0.1.0",
+        world: "tollgate:eventsourcing/projector@0.2.0",
+        export: "tollgate:eventsourcing/projection@0.2.0",
+        older: &[],
         links: &[],
         when: &["event", "events"],
         given_events: true,
@@ -76,8 +80,9 @@ pub const KINDS: [KindSpec; 5] = [
     KindSpec {
         kind: ActorKind::ProcessManager,
         name: "process-manager",
-        world: "tollgate:eventsourcing/process-manager@0.1.0",
-        export: "tollgate:eventsourcing/process@0.1.0",
+        world: "tollgate:eventsourcing/process-manager@0.2.0",
+        export: "tollgate:eventsourcing/process@0.2.0",
+        older: &[],
         links: &[],
         when: &["event", "events", "timer"],
         given_events: true,
@@ -88,6 +93,7 @@ pub const KINDS: [KindSpec; 5] = [
         name: "rater",
         world: "tollgate:billing/rater@0.1.0",
         export: "tollgate:billing/rating@0.1.0",
+        older: &[],
         links: &[],
         when: &["rate"],
         given_events: false,
@@ -98,6 +104,7 @@ pub const KINDS: [KindSpec; 5] = [
         name: "policy",
         world: "tollgate:admission/policy@0.1.0",
         export: "tollgate:admission/admission@0.1.0",
+        older: &[],
         links: &[
             Link { name: "charging", target: ActorKind::Aggregate },
             Link { name: "rating", target: ActorKind::Rater },

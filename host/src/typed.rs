@@ -46,7 +46,8 @@ impl ProjectorActor {
 
     /// Calls `project` with a batch.
     pub fn project(&mut self, events: &[Event]) -> Result<Result<(), Rejection>, HostError> {
-        self.guest.call("project", |b, s| b.tollgate_eventsourcing_projection().call_project(s, events), |r| r.is_ok())
+        let batch = crate::aggregate::pack(events);
+        self.guest.call("project", |b, s| b.tollgate_eventsourcing_projection().call_project(s, &batch), |r| r.is_ok())
     }
 }
 

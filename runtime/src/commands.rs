@@ -12,8 +12,8 @@ use crate::shared::Shared;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tollgate_billing_model::account::Account;
-use tollgate_host::AggregateHost;
 use tollgate_host::aggregate::{Command, Event, Outcome, command_digest, command_id_conflict};
+use tollgate_host::{AggregateHost, HostError};
 use tollgate_store::{ExpectedVersion, Snapshot, StoreError};
 
 /// How many recent command ids per key are remembered, so a retry whose events are older than
@@ -28,6 +28,10 @@ pub(crate) struct AggregateSlot {
     /// Identifies the actor build and state encoding that wrote a snapshot.
     pub snapshot_tag: String,
     pub loaded: HashMap<String, LoadedKey>,
+    /// Accounts the charging facade read, decoded, each at the sequence it was folded to: kept
+    /// current from the events this runtime commits (folded by the billing model, as the
+    /// account actor folds them), so reading an account costs no call into the actor.
+    pub accounts: HashMap<String, (u64, Account)>,
 }
 
 /// What the runtime knows about one key beyond its state.
@@ -70,7 +74,7 @@ impl Shared {
         let stream = slot.host.info().stream.clone();
         let tag = slot.snapshot_tag.clone();
         let snapshot = self.journal.run("read snapshot", self.journal.store().get_snapshot(&stream, key, &tag))?;
-        let (state, at) = snapshot.map_or((None, 0), |s| (Some(s.state), s.sequence));
+        let at = snapshot.as_ref().map_or(0, |s| s.sequence);
         let from = at.saturating_sub(DEDUP_HORIZON) + 1;
         let tail = self.journal.run("read events", self.journal.store().read(&stream, key, from))?;
         let mut loaded = LoadedKey { snapshot_sequence: at, ..LoadedKey::default() };
@@ -78,11 +82,7 @@ impl Shared {
             loaded.remember(&e.command_id, e.sequence, &e.command_digest);
         }
         let fresh: Vec<Event> = tail.into_iter().filter(|e| e.sequence > at).map(from_stored).collect();
-        slot.host.restore(key, state, at);
-        if let Err(e) = slot.host.fold(key, fresh) {
-            slot.host.forget(key);
-            return Err(e.into());
-        }
+        slot.host.load(key, snapshot.map(|s| (s.sequence, s.state)), fresh)?;
         slot.loaded.insert(key.into(), loaded);
         Ok(())
     }
@@ -92,6 +92,7 @@ impl Shared {
         if let Some(slot) = self.aggregates.get_mut(actor) {
             slot.host.forget(key);
             slot.loaded.remove(key);
+            slot.accounts.remove(key);
         }
     }
 
@@ -135,6 +136,7 @@ impl Shared {
         let (stream, key) = (command.stream.as_str(), command.key.as_str());
         let digest = command_digest(command);
         const REGISTERED: &str = "the aggregate was found above, and aggregates are never removed";
+        let mut reloaded = false;
         for attempt in 1..=MAX_ATTEMPTS {
             self.load(actor, key)?;
             let slot = self.aggregates.get_mut(actor).expect(REGISTERED);
@@ -144,7 +146,16 @@ impl Shared {
                 return Ok(self.answer_repeat(command, &digest, &known, events));
             }
             let expected = slot.host.sequence(key);
-            let events = match slot.host.execute(command)? {
+            let decided = match slot.host.execute(command) {
+                // A fresh instance (after a trap) or an evicted key: load it once more.
+                Err(HostError::NotResident { .. }) if !reloaded => {
+                    reloaded = true;
+                    self.forget(actor, key);
+                    continue;
+                }
+                decided => decided?,
+            };
+            let events = match decided {
                 Outcome::Rejected(r) => {
                     *self.stats.rejected.entry(r.code.clone()).or_default() += 1;
                     return Ok(Outcome::Rejected(r));
@@ -160,6 +171,7 @@ impl Shared {
                         slot.loaded.get_mut(key).expect("the key was cached above and only this call changes it");
                     loaded.remember(&command.command_id, result.first_sequence, &digest);
                     loaded.remember(&command.command_id, result.last_sequence, &digest);
+                    follow_account(&mut slot.accounts, key, expected, result.last_sequence, &events);
                     self.stats.accepted += 1;
                     self.maybe_snapshot(actor, key)?;
                     return Ok(Outcome::Accepted(events));
@@ -197,8 +209,16 @@ impl Shared {
         if self.snapshot_every == 0 || sequence - loaded.snapshot_sequence < self.snapshot_every {
             return Ok(());
         }
-        let Some(state) = slot.host.state(key) else { return Ok(()) };
-        let snapshot = Snapshot { actor_digest: slot.snapshot_tag.clone(), sequence, state: state.to_vec() };
+        let state = match slot.host.state(key) {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(()),
+            // The command is committed; a state the instance cannot give now is snapshotted later.
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "snapshot not taken");
+                return Ok(());
+            }
+        };
+        let snapshot = Snapshot { actor_digest: slot.snapshot_tag.clone(), sequence, state };
         loaded.snapshot_sequence = sequence;
         let stream = slot.host.info().stream.clone();
         // The command's events are committed; a snapshot only shortens a later load. A store
@@ -238,15 +258,47 @@ impl Shared {
     /// An account's decoded state, loading it from the store if needed; `None` before its
     /// first event.
     pub fn account_state(&mut self, actor: &str, key: &str) -> Result<Option<Account>, RuntimeError> {
+        self.with_account(actor, key, Account::clone)
+    }
+
+    /// `f` of an account's decoded state (without copying it), loading it if needed; `None`
+    /// before its first event. The state is decoded from the actor's snapshot once, then kept
+    /// current from committed events.
+    pub fn with_account<R>(
+        &mut self,
+        actor: &str,
+        key: &str,
+        f: impl FnOnce(&Account) -> R,
+    ) -> Result<Option<R>, RuntimeError> {
         self.load(actor, key)?;
-        let Some(slot) = self.aggregates.get(actor) else { return Ok(None) };
-        let Some(bytes) = slot.host.state(key) else { return Ok(None) };
-        tollgate_codec::from_json(bytes).map(Some).map_err(|source| RuntimeError::UndecodableState {
+        let Some(slot) = self.aggregates.get_mut(actor) else { return Ok(None) };
+        let at = slot.host.sequence(key);
+        if let Some((seen, account)) = slot.accounts.get(key)
+            && *seen == at
+        {
+            return Ok(Some(f(account)));
+        }
+        let state = match slot.host.state(key) {
+            Err(HostError::NotResident { .. }) => {
+                self.forget(actor, key);
+                self.load(actor, key)?;
+                let slot = self.aggregates.get_mut(actor).expect("loaded above");
+                slot.host.state(key)?
+            }
+            state => state?,
+        };
+        let slot = self.aggregates.get_mut(actor).expect("loaded above");
+        let Some(bytes) = state else { return Ok(None) };
+        let at = slot.host.sequence(key);
+        let account: Account = tollgate_codec::from_json(&bytes).map_err(|source| RuntimeError::UndecodableState {
             stream: slot.host.info().stream.clone(),
             key: key.into(),
-            sequence: slot.host.sequence(key),
+            sequence: at,
             source,
-        })
+        })?;
+        let answer = f(&account);
+        slot.accounts.insert(key.into(), (at, account));
+        Ok(Some(answer))
     }
 
     /// Appends an event to a stream no aggregate owns (a fact reported from outside); a
@@ -265,6 +317,22 @@ impl Shared {
             Err(e) => return Err(self.journal.error("append", e)),
         };
         Ok(Event { sequence, ..event })
+    }
+}
+
+/// Folds a command's committed events into the decoded account kept for `key`, if one is kept
+/// at the sequence they follow; otherwise (or if they do not decode as account events) it is
+/// dropped and read from the actor again when next wanted.
+fn follow_account(accounts: &mut HashMap<String, (u64, Account)>, key: &str, before: u64, last: u64, events: &[Event]) {
+    let Some((at, account)) = accounts.get_mut(key) else { return };
+    match crate::facade::account_events(events) {
+        Ok(decoded) if *at == before => {
+            decoded.into_iter().for_each(|e| account.apply(e));
+            *at = last;
+        }
+        _ => {
+            accounts.remove(key);
+        }
     }
 }
 

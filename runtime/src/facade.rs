@@ -99,7 +99,7 @@ impl ChargingFacade {
         request_id: &str,
         account: &str,
         command: &AccountCommand,
-    ) -> Result<(Vec<AccountEvent>, Account), ChargingError> {
+    ) -> Result<(Vec<AccountEvent>, String), ChargingError> {
         if request_id.contains(UNDO_MARK) {
             return Err(error(
                 ResultCode::EndUserServiceDenied,
@@ -132,14 +132,14 @@ impl ChargingFacade {
                 account_events(&events).map_err(|e| error(ResultCode::EndUserServiceDenied, e.to_string()))?
             }
         };
-        // An account without events is in its initial state (not opened).
-        let state = shared
-            .account_state(&self.account_actor, account)
+        // An account without events is in its initial state (not opened): no currency.
+        let currency = shared
+            .with_account(&self.account_actor, account, |a| a.currency.clone())
             .map_err(|e| error(ResultCode::EndUserServiceDenied, format!("read account: {e}")))?
             .unwrap_or_default();
-        let undo = undo_of(request_id, command, &events, &state.currency);
+        let undo = undo_of(request_id, command, &events, &currency);
         self.track(&mut shared, account, command, undo, new)?;
-        Ok((events, state))
+        Ok((events, currency))
     }
 
     /// Remembers how to undo a charging call until the `decide` under way returns (it is
@@ -185,9 +185,11 @@ impl ChargingFacade {
         }
     }
 
-    fn read(&self, account: &str) -> Result<Account, ChargingError> {
-        match self.lock().account_state(&self.account_actor, account) {
-            Ok(Some(a)) if a.open => Ok(a),
+    /// The status of an open account.
+    fn status(&self, account: &str) -> Result<AccountStatus, ChargingError> {
+        let read = self.lock().with_account(&self.account_actor, account, |a| a.open.then(|| status(account, a)));
+        match read {
+            Ok(Some(Some(status))) => Ok(status),
             Ok(_) => Err(error(ResultCode::UserUnknown, format!("no account `{account}`"))),
             Err(e) => Err(error(ResultCode::EndUserServiceDenied, format!("read account: {e}"))),
         }
@@ -245,7 +247,7 @@ impl PolicyServices for ChargingFacade {
         // `reserved` event: the original grant, price and counters, whatever happened since.
         // The same id asking for another one (other units, offer, plan or validity) is refused
         // as a `command-id-conflict`.
-        let (events, account) = self.send(&request.request_id, &request.account, &command)?;
+        let (events, currency) = self.send(&request.request_id, &request.account, &command)?;
         match events.into_iter().next() {
             Some(AccountEvent::Reserved {
                 reservation_id,
@@ -259,9 +261,9 @@ impl PolicyServices for ChargingFacade {
             }) => Ok(Grant {
                 reservation_id,
                 granted_units,
-                price: money(price, &account.currency),
+                price: money(price, &currency),
                 counters: counters(rated_from),
-                held: money(held, &account.currency),
+                held: money(held, &currency),
                 expires_at,
                 final_unit: final_unit.then_some(FinalUnitAction::Terminate),
             }),
@@ -277,12 +279,12 @@ impl PolicyServices for ChargingFacade {
         used_units: u64,
     ) -> Result<DebitOutcome, ChargingError> {
         let command = AccountCommand::Debit { reservation_id: reservation_id.into(), used_units };
-        let (events, state) = self.send(request_id, account, &command)?;
+        let (events, currency) = self.send(request_id, account, &command)?;
         match events.into_iter().next() {
             Some(AccountEvent::Debited { charged, released, .. }) => Ok(DebitOutcome {
-                charged: money(charged, &state.currency),
-                released: money(released, &state.currency),
-                status: status(account, &state),
+                charged: money(charged, &currency),
+                released: money(released, &currency),
+                status: self.status(account)?,
             }),
             other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of debit: {other:?}"))),
         }
@@ -290,9 +292,9 @@ impl PolicyServices for ChargingFacade {
 
     fn release(&self, request_id: &str, account: &str, reservation_id: &str) -> Result<Money, ChargingError> {
         let command = AccountCommand::Release { reservation_id: reservation_id.into() };
-        let (events, state) = self.send(request_id, account, &command)?;
+        let (events, currency) = self.send(request_id, account, &command)?;
         match events.into_iter().next() {
-            Some(AccountEvent::Released { released, .. }) => Ok(money(released, &state.currency)),
+            Some(AccountEvent::Released { released, .. }) => Ok(money(released, &currency)),
             other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of release: {other:?}"))),
         }
     }
@@ -308,17 +310,16 @@ impl PolicyServices for ChargingFacade {
             amount: ModelMoney::new(amount.minor_units, &amount.currency),
             description: description.into(),
         };
-        let (_, state) = self.send(request_id, account, &command)?;
-        Ok(status(account, &state))
+        self.send(request_id, account, &command)?;
+        self.status(account)
     }
 
     fn balance_check(&self, account: &str) -> Result<AccountStatus, ChargingError> {
-        Ok(status(account, &self.read(account)?))
+        self.status(account)
     }
 
     fn price_enquiry(&self, account: &str, usage: Usage) -> Result<imported::Rated, ChargingError> {
-        let state = self.read(account)?;
-        let counters = status(account, &state).counters;
+        let counters = self.status(account)?.counters;
         self.rate_with_rater(imported::RatingRequest { usage, counters }).map_err(|e| {
             let (code, message) = match e {
                 imported::RatingError::OutsideGeoFence(m) => (ResultCode::EndUserServiceRejected, m),

@@ -83,6 +83,11 @@ impl Loader {
         Loader { engine, cache: HashMap::new() }
     }
 
+    /// The engine it compiles actors for.
+    pub fn engine(&self) -> &HostEngine {
+        &self.engine
+    }
+
     /// Loads `file` (a path, or `oci://REF` pulled over HTTPS with the `oci` feature: see
     /// `resolve_actor`), checking its kind; compiled once per loader and file.
     pub fn load(&mut self, file: &Path, kind: ActorKind) -> Result<Actor, RuntimeError> {
@@ -204,9 +209,10 @@ impl Runtime {
                     if let Some(other) = shared.streams.insert(stream.clone(), name.clone()) {
                         return Err(RuntimeError::DuplicateStream(other, name.clone(), stream));
                     }
-                    shared
-                        .aggregates
-                        .insert(name.clone(), AggregateSlot { host, snapshot_tag, loaded: HashMap::new() });
+                    shared.aggregates.insert(
+                        name.clone(),
+                        AggregateSlot { host, snapshot_tag, loaded: HashMap::new(), accounts: HashMap::new() },
+                    );
                 }
                 ActorKind::Rater => {
                     shared.raters.insert(name.clone(), RaterActor::new(actor, host_state)?);

@@ -98,7 +98,7 @@ pub fn replay(
         let keys = by_key.len();
         let t = Instant::now();
         for (key, events) in by_key {
-            host.fold(key, events)?;
+            host.load(key, None, events)?;
         }
         report.aggregates.push(AggregateReplay {
             actor: name.clone(),

@@ -25,7 +25,7 @@ pub mod projector {
         world: "tollgate:eventsourcing/projector",
         path: "../wit/eventsourcing",
         with: {
-            "tollgate:eventsourcing/types@0.1.0": crate::bindings::aggregate::tollgate::eventsourcing::types,
+            "tollgate:eventsourcing/types@0.2.0": crate::bindings::aggregate::tollgate::eventsourcing::types,
             "wasi:logging/logging@0.1.0-draft": crate::bindings::aggregate::wasi::logging::logging,
         },
         generate_all,
@@ -42,7 +42,7 @@ pub mod process_manager {
         world: "tollgate:eventsourcing/process-manager",
         path: "../wit/eventsourcing",
         with: {
-            "tollgate:eventsourcing/types@0.1.0": crate::bindings::aggregate::tollgate::eventsourcing::types,
+            "tollgate:eventsourcing/types@0.2.0": crate::bindings::aggregate::tollgate::eventsourcing::types,
             "wasi:logging/logging@0.1.0-draft": crate::bindings::aggregate::wasi::logging::logging,
         },
         generate_all,

@@ -6,6 +6,7 @@ extern crate self as tollgate_sdk;
 pub use wit_bindgen;
 
 pub mod aggregate;
+pub mod batch;
 pub mod bindings;
 /// The message codec (also used by hosts), re-exported so actors depend on the SDK alone.
 pub use tollgate_codec as codec;

@@ -3,6 +3,7 @@
 //! The host commits a batch's key-value writes together with the projector's checkpoint, so a
 //! failed batch leaves nothing behind and is delivered again.
 
+use crate::bindings::aggregate::tollgate::eventsourcing::types::EventBatch;
 use crate::types::{Event, Rejection};
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
@@ -56,8 +57,8 @@ impl<P: Projector> crate::bindings::projector::exports::tollgate::eventsourcing:
         P::SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect()
     }
 
-    fn project(events: Vec<Event>) -> Result<(), Rejection> {
-        project::<P>(events)
+    fn project(batch: EventBatch) -> Result<(), Rejection> {
+        project::<P>(crate::batch::events(&batch)?)
     }
 }
 

@@ -52,7 +52,7 @@ fn a_command_to_a_rater_names_the_export_it_needs() {
     let dir = tempfile::tempdir().unwrap();
     let err = setup_error(dir.path(), &aggregate_scenario(&actor("rater"), "\"open\""));
     assert!(err.contains("case #1 `acts`"), "{err}");
-    assert!(err.contains("does not export `tollgate:eventsourcing/command-handler@0.1.0`"), "{err}");
+    assert!(err.contains("does not export `tollgate:eventsourcing/command-handler@0.2.0`"), "{err}");
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn a_stated_kind_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!("kind = \"projector\"\n{}", aggregate_scenario(&actor("prepaid_account"), "\"open\""));
     let err = setup_error(dir.path(), &text);
-    assert!(err.contains("does not export `tollgate:eventsourcing/projection@0.1.0`"), "{err}");
+    assert!(err.contains("does not export `tollgate:eventsourcing/projection@0.2.0`"), "{err}");
 }
 
 #[test]
@@ -136,7 +136,7 @@ fn misbehave(command: &str, extra: &[&str]) -> (i32, String) {
 fn a_trap_shows_the_guests_panic_message() {
     let (code, out) = misbehave("panic", &[]);
     assert_eq!(code, 1);
-    assert!(out.contains("trapped in `handle`"), "{out}");
+    assert!(out.contains("trapped in `execute`"), "{out}");
     assert!(out.contains("misbehaving fixture was told to panic"), "{out}");
 }
 

@@ -31,6 +31,10 @@ fn passes_the_loyalty_scenarios(name: &str, install: &str) {
     assert_eq!(code, 0, "{name}:\n{out}\n{err}");
     let last = out.lines().last().unwrap_or_default();
     assert!(last.ends_with(" passed, 0 failed") && !last.starts_with("0 "), "{name}: {last}");
+    // Built against the 0.1 contract, which the host still runs; `inspect` says which it is.
+    let (code, out, err) = run(&["inspect", wasm.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("contract: tollgate:eventsourcing@0.1.0 (older"), "{out}");
 }
 
 #[test]

@@ -115,8 +115,13 @@ pub(super) fn run(actors: &Actors, case: &Prepared) -> Result<Outcome, String> {
         Ok(AggregateOutcome::Rejected(r)) => outcome.insert("rejection", rejection_json(&r)),
         Err(e) => host_error(&mut outcome, &e),
     }
-    if let Some(state) = run.host.state(&c.key) {
-        outcome.insert("state", json_or_text(state));
+    // The state as the actor renders it: JSON whatever its own encoding.
+    match run.host.state_json(&c.key) {
+        Ok(Some(state)) => {
+            outcome.insert("state", json_or_text(state.as_bytes()));
+        }
+        Ok(None) => {}
+        Err(e) => host_error(&mut outcome, &e),
     }
     finish(&mut outcome, &run.state, &run.recorder);
     Ok(outcome)

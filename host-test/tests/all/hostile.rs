@@ -67,9 +67,9 @@ fn polling_the_clock_for_an_hour_hits_the_cpu_cap_and_the_next_call_works() {
     let (mut then, error) = test.when(SleeperCommand::WaitAnHour).then_expect_error();
     assert!(matches!(error, HostError::CpuCap { limit_ms: 100, .. }), "{error}");
     assert!(started.elapsed() < PATIENCE, "the poll loop held the host for {:?}", started.elapsed());
-    let created = then.host().actor().guest().instances_created();
+    let created = then.host().actor().instances_created();
     let mut then = then.and_when(SleeperCommand::Ok).then_expect_events([Slept::Ok]);
-    assert_eq!(then.host().actor().guest().instances_created(), created + 1, "a fresh instance served the next call");
+    assert_eq!(then.host().actor().instances_created(), created + 1, "a fresh instance served the next call");
 }
 
 /// Serves a policy's imports slowly: each `balance-check` takes three CPU caps of host time,
@@ -165,12 +165,12 @@ fn a_runtime_keeps_no_calls_and_no_log_lines() {
     let mut actor = AggregateActor::new(fixture(LOG_FLOODER), state.clone()).unwrap();
     actor.describe().unwrap();
     let command = tollgate_host::aggregate::json_command("flood", "k", "c1", &Flood::Log { mib: 4 }, 0).unwrap();
-    assert!(actor.handle(None, &command).unwrap().is_ok(), "accepted");
+    assert!(actor.execute(0, &command).unwrap().is_ok(), "accepted");
     let recorder = Recorder::attach(&state);
     assert_eq!(recorder.calls(), vec![]);
     assert_eq!(recorder.logs(), vec![], "nothing was kept before the recorder was attached");
     assert!(!state.observe(Arc::new(Recorder::default())), "a second observer is refused");
-    assert!(actor.handle(None, &command).unwrap().is_ok(), "accepted");
+    assert!(actor.execute(0, &command).unwrap().is_ok(), "accepted");
     assert!(!recorder.logs().is_empty(), "the attached recorder sees the next call's lines");
 }
 

@@ -5,7 +5,7 @@ use tollgate_host::{Actor, ActorKind, HostEngine, HostError};
 use tollgate_host_test::fixtures::{PREPAID_ACCOUNT, actor_path};
 
 /// The size rule of `cargo xtask build-actors` (`ACTOR_SIZE_LIMIT`, where the reason is).
-const ACTOR_SIZE_LIMIT: usize = 320 * 1024;
+const ACTOR_SIZE_LIMIT: usize = 352 * 1024;
 
 fn load_bytes(name: &str, bytes: &[u8]) -> HostError {
     let engine = HostEngine::shared().unwrap();
@@ -19,7 +19,7 @@ fn load_bytes(name: &str, bytes: &[u8]) -> HostError {
 fn the_reference_actor_is_an_aggregate_importing_only_what_the_host_provides() {
     let actor = fixture(PREPAID_ACCOUNT);
     assert_eq!(actor.kind(), ActorKind::Aggregate);
-    assert!(actor.exports().iter().any(|e| e == "tollgate:eventsourcing/command-handler@0.1.0"));
+    assert!(actor.exports().iter().any(|e| e == "tollgate:eventsourcing/command-handler@0.2.0"));
     assert!(actor.size() <= ACTOR_SIZE_LIMIT, "{} bytes", actor.size());
     for import in actor.imports() {
         assert!(import.starts_with("wasi:") || import.starts_with("tollgate:"), "unexpected import {import}");
@@ -63,7 +63,7 @@ fn a_component_exporting_no_tollgate_interface_is_the_wrong_kind() {
     let err = load_bytes("empty.wasm", b"\0asm\x0d\0\x01\0");
     match &err {
         HostError::WrongKind { expected, found, .. } => {
-            assert!(expected.contains("tollgate:eventsourcing/command-handler@0.1.0"), "{err}");
+            assert!(expected.contains("tollgate:eventsourcing/command-handler@0.2.0"), "{err}");
             assert_eq!(found, "nothing");
         }
         other => panic!("expected wrong kind, got {other}"),

@@ -28,9 +28,9 @@ fn misbehave_then_recover(command: Misbehave, check: impl FnOnce(&HostError)) {
     let (mut then, error) = test.when(command).then_expect_error();
     check(&error);
     assert!(error.is_trap(), "{error}");
-    let created = then.host().actor().guest().instances_created();
+    let created = then.host().actor().instances_created();
     let mut then = then.and_when(Misbehave::Ok).then_expect_events([Happened::Ok]);
-    assert_eq!(then.host().actor().guest().instances_created(), created + 1, "a fresh instance served the next call");
+    assert_eq!(then.host().actor().instances_created(), created + 1, "a fresh instance served the next call");
     assert_eq!(then.stream::<Happened>().len(), 2, "the failed command appended nothing");
 }
 
@@ -38,7 +38,7 @@ fn misbehave_then_recover(command: Misbehave, check: impl FnOnce(&HostError)) {
 fn a_panic_is_a_trap_carrying_the_panic_message() {
     misbehave_then_recover(Misbehave::Panic, |e| match e {
         HostError::Trap { function, stderr, .. } => {
-            assert_eq!(function, "handle");
+            assert_eq!(function, "execute");
             assert!(stderr.contains("misbehaving fixture was told to panic"), "stderr: {stderr}");
             assert!(e.to_string().contains("misbehaving fixture was told to panic"), "{e}");
         }

@@ -93,7 +93,7 @@ fn every_command_on_an_unopened_account_is_unknown_account() {
 
 #[test]
 fn top_up_adds_money_and_checks_amount_and_currency() {
-    let then = account()
+    let mut then = account()
         .given([opened()])
         .when(C::TopUp { amount: eur(500) })
         .then_expect_events([E::ToppedUp { amount: 500 }]);
@@ -108,7 +108,7 @@ fn top_up_adds_money_and_checks_amount_and_currency() {
 
 #[test]
 fn reserve_grants_what_the_balance_covers_and_holds_it() {
-    let then = account()
+    let mut then = account()
         .given([opened(), E::ToppedUp { amount: 1000 }])
         .when(reserve("s1", 60, 2))
         .then_expect_events([reserved("s1", 60, 60, 2, false)]);
@@ -172,7 +172,7 @@ fn free_units_are_granted_in_full_without_a_hold() {
 #[test]
 fn debit_of_a_reservation_made_before_price_plans_records_its_counters() {
     let counters = vec![Counter { offer: "voice".into(), name: "bundle-remaining".into(), value: 2 }];
-    let then = account()
+    let mut then = account()
         .given([
             opened(),
             E::ToppedUp { amount: 1000 },
@@ -194,7 +194,7 @@ fn debit_rejections() {
 
 #[test]
 fn release_frees_the_hold_without_charging() {
-    let then = account()
+    let mut then = account()
         .given([opened(), E::ToppedUp { amount: 1000 }, reserved("s1", 10, 10, 2, false)])
         .when(C::Release { reservation_id: "s1".into() })
         .then_expect_events([E::Released { reservation_id: "s1".into(), released: 20 }]);
@@ -237,7 +237,7 @@ fn direct_debit_charges_within_available() {
 
 #[test]
 fn refund_gives_money_back_up_to_the_largest_balance() {
-    let then = account()
+    let mut then = account()
         .given([opened(), E::DirectDebited { amount: 9, description: "sms".into() }])
         .when(C::Refund { amount: eur(9), reason: "sms not delivered".into() })
         .then_expect_events([E::Refunded { amount: 9, reason: "sms not delivered".into() }]);
@@ -254,7 +254,7 @@ fn refund_gives_money_back_up_to_the_largest_balance() {
 
 #[test]
 fn a_repeated_command_id_returns_the_original_outcome_and_changes_nothing_twice() {
-    let then = account()
+    let mut then = account()
         .given([opened(), E::ToppedUp { amount: 1000 }])
         .when_with_id("debit-1", C::DirectDebit { amount: eur(100), description: "x".into() })
         .then_expect_events([E::DirectDebited { amount: 100, description: "x".into() }])

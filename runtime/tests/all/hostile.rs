@@ -239,10 +239,12 @@ fn a_huge_tail_reloads_in_bounded_batches() {
             all.into_iter().map(tollgate_runtime::journal::from_stored).collect()
         };
         assert_eq!(tail.len(), (COMMANDS * EVENTS_PER_COMMAND) as usize);
-        // The whole tail in one `apply` is far over the CPU cap ...
+        // The whole tail in one `load` is far over the CPU cap ...
         let actor = loader().load(&fixtures::actor_path("huge_tail"), tollgate_host::ActorKind::Aggregate).unwrap();
         let mut raw = tollgate_host::aggregate::AggregateActor::new(actor, tollgate_host::HostState::new()).unwrap();
-        let err = raw.apply(None, &tail).expect_err("one call folding the whole tail");
+        let err = raw
+            .load("big", &tollgate_host::aggregate::Base::Initial, &tail)
+            .expect_err("one call folding the whole tail");
         assert!(err.to_string().contains("cap"), "{err}");
         // ... yet a restarted node reloads the key and takes the next command ...
         let mut rt = start(&manifest, &journal);

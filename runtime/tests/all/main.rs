@@ -10,3 +10,4 @@ mod hostile;
 mod jetstream;
 mod properties;
 mod quota;
+mod resident;
