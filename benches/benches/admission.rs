@@ -94,6 +94,22 @@ impl Bench {
         }
     }
 
+    /// The timed loop: admissions for a phase, housekeeping and requests off the clock.
+    fn measure(self) -> (measure::Timing, Bench) {
+        let bench = std::cell::RefCell::new(self);
+        let timing = measure::measure_with_setup(
+            PHASE,
+            1_000,
+            |_| {
+                let mut b = bench.borrow_mut();
+                b.housekeeping();
+                b.request()
+            },
+            |request| bench.borrow_mut().admit(&request),
+        );
+        (timing, bench.into_inner())
+    }
+
     fn timed_admit(&mut self) -> Duration {
         self.housekeeping();
         let request = self.request();
@@ -110,18 +126,7 @@ fn run(c: &mut Criterion, loader: &mut Loader, name: &str, edge: bool) {
         return;
     }
     let before = bench.next;
-    let bench = std::cell::RefCell::new(bench);
-    let timing = measure::measure_with_setup(
-        PHASE,
-        1_000,
-        |_| {
-            let mut b = bench.borrow_mut();
-            b.housekeeping();
-            b.request()
-        },
-        |request| bench.borrow_mut().admit(&request),
-    );
-    let bench = bench.into_inner();
+    let (timing, bench) = bench.measure();
     let events = bench.rt.events().expect("read the log").len();
     println!(
         "{name}: {} admissions in the timed loop; {events} events held in memory by the runtime",
@@ -142,33 +147,16 @@ fn run(c: &mut Criterion, loader: &mut Loader, name: &str, edge: bool) {
 
 /// Both cores: a runtime and an account per thread, measured at once; throughput summed.
 fn parallel(loader: &Loader) -> measure::Timing {
-    let timings: Vec<measure::Timing> = std::thread::scope(|scope| {
+    let timings = std::thread::scope(|scope| {
         let running: Vec<_> = (0..2)
             .map(|_| {
                 let engine = loader.engine().clone();
-                scope.spawn(move || {
-                    let bench = std::cell::RefCell::new(Bench::new(&mut Loader::new(engine), false));
-                    measure::measure_with_setup(
-                        PHASE,
-                        1_000,
-                        |_| {
-                            let mut b = bench.borrow_mut();
-                            b.housekeeping();
-                            b.request()
-                        },
-                        |request| bench.borrow_mut().admit(&request),
-                    )
-                })
+                scope.spawn(move || Bench::new(&mut Loader::new(engine), false).measure().0)
             })
             .collect();
         running.into_iter().map(|t| t.join().expect("a measuring thread panicked")).collect()
     });
-    let mut latencies = measure::histogram();
-    for t in &timings {
-        latencies.add(&t.latencies).expect("histograms of one shape");
-    }
-    let ops_per_sec = timings.iter().map(|t| t.ops_per_sec).sum::<f64>();
-    measure::Timing { ops_per_sec, mean_ns: 1e9 / ops_per_sec, latencies }
+    measure::combine(timings)
 }
 
 fn main() {

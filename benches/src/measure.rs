@@ -93,6 +93,11 @@ pub fn parallel<F: FnMut()>(threads: usize, phase: Duration, make: impl Fn(usize
         let running: Vec<_> = (0..threads).map(|i| scope.spawn(move || measure(phase, make(i)))).collect();
         running.into_iter().map(|t| t.join().expect("a measuring thread panicked")).collect()
     });
+    combine(timings)
+}
+
+/// Timings measured at once on several threads as one: throughput summed, latencies merged.
+pub fn combine(timings: Vec<Timing>) -> Timing {
     let mut latencies = histogram();
     for t in &timings {
         latencies.add(&t.latencies).expect("histograms of one shape");

@@ -1,9 +1,11 @@
 //! Aggregates: decide (`handle`) and evolve (`apply`), both pure.
 //!
 //! Implement [`Aggregate`] with typed state, commands and events, then export it with
-//! [`export_aggregate!`](crate::export_aggregate). The free functions here are what the
-//! component runs, encoding included; natively they are the same code, so an actor's logic
-//! can be tested and benchmarked without a host.
+//! [`export_aggregate!`](crate::export_aggregate), which serves `command-handler@0.2.0` from a
+//! [`Resident`]: the instance's states, each named by (key, sequence), decided on and evolved
+//! in place. [`Resident`] and the free functions ([`handle`], [`apply`]: the same decision and
+//! fold on encoded states) run natively too, so an actor's logic can be tested and benchmarked
+//! without a host.
 
 use crate::codec::{self, JSON};
 use crate::types::{AggregateInfo, Command, Event, EventDraft, Rejection};
@@ -60,8 +62,8 @@ pub trait Aggregate {
     const STATE_VERSION: u32 = 1;
     /// The state, rebuilt from events; `Default` is the state before the first event.
     /// Prefer ordered maps (`BTreeMap`) so its encoding is deterministic. Decoding its encoding
-    /// must give it back (no `#[serde(skip)]` fields): a warm instance keeps the states it
-    /// encoded and reuses them when the host passes those bytes in again.
+    /// must give it back (no `#[serde(skip)]` fields): a snapshot is this encoding, and an
+    /// instance that loads it must hold the very state that was encoded.
     type State: Serialize + DeserializeOwned + Default;
     /// The commands, an externally tagged serde enum.
     type Command: DeserializeOwned;
@@ -237,13 +239,18 @@ pub struct Stored<'a> {
 /// assert!(matches!(resident.execute(5, &add), Err(Refusal::NotResident)));
 /// ```
 pub struct Resident<A: Aggregate> {
-    states: HashMap<String, (u64, A::State)>,
+    states: HashMap<String, (u64, A::State), Keys>,
 }
+
+/// How resident keys are hashed: with fixed keys, because a guest's randomness is the host's
+/// deterministic stream anyway, and seeding per instance would cost every fresh instance a
+/// call to the host.
+type Keys = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 
 impl<A: Aggregate> Resident<A> {
     /// Holds nothing.
-    pub fn new() -> Self {
-        Resident { states: HashMap::new() }
+    pub const fn new() -> Self {
+        Resident { states: HashMap::with_hasher(Keys::new()) }
     }
 
     /// Decides `command` on its key's state at `sequence` and evolves the state by the events
@@ -505,7 +512,7 @@ macro_rules! export_aggregate {
             struct TollgateAggregate;
             ::std::thread_local! {
                 static RESIDENT: ::std::cell::RefCell<$crate::aggregate::Resident<$ty>> =
-                    ::std::cell::RefCell::new($crate::aggregate::Resident::new());
+                    const { ::std::cell::RefCell::new($crate::aggregate::Resident::new()) };
             }
             impl $crate::aggregate::Adapter for TollgateAggregate {
                 type Aggregate = $ty;
