@@ -186,7 +186,7 @@ impl ChargingFacade {
     }
 
     /// The status of an open account.
-    fn status(&self, account: &str) -> Result<AccountStatus, ChargingError> {
+    fn open_status(&self, account: &str) -> Result<AccountStatus, ChargingError> {
         let read = self.lock().with_account(&self.account_actor, account, |a| a.open.then(|| status(account, a)));
         match read {
             Ok(Some(Some(status))) => Ok(status),
@@ -284,7 +284,7 @@ impl PolicyServices for ChargingFacade {
             Some(AccountEvent::Debited { charged, released, .. }) => Ok(DebitOutcome {
                 charged: money(charged, &currency),
                 released: money(released, &currency),
-                status: self.status(account)?,
+                status: self.open_status(account)?,
             }),
             other => Err(error(ResultCode::EndUserServiceDenied, format!("unexpected outcome of debit: {other:?}"))),
         }
@@ -311,15 +311,15 @@ impl PolicyServices for ChargingFacade {
             description: description.into(),
         };
         self.send(request_id, account, &command)?;
-        self.status(account)
+        self.open_status(account)
     }
 
     fn balance_check(&self, account: &str) -> Result<AccountStatus, ChargingError> {
-        self.status(account)
+        self.open_status(account)
     }
 
     fn price_enquiry(&self, account: &str, usage: Usage) -> Result<imported::Rated, ChargingError> {
-        let counters = self.status(account)?.counters;
+        let counters = self.open_status(account)?.counters;
         self.rate_with_rater(imported::RatingRequest { usage, counters }).map_err(|e| {
             let (code, message) = match e {
                 imported::RatingError::OutsideGeoFence(m) => (ResultCode::EndUserServiceRejected, m),

@@ -141,7 +141,12 @@ fn decode_command<A: Aggregate>(command: &Command) -> Result<A::Command, Rejecti
 }
 
 fn decide<A: Aggregate>(state: &A::State, typed: A::Command, command: &Command) -> Result<Vec<EventDraft>, Rejection> {
-    A::handle(state, typed, command)?
+    drafts::<A>(&A::handle(state, typed, command)?)
+}
+
+/// Encodes decided events as the drafts the host appends.
+fn drafts<A: Aggregate>(events: &[A::Event]) -> Result<Vec<EventDraft>, Rejection> {
+    events
         .iter()
         .map(|event| {
             let (event_type, payload) =
@@ -342,17 +347,7 @@ fn evolve_by<A: Aggregate>(
     command: &Command,
 ) -> Result<Vec<EventDraft>, Rejection> {
     let events = A::handle(state, typed, command)?;
-    let mut drafts = Vec::with_capacity(events.len());
-    for event in &events {
-        let (event_type, payload) =
-            codec::encode(event).map_err(|e| Rejection::malformed("encode-event", e.to_string()))?;
-        drafts.push(EventDraft {
-            event_type,
-            schema_version: A::EVENT_SCHEMA_VERSION,
-            content_type: JSON.into(),
-            payload,
-        });
-    }
+    let drafts = drafts::<A>(&events)?;
     for event in events {
         A::apply(state, event);
     }
