@@ -210,9 +210,9 @@ fn main() {
             let (status, body, location) = connection.post(nchf, create).await;
             assert_eq!(status, 201, "{body}");
             let reference = location.unwrap().rsplit('/').next().unwrap().to_string();
-            let update = request(1, json!([{"ratingGroup": 100, "usedUnitContainer": [{"time": 30}], "requestedUnit": {"time": 60}}]));
+            let update = request(1, json!([{"ratingGroup": 100, "usedUnitContainer": [{"localSequenceNumber": 1, "time": 30}], "requestedUnit": {"time": 60}}]));
             assert_eq!(connection.post(&format!("{nchf}/{reference}/update"), update).await.0, 200);
-            let release = request(2, json!([{"ratingGroup": 100, "usedUnitContainer": [{"time": 10}]}]));
+            let release = request(2, json!([{"ratingGroup": 100, "usedUnitContainer": [{"localSequenceNumber": 1, "time": 10}]}]));
             assert_eq!(connection.post(&format!("{nchf}/{reference}/release"), release).await.0, 204);
             (connection, t0.elapsed())
         })

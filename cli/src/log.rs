@@ -188,6 +188,8 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let mut runs = 0;
     let mut accounts = BTreeSet::new();
     let mut edges = BTreeMap::new();
+    // Usage the accounts' money did not cover; summed over accounts it can pass i64.
+    let (mut unpaid, mut unpaid_charges) = (0i128, 0u64);
     let mut from = 1;
     loop {
         let page = journal.run("read log", journal.store().read_all(from, 4096))?;
@@ -200,6 +202,17 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
                 total.add(&run);
                 runs += 1;
             } else if e.stream == tollgate_billing_model::account::STREAM {
+                if e.event_type == "usage-charged" {
+                    /// The field of `usage-charged` counted here.
+                    #[derive(serde::Deserialize)]
+                    struct Unpaid {
+                        unpaid: i64,
+                    }
+                    let charge: Unpaid = serde_json::from_slice(&e.payload)
+                        .with_context(|| format!("account/{} #{} does not decode", e.key, e.sequence))?;
+                    unpaid += i128::from(charge.unpaid);
+                    unpaid_charges += u64::from(charge.unpaid > 0);
+                }
                 accounts.insert(e.key);
             } else if e.stream == QUOTA_STREAM {
                 let log: &mut EdgeLog = edges.entry(e.key.clone()).or_default();
@@ -270,6 +283,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     }
     let currency = currencies.into_iter().collect::<Vec<_>>().join("/");
     println!("outstanding grants: {grants} over {} accounts, exposure {held} minor units {currency}", accounts.len());
+    println!("unpaid usage: {unpaid} minor units {currency} over {unpaid_charges} charges");
     if unreadable > 0 {
         println!("unreadable accounts: {unreadable} (not counted above)");
     }

@@ -157,6 +157,16 @@ impl Shared {
             };
             let events = match decided {
                 Outcome::Rejected(r) => {
+                    // A rejection appends nothing, so no append race tells a stale copy from the
+                    // key as committed: another runtime over the store (a worker, the primary's
+                    // reactions) may have moved it on. Only a decision on the latest state counts.
+                    let latest =
+                        self.journal.run("read last sequence", self.journal.store().last_sequence(stream, key))?;
+                    if latest > expected && attempt < MAX_ATTEMPTS {
+                        tracing::debug!(attempt, expected, latest, "rejected on a stale copy; reloading");
+                        self.forget(actor, key);
+                        continue;
+                    }
                     *self.stats.rejected.entry(r.code.clone()).or_default() += 1;
                     return Ok(Outcome::Rejected(r));
                 }

@@ -73,11 +73,13 @@ pub struct Manifest {
     /// How much work one delivery to a process manager may cause.
     #[serde(default)]
     pub reactions: ReactionLimits,
-    /// The offer each charging rating group is used under, for network charging requests
-    /// (`tollgate serve`'s Nchf routes): `[rating_groups]` with `100 = "voice"`. Keys are
-    /// checked to be rating groups (`u32`); read them with [`Manifest::rating_groups`].
+    /// How each charging rating group is charged, for network charging requests (`tollgate
+    /// serve`'s Nchf routes): `[rating_groups]` with `100 = "voice"` (the offer) or
+    /// `200 = { offer = "data", unit = "volume", quota = 1048576 }`. Keys are checked to be
+    /// rating groups (`u32`) and values to be [`RatingGroup`]s; read them with
+    /// [`Manifest::rating_groups`].
     #[serde(default)]
-    pub rating_groups: BTreeMap<String, String>,
+    pub rating_groups: BTreeMap<String, toml::Value>,
     /// The lattice's edge quota (`[quota]`): how an edge node (`tollgate serve --role edge`)
     /// sizes the grants it asks its core for, and the clock-skew margin after which a core
     /// expires a grant an edge never settled.
@@ -86,6 +88,91 @@ pub struct Manifest {
     /// Actors by name (an edge node's manifest may have none).
     #[serde(default)]
     pub actors: BTreeMap<String, ActorSpec>,
+}
+
+/// The kind of units a rating group is charged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RatingUnit {
+    /// Seconds.
+    Time,
+    /// Octets.
+    Volume,
+    /// Units of the service's own.
+    Service,
+}
+
+impl RatingUnit {
+    /// Its name in a manifest: `time`, `volume` or `service`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RatingUnit::Time => "time",
+            RatingUnit::Volume => "volume",
+            RatingUnit::Service => "service",
+        }
+    }
+}
+
+/// How one rating group of `[rating_groups]` is charged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatingGroup {
+    /// The offer its units are used under.
+    pub offer: String,
+    /// The kind of units it is granted and charged in; `None`: the kind a request asks for
+    /// (time when it asks for none).
+    pub unit: Option<RatingUnit>,
+    /// Units granted when a request leaves the amount to the charging function
+    /// (`requestedUnit: {}`), > 0; for time at most 4294967295 (the protocol's `Uint32`).
+    pub quota: u64,
+}
+
+/// Units granted by default when a request names no amount: a minute of time.
+pub const DEFAULT_RATING_QUOTA: u64 = 60;
+
+impl RatingGroup {
+    /// Reads `"offer"` or `{ offer = "...", unit = "...", quota = N }`; on failure the field
+    /// (suffix of `rating_groups.<group>`) and what is wrong with it.
+    fn from_toml(value: &toml::Value) -> Result<RatingGroup, (String, String)> {
+        let offer = |o: &str| {
+            if o.is_empty() { Err((String::new(), "names no offer".to_string())) } else { Ok(o.to_string()) }
+        };
+        let table = match value {
+            toml::Value::String(o) => {
+                return Ok(RatingGroup { offer: offer(o)?, unit: None, quota: DEFAULT_RATING_QUOTA });
+            }
+            toml::Value::Table(table) => table,
+            other => {
+                let message = format!("must be an offer name or a table with `offer`, not {}", other.type_str());
+                return Err((String::new(), message));
+            }
+        };
+        if let Some(field) = table.keys().find(|k| !["offer", "unit", "quota"].contains(&k.as_str())) {
+            return Err((format!(".{field}"), "is not a field of a rating group (offer, unit, quota)".into()));
+        }
+        let offer = match table.get("offer") {
+            Some(toml::Value::String(o)) => offer(o).map_err(|(_, m)| (".offer".to_string(), m))?,
+            Some(_) => return Err((".offer".into(), "must be a string".into())),
+            None => return Err((".offer".into(), "is missing".into())),
+        };
+        let unit = match table.get("unit") {
+            None => None,
+            Some(toml::Value::String(u)) => Some(match u.as_str() {
+                "time" => RatingUnit::Time,
+                "volume" => RatingUnit::Volume,
+                "service" => RatingUnit::Service,
+                other => return Err((".unit".into(), format!("`{other}` is not one of time, volume, service"))),
+            }),
+            Some(_) => return Err((".unit".into(), "must be one of time, volume, service".into())),
+        };
+        let quota = match table.get("quota") {
+            None => DEFAULT_RATING_QUOTA,
+            Some(toml::Value::Integer(q)) if *q > 0 => *q as u64,
+            Some(_) => return Err((".quota".into(), "must be an integer > 0".into())),
+        };
+        if unit.unwrap_or(RatingUnit::Time) == RatingUnit::Time && quota > u64::from(u32::MAX) {
+            return Err((".quota".into(), format!("is {quota} seconds, over the protocol's 4294967295")));
+        }
+        Ok(RatingGroup { offer, unit, quota })
+    }
 }
 
 /// The `[store]` section. The store itself is chosen at run time (`--store`).
@@ -359,16 +446,15 @@ impl Manifest {
         if let Some((field, message)) = manifest.quota.as_ref().and_then(QuotaPolicy::invalid_field) {
             return Err(invalid(format!("quota.{field}"), message));
         }
-        for (group, offer) in &manifest.rating_groups {
+        for (group, spec) in &manifest.rating_groups {
             if group.parse::<u32>().is_err() {
                 return Err(invalid(
                     format!("rating_groups.{group}"),
                     "is not a rating group (an integer from 0 to 4294967295)".into(),
                 ));
             }
-            if offer.is_empty() {
-                return Err(invalid(format!("rating_groups.{group}"), "names no offer".into()));
-            }
+            RatingGroup::from_toml(spec)
+                .map_err(|(field, message)| invalid(format!("rating_groups.{group}{field}"), message))?;
         }
         let kinds: BTreeMap<String, Option<ActorKind>> =
             manifest.actors.iter().map(|(n, a)| (n.clone(), ActorKind::from_name(&a.kind))).collect();
@@ -434,9 +520,12 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// The offer of each rating group of `[rating_groups]` (keys checked by [`Manifest::parse`]).
-    pub fn rating_groups(&self) -> BTreeMap<u32, String> {
-        self.rating_groups.iter().filter_map(|(g, o)| Some((g.parse().ok()?, o.clone()))).collect()
+    /// Each rating group of `[rating_groups]` (checked by [`Manifest::parse`]).
+    pub fn rating_groups(&self) -> BTreeMap<u32, RatingGroup> {
+        self.rating_groups
+            .iter()
+            .filter_map(|(g, spec)| Some((g.parse().ok()?, RatingGroup::from_toml(spec).ok()?)))
+            .collect()
     }
 
     /// The kind of an actor (checked by [`Manifest::parse`]).
@@ -462,8 +551,27 @@ mod tests {
 
     #[test]
     fn rating_groups_name_offers_and_must_be_integers() {
-        let m = parse("[rating_groups]\n100 = \"voice\"\n\"7\" = \"video\"\n[actors]\n").unwrap();
-        assert_eq!(m.rating_groups(), BTreeMap::from([(7, "video".to_string()), (100, "voice".to_string())]));
+        let m = parse(
+            "[rating_groups]\n100 = \"voice\"\n\"7\" = { offer = \"data\", unit = \"volume\", quota = 1048576 }\n[actors]\n",
+        )
+        .unwrap();
+        let voice = RatingGroup { offer: "voice".into(), unit: None, quota: DEFAULT_RATING_QUOTA };
+        let data = RatingGroup { offer: "data".into(), unit: Some(RatingUnit::Volume), quota: 1 << 20 };
+        assert_eq!(m.rating_groups(), BTreeMap::from([(7, data), (100, voice)]));
+        for (spec, field, message) in [
+            ("\"\"", "rating_groups.1", "names no offer"),
+            ("3", "rating_groups.1", "must be an offer name or a table with `offer`, not integer"),
+            ("{ unit = \"time\" }", "rating_groups.1.offer", "is missing"),
+            ("{ offer = \"v\", unit = \"bytes\" }", "rating_groups.1.unit", "`bytes` is not one of"),
+            ("{ offer = \"v\", quota = 0 }", "rating_groups.1.quota", "must be an integer > 0"),
+            ("{ offer = \"v\", quota = 4294967296 }", "rating_groups.1.quota", "is 4294967296 seconds, over"),
+            ("{ offer = \"v\", price = 2 }", "rating_groups.1.price", "is not a field"),
+        ] {
+            let err = parse(&format!("[rating_groups]\n1 = {spec}\n[actors]\n")).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`: {message}")), "{spec}: {err}");
+        }
+        let m = parse("[rating_groups]\n1 = { offer = \"v\", unit = \"volume\", quota = 4294967296 }\n[actors]\n");
+        assert_eq!(m.unwrap().rating_groups()[&1].quota, 1 << 32, "volume may exceed Uint32");
         let err = parse("[rating_groups]\nvoice = \"voice\"\n[actors]\n").unwrap_err().to_string();
         assert_eq!(err, "m.toml: `rating_groups.voice`: is not a rating group (an integer from 0 to 4294967295)");
         let err = parse("[rating_groups]\n4294967296 = \"voice\"\n[actors]\n").unwrap_err().to_string();

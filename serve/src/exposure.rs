@@ -1,5 +1,5 @@
 //! Outstanding grant exposure: the money open reservations hold, over every account in the
-//! store, by currency. A grant this node answered is money the subscriber may still spend;
+//! store, by currency; and the usage charged that the accounts could not pay. A grant this node answered is money the subscriber may still spend;
 //! an operator watches what that adds up to. The server folds the account stream from the log
 //! itself (the accounts' own events, whichever runtime or process wrote them), a page per tick,
 //! so a restart or a large log never delays readiness.
@@ -20,6 +20,9 @@ pub(crate) struct Held {
     pub(crate) minor_units: i128,
     /// Open reservations.
     pub(crate) grants: u64,
+    /// Usage charged that the money available did not cover (every `usage-charged` event's
+    /// `unpaid`), in minor units.
+    pub(crate) unpaid: i128,
 }
 
 /// The accounts folded so far and their totals.
@@ -53,6 +56,9 @@ impl Exposure {
 
     fn fold(&mut self, key: String, event: AccountEvent) {
         let account = self.accounts.entry(key).or_default();
+        if let AccountEvent::UsageCharged { unpaid, .. } = &event {
+            self.by_currency.entry(account.currency.clone()).or_default().unpaid += i128::from(*unpaid);
+        }
         let before = (account.currency.clone(), account.held, account.reservations.len());
         account.apply(event);
         let (currency, held, grants) = before;
@@ -155,9 +161,9 @@ mod tests {
         let mut exposure = Exposure::default();
         exposure.catch_up(&journal).unwrap();
         let most = i128::from(MAX_MONEY);
-        assert_eq!(exposure.by_currency()["EUR"], Held { minor_units: 100 * most, grants: 100 });
+        assert_eq!(exposure.by_currency()["EUR"], Held { minor_units: 100 * most, grants: 100, unpaid: 0 });
         assert!(100 * most > i128::from(i64::MAX));
-        assert_eq!(exposure.by_currency()["USD"], Held { minor_units: 7, grants: 1 });
+        assert_eq!(exposure.by_currency()["USD"], Held { minor_units: 7, grants: 1, unpaid: 0 });
         assert_eq!(exposure.undecodable(), 1);
 
         // A release, an expiry and a debit close their grants; a second catch-up folds nothing twice.
@@ -175,7 +181,16 @@ mod tests {
         append(account::STREAM, "usd", vec![event("deb", &debited)]);
         exposure.catch_up(&journal).unwrap();
         exposure.catch_up(&journal).unwrap();
-        assert_eq!(exposure.by_currency()["EUR"], Held { minor_units: 98 * most, grants: 98 });
-        assert_eq!(exposure.by_currency()["USD"], Held { minor_units: 0, grants: 0 });
+        assert_eq!(exposure.by_currency()["EUR"], Held { minor_units: 98 * most, grants: 98, unpaid: 0 });
+        assert_eq!(exposure.by_currency()["USD"], Held { minor_units: 0, grants: 0, unpaid: 0 });
+
+        // Usage no money covered is summed as unpaid, past i64 too.
+        for key in &keys[..3] {
+            let late =
+                AccountEvent::UsageCharged { reservation_id: "r1".into(), units: 9, charged: 5, unpaid: i64::MAX };
+            append(account::STREAM, key, vec![event("late", &late)]);
+        }
+        exposure.catch_up(&journal).unwrap();
+        assert_eq!(exposure.by_currency()["EUR"].unpaid, 3 * i128::from(i64::MAX));
     }
 }

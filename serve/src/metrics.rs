@@ -195,6 +195,15 @@ impl Collector for NodeCounters {
         for (currency, h) in &reading.exposure {
             grants.encode_family(&[("currency", currency.as_str())])?.encode_gauge(&saturate(i128::from(h.grants)))?;
         }
+        let mut unpaid = e.encode_descriptor(
+            "tollgate_usage_unpaid_minor_units",
+            "Usage charged that the accounts' money did not cover (usage-charged events' unpaid), by currency",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (currency, h) in &reading.exposure {
+            unpaid.encode_family(&[("currency", currency.as_str())])?.encode_gauge(&saturate(h.unpaid))?;
+        }
         counter(
             e,
             "tollgate_grant_exposure_undecodable_events",

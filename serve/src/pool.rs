@@ -4,7 +4,6 @@
 //! process managers and timers run once, on the primary runtime, which delivers what the
 //! workers wrote.
 
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +16,7 @@ use tollgate_runtime::{Journal, Loader, Manifest, Runtime, RuntimeError, Stats, 
 
 use crate::exposure::Exposure;
 use crate::metrics::NodeReading;
+use crate::nchf::RatingGroups;
 
 /// What a node does in the lattice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub(crate) struct Pool {
     primary: NodeHandle,
     workers: Vec<NodeHandle>,
     delivery_queued: Arc<AtomicBool>,
-    offers: Arc<BTreeMap<u32, String>>,
+    rating_groups: Arc<RatingGroups>,
     journal: Journal,
     exposure: Mutex<Exposure>,
     streams: Vec<String>,
@@ -95,14 +95,14 @@ impl Pool {
         };
         let primary = open(manifest.clone(), true)?;
         let workers = (0..spec.workers).map(|_| open(commands.clone(), false)).collect::<Result<Vec<_>, _>>()?;
-        let offers = Arc::new(manifest.rating_groups());
+        let rating_groups = Arc::new(manifest.rating_groups());
         let exposure = Mutex::default();
         let streams = primary.with_blocking(|node| node.runtime().command_streams())?;
         Ok(Pool {
             primary,
             workers,
             delivery_queued: Arc::new(AtomicBool::new(false)),
-            offers,
+            rating_groups,
             journal,
             exposure,
             streams,
@@ -149,9 +149,9 @@ impl Pool {
         &self.workers[(hasher.finish() % self.workers.len() as u64) as usize]
     }
 
-    /// The offer each Nchf rating group is charged under (the manifest's `[rating_groups]`).
-    pub(crate) fn offers(&self) -> Arc<BTreeMap<u32, String>> {
-        self.offers.clone()
+    /// How each Nchf rating group is charged (the manifest's `[rating_groups]`).
+    pub(crate) fn rating_groups(&self) -> Arc<RatingGroups> {
+        self.rating_groups.clone()
     }
 
     /// The runtime with the projectors, process managers and timers.

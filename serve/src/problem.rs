@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tollgate_node::NodeError;
+use tollgate_runtime::RuntimeError;
 
 /// One ProblemDetails answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +66,14 @@ impl From<NodeError> for Problem {
                 Problem::new(StatusCode::BAD_REQUEST, "MANDATORY_IE_INCORRECT", detail)
             }
             NodeError::Stopped => Problem::unavailable("NF_SERVICE_FAILURE", detail),
+            // A client naming what the node does not have, or what is not theirs, is the
+            // client's mistake: never a 5xx that pages the operator.
+            NodeError::Runtime(RuntimeError::NoSuchStream(_)) => {
+                Problem::new(StatusCode::NOT_FOUND, "RESOURCE_URI_STRUCTURE_NOT_FOUND", detail)
+            }
+            NodeError::Runtime(RuntimeError::Reserved { .. }) => {
+                Problem::new(StatusCode::FORBIDDEN, "RESERVED_NAME", detail)
+            }
             NodeError::Runtime(_) | NodeError::CatchUp(_) => {
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", detail)
             }

@@ -74,6 +74,8 @@ pub(crate) struct AppState {
     queue: Arc<Semaphore>,
     queue_limit: usize,
     metrics: Arc<Metrics>,
+    /// The subscriber of each Nchf session, so its steps are served where its account is.
+    pub(crate) sessions: nchf::session::Subscribers,
 }
 
 impl AppState {
@@ -83,6 +85,7 @@ impl AppState {
             queue: Arc::new(Semaphore::new(queue)),
             queue_limit: queue,
             metrics: Arc::new(Metrics::default()),
+            sessions: nchf::session::Subscribers::default(),
         }
     }
 

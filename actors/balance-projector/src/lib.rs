@@ -78,7 +78,7 @@ pub fn apply(view: &mut BalanceView, event: AccountEvent, sequence: u64, event_t
             let hold = view.holds.remove(&reservation_id).unwrap_or(released);
             view.held = view.held.checked_sub(hold).ok_or_else(overflow)?;
         }
-        AccountEvent::DirectDebited { amount, .. } => {
+        AccountEvent::DirectDebited { amount, .. } | AccountEvent::UsageCharged { charged: amount, .. } => {
             view.balance = view.balance.checked_sub(amount).ok_or_else(overflow)?;
         }
     }

@@ -3,7 +3,10 @@
 //! Online charging reserves before use: `reserve` grants the most of the units asked for whose
 //! worst-case price under the request's price plan the available money covers, and holds that
 //! amount; `debit` charges the used units with the plan, from the counters as the debits before
-//! it settled them, and frees the rest of the hold; `release` and `expire` free a hold; `direct-debit`
+//! it settled them, and frees the rest of the hold; `settle` charges usage whatever it is
+//! (units beyond the grant, or used under a reservation that lapsed within the late-usage
+//! window) from the hold and then from the money available, recording what that does not
+//! cover as unpaid; `release` and `expire` free a hold; `direct-debit`
 //! charges a one-shot event; `refund` gives money back. `available = balance - held + overdraft_limit` never goes below
 //! zero. Repeated command ids are answered by the host from the events they produced.
 //!
@@ -17,7 +20,9 @@
 //!
 //! Events are at schema version 2; version 1 logs are read through [`upcast`](Aggregate::upcast).
 
-use tollgate_billing_model::account::{Account, AccountCommand, AccountEvent, MAX_MONEY, Money, STREAM, list};
+use tollgate_billing_model::account::{
+    Account, AccountCommand, AccountEvent, LATE_USAGE_WINDOW_MS, MAX_MONEY, Money, Reservation, STREAM, list,
+};
 use tollgate_billing_model::pricing::{self, PlanError, worst_price};
 use tollgate_sdk::{Aggregate, Command, Event, Rejection};
 
@@ -128,15 +133,11 @@ impl Aggregate for PrepaidAccount {
                         ),
                     ));
                 }
-                // The hold is the worst case of the granted units, so it covers the charge;
-                // checked all the same, a reservation from a log written without bounds must
-                // not wrap.
-                let (charged, released) = account
-                    .charge(r, used_units)
-                    .ok()
-                    .and_then(|c| Some((c, r.held.checked_sub(c).filter(|rest| *rest >= 0)?)))
-                    .ok_or_else(|| overflow(format!("{used_units} units cost more than the hold {}", r.held)))?;
+                let (charged, released) = from_hold(account, r, used_units)?;
                 Ok(vec![AccountEvent::Debited { reservation_id, used_units, charged, released }])
+            }
+            AccountCommand::Settle { reservation_id, used_units } => {
+                settle(account, reservation_id, used_units, envelope.time)
             }
             AccountCommand::Release { reservation_id } => {
                 let released = reservation(account, &reservation_id)?.held;
@@ -184,6 +185,60 @@ impl Aggregate for PrepaidAccount {
         event.schema_version = 2;
         Ok(event)
     }
+}
+
+/// What `used_units` (at most the grant) of `r` cost, and what is left of its hold.
+fn from_hold(account: &Account, r: &Reservation, used_units: u64) -> Result<(i64, i64), Rejection> {
+    // The hold is the worst case of the granted units, so it covers the charge; checked all
+    // the same, a reservation from a log written without bounds must not wrap.
+    account
+        .charge(r, used_units)
+        .ok()
+        .and_then(|c| Some((c, r.held.checked_sub(c).filter(|rest| *rest >= 0)?)))
+        .ok_or_else(|| overflow(format!("{used_units} units cost more than the hold {}", r.held)))
+}
+
+/// `settle`: the grant's own units from its hold; units beyond it, or used under a lapsed
+/// reservation, from the money available as far as it goes, the rest recorded as unpaid.
+fn settle(account: &Account, reservation_id: String, used: u64, now: u64) -> Result<Vec<AccountEvent>, Rejection> {
+    let cannot_price = || overflow(format!("the price of {used} units under `{reservation_id}` overflows"));
+    if let Some(r) = account.reservations.get(&reservation_id) {
+        let within = used.min(r.granted_units);
+        let (charged, released) = from_hold(account, r, within)?;
+        let debited =
+            AccountEvent::Debited { reservation_id: reservation_id.clone(), used_units: within, charged, released };
+        if used == within {
+            return Ok(vec![debited]);
+        }
+        let price = account.charge(r, used).ok().and_then(|all| all.checked_sub(charged)).ok_or_else(cannot_price)?;
+        // Once the debit frees the hold, what is available grows by what the hold had left.
+        let available = account.available().saturating_add(released);
+        let excess = taken(price, available, reservation_id, used - within);
+        return Ok(vec![excess, debited]);
+    }
+    let Some(r) = account.lapsed.get(&reservation_id) else {
+        return Err(Rejection::business(
+            "unknown-reservation",
+            format!("no open or recently lapsed reservation `{reservation_id}`"),
+        ));
+    };
+    if now > r.expires_at.saturating_add(LATE_USAGE_WINDOW_MS) {
+        return Err(Rejection::business(
+            "late-usage-window-passed",
+            format!(
+                "reservation `{reservation_id}` lapsed at {}; usage is charged until {} ms after that",
+                r.expires_at, LATE_USAGE_WINDOW_MS
+            ),
+        ));
+    }
+    let price = account.charge(r, used).map_err(|_| cannot_price())?;
+    Ok(vec![taken(price, account.available(), reservation_id, used)])
+}
+
+/// `usage-charged` for `units` costing `price`: as much as `available` covers, the rest unpaid.
+fn taken(price: i64, available: i64, reservation_id: String, units: u64) -> AccountEvent {
+    let charged = price.min(available.max(0));
+    AccountEvent::UsageCharged { reservation_id, units, charged, unpaid: price.saturating_sub(charged) }
 }
 
 /// A positive amount the balance can take in whole (`what` names the command).

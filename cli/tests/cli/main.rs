@@ -9,6 +9,7 @@ mod guests;
 mod hostile;
 mod inspect;
 mod lattice;
+mod nchf;
 mod new;
 mod node;
 mod oci;

@@ -59,8 +59,18 @@ impl Server {
     }
 
     pub(crate) fn post(&self, path: &str, body: &str) -> Answer {
-        let request = self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/json");
+        self.post_as(path, body, "application/json")
+    }
+
+    /// `post` with `content_type` as the body's type.
+    pub(crate) fn post_as(&self, path: &str, body: &str, content_type: &str) -> Answer {
+        let request = self.agent.post(format!("{}{path}", self.base)).header("content-type", content_type);
         Server::answer(request.send(body).unwrap())
+    }
+
+    /// The node's address, `http://127.0.0.1:PORT`.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
     }
 
     /// `/metrics` once it contains `line`: the server folds some figures on its next tick.
@@ -224,137 +234,6 @@ fn serve_refuses_a_bad_manifest_and_an_address_in_use_naming_them() {
     let (code, _, err) = run(&["serve", &manifest, "--store", &store, "--listen", &address]);
     assert_ne!(code, 0);
     assert!(err.contains(&format!("--listen {address}: cannot bind")), "{err}");
-}
-
-/// The test manifest with rating group 100 charged as `voice` (2 minor units a unit).
-fn nchf_manifest(dir: &std::path::Path) -> String {
-    let path = manifest(dir);
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("[rating_groups]\n100 = \"voice\"\n{text}")).unwrap();
-    path
-}
-
-const NCHF: &str = "/nchf-convergedcharging/v3/chargingdata";
-
-fn charging(subscriber: Option<&str>, sequence: u32, usage: Value) -> String {
-    let mut body = json!({
-        "nfConsumerIdentification": {"nodeFunctionality": "SMF", "nFName": "5b0c3f52-0000-0000-0000-000000000001"},
-        "invocationTimeStamp": "2026-12-01T10:00:00Z",
-        "invocationSequenceNumber": sequence,
-        "multipleUnitUsage": usage,
-    });
-    if let Some(s) = subscriber {
-        body["subscriberIdentifier"] = json!(s);
-    }
-    body.to_string()
-}
-
-#[test]
-fn an_nchf_session_reserves_debits_and_releases_and_a_retry_charges_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = nchf_manifest(dir.path());
-    let store = format!("file:{}", dir.path().join("log").display());
-    let server = Server::start(&manifest, &store, &[]);
-    let imsi = "imsi-001010000000001";
-    let open = command("o1", json!({"open": {"currency": "EUR"}}));
-    assert_eq!(server.post(&format!("/v1/commands/account/{imsi}"), &open).status, 200);
-    let top_up = command("t1", json!({"top-up": {"amount": {"minor_units": 1000, "currency": "EUR"}}}));
-    assert_eq!(server.post(&format!("/v1/commands/account/{imsi}"), &top_up).status, 200);
-
-    // Create: 60 seconds of voice.
-    let create = charging(Some(imsi), 0, json!([{"ratingGroup": 100, "requestedUnit": {"time": 60}}]));
-    let mut created = server.agent.post(format!("{}{NCHF}", server.base)).send(&create).unwrap();
-    assert_eq!(created.status().as_u16(), 201);
-    let location = created.headers()["location"].to_str().unwrap().to_string();
-    let reference = location.rsplit('/').next().unwrap().to_string();
-    assert!(location.ends_with(&format!("{NCHF}/{reference}")), "{location}");
-    let created: Value = serde_json::from_str(&created.body_mut().read_to_string().unwrap()).unwrap();
-    let info = &created["multipleUnitInformation"][0];
-    assert_eq!((info["resultCode"].as_str(), info["ratingGroup"].as_u64()), (Some("SUCCESS"), Some(100)), "{created}");
-    assert_eq!(info["grantedUnit"], json!({"time": 60}), "{created}");
-    assert!(info["validityTime"].as_u64().unwrap() > 0, "{created}");
-    assert_eq!(server.get(&format!("/v1/kv/balances/{imsi}")).body["held"], 120);
-    // A retried create names the same session and reserves nothing more.
-    let again = server.post(NCHF, &create);
-    assert_eq!((again.status, &again.body), (201, &created));
-    assert_eq!(server.get(&format!("/v1/kv/balances/{imsi}")).body["held"], 120);
-
-    // Two updates: report usage, ask for more. The first is retried: charged once.
-    let update = |sequence: u32, used: u64| {
-        let usage = json!([{"ratingGroup": 100, "usedUnitContainer": [{"time": used, "localSequenceNumber": 1}], "requestedUnit": {"time": 60}}]);
-        (format!("{NCHF}/{reference}/update"), charging(Some(imsi), sequence, usage))
-    };
-    let (path, first) = update(1, 40);
-    let answered = server.post(&path, &first);
-    assert_eq!(answered.status, 200, "{}", answered.body);
-    assert_eq!(answered.body["multipleUnitInformation"][0]["resultCode"], "SUCCESS");
-    let events = server.get(&format!("/v1/streams/account/{imsi}")).body.as_array().unwrap().len();
-    let retried = server.post(&path, &first);
-    assert_eq!((retried.status, &retried.body), (200, &answered.body));
-    assert_eq!(server.get(&format!("/v1/streams/account/{imsi}")).body.as_array().unwrap().len(), events);
-    let (path, second) = update(2, 60);
-    assert_eq!(server.post(&path, &second).status, 200);
-
-    // Release with the final usage: 10 more seconds; the rest of the hold is freed.
-    let release = charging(Some(imsi), 3, json!([{"ratingGroup": 100, "usedUnitContainer": [{"time": 10}]}]));
-    let released = server.post(&format!("{NCHF}/{reference}/release"), &release);
-    assert_eq!(released.status, 204, "{}", released.body);
-    let balance = server.get(&format!("/v1/kv/balances/{imsi}")).body;
-    assert_eq!((balance["balance"].as_i64(), balance["held"].as_i64()), (Some(1000 - 110 * 2), Some(0)), "{balance}");
-    let events = server.get(&format!("/v1/streams/account/{imsi}")).body;
-    let types: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["opened", "topped-up", "reserved", "debited", "reserved", "debited", "reserved", "debited"]);
-    // After the release the session takes no more updates.
-    let (path, late) = update(4, 1);
-    assert_eq!(server.post(&path, &late).status, 404);
-
-    // An unknown subscriber, an unknown rating group: per rating group result codes.
-    let stranger = charging(Some("imsi-999"), 0, json!([{"ratingGroup": 100, "requestedUnit": {"time": 60}}]));
-    let denied = server.post(NCHF, &stranger);
-    assert_eq!(denied.status, 201, "{}", denied.body);
-    assert_eq!(denied.body["multipleUnitInformation"][0]["resultCode"], "USER_UNKNOWN", "{}", denied.body);
-    assert!(denied.body["multipleUnitInformation"][0].get("grantedUnit").is_none());
-    let unrated = charging(Some(imsi), 0, json!([{"ratingGroup": 7, "requestedUnit": {"time": 60}}]));
-    let unrated = server.post(NCHF, &unrated);
-    assert_eq!(unrated.body["multipleUnitInformation"][0]["resultCode"], "RATING_FAILED");
-    // Usage for a rating group with no grant cannot be charged: refused, not answered 200.
-    let unrated_ref = unrated.location.unwrap().rsplit('/').next().unwrap().to_string();
-    let usage = charging(Some(imsi), 1, json!([{"ratingGroup": 7, "usedUnitContainer": [{"time": 5}]}]));
-    let refused = server.post(&format!("{NCHF}/{unrated_ref}/update"), &usage);
-    assert_eq!(
-        (refused.status, refused.body["cause"].as_str()),
-        (400, Some("MANDATORY_IE_INCORRECT")),
-        "{}",
-        refused.body
-    );
-    assert!(refused.body["detail"].as_str().unwrap().contains("no open grant"), "{}", refused.body);
-
-    // Every error class is ProblemDetails with its status and cause.
-    let problems = [
-        (server.post(&format!("{NCHF}/nope/update"), &first), 404, "CONTEXT_NOT_FOUND"),
-        (server.post(NCHF, &charging(None, 0, json!([]))), 400, "MANDATORY_IE_MISSING"),
-        (server.post(NCHF, "[1, 2"), 400, "INVALID_MSG_FORMAT"),
-        (server.post(NCHF, r#"{"subscriberIdentifier": "imsi-1"}"#), 400, "INVALID_MSG_FORMAT"),
-        (
-            server.post(
-                NCHF,
-                &charging(Some(imsi), 9, json!([{"ratingGroup": 100, "requestedUnit": {"time": 1, "totalVolume": 2}}])),
-            ),
-            400,
-            "MANDATORY_IE_INCORRECT",
-        ),
-    ];
-    for (answer, status, cause) in problems {
-        assert_eq!(answer.content_type, "application/problem+json", "{}", answer.body);
-        assert_eq!(
-            (answer.status, answer.body["status"].as_u64(), answer.body["cause"].as_str()),
-            (status, Some(status as u64), Some(cause)),
-            "{}",
-            answer.body
-        );
-    }
-    let (code, err) = server.terminate();
-    assert_eq!(code, 0, "{err}");
 }
 
 /// The README's "Serving" requests: its curl block, run with `sh -e` against a served

@@ -14,6 +14,16 @@ pub const STREAM: &str = "account";
 /// values are refused with `amount-overflow` (amounts) or `limit-out-of-range` (the limit).
 pub const MAX_MONEY: i64 = 100_000_000_000_000_000;
 
+/// How long after its validity a lapsed (expired) reservation's usage may still be charged
+/// with [`AccountCommand::Settle`]: one hour. A network function reports usage when a grant's
+/// validity ends (3GPP's VALIDITY_TIME trigger), so the report arrives just after the hold was
+/// freed; it is charged from the available money, not refused.
+pub const LATE_USAGE_WINDOW_MS: u64 = 3_600_000;
+
+/// The most lapsed reservations an account remembers for late usage (the ones that lapsed
+/// last), so its state stays bounded however many grants expire.
+pub const LAPSED_KEPT: usize = 32;
+
 /// An amount in integer minor units of a currency.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Money {
@@ -82,6 +92,17 @@ pub enum AccountCommand {
         /// The reservation.
         reservation_id: String,
         /// Units used, at most the units granted.
+        used_units: u64,
+    },
+    /// Charges the units used under a reservation, whatever they are: up to its grant from its
+    /// hold (as `debit`), beyond its grant or after it lapsed (within
+    /// [`LATE_USAGE_WINDOW_MS`] of its validity) from the available money as far as it goes;
+    /// what that does not cover is recorded as unpaid (`usage-charged`). Usage is never
+    /// refused for exceeding the grant: it was used.
+    Settle {
+        /// The reservation (open, or lapsed by `expire`).
+        reservation_id: String,
+        /// Units used.
         used_units: u64,
     },
     /// Frees a reservation's hold without charging.
@@ -177,6 +198,18 @@ pub enum AccountEvent {
         reservation_id: String,
         /// Money freed.
         released: i64,
+    },
+    /// Usage no hold covered was charged: units beyond a reservation's grant, or used under a
+    /// reservation that had lapsed. Comes before the `debited` of the grant's own units.
+    UsageCharged {
+        /// The reservation the units were used under.
+        reservation_id: String,
+        /// Units charged here (beyond the grant, or all of a lapsed reservation's).
+        units: u64,
+        /// Money taken: the price of the units, at most what was available.
+        charged: i64,
+        /// The rest of the price, which the available money did not cover.
+        unpaid: i64,
     },
     /// A one-shot charge.
     DirectDebited {
@@ -276,6 +309,10 @@ pub struct Account {
     pub reservations: BTreeMap<String, Reservation>,
     /// Tariff counters as settled by debits: offer -> counter name -> value.
     pub counters: Counters,
+    /// Reservations that lapsed (`expired`) and whose usage may still be charged late: at most
+    /// [`LAPSED_KEPT`], none lapsed more than [`LATE_USAGE_WINDOW_MS`] before the last one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lapsed: BTreeMap<String, Reservation>,
 }
 
 impl Account {
@@ -359,12 +396,48 @@ impl Account {
                 }
                 self.balance = self.balance.saturating_sub(charged);
             }
-            AccountEvent::Released { reservation_id, .. } | AccountEvent::Expired { reservation_id, .. } => {
+            AccountEvent::Released { reservation_id, .. } => {
                 if let Some(r) = self.reservations.remove(&reservation_id) {
                     self.held = self.held.saturating_sub(r.held);
                 }
             }
+            AccountEvent::Expired { reservation_id, .. } => {
+                if let Some(r) = self.reservations.remove(&reservation_id) {
+                    self.held = self.held.saturating_sub(r.held);
+                    self.lapse(reservation_id, r);
+                }
+            }
+            AccountEvent::UsageCharged { reservation_id, units, charged, .. } => {
+                // Units beyond an open grant count on from its own units (its `debited` follows);
+                // a lapsed reservation's usage is settled once and forgotten.
+                let plan = match self.reservations.get(&reservation_id) {
+                    Some(r) => Some(r.plan()),
+                    None => self.lapsed.remove(&reservation_id).map(|r| r.plan()),
+                };
+                if let Some(plan) = plan {
+                    advance(&mut self.counters, &plan, units);
+                }
+                self.balance = self.balance.saturating_sub(charged);
+            }
             AccountEvent::DirectDebited { amount, .. } => self.balance = self.balance.saturating_sub(amount),
+        }
+    }
+}
+
+impl Account {
+    /// Remembers a lapsed reservation for late usage, forgetting those that lapsed more than
+    /// [`LATE_USAGE_WINDOW_MS`] before it and, past [`LAPSED_KEPT`], the earliest to lapse.
+    fn lapse(&mut self, reservation_id: String, reservation: Reservation) {
+        let horizon = reservation.expires_at.saturating_sub(LATE_USAGE_WINDOW_MS);
+        self.lapsed.retain(|_, r| r.expires_at >= horizon);
+        self.lapsed.insert(reservation_id, reservation);
+        while self.lapsed.len() > LAPSED_KEPT {
+            let earliest =
+                self.lapsed.iter().min_by_key(|(id, r)| (r.expires_at, (*id).clone())).map(|(id, _)| id.clone());
+            match earliest {
+                Some(id) => self.lapsed.remove(&id),
+                None => break,
+            };
         }
     }
 }
@@ -377,4 +450,52 @@ pub fn list(counters: &Counters) -> Vec<Counter> {
             named.iter().map(move |(name, value)| Counter { offer: offer.clone(), name: name.clone(), value: *value })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved(id: &str, expires_at: u64) -> AccountEvent {
+        AccountEvent::Reserved {
+            reservation_id: id.into(),
+            offer: "voice".into(),
+            requested_units: 1,
+            granted_units: 1,
+            price: 2,
+            held: 2,
+            expires_at,
+            final_unit: false,
+            plan: vec![PriceTerm::PerUnit { offer: "voice".into(), unit_price: 2 }],
+            counters: Vec::new(),
+        }
+    }
+
+    fn lapse(account: &mut Account, id: &str, expires_at: u64) {
+        account.apply(reserved(id, expires_at));
+        account.apply(AccountEvent::Expired { reservation_id: id.into(), released: 2 });
+    }
+
+    #[test]
+    fn lapsed_reservations_are_kept_for_late_usage_within_the_window_and_the_count() {
+        let mut account = Account::default();
+        for i in 0..LAPSED_KEPT as u64 + 8 {
+            lapse(&mut account, &format!("r{i:02}"), 1_000 + i);
+        }
+        assert_eq!(account.lapsed.len(), LAPSED_KEPT);
+        assert!(!account.lapsed.contains_key("r07") && account.lapsed.contains_key("r08"), "the earliest go first");
+        assert_eq!((account.held, account.reservations.len()), (0, 0));
+        // One lapsing a window later forgets every one that lapsed before the window.
+        lapse(&mut account, "late", 1_000 + LAPSED_KEPT as u64 + 8 + LATE_USAGE_WINDOW_MS);
+        assert_eq!(account.lapsed.keys().collect::<Vec<_>>(), ["late"]);
+        // Usage charged late settles it: forgotten, counted, paid for.
+        account.balance = 10;
+        account.apply(AccountEvent::UsageCharged { reservation_id: "late".into(), units: 3, charged: 6, unpaid: 0 });
+        assert!(account.lapsed.is_empty());
+        assert_eq!(account.balance, 4);
+        // A released reservation is not kept: nothing was used under it.
+        account.apply(reserved("gone", 5_000));
+        account.apply(AccountEvent::Released { reservation_id: "gone".into(), released: 2 });
+        assert!(account.lapsed.is_empty());
+    }
 }

@@ -101,6 +101,36 @@ fn an_append_lost_to_another_writer_is_never_decided_on() {
 }
 
 #[test]
+fn a_refusal_is_decided_on_the_committed_state_not_on_a_stale_copy() {
+    let journal = Journal::ephemeral().unwrap();
+    let manifest = manifest("", "");
+    let (mut a, mut b) = (start(&manifest, &journal), start(&manifest, &journal));
+    open(&mut a, "alice");
+    // B tops the account up; A's copy still says it is empty. A refusal appends nothing, so no
+    // append race would ever tell A: it decides again on the account as committed.
+    top_up(&mut b, "alice", "b-1", 50);
+    let events = accepted(debit(&mut a, "alice", "a-1", 30));
+    assert_eq!(events[0].sequence, 3);
+    // Likewise a reservation opened elsewhere is known when A is asked to settle it.
+    let reserve = AccountCommand::Reserve {
+        reservation_id: "r1".into(),
+        units: 5,
+        plan: vec![tollgate_billing_model::pricing::PriceTerm::PerUnit { offer: "voice".into(), unit_price: 2 }],
+        currency: "EUR".into(),
+        validity_ms: 60_000,
+        offer: "voice".into(),
+    };
+    accepted(send(&mut b, "alice", "b-2", &reserve));
+    let settled =
+        accepted(send(&mut a, "alice", "a-2", &AccountCommand::Settle { reservation_id: "r1".into(), used_units: 5 }));
+    assert_eq!(settled[0].event_type, "debited");
+    // A refusal on the latest state stands, and is counted once.
+    let Outcome::Rejected(r) = debit(&mut b, "alice", "b-3", 11) else { panic!("10 are left") };
+    assert_eq!(r.code, "insufficient-funds");
+    assert_eq!(b.stats().rejected["insufficient-funds"], 1);
+}
+
+#[test]
 fn a_trap_loses_the_instances_states_and_the_next_command_loads_its_key() {
     let journal = Journal::ephemeral().unwrap();
     let manifest = manifest("", "[actors.misbehaving]\nkind = \"aggregate\"\nfile = \"misbehaving.wasm\"\n");

@@ -1,5 +1,5 @@
 //! The money property core: random interleavings of top-ups, refunds, direct debits, reservations,
-//! debits, releases and expiries, with several reservations open at once, over every price
+//! debits, settlements (within, beyond and after a grant), releases and expiries, with several reservations open at once, over every price
 //! plan kind, with amounts, limits, prices and unit counts drawn from the whole range
 //! (0, 1, the bounds, near `i64::MAX` / `u64::MAX`).
 //!
@@ -14,10 +14,16 @@
 //! every amount stays within [`MAX_MONEY`]-derived bounds; a grant's price is the plan's price
 //! of the granted units from the counters of the moment (settled plus reserved), its hold the
 //! plan's worst case (>= the price) and no more units could have been covered; and each debit
-//! charges what the same debits one after another would (the interleaving-independence rule).
+//! charges what the same debits one after another would (the interleaving-independence rule);
+//! a settlement charges the grant's units from its hold and the rest (beyond the grant, or of a
+//! lapsed reservation) from the money available, exactly the sequential price, recording the
+//! part available money did not cover as unpaid, and the account remembers at most
+//! `LAPSED_KEPT` lapsed reservations.
 
 use proptest::prelude::*;
-use tollgate_billing_model::account::{self, Account, AccountCommand, AccountEvent, Counters, MAX_MONEY, Money};
+use tollgate_billing_model::account::{
+    self, Account, AccountCommand, AccountEvent, Counters, LAPSED_KEPT, LATE_USAGE_WINDOW_MS, MAX_MONEY, Money,
+};
 use tollgate_billing_model::pricing::{self, PriceTerm};
 
 /// An account under test, named `acct`, in EUR.
@@ -58,6 +64,14 @@ pub enum Op {
     Release {
         /// Which open reservation.
         pick: usize,
+    },
+    /// A settlement of usage under an open or an expired reservation (`pick` modulo all of
+    /// them); `used` as drawn, so within, beyond, far beyond the grant.
+    Settle {
+        /// Which reservation.
+        pick: usize,
+        /// Units used.
+        used: u64,
     },
     /// An expiry of an open reservation (refused before its validity ends).
     Expire {
@@ -143,9 +157,10 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => amount().prop_map(Op::Refund),
         4 => (0..plans, units()).prop_map(|(plan, units)| Op::Reserve { plan, units }),
         3 => (any::<usize>(), units(), prop::bool::weighted(0.1)).prop_map(|(pick, used, raw)| Op::Debit { pick, used, raw }),
+        3 => (any::<usize>(), prop_oneof![3 => 0u64..80, 1 => units()]).prop_map(|(pick, used)| Op::Settle { pick, used }),
         1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
-        1 => any::<usize>().prop_map(|pick| Op::Expire { pick }),
-        1 => prop_oneof![1u64..100_000, Just(u64::MAX / 4)].prop_map(Op::Advance),
+        2 => any::<usize>().prop_map(|pick| Op::Expire { pick }),
+        2 => prop_oneof![1u64..100_000, Just(30_000), Just(LATE_USAGE_WINDOW_MS), Just(u64::MAX / 4)].prop_map(Op::Advance),
     ]
 }
 
@@ -162,10 +177,14 @@ struct Reference {
     refunded: i128,
     charged: i128,
     direct: i128,
+    /// Usage charged beyond what holds covered.
+    usage_charged: i128,
     /// Counters as settled by the debits so far, in order.
     counters: Counters,
     /// Open reservations: id -> (plan, granted units, held).
     open: std::collections::BTreeMap<String, (Vec<PriceTerm>, u64, i64)>,
+    /// Reservations expired and not settled since: id -> (plan, when they lapsed).
+    expired: std::collections::BTreeMap<String, (Vec<PriceTerm>, u64)>,
 }
 
 /// Runs `ops` on `ledger` (a fresh account opened with `overdraft_limit`), checking the
@@ -188,6 +207,7 @@ pub fn check_run(ledger: &mut impl Ledger, overdraft_limit: i64, ops: &[Op]) {
         let before = ledger.state();
         let open_ids: Vec<String> = before.reservations.keys().cloned().collect();
         let pick = |i: usize| (!open_ids.is_empty()).then(|| open_ids[i % open_ids.len()].clone());
+        let any_ids: Vec<String> = open_ids.iter().chain(reference.expired.keys()).cloned().collect();
         let command = match op {
             Op::TopUp(amount) => AccountCommand::TopUp { amount: Money::new(*amount, "EUR") },
             Op::Refund(amount) => AccountCommand::Refund { amount: Money::new(*amount, "EUR"), reason: "test".into() },
@@ -212,6 +232,12 @@ pub fn check_run(ledger: &mut impl Ledger, overdraft_limit: i64, ops: &[Op]) {
                 let Some(reservation_id) = pick(*i) else { continue };
                 AccountCommand::Release { reservation_id }
             }
+            Op::Settle { pick: i, used } => {
+                if any_ids.is_empty() {
+                    continue;
+                }
+                AccountCommand::Settle { reservation_id: any_ids[i % any_ids.len()].clone(), used_units: *used }
+            }
             Op::Expire { pick: i } => {
                 let Some(reservation_id) = pick(*i) else { continue };
                 AccountCommand::Expire { reservation_id }
@@ -225,11 +251,14 @@ pub fn check_run(ledger: &mut impl Ledger, overdraft_limit: i64, ops: &[Op]) {
         match ledger.execute(&id, &command, now) {
             Err(code) => {
                 assert_eq!(ledger.state(), before, "{context}: refused ({code}) but the state changed");
-                expect_refusal(&before, &command, &code, &context);
+                expect_refusal(&before, &reference, &command, &code, now, &context);
+            }
+            Ok(events) if matches!(command, AccountCommand::Settle { .. }) => {
+                settled(&mut reference, &before, &command, &events, &context);
             }
             Ok(events) => {
                 assert_eq!(events.len(), 1, "{context}: one event per command");
-                follow(&mut reference, &before, &command, &events[0], &context);
+                follow(&mut reference, &before, &command, &events[0], now, &context);
             }
         }
         let after = ledger.state();
@@ -238,7 +267,14 @@ pub fn check_run(ledger: &mut impl Ledger, overdraft_limit: i64, ops: &[Op]) {
 }
 
 /// A refusal must be one the command deserved.
-fn expect_refusal(before: &Account, command: &AccountCommand, code: &str, context: &str) {
+fn expect_refusal(
+    before: &Account,
+    reference: &Reference,
+    command: &AccountCommand,
+    code: &str,
+    now: u64,
+    context: &str,
+) {
     let allowed: &[&str] = match command {
         AccountCommand::TopUp { .. } | AccountCommand::Refund { .. } => {
             &["zero-amount", "negative-amount", "amount-overflow"]
@@ -261,13 +297,90 @@ fn expect_refusal(before: &Account, command: &AccountCommand, code: &str, contex
             &["exceeds-grant"]
         }
         AccountCommand::Expire { .. } => &["not-expired"],
+        AccountCommand::Settle { reservation_id, used_units } => {
+            if let Some((plan, ..)) = reference.open.get(reservation_id) {
+                let read = |o: &str, n: &str| reference.counters.get(o).and_then(|c| c.get(n)).copied();
+                let price = pricing::price(plan, &read, *used_units, &mut |_, _| {});
+                assert!(price.is_err(), "{context}: a settlement that could be priced was refused ({code})");
+                &["amount-overflow"]
+            } else if let Some(lapsed) = before.lapsed.get(reservation_id) {
+                if now > lapsed.expires_at.saturating_add(LATE_USAGE_WINDOW_MS) {
+                    &["late-usage-window-passed"]
+                } else {
+                    &["amount-overflow"]
+                }
+            } else {
+                // Expired, but forgotten: past the window of a later lapse, or past the count.
+                &["unknown-reservation"]
+            }
+        }
         _ => &[],
     };
     assert!(allowed.contains(&code), "{context}: unexpected refusal `{code}`");
 }
 
+/// Checks a settlement's events against the reference, and moves the reference on: the grant's
+/// units from its hold at the sequential price, the rest from what was available, the price
+/// split exactly into charged and unpaid.
+fn settled(
+    reference: &mut Reference,
+    before: &Account,
+    command: &AccountCommand,
+    events: &[AccountEvent],
+    context: &str,
+) {
+    let AccountCommand::Settle { reservation_id, used_units } = command else { unreachable!() };
+    let read = |o: &str, n: &str| reference.counters.get(o).and_then(|c| c.get(n)).copied();
+    let (plan, excess, available) = match reference.open.remove(reservation_id) {
+        Some((plan, granted, held)) => {
+            let within = (*used_units).min(granted);
+            let debited = events.last().expect("a settlement records events");
+            let AccountEvent::Debited { used_units: used, charged, released, .. } = debited else {
+                panic!("{context}: an open reservation's settlement ends with its debit: {events:?}")
+            };
+            assert_eq!(*used, within, "{context}: the grant's own units are debited");
+            let expected = pricing::price(&plan, &read, within, &mut |_, _| {}).unwrap();
+            assert_eq!((*charged, charged + released), (expected, held), "{context}: the debit of the grant");
+            reference.charged += i128::from(*charged);
+            let total = pricing::price(&plan, &read, *used_units, &mut |_, _| {}).unwrap();
+            let excess = total - expected;
+            assert_eq!(events.len(), if *used_units > granted { 2 } else { 1 }, "{context}: {events:?}");
+            (plan, (*used_units > granted).then(|| (*used_units - granted, excess)), before.available() + released)
+        }
+        None => {
+            let (plan, _) = reference.expired.remove(reservation_id).expect("settled an open or expired reservation");
+            assert!(before.lapsed.contains_key(reservation_id), "{context}: a forgotten reservation was charged");
+            assert_eq!(events.len(), 1, "{context}: {events:?}");
+            let price = pricing::price(&plan, &read, *used_units, &mut |_, _| {}).unwrap();
+            (plan, Some((*used_units, price)), before.available())
+        }
+    };
+    if let Some((units, price)) = excess {
+        let AccountEvent::UsageCharged { reservation_id: id, units: u, charged, unpaid } = &events[0] else {
+            panic!("{context}: usage no hold covered is `usage-charged`: {events:?}")
+        };
+        assert_eq!((id, *u), (reservation_id, units), "{context}");
+        assert_eq!(*charged, price.min(available.max(0)), "{context}: takes what is available, no more");
+        assert_eq!(
+            i128::from(*charged) + i128::from(*unpaid),
+            i128::from(price),
+            "{context}: charged + unpaid = price"
+        );
+        assert!(*unpaid >= 0, "{context}");
+        reference.usage_charged += i128::from(*charged);
+    }
+    account::advance(&mut reference.counters, &plan, *used_units);
+}
+
 /// Checks an accepted command's event against the reference, and moves the reference on.
-fn follow(reference: &mut Reference, before: &Account, command: &AccountCommand, event: &AccountEvent, context: &str) {
+fn follow(
+    reference: &mut Reference,
+    before: &Account,
+    command: &AccountCommand,
+    event: &AccountEvent,
+    now: u64,
+    context: &str,
+) {
     match (command, event) {
         (AccountCommand::TopUp { amount }, AccountEvent::ToppedUp { amount: added }) => {
             assert_eq!(amount.minor_units, *added, "{context}");
@@ -322,17 +435,23 @@ fn follow(reference: &mut Reference, before: &Account, command: &AccountCommand,
             account::advance(&mut reference.counters, &plan, *used);
             reference.charged += i128::from(*charged);
         }
-        (AccountCommand::Release { reservation_id }, AccountEvent::Released { released, .. })
-        | (AccountCommand::Expire { reservation_id }, AccountEvent::Expired { released, .. }) => {
+        (AccountCommand::Release { reservation_id }, AccountEvent::Released { released, .. }) => {
             let (_, _, held) = reference.open.remove(reservation_id).expect("closed an open reservation");
             assert_eq!(*released, held, "{context}");
+        }
+        (AccountCommand::Expire { reservation_id }, AccountEvent::Expired { released, .. }) => {
+            let (plan, _, held) = reference.open.remove(reservation_id).expect("closed an open reservation");
+            assert_eq!(*released, held, "{context}");
+            assert!(before.reservations[reservation_id].expires_at <= now, "{context}: expired before its validity");
+            reference.expired.insert(reservation_id.clone(), (plan, before.reservations[reservation_id].expires_at));
         }
         _ => panic!("{context}: unexpected event {event:?}"),
     }
 }
 
 fn check_state(account: &Account, reference: &Reference, context: &str) {
-    let balance = reference.topped_up + reference.refunded - reference.charged - reference.direct;
+    let balance =
+        reference.topped_up + reference.refunded - reference.charged - reference.direct - reference.usage_charged;
     assert_eq!(i128::from(account.balance), balance, "{context}: money conserved");
     assert!(account.balance <= MAX_MONEY && account.balance >= -MAX_MONEY, "{context}: balance out of bounds");
     let held: i128 = account.reservations.values().map(|r| i128::from(r.held)).sum();
@@ -344,4 +463,11 @@ fn check_state(account: &Account, reference: &Reference, context: &str) {
     let expected: Vec<&String> = reference.open.keys().collect();
     assert_eq!(open, expected, "{context}: the open reservations");
     assert_eq!(account.counters, reference.counters, "{context}: settled counters");
+    assert!(account.lapsed.len() <= LAPSED_KEPT, "{context}: {} lapsed reservations kept", account.lapsed.len());
+    for id in account.lapsed.keys() {
+        assert!(
+            reference.expired.contains_key(id),
+            "{context}: `{id}` is kept as lapsed but was not expired or was settled"
+        );
+    }
 }
