@@ -9,20 +9,20 @@ use std::time::Duration;
 use tollgate_store::testing::{NatsServer, Partition};
 
 /// A NATS peer: a client on its own tokio runtime.
-struct Peer {
+pub(crate) struct Peer {
     tokio: tokio::runtime::Runtime,
     client: async_nats::Client,
 }
 
 impl Peer {
-    fn connect(url: &str) -> Peer {
+    pub(crate) fn connect(url: &str) -> Peer {
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = tokio.block_on(async_nats::connect(url)).unwrap();
         Peer { tokio, client }
     }
 
     /// Sends `body` to `subject`: the reply's JSON and its error code header, if any.
-    fn request(&self, subject: &str, body: &str) -> (Value, Option<String>) {
+    pub(crate) fn request(&self, subject: &str, body: &str) -> (Value, Option<String>) {
         let reply = self
             .tokio
             .block_on(self.client.request(subject.to_string(), body.to_string().into()))
