@@ -34,9 +34,31 @@ pub struct Args {
     /// worker mostly waits for its append's fsync; 0: the primary runtime answers everything).
     #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
     workers: Option<u16>,
-    /// Seconds shutdown waits for requests in flight.
+    /// Seconds shutdown waits for requests in flight. Past it, those still in flight are
+    /// dropped (the process exits 1 saying how many) and the counters of the work finished
+    /// are recorded all the same.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// HTTP connections open at once (default: the descriptor limit, `ulimit -n`, minus
+    /// 64 + 8 per runtime kept for the node's own files and sockets). At the cap the
+    /// connection idle the longest is closed to admit a new one.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Seconds a request's head may take to arrive (a new connection's first one, and on
+    /// HTTP/1.1 also the wait for the next one on a kept-alive connection).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_secs: u64,
+    /// Seconds a connection that has served a request may wait for the next one.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    idle_timeout_secs: u64,
+    /// MiB of request bodies the node holds at once (HTTP and NATS); a request whose body
+    /// would go past it is answered 503 with Retry-After at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    body_budget_mib: u64,
+    /// Milliseconds a worker may be busy with one request before requests for other keys
+    /// waiting for it move to other workers.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    reroute_after_ms: u64,
     /// Also answer admissions and commands over NATS request/reply at this server
     /// (`tollgate.<node>.admit`, `tollgate.<node>.command.<stream>`).
     #[arg(long, value_name = "nats://HOST:PORT")]
@@ -97,9 +119,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (RoleArg::Core, Some(_)) => anyhow::bail!("--core is for --role edge; a core charges accounts itself"),
             (RoleArg::Core, None) => Role::Core,
         };
-        let spec =
-            NodeSpec { manifest: args.manifest, store: args.store, name: args.node, workers, role, nats: args.nats };
-        let config = Config { queue: args.queue as usize, grace: Duration::from_secs(args.grace_secs) };
+        let spec = NodeSpec {
+            manifest: args.manifest,
+            store: args.store,
+            name: args.node,
+            workers,
+            role,
+            nats: args.nats,
+            reroute_after: Some(Duration::from_millis(args.reroute_after_ms)),
+        };
+        let config = Config {
+            queue: args.queue as usize,
+            grace: Duration::from_secs(args.grace_secs),
+            max_connections: args.max_connections.map(|n| n as usize),
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            body_budget: usize::try_from(args.body_budget_mib << 20).unwrap_or(usize::MAX),
+        };
         anyhow::Ok(serve(listener, spec, config, terminated()).await?)
     })?;
     eprintln!("{}", serde_json::to_string(&stats)?);

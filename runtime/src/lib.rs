@@ -438,13 +438,7 @@ impl Runtime {
     /// for `tollgate stats`.
     pub fn record_stats(&self, node: &str, run_id: &str) -> Result<(), RuntimeError> {
         let shared = self.lock();
-        let event = journal::json_event("counters-recorded", &shared.stats, run_id, self.clock.now_ms())?;
-        let result =
-            shared.journal.append(stats::STATS_STREAM, node, tollgate_store::ExpectedVersion::Any, vec![event]);
-        match result {
-            Ok(_) | Err(tollgate_store::StoreError::Duplicate { .. }) => Ok(()),
-            Err(e) => Err(shared.journal.error("record counters", e)),
-        }
+        shared.stats.record(&shared.journal, node, run_id, self.clock.now_ms())
     }
 
     /// Commands process managers sent that were refused.

@@ -1,5 +1,6 @@
 //! Counters a runtime keeps while it runs, printed by `tollgate stats` and `tollgate run`.
 
+use crate::{Journal, RuntimeError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -58,6 +59,17 @@ impl Stats {
         self.reactions_over_bounds += other.reactions_over_bounds;
         self.holds_released += other.holds_released;
         self.charges_refunded += other.charges_refunded;
+    }
+
+    /// Records these counters as one event on [`STATS_STREAM`] under `node` (a repeat of
+    /// `run_id` is a no-op), for `tollgate stats`; any thread may record, e.g. a server whose
+    /// runtimes are still busy.
+    pub fn record(&self, journal: &Journal, node: &str, run_id: &str, now_ms: u64) -> Result<(), RuntimeError> {
+        let event = crate::journal::json_event("counters-recorded", self, run_id, now_ms)?;
+        match journal.append(STATS_STREAM, node, tollgate_store::ExpectedVersion::Any, vec![event]) {
+            Ok(_) | Err(tollgate_store::StoreError::Duplicate { .. }) => Ok(()),
+            Err(e) => Err(journal.error("record counters", e)),
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! `$SRV.INFO` answer, with the node and its role in the metadata) and listen in a queue
 //! group: nodes started under one name share its requests. A refusal is the HTTP API's
 //! ProblemDetails as the body, with the headers `Nats-Service-Error` (the cause) and
-//! `Nats-Service-Error-Code` (the HTTP status).
+//! `Nats-Service-Error-Code` (the HTTP status). A payload is bounded as an HTTP body is: over
+//! [`crate::MAX_BODY_BYTES`] it is refused `413`, and it counts against the node's body budget.
 
 use crate::api::{self, CommandBody};
 use crate::problem::Problem;
@@ -111,7 +112,8 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
         .map_err(|e| Problem::malformed(format!("the body is not the JSON this subject takes: {e}")))
 }
 
-/// Answers every request of `endpoint`, each on its own task, within the node's bounded queue.
+/// Answers every request of `endpoint`, each on its own task, within the node's bounded queue
+/// and body budget.
 async fn answer_each<F, Fut>(mut endpoint: async_nats::service::endpoint::Endpoint, state: Arc<AppState>, handle: F)
 where
     F: Fn(Arc<AppState>, Bytes) -> Fut + Send + Sync + 'static,
@@ -121,9 +123,15 @@ where
     while let Some(request) = endpoint.next().await {
         let (state, handle) = (state.clone(), handle.clone());
         tokio::spawn(async move {
-            let answer = match state.take_place() {
-                Ok(_place) => handle(state.clone(), request.message.payload.clone()).await,
-                Err(full) => Err(full),
+            // The HTTP API's bounds: a payload over `MAX_BODY_BYTES` is refused (`413`), and
+            // it is held within the node's body budget (`503` beyond it) until answered.
+            let payload = request.message.payload.clone();
+            let answer = match state.take_body(payload.len()) {
+                Ok(_body) => match state.take_place() {
+                    Ok(_place) => handle(state.clone(), payload).await,
+                    Err(full) => Err(full),
+                },
+                Err(refused) => Err(refused),
             };
             let (body, headers) = match answer {
                 Ok(value) => (serde_json::to_vec(&value).unwrap_or_default(), HeaderMap::new()),

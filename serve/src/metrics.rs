@@ -35,6 +35,10 @@ pub(crate) struct NodeReading {
     pub(crate) undecodable: u64,
     /// On an edge: the grants it holds and the usage it owes.
     pub(crate) edge: Option<EdgeReport>,
+    /// Keys moved off a worker busy with one request for longer than the reroute threshold.
+    pub(crate) rerouted: u64,
+    /// Workers busy with one request for longer than the reroute threshold now.
+    pub(crate) stuck_workers: usize,
 }
 
 /// Labels of one HTTP request: the route template (never the raw path, so keys do not
@@ -54,6 +58,12 @@ struct RouteLabel {
 
 type LatencyFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
+/// Label of a connection the server closed itself.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// A server's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -61,6 +71,15 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
     in_flight: Gauge,
+    /// HTTP connections open now.
+    pub(crate) connections: Gauge,
+    /// The cap on open HTTP connections.
+    pub(crate) connections_limit: Gauge,
+    closed: Family<ReasonLabel, Counter>,
+    /// Bytes of request bodies held now (being received, waiting or being answered).
+    pub(crate) body_bytes: Gauge,
+    /// The node-wide budget for those bytes.
+    pub(crate) body_budget: Gauge,
     node: Arc<Mutex<NodeReading>>,
 }
 
@@ -87,8 +106,43 @@ impl Default for Metrics {
             latency.clone(),
         );
         registry.register("tollgate_http_in_flight", "Requests being answered now", in_flight.clone());
+        let (connections, connections_limit, body_bytes, body_budget) =
+            (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
+        let closed = Family::<ReasonLabel, Counter>::default();
+        registry.register("tollgate_http_connections", "HTTP connections open now", connections.clone());
+        registry.register(
+            "tollgate_http_connections_limit",
+            "The cap on open HTTP connections (from the descriptor limit, or --max-connections)",
+            connections_limit.clone(),
+        );
+        registry.register(
+            "tollgate_http_connections_closed",
+            "HTTP connections the server closed itself, by reason (evicted: the oldest idle one at the cap; refused: at the cap with none idle; header-timeout; idle-timeout)",
+            closed.clone(),
+        );
+        registry.register(
+            "tollgate_http_body_bytes",
+            "Bytes of request bodies held now, received or being received",
+            body_bytes.clone(),
+        );
+        registry.register(
+            "tollgate_http_body_budget_bytes",
+            "The node-wide budget for bytes of request bodies held; beyond it a request is answered 503",
+            body_budget.clone(),
+        );
         registry.register_collector(Box::new(NodeCounters(node.clone())));
-        Metrics { registry, requests, latency, in_flight, node }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            connections,
+            connections_limit,
+            closed,
+            body_bytes,
+            body_budget,
+            node,
+        }
     }
 }
 
@@ -98,6 +152,11 @@ impl Metrics {
         let labels = RequestLabels { route: route.into(), method: method.into(), status };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&RouteLabel { route: route.into() }).observe(seconds);
+    }
+
+    /// Counts a connection the server closed itself.
+    pub(crate) fn connection_closed(&self, why: crate::connections::Closed) {
+        self.closed.get_or_create(&ReasonLabel { reason: why.label() }).inc();
     }
 
     /// The Prometheus text of every metric, with the node as read at this scrape.
@@ -163,6 +222,19 @@ impl Collector for NodeCounters {
         counter(e, "tollgate_dead_letters", "Deliveries moved to the dead letters", s.dead_lettered)?;
         counter(e, "tollgate_timers_fired", "Timers fired", s.timers_fired)?;
         counter(e, "tollgate_snapshots", "Snapshots written", s.snapshots)?;
+        counter(
+            e,
+            "tollgate_worker_reroutes",
+            "Keys moved off a worker busy with one request past the reroute threshold",
+            reading.rerouted,
+        )?;
+        e.encode_descriptor(
+            "tollgate_workers_stuck",
+            "Workers busy with one request for longer than the reroute threshold now",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&saturate(reading.stuck_workers as u64))?;
 
         let appends = &reading.appends;
         let mut histogram = e.encode_descriptor(

@@ -1,5 +1,6 @@
 //! The server: routes, the bounded queue in front of the node, readiness and shutdown.
 
+use crate::connections::{self, Limits};
 use crate::edge::Edge;
 use crate::lattice::{self, NatsCore};
 use crate::metrics::{self, Metrics, NodeReading};
@@ -7,12 +8,15 @@ use crate::pool::{NodeSpec, Pool, Role};
 use crate::problem::Problem;
 use crate::{api, nchf};
 use axum::Router;
+use axum::body::{BodyDataStream, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -32,13 +36,34 @@ pub struct Config {
     pub queue: usize,
     /// How long shutdown waits for in-flight requests before giving up on them.
     pub grace: Duration,
+    /// HTTP connections open at once, at most; `None`: as many as the descriptor limit
+    /// allows after the node's own headroom ([`connections::connection_cap`]).
+    pub max_connections: Option<usize>,
+    /// How long a request's head may take to arrive (and a new connection's first one).
+    pub header_timeout: Duration,
+    /// How long a connection that has served a request may wait for the next one.
+    pub idle_timeout: Duration,
+    /// Bytes of request bodies the node holds at once (HTTP and NATS, received or being
+    /// received); beyond it a request is answered `503` with `Retry-After` at once.
+    pub body_budget: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { queue: 1024, grace: Duration::from_secs(10) }
+        Config {
+            queue: 1024,
+            grace: Duration::from_secs(10),
+            max_connections: None,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_budget: DEFAULT_BODY_BUDGET,
+        }
     }
 }
+
+/// The default node-wide budget for bytes of request bodies: 64 MiB, 64 bodies of the
+/// largest size, hundreds of thousands of admissions.
+pub const DEFAULT_BODY_BUDGET: usize = 64 << 20;
 
 /// Why a server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +74,27 @@ pub enum ServeError {
     /// Closing the node (recording its counters) failed.
     #[error("closing the node: {0}")]
     Close(#[source] NodeError),
-    /// Listening or accepting failed.
+    /// The HTTP server failed (its task panicked).
     #[error("serving HTTP: {0}")]
     Io(#[from] std::io::Error),
     /// NATS could not be used (`--nats`, `--core`, or the node's name on NATS).
     #[error("NATS: {0}")]
     Nats(String),
-    /// In-flight requests were still running when the grace period ended.
-    #[error("requests were still in flight {0:?} after shutdown began")]
-    Grace(Duration),
+    /// Requests were still waiting for or running on the node when the grace period ended
+    /// (they were dropped); the counters of the work finished were recorded all the same.
+    #[error(
+        "{in_flight} requests were still in flight {grace:?} after shutdown began (dropped); the counters of the work finished are recorded"
+    )]
+    Grace {
+        /// The grace period.
+        grace: Duration,
+        /// Requests still holding a place of the queue then (waiting for or running on the
+        /// node's runtimes).
+        in_flight: usize,
+    },
+    /// The descriptor limit leaves too few connections, or `--max-connections` is over it.
+    #[error("{0}")]
+    Connections(String),
 }
 
 /// What answers a node's requests.
@@ -73,20 +110,102 @@ pub(crate) struct AppState {
     backend: OnceLock<Backend>,
     queue: Arc<Semaphore>,
     queue_limit: usize,
+    bodies: Arc<BodyBudget>,
     metrics: Arc<Metrics>,
     /// The subscriber of each Nchf session, so its steps are served where its account is.
     pub(crate) sessions: nchf::session::Subscribers,
 }
 
+/// The node-wide budget for bytes of request bodies held: counted as they are allocated,
+/// given back when the request has been answered.
+pub(crate) struct BodyBudget {
+    limit: usize,
+    held: AtomicUsize,
+    /// The most held at once since the allocator was last asked to give memory back.
+    high: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+/// Bytes of the budget one request holds; given back when dropped.
+pub(crate) struct BodyCharge {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl BodyBudget {
+    /// An empty charge, to grow as a body arrives.
+    fn charge(self: &Arc<Self>) -> BodyCharge {
+        BodyCharge { budget: self.clone(), bytes: 0 }
+    }
+
+    /// Whether the bodies held went past [`FLOOD_BYTES`] since the last call and are back
+    /// below a quarter of it now.
+    fn flood_ended(&self) -> bool {
+        let held = self.held.load(Ordering::SeqCst);
+        held <= FLOOD_BYTES / 4 && self.high.swap(held, Ordering::SeqCst) >= FLOOD_BYTES
+    }
+
+    fn over(&self) -> Problem {
+        Problem::unavailable(
+            "NF_CONGESTION",
+            format!("the node is receiving {} bytes of request bodies, its limit; retry later", self.limit),
+        )
+    }
+}
+
+impl BodyCharge {
+    /// Adds `bytes` to the charge, or answers `503` when the budget has no room for them.
+    fn take(&mut self, bytes: usize) -> Result<(), Problem> {
+        let budget = &self.budget;
+        let before = budget
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(bytes).filter(|&after| after <= budget.limit)
+            })
+            .map_err(|_| budget.over())?;
+        budget.high.fetch_max(before + bytes, Ordering::SeqCst);
+        self.bytes += bytes;
+        budget.metrics.body_bytes.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+        Ok(())
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::SeqCst);
+        self.budget.metrics.body_bytes.dec_by(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+    }
+}
+
 impl AppState {
-    fn new(queue: usize) -> AppState {
+    fn new(config: &Config) -> AppState {
+        let metrics = Arc::new(Metrics::default());
+        metrics.body_budget.set(i64::try_from(config.body_budget).unwrap_or(i64::MAX));
+        let bodies = Arc::new(BodyBudget {
+            limit: config.body_budget,
+            held: AtomicUsize::new(0),
+            high: AtomicUsize::new(0),
+            metrics: metrics.clone(),
+        });
         AppState {
             backend: OnceLock::new(),
-            queue: Arc::new(Semaphore::new(queue)),
-            queue_limit: queue,
-            metrics: Arc::new(Metrics::default()),
+            queue: Arc::new(Semaphore::new(config.queue)),
+            queue_limit: config.queue,
+            bodies,
+            metrics,
             sessions: nchf::session::Subscribers::default(),
         }
+    }
+
+    /// Charges a whole body already received (a NATS payload) to the budget: `413` over
+    /// [`MAX_BODY_BYTES`], `503` with `Retry-After` when the budget has no room for it.
+    pub(crate) fn take_body(&self, bytes: usize) -> Result<BodyCharge, Problem> {
+        if bytes > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        let mut charge = self.bodies.charge();
+        charge.take(bytes)?;
+        Ok(charge)
     }
 
     fn backend(&self) -> Result<&Backend, Problem> {
@@ -116,6 +235,11 @@ impl AppState {
         })
     }
 
+    /// Places of the bounded queue taken now: requests waiting or running.
+    fn places_taken(&self) -> usize {
+        self.queue_limit - self.queue.available_permits()
+    }
+
     /// A place in the bounded queue for one request, or `503` with `Retry-After` when every
     /// place is taken.
     pub(crate) fn take_place(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Problem> {
@@ -132,25 +256,90 @@ impl AppState {
 /// place in the queue, so a slow client holds its own connection, never a place of the node's.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads the body, then holds a place in the bounded queue for the rest of the request, or
-/// answers `503` with `Retry-After` at once when every place is taken.
+/// `413`: a body over [`MAX_BODY_BYTES`] (said before it is read, when its length is).
+fn too_large() -> Problem {
+    let detail = format!("the request body is over {MAX_BODY_BYTES} bytes or was cut off");
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_BODY_TOO_LARGE", detail)
+}
+
+/// The smallest buffer a body is read into; it doubles as the body arrives.
+const FIRST_BODY_BUFFER: usize = 8 << 10;
+
+/// Reads a body into one buffer, charging the budget for the buffer as it grows (so the
+/// budget counts what is allocated: at most twice what has arrived, at most the declared
+/// length); `413` past [`MAX_BODY_BYTES`], `503` past the budget.
+async fn read_body(
+    chunks: &mut BodyDataStream,
+    declared: Option<usize>,
+    charge: &mut BodyCharge,
+) -> Result<Bytes, Problem> {
+    let ceiling = declared.unwrap_or(MAX_BODY_BYTES).min(MAX_BODY_BYTES);
+    let mut buffer: Vec<u8> = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| too_large())?;
+        let wanted = buffer.len() + chunk.len();
+        if wanted > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        if wanted > buffer.capacity() {
+            let grown = wanted.max(2 * buffer.capacity()).max(FIRST_BODY_BUFFER).min(ceiling.max(wanted));
+            charge.take(grown - buffer.capacity())?;
+            buffer.reserve_exact(grown - buffer.len());
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// Bytes of a refused body read and thrown away after the answer: the client still sending
+/// it then reads the answer instead of a reset connection (a lingering close).
+const LINGER_BYTES: usize = 2 * MAX_BODY_BYTES;
+
+/// Reads and drops what is left of a refused body (at most [`LINGER_BYTES`], within
+/// [`BODY_TIMEOUT`]) beside the answer; nothing of it is kept or charged.
+fn linger(mut rest: BodyDataStream) {
+    tokio::spawn(tokio::time::timeout(BODY_TIMEOUT, async move {
+        let mut dropped = 0;
+        while let Some(Ok(chunk)) = rest.next().await {
+            dropped += chunk.len();
+            if dropped > LINGER_BYTES {
+                break;
+            }
+        }
+    }));
+}
+
+/// Reads the body within the node's body budget, then holds a place in the bounded queue
+/// for the rest of the request, or answers `503` with `Retry-After` at once when the budget
+/// or every place is taken. The body's bytes stay charged until the request is answered.
 async fn bounded(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+    let mut chunks = body.into_data_stream();
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        linger(chunks);
+        return too_large().into_response();
+    }
+    let mut charge = state.bodies.charge();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(&mut chunks, declared, &mut charge)).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
-            let detail = format!("the request body is over {MAX_BODY_BYTES} bytes or was cut off");
-            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_BODY_TOO_LARGE", detail).into_response();
+        Ok(Err(problem)) => {
+            drop(charge);
+            linger(chunks);
+            return problem.into_response();
         }
         Err(_) => {
             let detail = format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs());
             return Problem::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", detail).into_response();
         }
     };
-    match state.take_place() {
+    let response = match state.take_place() {
         Ok(_place) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
         Err(full) => full.into_response(),
-    }
+    };
+    drop(charge);
+    response
 }
 
 async fn healthz() -> &'static str {
@@ -163,7 +352,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, Prob
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let reading = match state.backend() {
-        Ok(Backend::Core(pool)) => pool.reading().await,
+        Ok(Backend::Core(pool)) => pool.reading(),
         Ok(Backend::Edge(edge)) => NodeReading { edge: edge.report().await, ..NodeReading::default() },
         Err(_) => NodeReading::default(),
     };
@@ -219,7 +408,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// with the store. While serving, the primary runtime fires due timers every 100 ms. When
 /// `shutdown` completes the server stops accepting connections, lets the requests in flight
 /// finish (for at most [`Config::grace`]), delivers the last writes, records the node's
-/// counters in the store and returns them.
+/// counters in the store and returns them. Requests still in flight after the grace period
+/// are dropped (a runtime stuck on one is left to end with the process) and the counters of
+/// the work finished are recorded all the same; the answer is then [`ServeError::Grace`].
+/// Connections are bounded and timed out as [`crate::connections`] says.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -249,16 +441,17 @@ pub async fn serve(
     if spec.nats.is_some() || spec.role != Role::Core {
         lattice::check_node_name(&spec.name).map_err(|e| ServeError::Nats(format!("--node: {e}")))?;
     }
-    let state = Arc::new(AppState::new(config.queue));
+    let limits = limits(&config, spec.workers + 1)?;
+    tracing::info!(max_connections = limits.max_connections, "accepting connections");
+    let state = Arc::new(AppState::new(&config));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut server_stopped = stopped.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = server_stopped.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(connections::serve_http(
+        listener,
+        router(state.clone()),
+        limits,
+        state.metrics.clone(),
+        stopped.clone(),
+    ));
 
     // A signal while the node is still opening stops the server, but the node is still
     // opened (it cannot be interrupted) and then closed, so its counters are recorded.
@@ -289,15 +482,24 @@ pub async fn serve(
             Err(error) => {
                 let _ = stop.send(true);
                 let _ = server.await;
-                if let Ok(owned) = backend.try_unwrap() {
-                    let _ = close_backend(owned).await;
-                }
+                let _ = close(backend, tokio::time::Instant::now(), config.grace, 0).await;
                 return Err(error);
             }
         },
     };
+    let rerouting = match &backend {
+        Backend::Core(pool) => pool.reroute_every().map(|every| (pool.clone(), every)),
+        Backend::Edge(_) => None,
+    };
+    // Set before the ticker starts: it ticks what it finds there.
     let _ = state.backend.set(backend);
-    let ticker = tokio::spawn(tick(state.clone(), stopped));
+    let mut chores = vec![
+        tokio::spawn(tick(state.clone(), stopped.clone())),
+        tokio::spawn(give_back_memory(state.bodies.clone(), stopped.clone())),
+    ];
+    if let Some((pool, every)) = rerouting {
+        chores.push(tokio::spawn(reroute(pool, every, stopped.clone())));
+    }
     tracing::info!(role = spec.role.name(), "node ready");
     if !signalled {
         shutdown.await;
@@ -308,35 +510,151 @@ pub async fn serve(
         // No new requests over NATS; those in flight finish below with the HTTP ones.
         let _ = service.stop().await;
     }
-    let _ = ticker.await;
     let deadline = tokio::time::Instant::now() + config.grace;
-    match tokio::time::timeout_at(deadline, server).await {
-        Ok(Ok(served)) => served?,
+    let drained = tokio::time::timeout_at(deadline, &mut server).await;
+    // Requests over NATS hold places of the queue too.
+    while state.places_taken() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let in_flight = state.places_taken();
+    match drained {
+        Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(ServeError::Io(std::io::Error::other("the HTTP server task panicked"))),
-        Err(_) => return Err(ServeError::Grace(config.grace)),
+        // The connections still open are closed, their requests dropped; what ran is kept.
+        Err(_) => {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+    // Ticks and reroutes stop at once, unless one waits for a stuck runtime.
+    for mut chore in chores {
+        if tokio::time::timeout_at(deadline, &mut chore).await.is_err() {
+            chore.abort();
+        }
+    }
+    if in_flight > 0 {
+        tracing::warn!(in_flight, "requests still in flight after the grace period; recording what was done");
     }
     let backend = state.backend.get().map(Backend::clone_arc);
     drop(state);
-    // A connection's task (or a NATS request's) may still be dropping its copy of the routes'
-    // state after the server has returned; it lets go within the grace period or the
-    // shutdown fails.
-    let Some(mut backend) = backend else { return Ok(Stats::default()) };
+    let Some(backend) = backend else { return Ok(Stats::default()) };
+    let stats = close(backend, deadline, config.grace, in_flight).await?;
+    match in_flight {
+        0 => Ok(stats),
+        in_flight => Err(ServeError::Grace { grace: config.grace, in_flight }),
+    }
+}
+
+/// How long closing may take past the grace period, at least: delivering the last writes and
+/// recording the counters.
+const CLOSE_AT_LEAST: Duration = Duration::from_secs(1);
+
+/// The connection limits of `config` for a node of `runtimes` runtimes, checked against the
+/// descriptor limit.
+fn limits(config: &Config, runtimes: usize) -> Result<Limits, ServeError> {
+    let nofile = connections::descriptor_limit();
+    let cap = connections::connection_cap(nofile, runtimes).ok_or_else(|| {
+        ServeError::Connections(format!(
+            "the descriptor limit (`ulimit -n`) is {nofile}: too few for a node of {runtimes} runtimes and {} connections; raise it",
+            connections::MIN_CONNECTIONS
+        ))
+    })?;
+    let max_connections = match config.max_connections {
+        Some(wanted) if wanted > cap => {
+            return Err(ServeError::Connections(format!(
+                "--max-connections {wanted} is over what the descriptor limit (`ulimit -n` {nofile}) leaves after the node's own headroom: {cap}; raise the limit or ask for fewer"
+            )));
+        }
+        Some(wanted) => wanted,
+        None => cap,
+    };
+    Ok(Limits { max_connections, header_timeout: config.header_timeout, idle_timeout: config.idle_timeout })
+}
+
+/// Every `every` until `stopped`: moves requests waiting for a stuck worker to free ones.
+async fn reroute(pool: Arc<Pool>, every: Duration, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match backend.try_unwrap() {
-            Ok(owned) => return close_backend(owned).await,
-            Err(_) if tokio::time::Instant::now() >= deadline => return Err(ServeError::Grace(config.grace)),
-            Err(shared) => {
-                backend = shared;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+        tokio::select! {
+            () = connections::stopping(&mut stopped) => return,
+            _ = interval.tick() => pool.reroute(),
         }
     }
 }
 
-/// A backend owned outright, once every request has let go of it.
-enum Owned {
-    Core(Pool),
-    Edge(Edge),
+/// Bodies held at once that make a flood: once it is over, the allocator is asked to give
+/// the memory it freed back to the system.
+const FLOOD_BYTES: usize = 16 << 20;
+
+/// Every second until `stopped`: after a flood of bodies, gives freed memory back.
+async fn give_back_memory(bodies: Arc<BodyBudget>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = connections::stopping(&mut stopped) => return,
+            _ = every.tick() => if bodies.flood_ended() {
+                let _ = tokio::task::spawn_blocking(trim_allocator).await;
+            },
+        }
+    }
+}
+
+/// Hands the allocator's free pages back to the system. glibc keeps what a flood of bodies
+/// freed: its mmap threshold rises to the largest block freed (so later body buffers come from
+/// its arenas), and arenas only shrink from the top. Measured: 1,000 bodies of 1 MiB left a
+/// node 100-120 MiB larger without this, a few MiB with it.
+fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer; it only returns free memory of the arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Closes the backend. A core records its counters even when requests are still in flight
+/// (a runtime stuck on a call counts up to its last finished one), with at least a second
+/// past `deadline` to deliver the last writes and append them; an edge settles its grants
+/// once every request has let go of it (within the grace period, or the shutdown fails,
+/// counting `in_flight` requests, at least the one holding it).
+async fn close(
+    backend: Backend,
+    deadline: tokio::time::Instant,
+    grace: Duration,
+    in_flight: usize,
+) -> Result<Stats, ServeError> {
+    let edge = match backend {
+        Backend::Core(pool) => {
+            let until = deadline.max(tokio::time::Instant::now() + CLOSE_AT_LEAST).into_std();
+            return tokio::task::spawn_blocking(move || pool.close(until))
+                .await
+                .map_err(|_| ServeError::Close(NodeError::Stopped))?
+                .map_err(ServeError::Close);
+        }
+        Backend::Edge(edge) => edge,
+    };
+    let mut shared = edge;
+    let edge = loop {
+        match Arc::try_unwrap(shared) {
+            Ok(edge) => break edge,
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(ServeError::Grace { grace, in_flight: in_flight.max(1) });
+            }
+            Err(still) => {
+                shared = still;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    // Stopping cleanly settles every grant, used or not, so the core's money is free at
+    // once; what cannot reach the core now is settled after the restart.
+    match edge.settle(true).await {
+        Ok(s) if s.pending > 0 => tracing::warn!(pending = s.pending, "grants left to settle after a restart"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "settling on shutdown"),
+    }
+    tokio::task::spawn_blocking(move || edge.close()).await.map_err(|_| ServeError::Close(NodeError::Stopped))?;
+    Ok(Stats::default())
 }
 
 impl Backend {
@@ -344,13 +662,6 @@ impl Backend {
         match self {
             Backend::Core(pool) => Backend::Core(pool.clone()),
             Backend::Edge(edge) => Backend::Edge(edge.clone()),
-        }
-    }
-
-    fn try_unwrap(self) -> Result<Owned, Backend> {
-        match self {
-            Backend::Core(pool) => Arc::try_unwrap(pool).map(Owned::Core).map_err(Backend::Core),
-            Backend::Edge(edge) => Arc::try_unwrap(edge).map(Owned::Edge).map_err(Backend::Edge),
         }
     }
 }
@@ -423,29 +734,6 @@ async fn answer_nats(
 /// How long a starting node waits for NATS before it declares itself ready without it.
 const NATS_READY: Duration = Duration::from_secs(5);
 
-/// Closes the backend: a core records its counters; an edge hands back what it can.
-async fn close_backend(owned: Owned) -> Result<Stats, ServeError> {
-    match owned {
-        Owned::Core(pool) => tokio::task::spawn_blocking(move || pool.close())
-            .await
-            .map_err(|_| ServeError::Close(NodeError::Stopped))?
-            .map_err(ServeError::Close),
-        Owned::Edge(edge) => {
-            // Stopping cleanly settles every grant, used or not, so the core's money is free
-            // at once; what cannot reach the core now is settled after the restart.
-            match edge.settle(true).await {
-                Ok(s) if s.pending > 0 => tracing::warn!(pending = s.pending, "grants left to settle after a restart"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "settling on shutdown"),
-            }
-            tokio::task::spawn_blocking(move || edge.close())
-                .await
-                .map_err(|_| ServeError::Close(NodeError::Stopped))?;
-            Ok(Stats::default())
-        }
-    }
-}
-
 /// Every [`TICK`] until `stopped`: a core fires due timers, delivers the workers' writes,
 /// folds the next page of the log into the grant exposure and expires grants past validity
 /// and margin; an edge settles the grants it has finished with.
@@ -492,7 +780,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn state(queue: usize) -> Arc<AppState> {
-        Arc::new(AppState::new(queue))
+        Arc::new(AppState::new(&Config { queue, ..Config::default() }))
     }
 
     async fn call(

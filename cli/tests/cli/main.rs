@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
 
+mod abuse;
 mod cluster;
 mod errors;
 mod guests;

@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 /// A running `tollgate serve`, killed if a test fails before it stops it.
 pub(crate) struct Server {
     child: Option<Child>,
-    base: String,
+    pub(crate) base: String,
     agent: ureq::Agent,
 }
 
@@ -24,12 +24,26 @@ pub(crate) struct Answer {
 
 impl Server {
     pub(crate) fn start(manifest: &str, store: &str, extra: &[&str]) -> Server {
-        let mut child = tollgate();
-        child.args(["serve", manifest, "--store", store, "--listen", "127.0.0.1:0"]);
+        Server::start_limited(manifest, store, extra, None)
+    }
+
+    /// [`Server::start`] under a descriptor limit (`ulimit -n`) of its own, when given: the
+    /// binary is exec'd by `sh` after `ulimit`, so the child is the server itself.
+    pub(crate) fn start_limited(manifest: &str, store: &str, extra: &[&str], nofile: Option<u32>) -> Server {
+        let mut args = vec!["serve", manifest, "--store", store, "--listen", "127.0.0.1:0"];
         if !extra.contains(&"--node") {
-            child.args(["--node", "served"]);
+            args.extend(["--node", "served"]);
         }
-        let mut child = child.args(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        args.extend(extra);
+        let mut child = match nofile {
+            None => tollgate(),
+            Some(nofile) => {
+                let mut sh = std::process::Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_tollgate")]);
+                sh
+            }
+        };
+        let mut child = child.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let base =
@@ -85,11 +99,26 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `host:port`.
+    pub(crate) fn address(&self) -> &str {
+        self.base.strip_prefix("http://").unwrap()
+    }
+
     /// Sends SIGTERM and waits: (exit code, stderr).
-    pub(crate) fn terminate(mut self) -> (i32, String) {
-        let child = self.child.take().unwrap();
-        let pid = child.id().to_string();
+    pub(crate) fn terminate(self) -> (i32, String) {
+        let pid = self.pid().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.terminate_sent()
+    }
+
+    /// Waits for a server already sent SIGTERM to exit: (exit code, stderr).
+    pub(crate) fn terminate_sent(mut self) -> (i32, String) {
+        let child = self.child.take().unwrap();
         let (code, _, err) = crate::output(child.wait_with_output().unwrap());
         (code, err)
     }
