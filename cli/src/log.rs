@@ -1,6 +1,7 @@
 //! Commands that read (and repair) a store: `events`, `kv`, `replay`, `dead-letters`, `stats`. Those
 //! that only read open the store read-only, so they never change a byte of it.
 
+use crate::nats_flags::NatsFlags;
 use anyhow::Context;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -23,6 +24,8 @@ pub struct EventsArgs {
     /// The event store: `file:DIR` or `nats://HOST:PORT`.
     #[arg(long)]
     store: String,
+    #[command(flatten)]
+    nats: NatsFlags,
     /// First sequence to show.
     #[arg(long, default_value_t = 1)]
     from: u64,
@@ -33,7 +36,7 @@ pub struct EventsArgs {
 
 /// Shows one stream.
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let journal = Journal::open_read_only(&args.store)?;
+    let journal = Journal::open_read_only(&args.store, &args.nats.access(None)?)?;
     let events = journal.run("read events", journal.store().read(&args.stream, &args.key, args.from))?;
     if events.is_empty() {
         eprintln!("{}/{}: no events at or after sequence {}", args.stream, args.key, args.from);
@@ -70,6 +73,8 @@ pub struct ReplayArgs {
     /// The event store.
     #[arg(long)]
     store: String,
+    #[command(flatten)]
+    nats: NatsFlags,
     /// Only compare; do not write rebuilt projections.
     #[arg(long)]
     check: bool,
@@ -82,12 +87,13 @@ fn per_second(n: u64, d: std::time::Duration) -> String {
 /// Rebuilds aggregates and projections from the log.
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.manifest)?;
+    let access = args.nats.access(Some(&manifest.nats_access))?;
     let mut loader = Loader::new(engine_for(&manifest)?);
     // Only a repairing replay writes; a check must leave the store as it found it.
     let journal = if args.check {
-        Journal::open_read_only(&args.store)?
+        Journal::open_read_only(&args.store, &access)?
     } else {
-        Journal::open_for(&args.store, &manifest.store)?
+        Journal::open_for(&args.store, &manifest.store, &access)?
     };
     let report = replay::replay(&manifest, &mut loader, &journal, !args.check)?;
     println!("read {} events in {:.1?} ({})", report.events, report.read, per_second(report.events, report.read));
@@ -132,6 +138,8 @@ pub struct DeadLettersArgs {
     /// The event store.
     #[arg(long)]
     store: String,
+    #[command(flatten)]
+    nats: NatsFlags,
     /// Redrive the dead letter at this position (repeatable).
     #[arg(long, value_name = "POSITION")]
     redrive: Vec<u64>,
@@ -143,7 +151,12 @@ pub struct DeadLettersArgs {
 /// Lists a consumer's dead letters, or moves them back.
 pub fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
     let redriving = args.redrive_all || !args.redrive.is_empty();
-    let journal = if redriving { Journal::open(&args.store)? } else { Journal::open_read_only(&args.store)? };
+    let access = args.nats.access(None)?;
+    let journal = if redriving {
+        Journal::open_for(&args.store, &Default::default(), &access)?
+    } else {
+        Journal::open_read_only(&args.store, &access)?
+    };
     let dead = journal.run("read dead letters", journal.store().dead_letters(&args.consumer))?;
     let positions: Vec<u64> = if args.redrive_all { dead.iter().map(|d| d.position).collect() } else { args.redrive };
     if positions.is_empty() {
@@ -178,12 +191,14 @@ pub struct StatsArgs {
     /// The event store.
     #[arg(long)]
     store: String,
+    #[command(flatten)]
+    nats: NatsFlags,
 }
 
 /// Prints counters recorded by runs, dead-letter depth and outstanding grant exposure.
 pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.manifest)?;
-    let journal = Journal::open_read_only(&args.store)?;
+    let journal = Journal::open_read_only(&args.store, &args.nats.access(Some(&manifest.nats_access))?)?;
     let mut total = Stats::default();
     let mut runs = 0;
     let mut accounts = BTreeSet::new();
@@ -322,6 +337,8 @@ pub struct KvArgs {
     /// The event store: `file:DIR` or `nats://HOST:PORT`.
     #[arg(long)]
     store: String,
+    #[command(flatten)]
+    nats: NatsFlags,
     /// The manifest: the bucket is looked up among its projectors.
     #[arg(long)]
     manifest: Option<PathBuf>,
@@ -335,7 +352,7 @@ pub struct KvArgs {
 
 /// Shows a projector's read model: one entry, or every entry of a bucket.
 pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
-    let journal = Journal::open_read_only(&args.store)?;
+    let journal = Journal::open_read_only(&args.store, &args.nats.access(None)?)?;
     let projector = match (&args.projector, &args.manifest) {
         (Some(name), _) => name.clone(),
         (None, Some(path)) => writer_of(&journal, &Manifest::load(path)?, &args.bucket, path)?,

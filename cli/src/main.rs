@@ -3,6 +3,7 @@
 mod demo;
 mod inspect;
 mod log;
+mod nats_flags;
 mod new;
 mod node;
 mod progress;

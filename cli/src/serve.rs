@@ -5,6 +5,7 @@
 //! 127.0.0.1:0` can be used and the port read back), serves until SIGTERM or SIGINT, then
 //! finishes the requests in flight, records the node's counters and prints them on stderr.
 
+use crate::nats_flags::NatsFlags;
 use anyhow::Context;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -73,6 +74,22 @@ pub struct Args {
     /// The core's node name, as it was started with `--node` (with `--role edge`).
     #[arg(long, default_value = "core", value_name = "NAME")]
     core_node: String,
+    /// Serve beyond loopback without TLS or access tokens (refused otherwise): anyone who
+    /// reaches the port may then charge or credit any account.
+    #[arg(long)]
+    insecure: bool,
+    /// Serve HTTPS with this certificate chain (PEM, the node's own first); re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Ask clients for a certificate from this CA (PEM): mutual TLS; a client without one
+    /// fails the handshake.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    nats_flags: NatsFlags,
 }
 
 /// What the node does in the lattice.
@@ -99,8 +116,55 @@ async fn terminated() {
     }
 }
 
+/// Reads the TLS files again on every SIGHUP: new connections get the new certificate, open
+/// ones keep theirs; a file that does not read keeps the old one, said on stderr.
+async fn reload_on_hangup(tls: std::sync::Arc<tollgate_serve::tls::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => eprintln!("SIGHUP: TLS certificate and key read again"),
+            Err(e) => eprintln!("SIGHUP: TLS files not read, the ones in use stay: {e}"),
+        }
+    }
+}
+
 /// Runs `tollgate serve`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let manifest = tollgate_runtime::Manifest::load(&args.manifest)?;
+    let access = args.nats_flags.access(Some(&manifest.nats_access))?;
+    let auth = match manifest.auth {
+        Some(spec) => Some(std::sync::Arc::new(
+            tollgate_serve::auth::Verifier::load(&spec).map_err(|e| anyhow::anyhow!("[auth] keys: {e}"))?,
+        )),
+        None => None,
+    };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = tollgate_serve::tls::TlsFiles { cert, key, client_ca: args.tls_client_ca };
+            Some(std::sync::Arc::new(tollgate_serve::tls::Tls::load(files).map_err(|e| anyhow::anyhow!("--tls: {e}"))?))
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let config = Config {
+        queue: args.queue as usize,
+        grace: Duration::from_secs(args.grace_secs),
+        max_connections: args.max_connections.map(|n| n as usize),
+        header_timeout: Duration::from_secs(args.header_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        body_budget: usize::try_from(args.body_budget_mib << 20).unwrap_or(usize::MAX),
+        auth,
+        insecure: args.insecure,
+        tls: tls.clone(),
+    };
+    config.refuse_exposure(args.listen)?;
+    if args.insecure && !args.listen.ip().is_loopback() {
+        eprintln!(
+            "warning: --insecure: serving on {} without TLS or access tokens; anyone who reaches it may charge or credit any account",
+            args.listen
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let stats = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -108,14 +172,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
         let address = listener.local_addr()?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{address}")?;
+        writeln!(out, "listening on {scheme}://{address}")?;
         out.flush()?;
         drop(out);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = args.workers.map_or((8 * cores).min(1024), usize::from);
         let role = match (args.role, args.core) {
             (RoleArg::Edge, Some(url)) => Role::Edge { url, core: args.core_node },
-            (RoleArg::Edge, None) => anyhow::bail!("--role edge needs --core nats://HOST:PORT"),
+            (RoleArg::Edge, None) => anyhow::bail!("--role edge needs --core nats://HOST:PORT (or tls://)"),
             (RoleArg::Core, Some(_)) => anyhow::bail!("--core is for --role edge; a core charges accounts itself"),
             (RoleArg::Core, None) => Role::Core,
         };
@@ -126,16 +190,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             workers,
             role,
             nats: args.nats,
+            access,
             reroute_after: Some(Duration::from_millis(args.reroute_after_ms)),
         };
-        let config = Config {
-            queue: args.queue as usize,
-            grace: Duration::from_secs(args.grace_secs),
-            max_connections: args.max_connections.map(|n| n as usize),
-            header_timeout: Duration::from_secs(args.header_timeout_secs),
-            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
-            body_budget: usize::try_from(args.body_budget_mib << 20).unwrap_or(usize::MAX),
-        };
+        if let Some(tls) = tls {
+            tokio::spawn(reload_on_hangup(tls));
+        }
         anyhow::Ok(serve(listener, spec, config, terminated()).await?)
     })?;
     eprintln!("{}", serde_json::to_string(&stats)?);

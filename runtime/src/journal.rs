@@ -105,15 +105,20 @@ impl Journal {
         Journal::connect(url, || tollgate_store::open(url))
     }
 
-    /// [`Journal::open`] as a manifest's `[store]` section says (its JetStream `replicas`).
-    pub fn open_for(url: &str, spec: &crate::manifest::StoreSpec) -> Result<Journal, RuntimeError> {
-        Journal::connect(url, || tollgate_store::open_with(url, spec.replicas))
+    /// [`Journal::open`] as a manifest's `[store]` section says (its JetStream `replicas`),
+    /// reaching a NATS server with `access` (the manifest's `[nats]`, or flags over it).
+    pub fn open_for(
+        url: &str,
+        spec: &crate::manifest::StoreSpec,
+        access: &tollgate_store::NatsAccess,
+    ) -> Result<Journal, RuntimeError> {
+        Journal::connect(url, || tollgate_store::open_with(url, spec.replicas, access))
     }
 
     /// Opens a store without writing to it (`tollgate events`, `stats`, `replay --check`, ...):
     /// an embedded log is neither created nor repaired, and writes fail.
-    pub fn open_read_only(url: &str) -> Result<Journal, RuntimeError> {
-        Journal::connect(url, || tollgate_store::open_read_only(url))
+    pub fn open_read_only(url: &str, access: &tollgate_store::NatsAccess) -> Result<Journal, RuntimeError> {
+        Journal::connect(url, || tollgate_store::open_read_only(url, access))
     }
 
     /// JetStream at `url` with explicit options (e.g. a short request timeout for an edge node

@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 mod cascade;
 mod commands;
 mod dispatch;
@@ -168,7 +169,7 @@ impl Runtime {
         let manifest = Manifest::load(path)?;
         let mut loader = Loader::new(engine_for(&manifest)?);
         let journal = match store {
-            Some(url) => Journal::open_for(url, &manifest.store)?,
+            Some(url) => Journal::open_for(url, &manifest.store, &manifest.nats_access)?,
             None => Journal::ephemeral()?,
         };
         Runtime::open(&manifest, &mut loader, journal)

@@ -85,6 +85,18 @@ pub struct Manifest {
     /// expires a grant an edge never settled.
     #[serde(default)]
     pub quota: Option<QuotaPolicy>,
+    /// OAuth2 bearer access tokens for `tollgate serve`'s HTTP API (`[auth]`); none: the API
+    /// takes requests without tokens (a node listening beyond loopback then needs
+    /// `--insecure`).
+    #[serde(default)]
+    pub auth: Option<crate::access::AuthSpec>,
+    /// Credentials and TLS of the node's NATS connections (`[nats]`), as written; the
+    /// resolved settings are [`Manifest::nats_access`].
+    #[serde(default, rename = "nats")]
+    pub nats_spec: crate::access::NatsSpec,
+    /// [`Manifest::nats_spec`] with its files resolved against the manifest's directory.
+    #[serde(skip)]
+    pub nats_access: tollgate_store::NatsAccess,
     /// Actors by name (an edge node's manifest may have none).
     #[serde(default)]
     pub actors: BTreeMap<String, ActorSpec>,
@@ -446,6 +458,15 @@ impl Manifest {
         if let Some((field, message)) = manifest.quota.as_ref().and_then(QuotaPolicy::invalid_field) {
             return Err(invalid(format!("quota.{field}"), message));
         }
+        if let Some(auth) = &mut manifest.auth {
+            if let Some((field, message)) = auth.invalid_field() {
+                return Err(invalid(format!("auth.{field}"), message));
+            }
+            auth.resolve(base);
+        }
+        manifest.nats_access = manifest.nats_spec.access(base).map_err(|(field, message)| {
+            invalid(if field.is_empty() { "nats".into() } else { format!("nats.{field}") }, message)
+        })?;
         for (group, spec) in &manifest.rating_groups {
             if group.parse::<u32>().is_err() {
                 return Err(invalid(

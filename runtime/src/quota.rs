@@ -26,7 +26,7 @@ use crate::{ResultCode, Runtime};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use tollgate_billing_model::account::{AccountCommand, AccountEvent, Money, STREAM as ACCOUNT_STREAM};
+use tollgate_billing_model::account::{AccountCommand, AccountEvent, STREAM as ACCOUNT_STREAM};
 use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_host::aggregate::{Outcome, Rejection, RejectionKind};
 use tollgate_store::{ExpectedVersion, NewEvent};
@@ -643,14 +643,18 @@ impl<C: CoreLink> EdgeNode<C> {
         Ok(report)
     }
 
-    /// Sends one grant's usage to the core: `(charged, unpaid)`.
+    /// Sends one grant's usage to the core: `(charged, unpaid)`. A used grant is settled:
+    /// the core debits the grant and charges usage beyond it, or usage of a grant it already
+    /// expired (validity + skew margin passed while the edge was cut off) as far as the
+    /// balance goes, the rest unpaid. A grant the core no longer knows at all (past its
+    /// late-usage window) leaves its whole price unpaid.
     fn forward(&mut self, grant: &LocalGrant, now: u64) -> Result<(i64, i64), RuntimeError> {
         let id = &grant.reservation_id;
         let account = &grant.subscriber;
         let command = if grant.used == 0 {
             AccountCommand::Release { reservation_id: id.clone() }
         } else {
-            AccountCommand::Debit { reservation_id: id.clone(), used_units: grant.used }
+            AccountCommand::Settle { reservation_id: id.clone(), used_units: grant.used }
         };
         let owed = grant.price_of_used().ok_or_else(|| {
             refused(
@@ -662,33 +666,17 @@ impl<C: CoreLink> EdgeNode<C> {
                 },
             )
         })?;
-        let rejection = match self.ask(account, &format!("{id}/debit"), &command, now)? {
-            Ok(events) => {
-                // A debit answers `debited`; a release (nothing used) takes nothing.
-                let charged = match events.as_slice() {
-                    [AccountEvent::Debited { charged, .. }] => *charged,
-                    _ => 0,
-                };
-                return Ok((charged, 0));
-            }
-            Err(r) => r,
-        };
-        if rejection.code != "unknown-reservation" {
-            return Err(refused(id, &rejection));
-        }
-        if owed == 0 {
-            return Ok((0, 0));
-        }
-        // The core released the grant (validity + skew margin passed while we were cut off):
-        // charge the usage late, as far as the balance goes.
-        let late = AccountCommand::DirectDebit {
-            amount: Money::new(owed, &self.policy.currency),
-            description: format!("late usage of grant {id}"),
-        };
-        match self.ask(account, &format!("{id}/late"), &late, now)? {
-            Ok(_) => Ok((owed, 0)),
-            Err(r) if r.code == "insufficient-funds" => {
-                tracing::error!(grant = %id, owed, "late usage exceeds the balance: unpaid");
+        match self.ask(account, &format!("{id}/settle"), &command, now)? {
+            Ok(events) => Ok(events.iter().fold((0, 0), |(charged, unpaid), event| match event {
+                AccountEvent::Debited { charged: c, .. } => (charged.saturating_add(*c), unpaid),
+                AccountEvent::UsageCharged { charged: c, unpaid: u, .. } => {
+                    (charged.saturating_add(*c), unpaid.saturating_add(*u))
+                }
+                _ => (charged, unpaid),
+            })),
+            Err(r) if owed == 0 && r.code == "unknown-reservation" => Ok((0, 0)),
+            Err(r) if r.code == "unknown-reservation" || r.code == "late-usage-window-passed" => {
+                tracing::error!(grant = %id, owed, code = %r.code, "usage the core can no longer charge: unpaid");
                 Ok((0, owed))
             }
             Err(r) => Err(refused(id, &r)),

@@ -7,12 +7,13 @@
 //! | `GET /v1/streams/{stream}/{key}` | | `200` with the key's events, oldest first |
 //! | `GET /v1/kv/{bucket}/{key}` | | `200` with the read model's value; `404` when there is none |
 
+use crate::auth::{Scopes, allow_command};
 use crate::problem::Problem;
 use crate::server::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -92,13 +93,22 @@ pub(crate) async fn admissions(
 pub(crate) async fn commands(
     State(state): State<Arc<AppState>>,
     Path((stream, key)): Path<(String, String)>,
+    scopes: Option<Extension<Scopes>>,
     bytes: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let CommandBody { key: in_body, id, command } = body(bytes)?;
     if in_body.as_ref().is_some_and(|k| *k != key) {
         return Err(Problem::malformed(format!("`key` in the body differs from the path's `{key}`")));
     }
-    Ok(Json(execute(&state, stream, key, id, command).await?))
+    // With tokens asked for, the middleware checked the token; what it grants is checked
+    // once the command is known (money-creating commands need the admin scope).
+    if let Some(Extension(scopes)) = scopes
+        && let Err(refusal) = allow_command(&scopes, &stream, &command)
+    {
+        state.metrics_refused(refusal.reason());
+        return Ok(refusal.into_response());
+    }
+    Ok(Json(execute(&state, stream, key, id, command).await?).into_response())
 }
 
 pub(crate) async fn streams(

@@ -23,6 +23,7 @@
 //! stream before it is served.
 
 use crate::metrics::Metrics;
+use crate::tls::Tls;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -101,6 +102,8 @@ pub(crate) enum Closed {
     HeaderTimeout,
     /// No request within the idle timeout after the last one.
     IdleTimeout,
+    /// The TLS handshake failed (e.g. no client certificate where one is required).
+    TlsHandshake,
 }
 
 impl Closed {
@@ -111,6 +114,7 @@ impl Closed {
             Closed::Refused => "refused",
             Closed::HeaderTimeout => "header-timeout",
             Closed::IdleTimeout => "idle-timeout",
+            Closed::TlsHandshake => "tls-handshake",
         }
     }
 }
@@ -356,10 +360,12 @@ pub(crate) async fn serve_http(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&limits));
+    let handshake_timeout = limits.header_timeout;
     let connections = Arc::new(Connections::new(limits, metrics.clone()));
     let (shutdown, shutting_down) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -375,8 +381,29 @@ pub(crate) async fn serve_http(
                     };
                     // Answers are small and latency matters: no Nagle delay.
                     let _ = stream.set_nodelay(true);
-                    let (builder, router) = (builder.clone(), router.clone());
-                    tasks.spawn(serve_connection(TokioIo::new(stream), builder, router, connection, shutting_down.clone()));
+                    let (builder, router, shutting_down) = (builder.clone(), router.clone(), shutting_down.clone());
+                    match &tls {
+                        None => {
+                            tasks.spawn(serve_connection(TokioIo::new(stream), builder, router, connection, shutting_down));
+                        }
+                        Some(tls) => {
+                            // The handshake runs in the connection's own task, bounded like a
+                            // request's head: a client that never finishes it holds nothing else.
+                            let (acceptor, timeout, metrics) = (tls.acceptor(), handshake_timeout, metrics.clone());
+                            tasks.spawn(async move {
+                                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => {
+                                        serve_connection(TokioIo::new(stream), builder, router, connection, shutting_down).await
+                                    }
+                                    Ok(Err(e)) => {
+                                        metrics.connection_closed(Closed::TlsHandshake);
+                                        tracing::debug!(error = %e, "TLS handshake failed");
+                                    }
+                                    Err(_) => metrics.connection_closed(Closed::HeaderTimeout),
+                                }
+                            });
+                        }
+                    }
                     if evicted {
                         // The evicted connection's task gives its descriptor back when it runs.
                         tokio::task::yield_now().await;

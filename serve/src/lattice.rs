@@ -5,6 +5,11 @@
 //! |---|---|---|
 //! | `tollgate.<node>.admit` | an [`Admission`] | the decision, as `POST /v1/admissions` answers it |
 //! | `tollgate.<node>.command.<stream>` | `{"key": ..., "id": ..., "command": ...}` | `{"accepted": [events]}`, as `POST /v1/commands/{stream}/{key}` |
+//! | `tollgate.<core>.edge.<edge>` | an account command of edge `<edge>`: `reserve`, `settle` or `release` of a grant named `<edge>/...` | as `command.account`; anything else `403` |
+//!
+//! The edge endpoint exists so a NATS server can give an edge's user the right to publish to
+//! its own `edge.<edge>` subject and to nothing else: an edge cannot top up an account, touch
+//! another edge's grants, or answer (or join the queue group of) the core's subjects.
 //!
 //! The endpoints belong to the NATS micro service `tollgate` (so `$SRV.PING`, `$SRV.STATS` and
 //! `$SRV.INFO` answer, with the node and its role in the metadata) and listen in a queue
@@ -17,7 +22,7 @@ use crate::api::{self, CommandBody};
 use crate::problem::Problem;
 use crate::server::AppState;
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE, ServiceExt};
-use async_nats::{HeaderMap, connection::State};
+use async_nats::{ConnectErrorKind, HeaderMap, connection::State};
 use axum::body::Bytes;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -29,6 +34,7 @@ use tollgate_node::Admission;
 use tollgate_node::view::EventView;
 use tollgate_runtime::RuntimeError;
 use tollgate_runtime::quota::{CoreAnswer, CoreLink};
+use tollgate_store::NatsAccess;
 
 /// The NATS micro service every node registers.
 pub const SERVICE: &str = "tollgate";
@@ -56,16 +62,63 @@ pub fn check_node_name(node: &str) -> Result<(), String> {
     }
 }
 
-/// Connects to NATS at `url` for a node: the first connection is retried in the background
-/// (a node starts while NATS is away), and a lost one is re-made within a second or two.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .request_timeout(Some(CORE_TIMEOUT))
-        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1_000)))
-        .connect(url)
-        .await
+/// Connects to NATS at `url` for a node, as `access` says: the first connection is retried
+/// in the background (a node starts while NATS is away), and a lost one is re-made within a
+/// second or two. Credentials the server refuses, or a TLS setup that fails, are an error at
+/// once rather than retried for ever.
+pub async fn connect(url: &str, name: &str, access: &NatsAccess) -> Result<async_nats::Client, String> {
+    let options = || async {
+        let options = access.options().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            options
+                .name(name)
+                .request_timeout(Some(CORE_TIMEOUT))
+                .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1_000))),
+        )
+    };
+    match options().await?.connect(url).await {
+        Ok(client) => Ok(client),
+        Err(e) if matches!(e.kind(), ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation) => {
+            Err(format!(
+                "the server refused the node's credentials ({e}); see `[nats]` in the manifest or the --nats-* flags"
+            ))
+        }
+        Err(e) if unreachable(&e) => {
+            options().await?.retry_on_initial_connect().connect(url).await.map_err(|e| e.to_string())
+        }
+        // A certificate the node does not trust, a server without TLS where it is required:
+        // retrying would not change them.
+        Err(e) => Err(format!("TLS with the server failed: {e}: {}", source_of(&e))),
+    }
+}
+
+/// Whether a first connection failed only because the server is not there (yet).
+fn unreachable(e: &async_nats::ConnectError) -> bool {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectErrorKind::TimedOut | ConnectErrorKind::Dns => true,
+        ConnectErrorKind::Io => {
+            std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>()).is_none_or(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | NotConnected
+                        | TimedOut
+                        | HostUnreachable
+                        | NetworkUnreachable
+                        | AddrNotAvailable
+                        | UnexpectedEof
+                )
+            })
+        }
+        _ => false,
+    }
+}
+
+fn source_of(e: &async_nats::ConnectError) -> String {
+    std::error::Error::source(e).map(ToString::to_string).unwrap_or_default()
 }
 
 /// Registers the node's endpoints and answers them until the client closes or the returned
@@ -86,7 +139,7 @@ pub(crate) async fn start(
         .await?;
     let group = service.group(format!("{SERVICE}.{node}"));
     let admit = group.endpoint_builder().name("admit").add("admit").await?;
-    tokio::spawn(answer_each(admit, state.clone(), |state, body| async move {
+    tokio::spawn(answer_each(admit, state.clone(), |state, _, body| async move {
         let admission: Admission = decode(&body)?;
         api::admit(&state, admission).await
     }));
@@ -94,7 +147,7 @@ pub(crate) async fn start(
         let endpoint =
             group.endpoint_builder().name(format!("command-{stream}")).add(format!("command.{stream}")).await?;
         let stream = stream.clone();
-        tokio::spawn(answer_each(endpoint, state.clone(), move |state, body| {
+        tokio::spawn(answer_each(endpoint, state.clone(), move |state, _, body| {
             let stream = stream.clone();
             async move {
                 let CommandBody { key, id, command } = decode(&body)?;
@@ -104,8 +157,48 @@ pub(crate) async fn start(
             }
         }));
     }
+    if streams.iter().any(|s| s == ACCOUNT_STREAM) {
+        let endpoint = group.endpoint_builder().name("edge").add("edge.*").await?;
+        tokio::spawn(answer_each(endpoint, state.clone(), |state, subject, body| async move {
+            let edge = subject.rsplit('.').next().unwrap_or_default().to_string();
+            let CommandBody { key, id, command } = decode(&body)?;
+            let key = key.ok_or_else(|| Problem::malformed("`key` is missing: an edge names the account"))?;
+            edge_may(&edge, &id, &command)?;
+            api::execute(&state, ACCOUNT_STREAM.into(), key, id, command).await
+        }));
+    }
     Ok(service)
 }
+
+/// Whether edge `edge` may send `command` with id `id`: only what an edge does (reserve a
+/// grant, settle or release one), and only for grants named by the edge, so one edge can
+/// neither create money nor touch another edge's grants. The edge's name is the last token
+/// of the subject it published to, which the NATS server's permissions tie to its user.
+fn edge_may(edge: &str, id: &str, command: &serde_json::Value) -> Result<(), Problem> {
+    let forbidden = |detail: String| Problem::new(axum::http::StatusCode::FORBIDDEN, "EDGE_NOT_PERMITTED", detail);
+    let own = |name: &str| name.strip_prefix(edge).is_some_and(|rest| rest.starts_with('/'));
+    let (kind, fields) = command
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.iter().next())
+        .ok_or_else(|| Problem::malformed("`command` must be an object with one command"))?;
+    if !EDGE_COMMANDS.contains(&kind.as_str()) {
+        return Err(forbidden(format!(
+            "edge `{edge}` may send {}, not `{kind}`",
+            EDGE_COMMANDS.map(|c| format!("`{c}`")).join(", ")
+        )));
+    }
+    let reservation = fields.get("reservation_id").and_then(serde_json::Value::as_str).unwrap_or_default();
+    if !own(reservation) || !own(id) {
+        return Err(forbidden(format!(
+            "edge `{edge}` names its grants and commands `{edge}/...`; got reservation `{reservation}`, command id `{id}`"
+        )));
+    }
+    Ok(())
+}
+
+/// The account commands an edge sends its core.
+const EDGE_COMMANDS: [&str; 3] = ["reserve", "settle", "release"];
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     serde_json::from_slice(body)
@@ -116,7 +209,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
 /// and body budget.
 async fn answer_each<F, Fut>(mut endpoint: async_nats::service::endpoint::Endpoint, state: Arc<AppState>, handle: F)
 where
-    F: Fn(Arc<AppState>, Bytes) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<AppState>, async_nats::Subject, Bytes) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<serde_json::Value, Problem>> + Send + 'static,
 {
     let handle = Arc::new(handle);
@@ -128,7 +221,7 @@ where
             let payload = request.message.payload.clone();
             let answer = match state.take_body(payload.len()) {
                 Ok(_body) => match state.take_place() {
-                    Ok(_place) => handle(state.clone(), payload).await,
+                    Ok(_place) => handle(state.clone(), request.message.subject.clone(), payload).await,
                     Err(full) => Err(full),
                 },
                 Err(refused) => Err(refused),
@@ -149,8 +242,8 @@ where
     }
 }
 
-/// An edge's link to its core: account commands as requests to
-/// `tollgate.<core>.command.account`, answered or given up on within [`CORE_TIMEOUT`].
+/// An edge's link to its core: account commands as requests to the core's edge endpoint,
+/// `tollgate.<core>.edge.<edge>`, answered or given up on within [`CORE_TIMEOUT`].
 pub struct NatsCore {
     client: async_nats::Client,
     subject: String,
@@ -160,8 +253,8 @@ pub struct NatsCore {
 impl NatsCore {
     /// A link to core `core` over `client`, whose futures are driven on `tokio` (the link is
     /// called from the edge's own thread).
-    pub fn new(client: async_nats::Client, core: &str, tokio: tokio::runtime::Handle) -> NatsCore {
-        NatsCore { client, subject: subject(core, &format!("command.{ACCOUNT_STREAM}")), tokio }
+    pub fn new(client: async_nats::Client, core: &str, edge: &str, tokio: tokio::runtime::Handle) -> NatsCore {
+        NatsCore { client, subject: subject(core, &format!("edge.{edge}")), tokio }
     }
 
     fn unreachable(&self, reason: impl Into<String>) -> RuntimeError {

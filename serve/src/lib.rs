@@ -19,10 +19,13 @@
 //! - [`lattice`]: with `--nats`, the same admissions and commands as NATS request/reply
 //!   (a NATS micro service); with `--role edge`, the node admits from grants it obtains from
 //!   a core over NATS, and settles the usage with it.
+//! - [`auth`]: with the manifest's `[auth]`, every route but the health checks (and
+//!   `/metrics`, unless protected) needs an OAuth2 bearer access token with its scope.
 //! - Every error is [`problem::Problem`]: `application/problem+json` with `status`, `cause`
 //!   and `detail`.
 
 pub mod api;
+pub mod auth;
 pub mod connections;
 mod dispatch;
 mod edge;
@@ -33,6 +36,7 @@ pub mod nchf;
 mod pool;
 pub mod problem;
 mod server;
+pub mod tls;
 
 pub use pool::{DEFAULT_REROUTE_AFTER, NodeSpec, Role};
 pub use server::{Config, DEFAULT_BODY_BUDGET, MAX_BODY_BYTES, ServeError, serve};

@@ -58,7 +58,7 @@ struct RouteLabel {
 
 type LatencyFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
-/// Label of a connection the server closed itself.
+/// Label of a connection the server closed itself, or of a request refused for its token.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
@@ -80,6 +80,8 @@ pub struct Metrics {
     pub(crate) body_bytes: Gauge,
     /// The node-wide budget for those bytes.
     pub(crate) body_budget: Gauge,
+    refusals: Family<ReasonLabel, Counter>,
+    insecure: Gauge,
     node: Arc<Mutex<NodeReading>>,
 }
 
@@ -130,6 +132,18 @@ impl Default for Metrics {
             "The node-wide budget for bytes of request bodies held; beyond it a request is answered 503",
             body_budget.clone(),
         );
+        let refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tollgate_auth_refusals",
+            "Requests refused for their access token (401) or its scope (403), by reason",
+            refusals.clone(),
+        );
+        let insecure = Gauge::default();
+        registry.register(
+            "tollgate_insecure",
+            "1 when the node was started with --insecure (beyond loopback without TLS or tokens)",
+            insecure.clone(),
+        );
         registry.register_collector(Box::new(NodeCounters(node.clone())));
         Metrics {
             registry,
@@ -141,6 +155,8 @@ impl Default for Metrics {
             closed,
             body_bytes,
             body_budget,
+            refusals,
+            insecure,
             node,
         }
     }
@@ -157,6 +173,16 @@ impl Metrics {
     /// Counts a connection the server closed itself.
     pub(crate) fn connection_closed(&self, why: crate::connections::Closed) {
         self.closed.get_or_create(&ReasonLabel { reason: why.label() }).inc();
+    }
+
+    /// Counts a request refused for its token, by `reason`.
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Says the node runs with `--insecure`.
+    pub(crate) fn insecure(&self) {
+        self.insecure.set(1);
     }
 
     /// The Prometheus text of every metric, with the node as read at this scrape.

@@ -63,6 +63,9 @@ pub struct NodeSpec {
     pub role: Role,
     /// Where to answer admissions and commands over NATS (`nats://HOST:PORT`), if anywhere.
     pub nats: Option<String>,
+    /// Credentials and TLS for every NATS connection of the node (its store, its service, an
+    /// edge's link to its core): the manifest's `[nats]` with any flags over it.
+    pub access: tollgate_store::NatsAccess,
     /// A worker busy with one request this long is passed over: requests for other keys
     /// waiting for it move to other workers (`None`: [`DEFAULT_REROUTE_AFTER`]).
     pub reroute_after: Option<Duration>,
@@ -210,7 +213,7 @@ impl Pool {
     pub(crate) fn open(spec: &NodeSpec) -> Result<Pool, NodeError> {
         let manifest = Manifest::load(&spec.manifest).map_err(|e| NodeError::Runtime(e.into()))?;
         let engine = engine_for_runtimes(&manifest, spec.workers + 1)?;
-        let journal = Journal::open_for(&spec.store, &manifest.store)?;
+        let journal = Journal::open_for(&spec.store, &manifest.store, &spec.access)?;
         let mut commands = manifest.clone();
         commands
             .actors

@@ -1,21 +1,24 @@
 //! The server: routes, the bounded queue in front of the node, readiness and shutdown.
 
+use crate::auth::{self, Verifier};
 use crate::connections::{self, Limits};
 use crate::edge::Edge;
 use crate::lattice::{self, NatsCore};
 use crate::metrics::{self, Metrics, NodeReading};
 use crate::pool::{NodeSpec, Pool, Role};
 use crate::problem::Problem;
+use crate::tls::Tls;
 use crate::{api, nchf};
 use axum::Router;
 use axum::body::{BodyDataStream, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -46,6 +49,14 @@ pub struct Config {
     /// Bytes of request bodies the node holds at once (HTTP and NATS, received or being
     /// received); beyond it a request is answered `503` with `Retry-After` at once.
     pub body_budget: usize,
+    /// The access tokens the HTTP API takes (the manifest's `[auth]`); `None`: no token is
+    /// asked for.
+    pub auth: Option<Arc<Verifier>>,
+    /// Serve beyond loopback without TLS and tokens (`--insecure`): said on stderr, and by the
+    /// `tollgate_insecure` gauge.
+    pub insecure: bool,
+    /// HTTP over TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`); `None`: cleartext.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for Config {
@@ -57,7 +68,31 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_budget: DEFAULT_BODY_BUDGET,
+            auth: None,
+            insecure: false,
+            tls: None,
         }
+    }
+}
+
+impl Config {
+    /// Refuses to serve on `address` beyond loopback without tokens, naming what is missing,
+    /// unless `insecure`: anyone who reaches such a port could otherwise mint money.
+    pub fn refuse_exposure(&self, address: SocketAddr) -> Result<(), ServeError> {
+        if address.ip().is_loopback() || self.insecure {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.tls.is_none() {
+            missing.push("TLS (--tls-cert FILE --tls-key FILE)");
+        }
+        if self.auth.is_none() {
+            missing.push("access tokens (the manifest's [auth])");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ServeError::Exposed { address, missing: missing.join(" and ") })
     }
 }
 
@@ -80,6 +115,17 @@ pub enum ServeError {
     /// NATS could not be used (`--nats`, `--core`, or the node's name on NATS).
     #[error("NATS: {0}")]
     Nats(String),
+    /// The node would listen beyond loopback without TLS or tokens.
+    #[error(
+        "--listen {address} is beyond loopback, but the node has no {missing}: anyone who reaches it could \
+         charge or credit any account; configure them, or pass --insecure to serve anyway"
+    )]
+    Exposed {
+        /// Where it would listen.
+        address: SocketAddr,
+        /// What it lacks.
+        missing: String,
+    },
     /// Requests were still waiting for or running on the node when the grace period ended
     /// (they were dropped); the counters of the work finished were recorded all the same.
     #[error(
@@ -114,6 +160,8 @@ pub(crate) struct AppState {
     metrics: Arc<Metrics>,
     /// The subscriber of each Nchf session, so its steps are served where its account is.
     pub(crate) sessions: nchf::session::Subscribers,
+    /// The access tokens taken, if any are asked for.
+    pub(crate) auth: Option<Arc<Verifier>>,
 }
 
 /// The node-wide budget for bytes of request bodies held: counted as they are allocated,
@@ -188,6 +236,7 @@ impl AppState {
             metrics: metrics.clone(),
         });
         AppState {
+            auth: config.auth.clone(),
             backend: OnceLock::new(),
             queue: Arc::new(Semaphore::new(config.queue)),
             queue_limit: config.queue,
@@ -238,6 +287,11 @@ impl AppState {
     /// Places of the bounded queue taken now: requests waiting or running.
     fn places_taken(&self) -> usize {
         self.queue_limit - self.queue.available_permits()
+    }
+
+    /// Counts a request refused for its token, by `reason`.
+    pub(crate) fn metrics_refused(&self, reason: &'static str) {
+        self.metrics.refused(reason);
     }
 
     /// A place in the bounded queue for one request, or `503` with `Retry-After` when every
@@ -350,7 +404,35 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, Prob
     state.backend().map(|_| "ready\n")
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+/// Checks the request's access token before anything else runs (its body is not read): the
+/// route's scope, or for commands only the token, whose scope the handler checks once it
+/// knows the command. Refusals are counted by reason.
+async fn authorize(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let Some(verifier) = &state.auth else { return next.run(request).await };
+    let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_default();
+    let checked = match auth::route_scope(&matched) {
+        Some(needed) => verifier.require(request.headers(), needed),
+        None => verifier.check(request.headers()),
+    };
+    match checked {
+        Ok(scopes) => {
+            request.extensions_mut().insert(scopes);
+            next.run(request).await
+        }
+        Err(refusal) => {
+            state.metrics.refused(refusal.reason());
+            refusal.into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(verifier) = state.auth.as_ref().filter(|v| v.protects_metrics())
+        && let Err(refusal) = verifier.require(&headers, auth::scope::METRICS)
+    {
+        state.metrics.refused(refusal.reason());
+        return refusal.into_response();
+    }
     let reading = match state.backend() {
         Ok(Backend::Core(pool)) => pool.reading(),
         Ok(Backend::Edge(edge)) => NodeReading { edge: edge.report().await, ..NodeReading::default() },
@@ -385,7 +467,8 @@ fn router(state: Arc<AppState>) -> Router {
                 .route("/chargingdata/{reference}/update", post(nchf::routes::update_route))
                 .route("/chargingdata/{reference}/release", post(nchf::routes::release_route)),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), bounded));
+        .route_layer(middleware::from_fn_with_state(state.clone(), bounded))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .merge(work)
         .route("/healthz", get(healthz))
@@ -444,11 +527,15 @@ pub async fn serve(
     let limits = limits(&config, spec.workers + 1)?;
     tracing::info!(max_connections = limits.max_connections, "accepting connections");
     let state = Arc::new(AppState::new(&config));
+    if config.insecure {
+        state.metrics.insecure();
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(connections::serve_http(
         listener,
         router(state.clone()),
         limits,
+        config.tls.clone(),
         state.metrics.clone(),
         stopped.clone(),
     ));
@@ -690,14 +777,15 @@ async fn open(spec: &NodeSpec) -> Result<Backend, ServeError> {
                     .into(),
                 )));
             };
-            let client =
-                lattice::connect(&url, &spec.name).await.map_err(|e| ServeError::Nats(format!("--core {url}: {e}")))?;
+            let client = lattice::connect(&url, &spec.name, &spec.access)
+                .await
+                .map_err(|e| ServeError::Nats(format!("--core {url}: {e}")))?;
             if tokio::time::timeout(NATS_READY, client.flush()).await.is_err() {
                 tracing::warn!(url, "the core's NATS is not reachable yet; admitting from the grants held");
             }
-            let link = NatsCore::new(client, &core, tokio::runtime::Handle::current());
+            let link = NatsCore::new(client, &core, &spec.name, tokio::runtime::Handle::current());
             tokio::task::spawn_blocking(move || {
-                let journal = Journal::open_for(&spec.store, &manifest.store)?;
+                let journal = Journal::open_for(&spec.store, &manifest.store, &spec.access)?;
                 Edge::open(&spec.name, journal, link, policy)
             })
             .await
@@ -718,7 +806,7 @@ async fn answer_nats(
     state: Arc<AppState>,
 ) -> Result<async_nats::service::Service, ServeError> {
     let nats = |e: &dyn std::fmt::Display| ServeError::Nats(format!("--nats {url}: {e}"));
-    let client = lattice::connect(url, &spec.name).await.map_err(|e| nats(&e))?;
+    let client = lattice::connect(url, &spec.name, &spec.access).await.map_err(|e| nats(&e))?;
     let streams = match backend {
         Backend::Core(pool) => pool.streams().to_vec(),
         Backend::Edge(_) => Vec::new(),

@@ -23,6 +23,7 @@
 //!   retried command is reported as a duplicate, not as a conflict. See [`find_duplicate`] for
 //!   the check a runtime can do on the events it already read.
 
+pub mod access;
 mod codec;
 mod file;
 mod nats;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use access::NatsAccess;
 pub use file::{Damage, FORMAT_VERSION, FileOptions, FileStats, FileStore, LogReport, RepairReport, SegmentReport};
 pub use nats::{FIXED_4320, NatsOptions, NatsStore, serializes_replicated_appends};
 
@@ -486,12 +488,13 @@ pub trait Consumer: Send {
 /// Opens a store from a URL: `file:DIR` (also `file://DIR`) or `nats://HOST:PORT` (several
 /// servers of one cluster: `nats://HOST:PORT,HOST:PORT`).
 pub async fn open(url: &str) -> Result<Box<dyn EventStore>> {
-    open_with(url, 1).await
+    open_with(url, 1, &NatsAccess::default()).await
 }
 
-/// [`open`], with `replicas` copies of every JetStream stream and bucket it creates. The
-/// embedded log keeps one copy: more is refused rather than silently not kept.
-pub async fn open_with(url: &str, replicas: usize) -> Result<Box<dyn EventStore>> {
+/// [`open`], with `replicas` copies of every JetStream stream and bucket it creates, and
+/// `access` for a NATS server. The embedded log keeps one copy: more is refused rather than
+/// silently not kept.
+pub async fn open_with(url: &str, replicas: usize, access: &NatsAccess) -> Result<Box<dyn EventStore>> {
     if let Some(rest) = url.strip_prefix("file:") {
         let dir = rest.strip_prefix("//").unwrap_or(rest);
         if dir.is_empty() {
@@ -504,8 +507,9 @@ pub async fn open_with(url: &str, replicas: usize) -> Result<Box<dyn EventStore>
         }
         let store = FileStore::open(dir)?;
         Ok(Box::new(store))
-    } else if url.starts_with("nats://") {
-        let store = NatsStore::connect(url, NatsOptions { replicas, ..NatsOptions::default() }).await?;
+    } else if access::is_nats_url(url) {
+        let options = NatsOptions { replicas, access: access.clone(), ..NatsOptions::default() };
+        let store = NatsStore::connect(url, options).await?;
         Ok(Box::new(store))
     } else {
         Err(StoreError::InvalidUrl(url.to_owned()))
@@ -516,7 +520,7 @@ pub async fn open_with(url: &str, replicas: usize) -> Result<Box<dyn EventStore>
 /// [`FileStore::open_read_only`]: nothing on disk is created, truncated or written, and a
 /// missing directory is an error. `nats://` connects as [`open`] does (JetStream reads do not
 /// change the log; missing stream and bucket definitions are still created).
-pub async fn open_read_only(url: &str) -> Result<Box<dyn EventStore>> {
+pub async fn open_read_only(url: &str, access: &NatsAccess) -> Result<Box<dyn EventStore>> {
     match url.strip_prefix("file:") {
         Some(rest) => {
             let dir = rest.strip_prefix("//").unwrap_or(rest);
@@ -525,7 +529,7 @@ pub async fn open_read_only(url: &str) -> Result<Box<dyn EventStore>> {
             }
             Ok(Box::new(FileStore::open_read_only(dir)?))
         }
-        None => open(url).await,
+        None => open_with(url, 1, access).await,
     }
 }
 
@@ -628,10 +632,10 @@ mod tests {
     async fn an_embedded_log_refuses_more_than_one_copy_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file:{}", dir.path().join("log").display());
-        let err = open_with(&url, 3).await.err().expect("refused").to_string();
+        let err = open_with(&url, 3, &NatsAccess::default()).await.err().expect("refused").to_string();
         assert!(err.contains("replicas = 3 needs a nats:// store"), "{err}");
         assert!(!dir.path().join("log").exists());
-        assert!(open_with(&url, 1).await.is_ok());
+        assert!(open_with(&url, 1, &NatsAccess::default()).await.is_ok());
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct NatsOptions {
     /// de-duplicates a publish that did land, and the stream's `duplicate_window` must
     /// outlast this.
     pub failover_timeout: Duration,
+    /// The credentials and TLS settings of the connection.
+    pub access: crate::access::NatsAccess,
 }
 
 impl Default for NatsOptions {
@@ -71,6 +73,7 @@ impl Default for NatsOptions {
             request_timeout: Duration::from_secs(5),
             replicas: 1,
             failover_timeout: Duration::from_secs(10),
+            access: crate::access::NatsAccess::default(),
         }
     }
 }
@@ -219,7 +222,7 @@ impl NatsStore {
             );
             return Err(StoreError::InvalidArgument(message));
         }
-        let client = async_nats::connect(servers(url)?).await.map_err(nats_err("connect"))?;
+        let client = options.access.options().await?.connect(servers(url)?).await.map_err(nats_err("connect"))?;
         let version = client.server_info().version;
         if options.replicas > 1 && !serializes_replicated_appends(&version) {
             return Err(StoreError::InvalidArgument(format!(
@@ -526,15 +529,19 @@ impl Failover {
 }
 
 /// `nats://A,B,...` as one address per server (the scheme is written once or on each).
+/// The servers of `nats://HOST:PORT,...` or `tls://HOST:PORT,...` (each in the URL's scheme).
 fn servers(url: &str) -> Result<Vec<String>> {
-    let rest = url.strip_prefix("nats://").ok_or_else(|| StoreError::InvalidUrl(url.to_owned()))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| StoreError::InvalidUrl(url.to_owned()))?;
+    if !crate::access::is_nats_url(url) {
+        return Err(StoreError::InvalidUrl(url.to_owned()));
+    }
     let servers: Vec<String> = rest
         .split(',')
         .map(|server| {
             let server = server.trim();
             if server.is_empty() { Err(StoreError::InvalidUrl(url.to_owned())) } else { Ok(server) }
         })
-        .map(|server| server.map(|s| if s.contains("://") { s.to_owned() } else { format!("nats://{s}") }))
+        .map(|server| server.map(|s| if s.contains("://") { s.to_owned() } else { format!("{scheme}://{s}") }))
         .collect::<Result<_>>()?;
     Ok(servers)
 }

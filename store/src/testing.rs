@@ -55,14 +55,26 @@ impl NatsServer {
     /// Starts a server (`-js -a 127.0.0.1 -p -1 --ports_file_dir DIR -sd DIR`), or returns the
     /// reason it cannot (nats-server not installed, or it did not come up).
     pub fn start() -> Result<NatsServer, String> {
+        NatsServer::start_with(None, &[])
+    }
+
+    /// [`NatsServer::start`] with a configuration file (users, permissions, TLS) and
+    /// environment variables the file refers to (`$NAME`); the URL is `tls://` when the
+    /// server requires TLS.
+    pub fn start_with(config: Option<&Path>, env: &[(&str, &str)]) -> Result<NatsServer, String> {
         let bin = find_binary().ok_or("nats-server is not installed (Debian package nats-server)")?;
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let ports = dir.path().join("ports");
         std::fs::create_dir_all(&ports).map_err(|e| format!("ports dir: {e}"))?;
         let log = std::fs::File::create(dir.path().join("server.log")).map_err(|e| format!("log file: {e}"))?;
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args(["-js", "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
             .arg(&ports)
+            .envs(env.iter().copied())
             .arg("-sd")
             .arg(dir.path().join("js"))
             .stdin(Stdio::null())
@@ -113,7 +125,7 @@ fn read_ports_file(dir: &Path) -> Option<String> {
         .as_array()?
         .iter()
         .filter_map(|u| u.as_str())
-        .find(|u| u.starts_with("nats://127.0.0.1:"))
+        .find(|u| u.starts_with("nats://127.0.0.1:") || u.starts_with("tls://127.0.0.1:"))
         .map(str::to_owned)
 }
 

@@ -37,7 +37,7 @@ impl Peer {
 }
 
 /// A core manifest: the example's actors, with the quota the test needs.
-fn core_manifest(dir: &std::path::Path, quota: &str) -> String {
+pub(crate) fn core_manifest(dir: &std::path::Path, quota: &str) -> String {
     let example = std::fs::read_to_string(root().join("examples/lattice/core.toml")).unwrap();
     let actors = example.split("[actors.account]").nth(1).unwrap();
     let base = root().join("examples/lattice").display().to_string();
@@ -54,9 +54,10 @@ fn edge_manifest(dir: &std::path::Path, quota: &str) -> String {
 }
 
 /// Grants of 30 units at 10 minor units, valid 2 s, with a 1 s clock-skew margin.
-const QUOTA: &str = "grant_units = 30\nunit_price = 10\ncurrency = \"EUR\"\nvalidity_ms = 2000\nclock_skew_ms = 1000";
+pub(crate) const QUOTA: &str =
+    "grant_units = 30\nunit_price = 10\ncurrency = \"EUR\"\nvalidity_ms = 2000\nclock_skew_ms = 1000";
 
-fn open_account(core: &Server, key: &str, balance: i64) {
+pub(crate) fn open_account(core: &Server, key: &str, balance: i64) {
     let opened =
         core.post(&format!("/v1/commands/account/{key}"), &command("open", json!({"open": {"currency": "EUR"}})));
     assert_eq!(opened.status, 200, "{}", opened.body);
@@ -283,7 +284,7 @@ fn a_killed_edge_settles_its_admitted_uses_exactly_once_after_a_restart() {
     let debits: Vec<&Value> = events.iter().filter(|e| e["type"] == "debited").collect();
     assert_eq!(debits.len(), 1, "{events:#?}");
     let id = debits[0]["command_id"].as_str().unwrap();
-    assert!(id.starts_with("edge/") && id.ends_with("/sub/1/debit"), "{id}");
+    assert!(id.starts_with("edge/") && id.ends_with("/sub/1/settle"), "{id}");
     assert_eq!(debits[0]["payload"]["charged"], 200);
     assert_eq!(balance(&events), 800);
 
@@ -302,18 +303,33 @@ fn the_lattice_walk_through_runs() {
         return;
     }
     let Some(nats) = NatsServer::start_or_skip() else { return };
-    let text = std::fs::read_to_string(root().join("examples/lattice/README.md")).unwrap();
+    let (code, stdout, stderr) =
+        walk_through("examples/lattice/README.md", "/tmp/tollgate-lattice", &[("nats://127.0.0.1:4222", &nats.url)], 3);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("tollgate_edge_grants_held{node=\"edge-a\"} 1"), "{stdout}");
+    let mut ids = stdout.split("\"command_id\":\"edge-a/").skip(1).filter_map(|rest| rest.split('"').next());
+    assert!(ids.any(|id| id.ends_with("/alice/1/settle")), "{stdout}");
+    assert!(stdout.contains("\"charged\":30"), "{stdout}");
+    assert!(stdout.contains(&format!("{:<22} grants held 0", "edge-b")), "{stdout}");
+}
+
+/// Runs the `sh` block of `readme` that starts with `NATS=` with `sh -e`, in a temporary
+/// directory standing for `data`, with `replace`d texts and the example HTTP ports 8080,
+/// 8081, ... (`ports` of them) moved to free ones: (exit code, stdout, stderr).
+pub(crate) fn walk_through(readme: &str, data: &str, replace: &[(&str, &str)], ports: usize) -> (i32, String, String) {
+    let text = std::fs::read_to_string(root().join(readme)).unwrap();
     let block = text.split("```sh\n").find(|b| b.starts_with("NATS=")).unwrap().split("```").next().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| tollgate_store::testing::free_port().unwrap()).collect();
-    let mut script = block
-        .replace("nats://127.0.0.1:4222", &nats.url)
-        .replace("/tmp/tollgate-lattice", &dir.path().display().to_string());
+    let free: Vec<u16> = (0..ports).map(|_| tollgate_store::testing::free_port().unwrap()).collect();
+    let mut script = block.replace(data, &dir.path().display().to_string());
+    for (from, to) in replace {
+        script = script.replace(from, to);
+    }
     // Through placeholders, so that a free port never matches an example port's text.
-    for i in 0..ports.len() {
+    for i in 0..free.len() {
         script = script.replace(&(8080 + i).to_string(), &format!("@{i}@"));
     }
-    for (i, port) in ports.iter().enumerate() {
+    for (i, port) in free.iter().enumerate() {
         script = script.replace(&format!("@{i}@"), &port.to_string());
     }
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tollgate")).parent().unwrap().display().to_string();
@@ -323,13 +339,7 @@ fn the_lattice_walk_through_runs() {
         .env("PATH", format!("{bin}:{}", std::env::var("PATH").unwrap_or_default()))
         .output()
         .unwrap();
-    let (code, stdout, stderr) = crate::output(out);
-    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("tollgate_edge_grants_held{node=\"edge-a\"} 1"), "{stdout}");
-    let mut ids = stdout.split("\"command_id\":\"edge-a/").skip(1).filter_map(|rest| rest.split('"').next());
-    assert!(ids.any(|id| id.ends_with("/alice/1/debit")), "{stdout}");
-    assert!(stdout.contains("\"charged\":30"), "{stdout}");
-    assert!(stdout.contains(&format!("{:<22} grants held 0", "edge-b")), "{stdout}");
+    crate::output(out)
 }
 
 #[test]

@@ -10,11 +10,13 @@ mod guests;
 mod hostile;
 mod inspect;
 mod lattice;
+mod lattice_secure;
 mod nchf;
 mod new;
 mod node;
 mod oci;
 mod scenarios;
+mod security;
 mod serve;
 mod store;
 

@@ -20,6 +20,8 @@ pub(crate) struct Answer {
     pub(crate) content_type: String,
     pub(crate) body: Value,
     pub(crate) location: Option<String>,
+    /// `WWW-Authenticate`, on a refusal for a token.
+    pub(crate) challenge: Option<String>,
 }
 
 impl Server {
@@ -50,22 +52,32 @@ impl Server {
             line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line: {line:?}")).to_string();
         assert!(base.starts_with("http://127.0.0.1:"), "{base}");
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let server = Server { child: Some(child), base, agent };
+        let mut server = Server { child: Some(child), base, agent };
         // Readiness is a state the node reaches (catch-up done), polled without a deadline
         // of our own: the test harness's timeout is the bound.
-        while server.get("/readyz").status != 200 {
+        loop {
+            let child = server.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+                panic!("tollgate serve exited ({status}) before it was ready: {err}");
+            }
+            if server.get("/readyz").status == 200 {
+                return server;
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        server
     }
 
     fn answer(mut response: ureq::http::Response<ureq::Body>) -> Answer {
         let status = response.status().as_u16();
         let content_type =
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-        let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+        let (location, challenge) = (header("location"), header("www-authenticate"));
         let text = response.body_mut().read_to_string().unwrap();
-        Answer { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::String(text)), location }
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer { status, content_type, body, location, challenge }
     }
 
     pub(crate) fn get(&self, path: &str) -> Answer {
@@ -80,6 +92,30 @@ impl Server {
     pub(crate) fn post_as(&self, path: &str, body: &str, content_type: &str) -> Answer {
         let request = self.agent.post(format!("{}{path}", self.base)).header("content-type", content_type);
         Server::answer(request.send(body).unwrap())
+    }
+
+    /// `method` on `path` with `headers` (and `body` as JSON): the answer.
+    pub(crate) fn send(&self, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let response = match body {
+            Some(body) => {
+                let mut request = self.agent.post(url).header("content-type", "application/json");
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                assert_eq!(method, "POST");
+                request.send(body)
+            }
+            None => {
+                let mut request = self.agent.get(url);
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                assert_eq!(method, "GET");
+                request.call()
+            }
+        };
+        Server::answer(response.unwrap())
     }
 
     /// The node's address, `http://127.0.0.1:PORT`.
