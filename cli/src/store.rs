@@ -18,8 +18,9 @@ enum Command {
     /// Read the whole log without writing and report records, segments, the last position and
     /// every problem (file and offset). Exits 1 when the log is corrupt.
     Verify(VerifyArgs),
-    /// Cut the log at a record boundary, removing everything after it (later segments too).
-    /// Prints what it removes and appends it to DIR/REPAIRS.log.
+    /// Cut the log at a record boundary, removing everything after it (later segments too), or
+    /// write the store marker anew for the log as it is. Prints what it did and appends it to
+    /// DIR/REPAIRS.log.
     Repair(RepairArgs),
 }
 
@@ -33,14 +34,21 @@ struct VerifyArgs {
 
 /// Arguments of `store repair`.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("repair").required(true).args(["truncate_at", "accept_end"])))]
 struct RepairArgs {
     /// The store: `file:DIR`.
     #[arg(long)]
     store: String,
     /// Where to cut: segment number (or file name) and byte offset, e.g. `3:4096`. The offset
-    /// must be a record boundary, as `store verify` reports them.
+    /// must be a record boundary, as `store verify` reports them. The store marker then
+    /// acknowledges the log up to the cut.
     #[arg(long, value_name = "SEGMENT:OFFSET")]
-    truncate_at: String,
+    truncate_at: Option<String>,
+    /// Write the store marker (DIR/COMMITTED) anew, taking the end of the log as it is as
+    /// acknowledged: for a log whose marker was lost or that was written before tollgate kept
+    /// one. Whether records were cut from its end before can then no longer be told.
+    #[arg(long)]
+    accept_end: bool,
 }
 
 /// Runs `store verify` or `store repair`.
@@ -84,6 +92,12 @@ fn print_report(r: &LogReport) {
     }
     println!("records        {} ({} events)", r.records, r.events);
     println!("last position  {}", r.last_position);
+    match r.acknowledged {
+        Some((segment, offset, position)) => {
+            println!("acknowledged   up to segment {segment} offset {offset} (event position {position})")
+        }
+        None => println!("acknowledged   nothing (or no readable store marker)"),
+    }
     if let Some(segment) = r.unfinished_roll {
         println!(
             "note: segment {segment} lacks its end-of-segment marker (a crash while starting the next segment); the next writable open writes it"
@@ -124,16 +138,27 @@ fn parse_cut(s: &str) -> anyhow::Result<(u64, u64)> {
 
 fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     let dir = file_dir(&args.store)?;
-    let (segment, offset) = parse_cut(&args.truncate_at)?;
-    let report = FileStore::repair_truncate(&dir, segment, offset)
-        .with_context(|| format!("repairing {} at {}", args.store, args.truncate_at))?;
-    println!("{report}");
+    let remaining = match &args.truncate_at {
+        Some(cut) => {
+            let (segment, offset) = parse_cut(cut)?;
+            let report = FileStore::repair_truncate(&dir, segment, offset)
+                .with_context(|| format!("repairing {} at {cut}", args.store))?;
+            println!("{report}");
+            report.remaining
+        }
+        None => {
+            let remaining = FileStore::repair_accept_end(&dir)
+                .with_context(|| format!("writing the store marker of {}", args.store))?;
+            println!("wrote {}: the log's end as it is is acknowledged", dir.join("COMMITTED").display());
+            remaining
+        }
+    };
     println!("recorded in {}", dir.join("REPAIRS.log").display());
-    if report.remaining.is_empty() {
+    if remaining.is_empty() {
         println!("ok: the log opens");
         return Ok(ExitCode::SUCCESS);
     }
-    for p in &report.remaining {
+    for p in &remaining {
         println!("PROBLEM (still) {p}");
     }
     Ok(ExitCode::FAILURE)

@@ -21,8 +21,12 @@ pub const REFERENCE_ACTORS: [&str; 5] = [PREPAID_ACCOUNT, RATER, ADMISSION_POLIC
 pub const MISBEHAVING: &str = "misbehaving";
 /// The test fixture that sleeps an hour or polls the clock until an hour has passed.
 pub const SLEEPER: &str = "sleeper";
-/// The test fixture that logs tens of MiB per command or floods stderr before panicking.
+/// The test fixture that logs MiBs per command, floods stderr before panicking, or loops over
+/// logging, stderr or stdout.
 pub const LOG_FLOODER: &str = "log_flooder";
+/// The test fixture projector that writes hundreds of MiB to key-value storage in one delivery,
+/// or loops over logging or stderr after writing.
+pub const BUCKET_HOG: &str = "bucket_hog";
 
 /// The directory holding the compiled actors.
 pub fn actors_dir() -> PathBuf {

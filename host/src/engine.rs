@@ -1,6 +1,7 @@
 //! The one wasmtime `Engine` per process, its limits, and the linker with every import the
 //! harness provides.
 
+use crate::budget::ImportBudgets;
 use crate::code_cache::CodeCache;
 use crate::error::HostError;
 use crate::state::StoreState;
@@ -22,11 +23,13 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Instances alive at once across the engine (pooling allocator slots).
     pub max_instances: u32,
+    /// What one call may do through each host import (see [`crate::budget`]).
+    pub imports: ImportBudgets,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { cpu_ms: 100, memory_bytes: 64 << 20, max_instances: 128 }
+        Limits { cpu_ms: 100, memory_bytes: 64 << 20, max_instances: 128, imports: ImportBudgets::default() }
     }
 }
 
@@ -58,6 +61,9 @@ impl Limits {
         if self.max_instances == 0 || self.max_instances.checked_mul(8).is_none() {
             return bad(format!("max_instances is {}, must be between 1 and {}", self.max_instances, u32::MAX / 8));
         }
+        if let Some(budget) = self.imports.zero() {
+            return bad(format!("the import budget {} is 0, must be at least 1", budget.field()));
+        }
         Ok(())
     }
 }
@@ -76,15 +82,24 @@ pub const MAX_CPU_MS: u64 = 60_000;
 /// The largest linear memory accepted: the whole 4 GiB a 32-bit guest can address.
 pub const MAX_MEMORY_BYTES: usize = 4 << 30;
 
-/// The wall-clock backstop is this many times the CPU cap. Fuel does not run down while the
-/// guest waits in a host import, so a guest looping over costly imports is stopped by the
-/// backstop instead: an epoch deadline far enough out that a call within its fuel does not
-/// reach it even on a heavily loaded machine.
-pub const BACKSTOP_FACTOR: u64 = 100;
+/// The wall-clock backstop is this many times the CPU cap, and at least [`MIN_BACKSTOP_MS`].
+///
+/// Fuel does not run down while the guest waits in a host import; the imports' own budgets
+/// ([`crate::budget`]) end a call that loops over them within about its CPU cap, so the
+/// backstop is what is left for a host that is itself slow: it must never fire on an honest
+/// call. It counts wall time from the start of the call to its end, and so includes what the
+/// guest is owed but does not control: being scheduled out on a loaded machine (a call using
+/// all its fuel on a 2-core machine shared by a dozen busy threads takes several times its
+/// cap) and the host's work inside imports, above all a policy's charging calls, each a
+/// command on the account with an append and its fsync (a few ms here, hundreds of ms on a
+/// saturated disk, at most `charging_calls` of them per call).
+pub const BACKSTOP_FACTOR: u64 = 10;
 
-/// The shortest wall-clock backstop, in ms (small caps would otherwise get a backstop that
-/// machine load could reach).
-pub const MIN_BACKSTOP_MS: u64 = 30_000;
+/// The shortest wall-clock backstop, in ms: 50 times the default CPU cap of 100 ms, and over
+/// ten times a loaded fsync plus a call's fuel run on a fraction of a core (see
+/// [`BACKSTOP_FACTOR`]), yet short enough that a call stuck in the host gives its worker back
+/// within seconds.
+pub const MIN_BACKSTOP_MS: u64 = 5_000;
 
 /// How often the epoch advances: the granularity of the wall-clock backstop.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -222,8 +237,13 @@ pub(crate) fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreStat
     // Worlds share interfaces (logging, types); each world's add_to_linker defines them again.
     linker.allow_shadowing(true);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    // Shadows WASI's monotonic clock: its subscriptions would block on real time.
+    // Shadows WASI's clocks: the monotonic clock's subscriptions would block on real time, and
+    // both count against each call's budget of clock calls.
     wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    wasmtime_wasi::p2::bindings::clocks::wall_clock::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    // Shadows WASI's randomness with the same, counted against each call's budget.
+    wasmtime_wasi::p2::bindings::random::random::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    wasmtime_wasi::p2::bindings::random::insecure::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
     aggregate::Aggregate::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
     projector::Projector::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
     process_manager::ProcessManager::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;

@@ -108,6 +108,23 @@ pub enum HostError {
         /// The backstop.
         limit_ms: u64,
     },
+    /// The call went over one of its import budgets (it looped over a host import, where fuel
+    /// does not run down). Its instance was discarded.
+    #[error("{actor}: `{function}` went over its budget of {limit} {what} per call (`limits.{field}`) and was stopped")]
+    ImportBudget {
+        /// The actor.
+        actor: String,
+        /// The export called.
+        function: String,
+        /// The import, e.g. `wasi:logging/logging`.
+        import: &'static str,
+        /// What the budget counts, naming the import.
+        what: &'static str,
+        /// The budget's field in [`crate::budget::ImportBudgets`] and the manifest's `[limits]`.
+        field: &'static str,
+        /// The budget for this call.
+        limit: u64,
+    },
     /// The call tried to grow memory past its cap. Its instance was discarded.
     #[error("{actor}: `{function}` exceeded the memory cap of {limit_bytes} bytes")]
     MemoryCap {
@@ -160,6 +177,7 @@ impl HostError {
             HostError::Trap { .. }
                 | HostError::CpuCap { .. }
                 | HostError::WallClockCap { .. }
+                | HostError::ImportBudget { .. }
                 | HostError::MemoryCap { .. }
         )
     }

@@ -1,9 +1,10 @@
 //! One live instance of an actor and the rules around calling it: a CPU cap (fuel) with a
-//! wall-clock backstop (epoch) and a memory cap per call, stderr captured and logs bounded per
-//! call, and a trap discards the instance (its store is poisoned); the next call gets a fresh
-//! one.
+//! wall-clock backstop (epoch), import budgets and a memory cap per call, stderr captured and
+//! logs bounded per call, and a trap discards the instance (its store is poisoned); the next
+//! call gets a fresh one.
 
 use crate::actor::Actor;
+use crate::budget::BudgetExceeded;
 use crate::error::HostError;
 use crate::host_state::HostState;
 use crate::services::PolicyServices;
@@ -58,6 +59,18 @@ impl<B> Guest<B> {
         f: impl FnOnce(&B, &mut Store<StoreState>) -> wasmtime::Result<R>,
         commit: impl FnOnce(&R) -> bool,
     ) -> Result<R, HostError> {
+        self.call_times(function, 1, f, commit)
+    }
+
+    /// [`Guest::call`] for a call that does the work of `times` calls (several deliveries to a
+    /// projector at once): its import budgets are `times` those of one call.
+    pub(crate) fn call_times<R>(
+        &mut self,
+        function: &str,
+        times: u64,
+        f: impl FnOnce(&B, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        commit: impl FnOnce(&R) -> bool,
+    ) -> Result<R, HostError> {
         if self.live.is_none() {
             // Instantiation (the guest's start functions) runs on the budget `new_store` arms.
             let mut store = StoreState::new_store(self.actor.engine(), self.host_state.clone(), self.services.clone());
@@ -72,14 +85,13 @@ impl<B> Guest<B> {
             self.live = Some((store, bindings));
         }
         let (store, bindings) = self.live.as_mut().expect("instance created above");
-        self.actor.engine().arm(store);
-        store.data_mut().memory.hit = false;
+        StoreState::arm(self.actor.engine(), store, times);
         let result = f(bindings, store);
         store.data_mut().log_budget.finish(&self.host_state, self.actor.name(), function);
         match result {
             Ok(value) => {
                 // Output of a successful call is of no interest; drop it so it can't pile up.
-                store.data().stderr.clear();
+                store.data().output.clear();
                 if commit(&value) {
                     self.host_state.commit();
                 } else {
@@ -98,9 +110,19 @@ impl<B> Guest<B> {
     fn classify(&self, function: &str, error: wasmtime::Error, store: &mut Store<StoreState>) -> HostError {
         let actor = self.actor.name().to_string();
         let function = function.to_string();
-        let stderr = store.data().stderr.take();
+        let stderr = store.data().output.take();
         if store.data().memory.hit {
             return HostError::MemoryCap { actor, function, limit_bytes: self.actor.engine().limits().memory_bytes };
+        }
+        if let Some(over) = error.chain().find_map(|e| e.downcast_ref::<BudgetExceeded>()) {
+            return HostError::ImportBudget {
+                actor,
+                function,
+                import: over.budget.import(),
+                what: over.budget.what(),
+                field: over.budget.field(),
+                limit: over.limit,
+            };
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => {

@@ -3,8 +3,10 @@
 //! harness (recording, fixtures, given / when / then) on top.
 //!
 //! - [`HostEngine`]: one engine per process, pooling allocator with explicit limits, a CPU cap
-//!   per call (fuel: deterministic, guest instructions only, see [`engine::FUEL_PER_MS`]) with a
-//!   generous wall-clock backstop (epoch interruption), and a memory cap per instance.
+//!   per call (fuel: deterministic, guest instructions only, see [`engine::FUEL_PER_MS`]), a
+//!   budget per call for each host import ([`ImportBudgets`]: bytes logged, written, asked of
+//!   `wasi:random` or moved through key-value storage, and calls), a wall-clock backstop
+//!   (epoch interruption) for a host that is itself slow, and a memory cap per instance.
 //! - [`CodeCache`]: compiled code on disk, keyed by component and engine configuration
 //!   ([`HostEngine::with_code_cache`]).
 //! - [`Actor`]: a loaded component; loading checks it is a component, what role it exports,
@@ -21,6 +23,7 @@
 pub mod actor;
 pub mod aggregate;
 pub mod bindings;
+pub mod budget;
 pub mod code_cache;
 pub mod engine;
 pub mod error;
@@ -34,6 +37,7 @@ pub mod typed;
 
 pub use actor::Actor;
 pub use aggregate::{AggregateActor, AggregateHost, Outcome};
+pub use budget::ImportBudgets;
 pub use code_cache::{CodeCache, CodeCacheStats};
 pub use engine::{HostEngine, Limits};
 pub use error::HostError;

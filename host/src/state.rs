@@ -1,7 +1,8 @@
 //! What every store carries: WASI with nothing granted, the memory cap, the guest's captured
-//! stderr, the log budget of the call in progress, the host state, and the services a policy's
-//! imports are served by.
+//! stderr, the log lines kept and the import budgets of the call in progress, the host state,
+//! and the services a policy's imports are served by.
 
+use crate::budget::{Budget, BudgetExceeded, ImportUse};
 use crate::engine::HostEngine;
 use crate::host_state::HostState;
 use crate::services::PolicyServices;
@@ -18,47 +19,89 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 const STDERR_CAP: usize = 64 << 10;
 
 #[derive(Default)]
-struct StderrTail {
-    /// The last bytes written, at most `2 * STDERR_CAP` (trimmed to the cap in batches).
-    bytes: Vec<u8>,
-    /// Bytes dropped from the front since the last take.
+struct Output {
+    /// The last bytes written to stderr, at most `2 * STDERR_CAP` (trimmed to the cap in
+    /// batches).
+    tail: Vec<u8>,
+    /// Bytes dropped from the front of the tail since the last take.
     dropped: u64,
+    /// Bytes written to stdout and stderr in the call in progress, and the most it may write.
+    written: u64,
+    budget: u64,
 }
 
-/// The guest's stderr, drained after every call so a panic message reaches the error. Holds at
-/// most the last 64 KiB of a call (twice that between trims).
+/// The guest's stdout and stderr. Stdout is discarded; of stderr the last 64 KiB of a call are
+/// kept (twice that between trims) and drained after every call, so a panic message reaches
+/// the error. What a call writes to either counts against its `output_bytes` budget: past it
+/// a write traps the call (a guest writing in a loop would otherwise hold the host for as long
+/// as it likes, spending almost no fuel).
 #[derive(Clone, Default)]
-pub struct GuestStderr(Arc<Mutex<StderrTail>>);
+pub struct GuestOutput(Arc<Mutex<Output>>);
 
-impl GuestStderr {
-    /// Takes what the guest wrote since the last call: its last 64 KiB, after a line saying
-    /// how much came before when there was more.
+/// One of the guest's output streams.
+#[derive(Clone)]
+struct GuestStream {
+    output: GuestOutput,
+    /// Whether the bytes are kept (stderr) or only counted (stdout).
+    keep: bool,
+}
+
+impl GuestOutput {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes what the guest wrote to stderr since the last call: its last 64 KiB, after a line
+    /// saying how much came before when there was more.
     pub fn take(&self) -> String {
-        let tail = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        let keep = tail.bytes.len().min(STDERR_CAP);
-        let cut = tail.dropped.saturating_add((tail.bytes.len() - keep) as u64);
-        let text = String::from_utf8_lossy(&tail.bytes[tail.bytes.len() - keep..]);
+        let mut output = self.lock();
+        let (tail, dropped) = (std::mem::take(&mut output.tail), std::mem::take(&mut output.dropped));
+        drop(output);
+        let keep = tail.len().min(STDERR_CAP);
+        let cut = dropped.saturating_add((tail.len() - keep) as u64);
+        let text = String::from_utf8_lossy(&tail[tail.len() - keep..]);
         if cut == 0 { text.into_owned() } else { format!("[{cut} earlier bytes of stderr dropped]\n{text}") }
     }
 
-    /// Drops what the guest wrote since the last call, without copying it.
+    /// Drops what the guest wrote to stderr since the last call, without copying it.
     pub fn clear(&self) {
-        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        tail.bytes.clear();
-        tail.dropped = 0;
+        let mut output = self.lock();
+        output.tail.clear();
+        output.dropped = 0;
     }
 
-    fn push(&self, bytes: &[u8]) {
-        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Starts a call that may write `budget` bytes.
+    pub(crate) fn reset(&self, budget: u64) {
+        let mut output = self.lock();
+        output.written = 0;
+        output.budget = budget;
+    }
+
+    fn stream(&self, keep: bool) -> GuestStream {
+        GuestStream { output: self.clone(), keep }
+    }
+}
+
+impl GuestStream {
+    fn push(&self, bytes: &[u8]) -> Result<(), BudgetExceeded> {
+        let mut output = self.output.lock();
+        output.written = output.written.saturating_add(bytes.len() as u64);
+        if output.written > output.budget {
+            return Err(BudgetExceeded { budget: Budget::OutputBytes, limit: output.budget });
+        }
+        if !self.keep {
+            return Ok(());
+        }
         // Only the last STDERR_CAP bytes of `bytes` can survive.
         let skip = bytes.len().saturating_sub(STDERR_CAP);
-        tail.dropped = tail.dropped.saturating_add(skip as u64);
-        tail.bytes.extend_from_slice(&bytes[skip..]);
-        if tail.bytes.len() > 2 * STDERR_CAP {
-            let excess = tail.bytes.len() - STDERR_CAP;
-            tail.bytes.drain(..excess);
-            tail.dropped = tail.dropped.saturating_add(excess as u64);
+        output.dropped = output.dropped.saturating_add(skip as u64);
+        output.tail.extend_from_slice(&bytes[skip..]);
+        if output.tail.len() > 2 * STDERR_CAP {
+            let excess = output.tail.len() - STDERR_CAP;
+            output.tail.drain(..excess);
+            output.dropped = output.dropped.saturating_add(excess as u64);
         }
+        Ok(())
     }
 }
 
@@ -128,13 +171,13 @@ fn cut(mut text: String, cap: usize) -> String {
     text
 }
 
-impl IsTerminal for GuestStderr {
+impl IsTerminal for GuestStream {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for GuestStderr {
+impl StdoutStream for GuestStream {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(self.clone())
     }
@@ -145,15 +188,15 @@ impl StdoutStream for GuestStderr {
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for GuestStderr {
+impl Pollable for GuestStream {
     async fn ready(&mut self) {}
 }
 
-impl OutputStream for GuestStderr {
+impl OutputStream for GuestStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        // Past the cap the oldest bytes are dropped, not refused: a chatty guest must not trap.
-        self.push(&bytes);
-        Ok(())
+        // Past the kept tail the oldest bytes are dropped, not refused; past the call's budget
+        // the call traps.
+        self.push(&bytes).map_err(|e| StreamError::Trap(e.into()))
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -166,14 +209,14 @@ impl OutputStream for GuestStderr {
     }
 }
 
-impl tokio::io::AsyncWrite for GuestStderr {
+impl tokio::io::AsyncWrite for GuestStream {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.push(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
+        let written = self.push(buf).map(|()| buf.len()).map_err(std::io::Error::other);
+        std::task::Poll::Ready(written)
     }
 
     fn poll_flush(
@@ -212,13 +255,21 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// Most host resources (streams, pollables, bucket handles) one instance may hold at once;
+/// creating one more traps. Resources outlive the call that made them, so without a cap a
+/// guest could fill host memory a handle at a time, call after call.
+pub const MAX_RESOURCES: usize = 10_000;
+
 /// The data of every store.
 pub struct StoreState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) memory: MemoryCap,
-    pub(crate) stderr: GuestStderr,
+    pub(crate) output: GuestOutput,
     pub(crate) log_budget: LogBudget,
+    /// What the call in progress has used of its import budgets (but `output_bytes`, which
+    /// `output` counts).
+    pub(crate) budget: ImportUse,
     pub(crate) host_state: HostState,
     pub(crate) services: Option<Arc<dyn PolicyServices>>,
 }
@@ -232,33 +283,59 @@ impl WasiView for StoreState {
 impl StoreState {
     /// A new store: no preopens, no environment, no arguments, no network, stdin empty,
     /// stdout discarded, stderr captured, the host state's virtual clock, deterministic randomness,
-    /// and the fuel and wall-clock backstop of one call ([`HostEngine::arm`]).
+    /// at most [`MAX_RESOURCES`] host resources, and the fuel, wall-clock backstop and import
+    /// budgets of one call ([`StoreState::arm`]).
     pub fn new_store(
         engine: &HostEngine,
         host_state: HostState,
         services: Option<Arc<dyn PolicyServices>>,
     ) -> Store<StoreState> {
-        let stderr = GuestStderr::default();
+        let output = GuestOutput::default();
         let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
+            .stdout(output.stream(false))
+            .stderr(output.stream(true))
             .wall_clock(host_state.clock().clone())
             .monotonic_clock(host_state.clock().clone())
             .secure_random(wasmtime_wasi::Deterministic::new(b"tollgate-seed".to_vec()))
             .insecure_random(wasmtime_wasi::Deterministic::new(b"tollgate-insecure".to_vec()))
             .insecure_random_seed(0x7011_6a7e)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = StoreState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             memory: MemoryCap { limit: engine.limits().memory_bytes, hit: false },
-            stderr,
+            output,
             log_budget: LogBudget::default(),
+            budget: ImportUse::new(engine.limits().imports),
             host_state,
             services,
         };
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|s| &mut s.memory);
-        engine.arm(&mut store);
+        StoreState::arm(engine, &mut store, 1);
         store
+    }
+
+    /// Gives `store` what one call may use: [`HostEngine::arm`]'s fuel and wall-clock backstop,
+    /// and the engine's import budgets `times` over (a call doing the work of `times` calls).
+    pub fn arm(engine: &HostEngine, store: &mut Store<StoreState>, times: u64) {
+        engine.arm(store);
+        let budgets = engine.limits().imports.times(times);
+        let state = store.data_mut();
+        state.memory.hit = false;
+        state.output.reset(budgets.output_bytes);
+        state.budget.reset(budgets);
+    }
+
+    /// WASI's randomness, which the budgeted `wasi:random` imports hand on to.
+    pub(crate) fn wasi_random(&mut self) -> &mut wasmtime_wasi::random::WasiRandomCtx {
+        self.wasi.random()
+    }
+
+    /// Counts `amount` against `budget` of the call in progress; over it, the trap to raise.
+    pub(crate) fn charge(&mut self, budget: Budget, amount: usize) -> wasmtime::Result<()> {
+        Ok(self.budget.charge(budget, amount as u64)?)
     }
 }

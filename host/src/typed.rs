@@ -44,10 +44,25 @@ impl ProjectorActor {
         self.guest.call("subscriptions", |b, s| b.tollgate_eventsourcing_projection().call_subscriptions(s), |_| true)
     }
 
-    /// Calls `project` with a batch.
+    /// Calls `project` with the events of one delivery.
     pub fn project(&mut self, events: &[Event]) -> Result<Result<(), Rejection>, HostError> {
+        self.project_deliveries(events, 1)
+    }
+
+    /// Calls `project` with the events of `deliveries` deliveries at once (as `tollgate
+    /// replay` does): the call's import budgets are `deliveries` times those of one delivery.
+    pub fn project_deliveries(
+        &mut self,
+        events: &[Event],
+        deliveries: u64,
+    ) -> Result<Result<(), Rejection>, HostError> {
         let batch = crate::aggregate::pack(events);
-        self.guest.call("project", |b, s| b.tollgate_eventsourcing_projection().call_project(s, &batch), |r| r.is_ok())
+        self.guest.call_times(
+            "project",
+            deliveries,
+            |b, s| b.tollgate_eventsourcing_projection().call_project(s, &batch),
+            |r| r.is_ok(),
+        )
     }
 }
 

@@ -144,8 +144,12 @@ pub fn engine_for_runtimes(manifest: &Manifest, runtimes: usize) -> Result<HostE
     let default = Limits::default();
     let needed = runtimes.saturating_mul(manifest.actors.len()).saturating_mul(2);
     let max_instances = u32::try_from(needed).unwrap_or(u32::MAX).max(default.max_instances);
-    let limits =
-        Limits { cpu_ms: manifest.limits.cpu_ms, memory_bytes: manifest.limits.memory_mib << 20, max_instances };
+    let limits = Limits {
+        cpu_ms: manifest.limits.cpu_ms,
+        memory_bytes: manifest.limits.memory_mib << 20,
+        max_instances,
+        imports: manifest.limits.imports(),
+    };
     Ok(HostEngine::new(limits)?.with_default_code_cache())
 }
 

@@ -4,6 +4,7 @@
 //! [limits]
 //! cpu_ms = 100      # guest CPU per call (fuel, host imports not counted), 1..=60000
 //! memory_mib = 64   # linear memory per instance, 1..=4096
+//! kv_writes = 10000 # and the other import budgets per call: see `docs/manifest.md`
 //!
 //! [actors.account]
 //! kind = "aggregate"
@@ -54,8 +55,8 @@ use crate::quota::QuotaPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tollgate_host::ActorKind;
 use tollgate_host::engine::{MAX_CPU_MS, MAX_MEMORY_BYTES};
+use tollgate_host::{ActorKind, ImportBudgets};
 
 /// A parsed manifest.
 #[derive(Debug, Clone, Deserialize)]
@@ -317,30 +318,93 @@ pub struct RegistrySpec {
 /// The largest `limits.memory_mib`: 4 GiB, all a 32-bit guest can address.
 pub const MAX_MEMORY_MIB: usize = MAX_MEMORY_BYTES >> 20;
 
-/// Limits as written in a manifest.
+/// Limits as written in a manifest (`[limits]`). Fields left out take their defaults.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsSpec {
     /// Guest CPU time per call, ms (counted in fuel: host imports do not count, machine load
     /// does not change the verdict), 1 to 60 000.
-    #[serde(default = "default_cpu_ms")]
     pub cpu_ms: u64,
     /// Linear memory per instance, MiB, 1 to 4096.
-    #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
-}
-
-fn default_cpu_ms() -> u64 {
-    100
-}
-
-fn default_memory_mib() -> usize {
-    64
+    /// `wasi:logging` calls per call of an actor.
+    pub log_calls: u64,
+    /// Bytes handed to `wasi:logging` per call.
+    pub log_bytes: u64,
+    /// Bytes written to stdout and stderr per call.
+    pub output_bytes: u64,
+    /// Bytes asked of `wasi:random` per call.
+    pub random_bytes: u64,
+    /// `wasi:clocks` calls per call.
+    pub clock_calls: u64,
+    /// `wasi:config` calls per call.
+    pub config_calls: u64,
+    /// `wasi:keyvalue` calls per call.
+    pub kv_calls: u64,
+    /// Bytes moved through `wasi:keyvalue` either way per call.
+    pub kv_bytes: u64,
+    /// Key-value writes (set, delete) per call: per delivery, for a projector.
+    pub kv_writes: u64,
+    /// Bytes of keys and values written per call: per delivery, for a projector.
+    pub kv_write_bytes: u64,
+    /// `tollgate:billing/rating` calls per call.
+    pub rating_calls: u64,
+    /// `tollgate:billing/charging` calls per call.
+    pub charging_calls: u64,
 }
 
 impl Default for LimitsSpec {
     fn default() -> Self {
-        LimitsSpec { cpu_ms: default_cpu_ms(), memory_mib: default_memory_mib() }
+        let ImportBudgets {
+            log_calls,
+            log_bytes,
+            output_bytes,
+            random_bytes,
+            clock_calls,
+            config_calls,
+            kv_calls,
+            kv_bytes,
+            kv_writes,
+            kv_write_bytes,
+            rating_calls,
+            charging_calls,
+        } = ImportBudgets::default();
+        LimitsSpec {
+            cpu_ms: 100,
+            memory_mib: 64,
+            log_calls,
+            log_bytes,
+            output_bytes,
+            random_bytes,
+            clock_calls,
+            config_calls,
+            kv_calls,
+            kv_bytes,
+            kv_writes,
+            kv_write_bytes,
+            rating_calls,
+            charging_calls,
+        }
+    }
+}
+
+impl LimitsSpec {
+    /// The import budgets of every call ([`tollgate_host::budget`]).
+    pub fn imports(&self) -> ImportBudgets {
+        ImportBudgets {
+            log_calls: self.log_calls,
+            log_bytes: self.log_bytes,
+            output_bytes: self.output_bytes,
+            random_bytes: self.random_bytes,
+            clock_calls: self.clock_calls,
+            config_calls: self.config_calls,
+            kv_calls: self.kv_calls,
+            kv_bytes: self.kv_bytes,
+            kv_writes: self.kv_writes,
+            kv_write_bytes: self.kv_write_bytes,
+            rating_calls: self.rating_calls,
+            charging_calls: self.charging_calls,
+        }
     }
 }
 
@@ -444,6 +508,9 @@ impl Manifest {
                     "is {memory_mib}, must be between 1 and {MAX_MEMORY_MIB} (a 32-bit guest's whole address space)"
                 ),
             ));
+        }
+        if let Some(budget) = manifest.limits.imports().zero() {
+            return Err(invalid(format!("limits.{}", budget.field()), "must be > 0".into()));
         }
         let replicas = manifest.store.replicas;
         if !(1..=5).contains(&replicas) {
@@ -625,6 +692,22 @@ mod tests {
         assert_eq!(err, "m.toml: `reactions.max_timers_per_tick`: must be > 0");
         let err = parse("[reactions]\nmax_depth = 3\n[actors]\n").unwrap_err().to_string();
         assert!(err.contains("max_depth"), "{err}");
+    }
+
+    #[test]
+    fn import_budgets_default_are_set_per_field_and_must_be_positive() {
+        let actor = "[actors.a]\nkind = \"aggregate\"\nfile = \"a.wasm\"\n";
+        let m = parse(actor).unwrap();
+        assert_eq!(m.limits.imports(), ImportBudgets::default());
+        let m = parse(&format!("[limits]\nkv_writes = 7\nlog_bytes = 1024\n{actor}")).unwrap();
+        let imports = m.limits.imports();
+        assert_eq!((imports.kv_writes, imports.log_bytes), (7, 1024));
+        assert_eq!(imports.kv_write_bytes, ImportBudgets::default().kv_write_bytes, "the others keep their defaults");
+        assert_eq!(m.limits.cpu_ms, 100);
+        let err = parse(&format!("[limits]\ncharging_calls = 0\n{actor}")).unwrap_err().to_string();
+        assert_eq!(err, "m.toml: `limits.charging_calls`: must be > 0");
+        let err = parse(&format!("[limits]\nkv_write = 3\n{actor}")).unwrap_err().to_string();
+        assert!(err.contains("kv_write") && err.contains("unknown field"), "{err}");
     }
 
     #[test]

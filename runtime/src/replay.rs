@@ -126,7 +126,12 @@ pub fn replay(
         }
         let t = Instant::now();
         for batch in wanted.chunks(PAGE) {
-            projector.project(batch)?.map_err(|r| RuntimeError::ReplayRefused {
+            // Live, each commit is one delivery with its own import budgets; so here.
+            let commits = 1 + batch
+                .windows(2)
+                .filter(|w| (&w[0].stream, &w[0].key, &w[0].command_id) != (&w[1].stream, &w[1].key, &w[1].command_id))
+                .count();
+            projector.project_deliveries(batch, commits as u64)?.map_err(|r| RuntimeError::ReplayRefused {
                 projector: name.clone(),
                 code: r.code,
                 message: r.message,

@@ -1,19 +1,21 @@
 //! The embedded event store: an append-only, checksummed, segmented log with group commit.
 //!
 //! Layout of `DIR`: `LOCK` (held with an exclusive file lock while open for writing, a shared
-//! one while open read-only) and segment files `00000000000000000001.seg`, ..., each starting
-//! with a header (magic, format version, segment number, store id). Records are checksummed
-//! frames whose body starts with a tag byte. Everything (events, snapshots, projection commits,
-//! timers, consumer acks/nacks, dead letters, redrives) is a record of the same log, so it is
-//! all crash-safe the same way.
+//! one while open read-only), `COMMITTED` (the store marker: its id and how far the log was
+//! acknowledged, see `marker`) and segment files `00000000000000000001.seg`, ..., each
+//! starting with a header (magic, format version, segment number, store id). Records are
+//! checksummed frames whose body starts with a tag byte. Everything (events, snapshots,
+//! projection commits, timers, consumer acks/nacks, dead letters, redrives) is a record of the
+//! same log, so it is all crash-safe the same way.
 //!
 //! A synced store (the default) writes on one writer thread that takes every queued record,
 //! writes them, and calls `fdatasync` once for the whole batch (group commit) before
 //! acknowledging any of them. An unsynced store ([`FileOptions::sync`] off) has no writer
 //! thread: the caller that queued a record writes what is queued itself, without `fdatasync`.
-//! On open the log is replayed into memory. Only an incomplete final record (a torn last
-//! write, never acknowledged) is dropped, and that is said on stderr. Anything else (a failed
-//! checksum, data after a bad record, a missing segment, a segment of another store) is
+//! On open the log is replayed into memory. Only an incomplete final record past the marker's
+//! mark (a torn last write, never acknowledged) is dropped, and that is said on stderr.
+//! Anything else (a failed checksum, data after a bad record, a missing segment, a segment of
+//! another store, a log that ends before what it acknowledged, a missing marker) is
 //! [`StoreError::Corrupt`] naming the file and offset, and nothing is written.
 //!
 //! Events are kept in memory after replay (index by `(stream, key)` and by position), so reads
@@ -24,6 +26,7 @@
 //! * `record`: the kinds of record, their tags and encoding;
 //! * `index`: the log held in memory;
 //! * `writer`: group commit, segment rolls, answering the callers;
+//! * `marker`: the store marker, how far the log was acknowledged;
 //! * `recovery`: the directory lock, replay on open, making the tail appendable;
 //! * `repair`: [`FileStore::verify`] and [`FileStore::repair_truncate`] for operators;
 //! * `consumer`: durable consumers;
@@ -40,6 +43,7 @@ use tokio::sync::{oneshot, watch};
 
 mod consumer;
 mod index;
+mod marker;
 mod record;
 mod recovery;
 mod repair;
@@ -52,6 +56,7 @@ use crate::{
 };
 use consumer::FileConsumer;
 use index::LogIndex;
+use marker::{Mark, Marker, marker_path, write_marker};
 use record::{Commit, Record};
 use recovery::{existing_dir, lock_dir, prepare_tail, recover, report_torn};
 pub use repair::{LogReport, RepairReport};
@@ -138,10 +143,22 @@ impl FileStore {
                 let _ = std::fs::remove_file(dir.join("LOCK"));
             }
         })?;
-        let store_id = scan.store_id.unwrap_or_else(new_store_id);
+        let store_id = scan.store_id.or(scan.marker.map(|m| m.store_id)).unwrap_or_else(new_store_id);
         if let Some(torn) = &scan.torn {
             report_torn(torn, true);
         }
+        let mark = match scan.marker {
+            Some(m) => m.mark,
+            None => {
+                // A new store: the marker exists before its first segment, so a directory
+                // that ever held a segment of it is never taken for a new store.
+                write_marker(&dir, &store_id, &Mark::default(), options.sync)
+                    .map_err(|e| StoreError::io(format!("creating the store marker in {}", dir.display()), e))?;
+                Mark::default()
+            }
+        };
+        let marker = Marker::open(&dir, mark)
+            .map_err(|e| StoreError::io(format!("opening {}", marker_path(&dir).display()), e))?;
         let (segment, file, size) = prepare_tail(&dir, &scan, &store_id, options.sync)?;
 
         let durable_pos = index.next_position - 1;
@@ -160,6 +177,7 @@ impl FileStore {
             size,
             index: index.clone(),
             durable: durable_tx,
+            marker,
         };
         let (handle, inline) = if sync {
             let handle = writer.spawn(queue).map_err(|e| StoreError::io("spawning the writer thread", e))?;

@@ -335,9 +335,14 @@ pub enum StoreError {
     /// named by file and byte offset. The store refuses to open; nothing was written.
     #[error("corrupt log: {0}")]
     Corrupt(String),
-    /// A write was asked of a store opened read-only ([`FileStore::open_read_only`]).
+    /// A write was asked of a store opened read-only ([`FileStore::open_read_only`],
+    /// [`NatsStore::connect_read_only`]).
     #[error("store {0} is open read-only: nothing is written")]
     ReadOnly(String),
+    /// A read-only open found no log where the URL points (a JetStream server without the
+    /// store's streams): there is nothing to read, and nothing was created.
+    #[error("nothing to read: {0}")]
+    Empty(String),
     /// An earlier write or fsync failed; the file store refuses further writes.
     #[error("file store is poisoned after a failed write: {0}")]
     Poisoned(String),
@@ -516,10 +521,12 @@ pub async fn open_with(url: &str, replicas: usize, access: &NatsAccess) -> Resul
     }
 }
 
-/// Opens a store from a URL for reading only. `file:DIR` opens with
-/// [`FileStore::open_read_only`]: nothing on disk is created, truncated or written, and a
-/// missing directory is an error. `nats://` connects as [`open`] does (JetStream reads do not
-/// change the log; missing stream and bucket definitions are still created).
+/// Opens a store from a URL for reading only; every write fails with
+/// [`StoreError::ReadOnly`]. `file:DIR` opens with [`FileStore::open_read_only`]: nothing on
+/// disk is created, truncated or written, and a missing directory is an error. `nats://` (or
+/// `tls://`, reached with `access`) opens with [`NatsStore::connect_read_only`]: no stream,
+/// bucket or durable consumer is created, and a server holding no tollgate log is
+/// [`StoreError::Empty`].
 pub async fn open_read_only(url: &str, access: &NatsAccess) -> Result<Box<dyn EventStore>> {
     match url.strip_prefix("file:") {
         Some(rest) => {
@@ -529,7 +536,11 @@ pub async fn open_read_only(url: &str, access: &NatsAccess) -> Result<Box<dyn Ev
             }
             Ok(Box::new(FileStore::open_read_only(dir)?))
         }
-        None => open_with(url, 1, access).await,
+        None if access::is_nats_url(url) => {
+            let options = NatsOptions { access: access.clone(), ..NatsOptions::default() };
+            Ok(Box::new(NatsStore::connect_read_only(url, options).await?))
+        }
+        None => Err(StoreError::InvalidUrl(url.to_owned())),
     }
 }
 

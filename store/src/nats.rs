@@ -22,7 +22,7 @@
 //!   holds the checkpoint and all writes; it is then applied to `P_projections` and the
 //!   applied marker. An interrupted apply is finished by the next call for that projection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -55,10 +55,12 @@ pub struct NatsOptions {
     /// Copies JetStream keeps of every stream and bucket this store creates (1..=5; a
     /// cluster of three servers runs 3). Applies when they are created.
     pub replicas: usize,
-    /// How long an append keeps retrying while the cluster has no stream leader (a server
-    /// lost, an election under way) before it fails. Retries are safe: the message id
-    /// de-duplicates a publish that did land, and the stream's `duplicate_window` must
-    /// outlast this.
+    /// How long an append, an open or a read keeps retrying while the cluster has no leader
+    /// for a stream (a server lost, an election under way) before it fails. nats-server
+    /// starts an election 4 to 9 s after it last heard from the leader, and a split vote
+    /// takes another round: the default of 30 s covers two rounds on a loaded machine.
+    /// Retries are safe: reads change nothing, the message id de-duplicates a publish that
+    /// did land, and the stream's `duplicate_window` must outlast this.
     pub failover_timeout: Duration,
     /// The credentials and TLS settings of the connection.
     pub access: crate::access::NatsAccess,
@@ -72,7 +74,7 @@ impl Default for NatsOptions {
             max_append_retries: 64,
             request_timeout: Duration::from_secs(5),
             replicas: 1,
-            failover_timeout: Duration::from_secs(10),
+            failover_timeout: Duration::from_secs(30),
             access: crate::access::NatsAccess::default(),
         }
     }
@@ -103,6 +105,8 @@ pub struct NatsStore {
     dead: kv::Store,
     proj: std::sync::Arc<tokio::sync::Mutex<HashMap<String, ProjState>>>,
     options: NatsOptions,
+    /// Opened with [`NatsStore::connect_read_only`]: every write is refused.
+    read_only: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -204,8 +208,21 @@ fn is_tombstone(headers: Option<&HeaderMap>) -> bool {
 impl NatsStore {
     /// Connects to `nats://HOST:PORT` (or several servers of one cluster,
     /// `nats://HOST:PORT,HOST:PORT,...`: the client fails over between them) and creates the
-    /// streams and buckets it needs, with [`NatsOptions::replicas`] copies each.
+    /// streams and buckets it needs, with [`NatsOptions::replicas`] copies each. While the
+    /// cluster elects the leaders that answer for them (it has just started, or lost a
+    /// server), it waits for up to [`NatsOptions::failover_timeout`].
     pub async fn connect(url: &str, options: NatsOptions) -> Result<NatsStore> {
+        NatsStore::connect_with(url, options, false).await
+    }
+
+    /// Connects like [`NatsStore::connect`], but only opens the streams and buckets that exist:
+    /// it creates nothing, and says so ([`StoreError::Empty`]) when they are not there. Every
+    /// write fails with [`StoreError::ReadOnly`]; reads wait out an election as writes do.
+    pub async fn connect_read_only(url: &str, options: NatsOptions) -> Result<NatsStore> {
+        NatsStore::connect_with(url, options, true).await
+    }
+
+    async fn connect_with(url: &str, options: NatsOptions, read_only: bool) -> Result<NatsStore> {
         if !options.prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             || options.prefix.is_empty()
         {
@@ -224,7 +241,7 @@ impl NatsStore {
         }
         let client = options.access.options().await?.connect(servers(url)?).await.map_err(nats_err("connect"))?;
         let version = client.server_info().version;
-        if options.replicas > 1 && !serializes_replicated_appends(&version) {
+        if options.replicas > 1 && !read_only && !serializes_replicated_appends(&version) {
             return Err(StoreError::InvalidArgument(format!(
                 "nats-server {version} cannot hold optimistic concurrency for replicated streams: two appends expecting the same last sequence can both commit (nats-io/nats-server#4320, fixed in {}); run a newer server or replicas = 1",
                 FIXED_4320.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
@@ -232,67 +249,34 @@ impl NatsStore {
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.request_timeout);
-        // A cluster that has just lost a server, or has just started, may still be electing
-        // the leaders that answer for its streams.
-        let mut failover = Failover::new(options.failover_timeout);
-        loop {
-            match NatsStore::open_streams(client.clone(), js.clone(), options.clone()).await {
-                Err(StoreError::Nats { message, .. }) if failover.wait().await => {
-                    tracing::debug!(%message, "JetStream not answering yet; retrying");
-                }
-                opened => return opened,
-            }
-        }
-    }
-
-    /// Creates (or finds) the streams and buckets.
-    async fn open_streams(
-        client: async_nats::Client,
-        js: jetstream::Context,
-        options: NatsOptions,
-    ) -> Result<NatsStore> {
+        let opener =
+            Opener { js: js.clone(), client: client.clone(), options: options.clone(), read_only, url: url.to_owned() };
         let p = options.prefix.clone();
         let replicas = options.replicas;
-        let events = get_or_create_stream(
-            &js,
-            stream::Config {
-                name: format!("{p}_events"),
-                subjects: vec![format!("{p}.ev.>")],
-                storage: stream::StorageType::File,
+        let stream = |name: String, subjects: String, per_subject: i64| stream::Config {
+            name,
+            subjects: vec![subjects],
+            storage: stream::StorageType::File,
+            max_messages_per_subject: per_subject,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        // Each stream and bucket has a leader of its own to elect: looked up at once, not one
+        // election after another. (Boxed: eight of these futures side by side would not fit
+        // a test thread's stack in a debug build.)
+        let (events, proj_log, _redrive, snapshots, projections, applied, timers, dead) = tokio::try_join!(
+            Box::pin(opener.stream(stream::Config {
                 duplicate_window: options.duplicate_window,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let proj_log = get_or_create_stream(
-            &js,
-            stream::Config {
-                name: format!("{p}_proj"),
-                subjects: vec![format!("{p}.proj.>")],
-                storage: stream::StorageType::File,
-                max_messages_per_subject: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        get_or_create_stream(
-            &js,
-            stream::Config {
-                name: format!("{p}_redrive"),
-                subjects: vec![format!("{p}.redrive.>")],
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let snapshots = get_or_create_kv(&js, &format!("{p}_snapshots"), replicas).await?;
-        let projections = get_or_create_kv(&js, &format!("{p}_projections"), replicas).await?;
-        let applied = get_or_create_kv(&js, &format!("{p}_applied"), replicas).await?;
-        let timers = get_or_create_kv(&js, &format!("{p}_timers"), replicas).await?;
-        let dead = get_or_create_kv(&js, &format!("{p}_dead"), replicas).await?;
+                ..stream(format!("{p}_events"), format!("{p}.ev.>"), 0)
+            })),
+            Box::pin(opener.stream(stream(format!("{p}_proj"), format!("{p}.proj.>"), 1))),
+            Box::pin(opener.stream(stream(format!("{p}_redrive"), format!("{p}.redrive.>"), 0))),
+            Box::pin(opener.kv(format!("{p}_snapshots"))),
+            Box::pin(opener.kv(format!("{p}_projections"))),
+            Box::pin(opener.kv(format!("{p}_applied"))),
+            Box::pin(opener.kv(format!("{p}_timers"))),
+            Box::pin(opener.kv(format!("{p}_dead"))),
+        )?;
         Ok(NatsStore {
             client,
             js,
@@ -306,7 +290,31 @@ impl NatsStore {
             dead,
             proj: std::sync::Arc::new(tokio::sync::Mutex::new(HashMap::new())),
             options,
+            read_only,
         })
+    }
+
+    /// Fails with [`StoreError::ReadOnly`] on a read-only store.
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.read_only_name()));
+        }
+        Ok(())
+    }
+
+    fn read_only_name(&self) -> String {
+        format!("JetStream ({}_* streams)", self.prefix)
+    }
+
+    /// One small JetStream request (a lookup, a message get), cut short after
+    /// [`probe_timeout`]: while a stream has no leader nobody answers, and a retry (once
+    /// there is one) is worth more than waiting out the full request timeout.
+    async fn probe<T, E: std::fmt::Display>(
+        &self,
+        op: &'static str,
+        request: impl std::future::Future<Output = std::result::Result<T, E>>,
+    ) -> Result<T> {
+        probe(&self.options, op, request).await
     }
 
     fn event_subject(&self, stream: &str, key: &str) -> String {
@@ -314,16 +322,23 @@ impl NatsStore {
     }
 
     /// The last message of `subject` in `stream`, if any.
-    async fn last_message(stream: &stream::Stream, subject: &str) -> Result<Option<jetstream::message::StreamMessage>> {
-        match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(nats_err("get last message")(e)),
-        }
+    async fn last_message(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>> {
+        let got = self.probe("get last message", async {
+            match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        got.await
     }
 
     async fn last_batch(&self, subject: &str) -> Result<Option<(u64, Batch)>> {
-        match Self::last_message(&self.events, subject).await? {
+        match self.last_message(&self.events, subject).await? {
             None => Ok(None),
             Some(m) => Ok(Some((m.sequence, Batch::decode(&mut Dec::new(&m.payload))?))),
         }
@@ -339,15 +354,17 @@ impl NatsStore {
         mut f: impl FnMut(u64, &async_nats::Message) -> Result<bool> + Send,
     ) -> Result<()> {
         let stream = self.js.get_stream_no_info(stream_name).await.map_err(nats_err("get stream"))?;
-        let c = stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                filter_subject: filter,
-                deliver_policy: deliver,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err("create ordered consumer"))?;
+        let c = self
+            .probe(
+                "create ordered consumer",
+                stream.create_consumer(consumer::push::OrderedConfig {
+                    deliver_subject: self.client.new_inbox(),
+                    filter_subject: filter,
+                    deliver_policy: deliver,
+                    ..Default::default()
+                }),
+            )
+            .await?;
         if c.cached_info().num_pending == 0 {
             return Ok(());
         }
@@ -389,16 +406,18 @@ impl NatsStore {
             return Ok(*s);
         }
         let subject = format!("{}.proj.{}", self.prefix, encode_token(consumer));
-        let state = match Self::last_message(&self.proj_log, &subject).await? {
+        let state = match self.last_message(&self.proj_log, &subject).await? {
             None => ProjState { checkpoint: 0, log_sequence: 0 },
             Some(m) => {
                 let (position, writes) = decode_projection(&m.payload)?;
-                let applied = match self.applied.get(encode_token(consumer)).await.map_err(nats_err("kv get"))? {
+                let applied = match self.probe("kv get", self.applied.get(encode_token(consumer))).await? {
                     Some(v) => decode_u64(&v)?,
                     None => 0,
                 };
-                // The marker is the commit's message sequence: a rebuild may reuse a position.
-                if applied < m.sequence {
+                // The marker is the commit's message sequence: a rebuild may reuse a position. A
+                // reader leaves an interrupted commit to the next writer and reads through it
+                // ([`NatsStore::unapplied`]).
+                if applied < m.sequence && !self.read_only {
                     tracing::warn!(consumer, position, "finishing an interrupted projection commit");
                     self.apply_projection(consumer, m.sequence, &writes).await?;
                 }
@@ -407,6 +426,24 @@ impl NatsStore {
         };
         cache.insert(consumer.to_owned(), state);
         Ok(state)
+    }
+
+    /// For a read-only store: the writes of the projection's last commit if a writer stopped
+    /// before applying them to its buckets (a writer finishes them when it next reads).
+    async fn unapplied(&self, consumer: &str) -> Result<Vec<KvWrite>> {
+        if !self.read_only {
+            return Ok(Vec::new());
+        }
+        let subject = format!("{}.proj.{}", self.prefix, encode_token(consumer));
+        let Some(m) = self.last_message(&self.proj_log, &subject).await? else { return Ok(Vec::new()) };
+        let applied = match self.probe("kv get", self.applied.get(encode_token(consumer))).await? {
+            Some(v) => decode_u64(&v)?,
+            None => 0,
+        };
+        if applied >= m.sequence {
+            return Ok(Vec::new());
+        }
+        Ok(decode_projection(&m.payload)?.1)
     }
 
     async fn apply_projection(&self, consumer: &str, commit_sequence: u64, writes: &[KvWrite]) -> Result<()> {
@@ -505,21 +542,57 @@ fn server_code(e: &PublishError) -> Option<jetstream::ErrorCode> {
     std::error::Error::source(e)?.downcast_ref::<jetstream::Error>().map(jetstream::Error::error_code)
 }
 
-/// The retry budget of one append while the cluster elects a leader.
+/// Evaluates the read `$op` (an expression ending in `.await`) until it answers, waiting out an
+/// election (a server lost, a leader not yet chosen) for up to the store's failover timeout:
+/// reads change nothing, so trying again is always safe. (A macro, not an async closure: the
+/// futures of those are not yet proven `Send` for `async_trait`.)
+macro_rules! retrying {
+    ($store:expr, $op:expr) => {{
+        let mut failover = Failover::new(&$store.options, &$store.client);
+        loop {
+            match $op {
+                Err(StoreError::Nats { message, .. }) if failover.wait().await => {
+                    tracing::debug!(%message, "JetStream not answering; retrying");
+                }
+                done => break done,
+            }
+        }
+    }};
+}
+
+/// The retry budget of one operation while the cluster elects a leader: the failover timeout,
+/// as long as the client stays connected to some server. An election keeps that connection (or
+/// wins it back at once from another server); a partition does not, and a node cut off from
+/// every server gives up once it has been so for a request timeout, instead of holding its
+/// caller for the whole failover timeout.
 struct Failover {
     deadline: tokio::time::Instant,
     pause: Duration,
+    client: async_nats::Client,
+    patience: Duration,
+    disconnected_since: Option<tokio::time::Instant>,
 }
 
 impl Failover {
-    fn new(timeout: Duration) -> Failover {
-        Failover { deadline: tokio::time::Instant::now() + timeout, pause: Duration::from_millis(25) }
+    fn new(options: &NatsOptions, client: &async_nats::Client) -> Failover {
+        Failover {
+            deadline: tokio::time::Instant::now() + options.failover_timeout,
+            pause: Duration::from_millis(25),
+            client: client.clone(),
+            patience: options.request_timeout,
+            disconnected_since: None,
+        }
     }
 
     /// Waits before the next try (doubling, at most 1 s); false once the budget is spent.
     async fn wait(&mut self) -> bool {
         let now = tokio::time::Instant::now();
         if now >= self.deadline {
+            return false;
+        }
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            self.disconnected_since = None;
+        } else if now.duration_since(*self.disconnected_since.get_or_insert(now)) >= self.patience {
             return false;
         }
         tokio::time::sleep(self.pause.min(self.deadline - now)).await;
@@ -546,26 +619,81 @@ fn servers(url: &str) -> Result<Vec<String>> {
     Ok(servers)
 }
 
-async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream> {
-    let (name, wanted) = (config.name.clone(), config.num_replicas.max(1));
-    let stream = js.get_or_create_stream(config).await.map_err(nats_err("create stream"))?;
-    // An existing stream keeps the copies it was created with. Said, not refused: a reader
-    // (`tollgate events`, `stats`) opens with the default and must still read a replicated log.
-    let has = stream.cached_info().config.num_replicas.max(1);
-    if has != wanted {
-        tracing::warn!(
-            "JetStream stream {name} has {has} replicas, not the {wanted} configured; `nats stream edit {name} --replicas {wanted}` changes it"
-        );
-    }
-    Ok(stream)
+/// How long one small JetStream request may take while the store waits out an election:
+/// a second (less if the request timeout is shorter). A healthy server answers a lookup or a
+/// message get in milliseconds, even loaded; a stream without a leader never answers it.
+fn probe_timeout(options: &NatsOptions) -> Duration {
+    options.request_timeout.min(Duration::from_secs(1))
 }
 
-async fn get_or_create_kv(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<kv::Store> {
-    // The backing stream is created here rather than with `create_key_value`, which first
-    // queries account info in a shape that nats-server 2.9 does not answer with.
-    get_or_create_stream(
-        js,
-        stream::Config {
+async fn probe<T, E: std::fmt::Display>(
+    options: &NatsOptions,
+    op: &'static str,
+    request: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(probe_timeout(options), request).await {
+        Ok(answer) => answer.map_err(nats_err(op)),
+        Err(_) => Err(StoreError::Nats { op, message: format!("no answer within {:?}", probe_timeout(options)) }),
+    }
+}
+
+/// Whether JetStream answered that the stream does not exist.
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Opens the streams and buckets of a store: creating what is missing (a writer), or only
+/// finding what exists (a reader). Each waits out an election on its own.
+struct Opener {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    options: NatsOptions,
+    read_only: bool,
+    url: String,
+}
+
+impl Opener {
+    async fn stream(&self, config: stream::Config) -> Result<stream::Stream> {
+        let (name, wanted) = (config.name.clone(), config.num_replicas.max(1));
+        let mut failover = Failover::new(&self.options, &self.client);
+        let stream = loop {
+            let attempt = if self.read_only {
+                let found = probe(&self.options, "get stream", async {
+                    match self.js.get_stream(&name).await {
+                        Ok(stream) => Ok(Some(stream)),
+                        Err(e) if is_not_found(&e) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                });
+                match found.await {
+                    Ok(None) => return Err(self.nothing_here(&name)),
+                    other => other.map(|s| s.expect("None returned above")),
+                }
+            } else {
+                probe(&self.options, "create stream", self.js.get_or_create_stream(config.clone())).await
+            };
+            match attempt {
+                Err(StoreError::Nats { message, .. }) if failover.wait().await => {
+                    tracing::debug!(stream = %name, %message, "JetStream not answering yet; retrying");
+                }
+                done => break done?,
+            }
+        };
+        // An existing stream keeps the copies it was created with. Said, not refused: a reader
+        // (`tollgate events`, `stats`) opens with the default and must still read a replicated log.
+        let has = stream.cached_info().config.num_replicas.max(1);
+        if has != wanted && !self.read_only {
+            tracing::warn!(
+                "JetStream stream {name} has {has} replicas, not the {wanted} configured; `nats stream edit {name} --replicas {wanted}` changes it"
+            );
+        }
+        Ok(stream)
+    }
+
+    async fn kv(&self, bucket: String) -> Result<kv::Store> {
+        // The backing stream is made here rather than with `create_key_value`, which first
+        // queries account info in a shape that nats-server 2.9 does not answer with.
+        self.stream(stream::Config {
             name: format!("KV_{bucket}"),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
@@ -574,19 +702,35 @@ async fn get_or_create_kv(js: &jetstream::Context, bucket: &str, replicas: usize
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: replicas,
+            num_replicas: self.options.replicas,
             ..Default::default()
-        },
-    )
-    .await?;
-    js.get_key_value(bucket).await.map_err(nats_err("open kv bucket"))
+        })
+        .await?;
+        let mut failover = Failover::new(&self.options, &self.client);
+        loop {
+            match probe(&self.options, "open kv bucket", self.js.get_key_value(&bucket)).await {
+                Err(StoreError::Nats { message, .. }) if failover.wait().await => {
+                    tracing::debug!(%bucket, %message, "JetStream not answering yet; retrying");
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn nothing_here(&self, stream: &str) -> StoreError {
+        StoreError::Empty(format!(
+            "{} has no JetStream stream {stream}: no tollgate log with prefix `{}` was ever written there \
+             (a read-only command creates nothing)",
+            self.url, self.options.prefix
+        ))
+    }
 }
 
 impl NatsStore {
     /// A projection commit; a rebuild may keep the checkpoint where it is.
     async fn commit(&self, consumer: &str, position: u64, writes: Vec<KvWrite>, rebuild: bool) -> Result<()> {
         let mut cache = self.proj.lock().await;
-        let state = self.ensure_applied(&mut cache, consumer).await?;
+        let state = retrying!(self, self.ensure_applied(&mut cache, consumer).await)?;
         if position < state.checkpoint || (position == state.checkpoint && !rebuild) {
             return Err(StoreError::StaleCheckpoint {
                 consumer: consumer.to_owned(),
@@ -610,7 +754,7 @@ impl NatsStore {
             Err(err) => {
                 cache.remove(consumer);
                 if err.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
-                    let now = self.ensure_applied(&mut cache, consumer).await?;
+                    let now = retrying!(self, self.ensure_applied(&mut cache, consumer).await)?;
                     return Err(StoreError::StaleCheckpoint {
                         consumer: consumer.to_owned(),
                         position,
@@ -637,6 +781,7 @@ impl EventStore for NatsStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
+        self.writable()?;
         let command_id = validate_append(stream, &events)?;
         let subject = self.event_subject(stream, key);
         let duplicate = |original| StoreError::Duplicate {
@@ -647,7 +792,7 @@ impl EventStore for NatsStore {
         };
         let mut batch = Batch { stream: stream.to_owned(), key: key.to_owned(), first_sequence: 0, events };
         let mut attempt = 0;
-        let mut failover = Failover::new(self.options.failover_timeout);
+        let mut failover = Failover::new(&self.options, &self.client);
         loop {
             attempt += 1;
             let last = match self.last_batch(&subject).await {
@@ -710,6 +855,145 @@ impl EventStore for NatsStore {
     }
 
     async fn read(&self, stream: &str, key: &str, from_sequence: u64) -> Result<Vec<StoredEvent>> {
+        retrying!(self, self.read_once(stream, key, from_sequence).await)
+    }
+
+    async fn last_sequence(&self, stream: &str, key: &str) -> Result<u64> {
+        let subject = self.event_subject(stream, key);
+        retrying!(self, self.last_batch(&subject).await).map(|last| last.map_or(0, |(_, b)| b.last_sequence()))
+    }
+
+    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {
+        retrying!(self, self.read_all_once(from_position, max).await)
+    }
+
+    async fn consumer(&self, name: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {
+        if self.read_only {
+            // A durable consumer lives on the server, and fetching from one changes it: a
+            // reader gets a handle (a runtime opened for `tollgate stats` holds one per
+            // projector) that refuses to do either.
+            return Ok(Box::new(ReadOnlyConsumer { name: name.to_owned(), store: self.read_only_name() }));
+        }
+        self.open_consumer(name, options).await
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        retrying!(self, self.dead_letters_once(name).await)
+    }
+
+    async fn redrive(&self, name: &str, position: u64) -> Result<()> {
+        self.writable()?;
+        self.redrive_once(name, position).await
+    }
+
+    async fn put_snapshot(&self, stream: &str, key: &str, snapshot: Snapshot) -> Result<()> {
+        self.writable()?;
+        let mut e = Enc::default();
+        e.u64(snapshot.sequence).bytes(&snapshot.state);
+        self.snapshots
+            .put(
+                format!("{}.{}.{}", encode_token(stream), encode_token(key), encode_token(&snapshot.actor_digest)),
+                e.buf.into(),
+            )
+            .await
+            .map_err(nats_err("kv put snapshot"))?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, stream: &str, key: &str, actor_digest: &str) -> Result<Option<Snapshot>> {
+        let key = format!("{}.{}.{}", encode_token(stream), encode_token(key), encode_token(actor_digest));
+        let v = retrying!(self, self.probe("kv get snapshot", self.snapshots.get(key.clone())).await)?;
+        let Some(v) = v else { return Ok(None) };
+        let bad = |_| StoreError::Corrupt("undecodable snapshot".into());
+        let mut d = Dec::new(&v);
+        Ok(Some(Snapshot {
+            actor_digest: actor_digest.to_owned(),
+            sequence: d.u64().map_err(bad)?,
+            state: d.bytes().map_err(bad)?,
+        }))
+    }
+
+    async fn commit_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
+        self.writable()?;
+        self.commit(consumer, position, writes, false).await
+    }
+
+    async fn rebuild_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
+        self.writable()?;
+        self.commit(consumer, position, writes, true).await
+    }
+
+    async fn checkpoint(&self, consumer: &str) -> Result<u64> {
+        let mut cache = self.proj.lock().await;
+        retrying!(self, self.ensure_applied(&mut cache, consumer).await).map(|state| state.checkpoint)
+    }
+
+    async fn kv_get(&self, consumer: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        retrying!(self, self.kv_get_once(consumer, bucket, key).await)
+    }
+
+    async fn kv_list(&self, consumer: &str, bucket: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        retrying!(self, self.kv_list_once(consumer, bucket).await)
+    }
+
+    async fn put_timer(&self, timer: Timer) -> Result<()> {
+        self.writable()?;
+        let mut e = Enc::default();
+        e.str(&timer.id).u64(timer.fire_at_ms).bytes(&timer.payload);
+        self.timers.put(encode_token(&timer.id), e.buf.into()).await.map_err(nats_err("kv put timer"))?;
+        Ok(())
+    }
+
+    async fn cancel_timer(&self, id: &str) -> Result<bool> {
+        self.writable()?;
+        let key = encode_token(id);
+        let exists = self.timers.get(key.clone()).await.map_err(nats_err("kv get timer"))?.is_some();
+        if exists {
+            self.timers.delete(key).await.map_err(nats_err("kv delete timer"))?;
+        }
+        Ok(exists)
+    }
+
+    async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>> {
+        let bad = |_| StoreError::Corrupt("undecodable timer".into());
+        let mut due = Vec::new();
+        for (_, v) in retrying!(self, self.kv_scan(&self.timers, "*").await)? {
+            let mut d = Dec::new(&v);
+            let t = Timer {
+                id: d.str().map_err(bad)?,
+                fire_at_ms: d.u64().map_err(bad)?,
+                payload: d.bytes().map_err(bad)?,
+            };
+            if t.fire_at_ms <= now_ms {
+                due.push(t);
+            }
+        }
+        due.sort_by(|a, b| (a.fire_at_ms, &a.id).cmp(&(b.fire_at_ms, &b.id)));
+        Ok(due)
+    }
+
+    async fn replication(&self) -> Result<Option<Replication>> {
+        let info = retrying!(self, self.probe("stream info", self.events.get_info()).await)?;
+        let Some(cluster) = info.cluster.filter(|c| !c.replicas.is_empty() || info.config.num_replicas > 1) else {
+            return Ok(None);
+        };
+        let followers = cluster
+            .replicas
+            .into_iter()
+            .map(|peer| Follower {
+                server: peer.name,
+                current: peer.current,
+                lag: peer.lag.unwrap_or(0),
+                offline: peer.offline,
+            })
+            .collect();
+        Ok(Some(Replication { replicas: info.config.num_replicas.max(1), leader: cluster.leader, followers }))
+    }
+}
+
+/// The reads and writes behind [`EventStore`], each tried once.
+impl NatsStore {
+    async fn read_once(&self, stream: &str, key: &str, from_sequence: u64) -> Result<Vec<StoredEvent>> {
         let subject = self.event_subject(stream, key);
         let Some((seq, last)) = self.last_batch(&subject).await? else {
             return Ok(Vec::new());
@@ -734,12 +1018,7 @@ impl EventStore for NatsStore {
         Ok(out)
     }
 
-    async fn last_sequence(&self, stream: &str, key: &str) -> Result<u64> {
-        let subject = self.event_subject(stream, key);
-        Ok(self.last_batch(&subject).await?.map_or(0, |(_, b)| b.last_sequence()))
-    }
-
-    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {
+    async fn read_all_once(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {
         let mut out = Vec::new();
         if max == 0 {
             return Ok(out);
@@ -763,7 +1042,7 @@ impl EventStore for NatsStore {
         Ok(out)
     }
 
-    async fn consumer(&self, name: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {
+    async fn open_consumer(&self, name: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {
         if name.is_empty() {
             return Err(StoreError::InvalidArgument("consumer name is empty".into()));
         }
@@ -805,7 +1084,7 @@ impl EventStore for NatsStore {
         }))
     }
 
-    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters_once(&self, name: &str) -> Result<Vec<DeadLetter>> {
         let mut out = Vec::new();
         for (key, value) in self.kv_scan(&self.dead, &format!("{}.*", encode_token(name))).await? {
             let position = key
@@ -826,7 +1105,7 @@ impl EventStore for NatsStore {
         Ok(out)
     }
 
-    async fn redrive(&self, name: &str, position: u64) -> Result<()> {
+    async fn redrive_once(&self, name: &str, position: u64) -> Result<()> {
         let key = format!("{}.{position}", encode_token(name));
         let entry = self
             .dead
@@ -847,128 +1126,64 @@ impl EventStore for NatsStore {
         Ok(())
     }
 
-    async fn put_snapshot(&self, stream: &str, key: &str, snapshot: Snapshot) -> Result<()> {
-        let mut e = Enc::default();
-        e.u64(snapshot.sequence).bytes(&snapshot.state);
-        self.snapshots
-            .put(
-                format!("{}.{}.{}", encode_token(stream), encode_token(key), encode_token(&snapshot.actor_digest)),
-                e.buf.into(),
-            )
-            .await
-            .map_err(nats_err("kv put snapshot"))?;
-        Ok(())
-    }
-
-    async fn get_snapshot(&self, stream: &str, key: &str, actor_digest: &str) -> Result<Option<Snapshot>> {
-        let v = self
-            .snapshots
-            .get(format!("{}.{}.{}", encode_token(stream), encode_token(key), encode_token(actor_digest)))
-            .await
-            .map_err(nats_err("kv get snapshot"))?;
-        let Some(v) = v else { return Ok(None) };
-        let bad = |_| StoreError::Corrupt("undecodable snapshot".into());
-        let mut d = Dec::new(&v);
-        Ok(Some(Snapshot {
-            actor_digest: actor_digest.to_owned(),
-            sequence: d.u64().map_err(bad)?,
-            state: d.bytes().map_err(bad)?,
-        }))
-    }
-
-    async fn commit_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
-        self.commit(consumer, position, writes, false).await
-    }
-
-    async fn rebuild_projection(&self, consumer: &str, position: u64, writes: Vec<KvWrite>) -> Result<()> {
-        self.commit(consumer, position, writes, true).await
-    }
-
-    async fn checkpoint(&self, consumer: &str) -> Result<u64> {
-        let mut cache = self.proj.lock().await;
-        Ok(self.ensure_applied(&mut cache, consumer).await?.checkpoint)
-    }
-
-    async fn kv_get(&self, consumer: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    async fn kv_get_once(&self, consumer: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
         {
             let mut cache = self.proj.lock().await;
             self.ensure_applied(&mut cache, consumer).await?;
         }
-        Ok(self
-            .projections
-            .get(projection_key(consumer, bucket, key))
-            .await
-            .map_err(nats_err("kv get"))?
-            .map(|b| b.to_vec()))
+        if let Some(w) = self.unapplied(consumer).await?.into_iter().rev().find(|w| w.bucket == bucket && w.key == key)
+        {
+            return Ok(w.value);
+        }
+        let value = self.probe("kv get", self.projections.get(projection_key(consumer, bucket, key))).await?;
+        Ok(value.map(|b| b.to_vec()))
     }
 
-    async fn kv_list(&self, consumer: &str, bucket: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn kv_list_once(&self, consumer: &str, bucket: &str) -> Result<Vec<(String, Vec<u8>)>> {
         {
             let mut cache = self.proj.lock().await;
             self.ensure_applied(&mut cache, consumer).await?;
         }
         let filter = format!("{}.{}.*", encode_token(consumer), encode_token(bucket));
-        let mut out = Vec::new();
+        let mut out = BTreeMap::new();
         for (k, v) in self.kv_scan(&self.projections, &filter).await? {
             let token = k.rsplit('.').next().unwrap_or_default();
             let key = crate::subject::decode_token(token)
                 .ok_or_else(|| StoreError::Corrupt(format!("projection key {k}")))?;
-            out.push((key, v.to_vec()));
+            out.insert(key, v.to_vec());
         }
-        out.sort();
-        Ok(out)
-    }
-
-    async fn put_timer(&self, timer: Timer) -> Result<()> {
-        let mut e = Enc::default();
-        e.str(&timer.id).u64(timer.fire_at_ms).bytes(&timer.payload);
-        self.timers.put(encode_token(&timer.id), e.buf.into()).await.map_err(nats_err("kv put timer"))?;
-        Ok(())
-    }
-
-    async fn cancel_timer(&self, id: &str) -> Result<bool> {
-        let key = encode_token(id);
-        let exists = self.timers.get(key.clone()).await.map_err(nats_err("kv get timer"))?.is_some();
-        if exists {
-            self.timers.delete(key).await.map_err(nats_err("kv delete timer"))?;
-        }
-        Ok(exists)
-    }
-
-    async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>> {
-        let bad = |_| StoreError::Corrupt("undecodable timer".into());
-        let mut due = Vec::new();
-        for (_, v) in self.kv_scan(&self.timers, "*").await? {
-            let mut d = Dec::new(&v);
-            let t = Timer {
-                id: d.str().map_err(bad)?,
-                fire_at_ms: d.u64().map_err(bad)?,
-                payload: d.bytes().map_err(bad)?,
+        for w in self.unapplied(consumer).await?.into_iter().filter(|w| w.bucket == bucket) {
+            match w.value {
+                Some(v) => out.insert(w.key, v),
+                None => out.remove(&w.key),
             };
-            if t.fire_at_ms <= now_ms {
-                due.push(t);
-            }
         }
-        due.sort_by(|a, b| (a.fire_at_ms, &a.id).cmp(&(b.fire_at_ms, &b.id)));
-        Ok(due)
+        Ok(out.into_iter().collect())
+    }
+}
+
+/// The consumer of a read-only store: it neither creates nor moves a durable consumer.
+struct ReadOnlyConsumer {
+    name: String,
+    store: String,
+}
+
+#[async_trait]
+impl Consumer for ReadOnlyConsumer {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    async fn replication(&self) -> Result<Option<Replication>> {
-        let info = self.events.get_info().await.map_err(nats_err("stream info"))?;
-        let Some(cluster) = info.cluster.filter(|c| !c.replicas.is_empty() || info.config.num_replicas > 1) else {
-            return Ok(None);
-        };
-        let followers = cluster
-            .replicas
-            .into_iter()
-            .map(|peer| Follower {
-                server: peer.name,
-                current: peer.current,
-                lag: peer.lag.unwrap_or(0),
-                offline: peer.offline,
-            })
-            .collect();
-        Ok(Some(Replication { replicas: info.config.num_replicas.max(1), leader: cluster.leader, followers }))
+    async fn next(&mut self, _max: usize, _wait: Duration) -> Result<Vec<Delivery>> {
+        Err(StoreError::ReadOnly(self.store.clone()))
+    }
+
+    async fn ack(&mut self, _position: u64) -> Result<()> {
+        Err(StoreError::ReadOnly(self.store.clone()))
+    }
+
+    async fn nack(&mut self, _position: u64, _reason: &str) -> Result<NackOutcome> {
+        Err(StoreError::ReadOnly(self.store.clone()))
     }
 }
 

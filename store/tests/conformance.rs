@@ -10,7 +10,8 @@ use tollgate_store::testing::NatsServer;
 use tollgate_store::testing::conformance::Factory;
 use tollgate_store::testing::event;
 use tollgate_store::{
-    ConsumerOptions, EventStore, ExpectedVersion, FileOptions, FileStore, KvWrite, NatsOptions, NatsStore,
+    ConsumerOptions, EventStore, ExpectedVersion, FileOptions, FileStore, KvWrite, NatsOptions, NatsStore, StoreError,
+    Timer,
 };
 
 /// A file store in a temp dir; every `open` reopens the same directory.
@@ -122,10 +123,92 @@ async fn nats_interrupted_projection_apply_is_finished() {
     let kv = js.get_key_value("tollgate_projections").await.unwrap();
     kv.delete(format!("{}.{}.{}", encode_token("p"), encode_token("b"), encode_token("k2"))).await.unwrap();
 
+    // A reader reads through the unapplied commit and leaves it for a writer to finish.
+    let reader = NatsStore::connect_read_only(&f.server.url, NatsOptions::default()).await.unwrap();
+    assert_eq!(reader.kv_get("p", "b", "k2").await.unwrap(), Some(b"two".to_vec()));
+    assert_eq!(reader.kv_list("p", "b").await.unwrap().len(), 2);
+    assert_eq!(reader.checkpoint("p").await.unwrap(), 10);
+    let marker = applied.get(encode_token("p")).await.unwrap().unwrap();
+    assert_eq!(marker.as_ref(), 0u64.to_le_bytes(), "the reader applied the commit");
+    drop(reader);
+
     let s = f.open().await;
     assert_eq!(s.kv_get("p", "b", "k2").await.unwrap(), Some(b"two".to_vec()));
     assert_eq!(s.checkpoint("p").await.unwrap(), 10);
     assert_eq!(s.kv_list("p", "b").await.unwrap().len(), 2);
+}
+
+/// NatsStore only: a read-only store creates nothing on a server that holds no log, and over
+/// one that does reads everything, refuses every write and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_read_only_creates_nothing_and_writes_nothing() {
+    let Some(f) = NatsFactory::start() else {
+        return;
+    };
+    let client = async_nats::connect(&f.server.url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    // The account's streams and durable consumers (reads use ordered consumers, which are
+    // ephemeral: the server removes them once idle). Asked raw: async-nats 0.51 does not read
+    // every answer of nats-server 2.9.
+    let contents = || async {
+        let ask = |subject: String| async {
+            let answer = client.request(subject, "".into()).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&answer.payload).unwrap()
+        };
+        let names = ask("$JS.API.STREAM.NAMES".into()).await;
+        let mut streams: Vec<String> =
+            names["streams"].as_array().into_iter().flatten().map(|n| n.as_str().unwrap().to_owned()).collect();
+        streams.sort();
+        let mut durables = Vec::new();
+        for stream in &streams {
+            let list = ask(format!("$JS.API.CONSUMER.LIST.{stream}")).await;
+            for c in list["consumers"].as_array().into_iter().flatten() {
+                if let Some(durable) = c["config"]["durable_name"].as_str() {
+                    durables.push(format!("{stream}/{durable}"));
+                }
+            }
+        }
+        (streams, durables)
+    };
+    let empty = NatsStore::connect_read_only(&f.server.url, NatsOptions::default()).await.map(drop);
+    let Err(StoreError::Empty(why)) = empty else { panic!("expected nothing to read: {empty:?}") };
+    assert!(why.contains("no tollgate log with prefix `tollgate`"), "{why}");
+    assert_eq!(contents().await, (Vec::new(), Vec::new()), "a read-only open created streams");
+
+    let s = f.open().await;
+    let r = s.append("acct", "k", ExpectedVersion::NoStream, vec![event("opened", "c1", "x")]).await.unwrap();
+    s.put_timer(Timer { id: "t".into(), fire_at_ms: 1, payload: b"p".to_vec() }).await.unwrap();
+    s.commit_projection("p", r.positions[0], Vec::new()).await.unwrap();
+    drop(s);
+    let before = contents().await;
+    assert_eq!(before.0.len(), 8, "{before:?}");
+    let state = |name: &'static str| {
+        let js = js.clone();
+        async move { js.get_stream(name).await.unwrap().info().await.unwrap().state.clone() }
+    };
+    let (events_before, timers_before) = (state("tollgate_events").await, state("KV_tollgate_timers").await);
+
+    let reader = NatsStore::connect_read_only(&f.server.url, NatsOptions::default()).await.unwrap();
+    assert_eq!(reader.read("acct", "k", 0).await.unwrap().len(), 1);
+    assert_eq!(reader.read_all(0, 10).await.unwrap().len(), 1);
+    assert_eq!(reader.due_timers(10).await.unwrap().len(), 1);
+    assert_eq!(reader.checkpoint("p").await.unwrap(), r.positions[0]);
+    let read_only = |what: &str, result: Result<(), StoreError>| {
+        assert!(matches!(result, Err(StoreError::ReadOnly(_))), "{what}: {result:?}");
+    };
+    read_only("append", reader.append("acct", "k", ExpectedVersion::Any, vec![event("e", "c2", "y")]).await.map(drop));
+    read_only("put_timer", reader.put_timer(Timer { id: "u".into(), fire_at_ms: 1, payload: Vec::new() }).await);
+    read_only("cancel_timer", reader.cancel_timer("t").await.map(drop));
+    read_only("commit_projection", reader.commit_projection("p", 9, Vec::new()).await);
+    read_only("redrive", reader.redrive("p", 1).await);
+    let mut consumer = reader.consumer("never-run", ConsumerOptions::default()).await.unwrap();
+    read_only("consumer next", consumer.next(10, Duration::from_millis(10)).await.map(drop));
+    read_only("consumer ack", consumer.ack(1).await);
+    drop((consumer, reader));
+
+    assert_eq!(contents().await, before, "a read-only store created or removed streams or durable consumers");
+    assert_eq!(state("tollgate_events").await.messages, events_before.messages);
+    assert_eq!(state("KV_tollgate_timers").await.messages, timers_before.messages);
 }
 
 #[tokio::test]

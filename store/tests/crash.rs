@@ -156,13 +156,30 @@ struct Write {
 
 /// A small log written through the store API, as it is on disk.
 struct MatrixLog {
-    /// Every file of the directory (the lock file included), as written.
+    /// Every file of the directory (the lock file and the store marker included), as written.
     files: BTreeMap<PathBuf, Vec<u8>>,
     /// The segment files in order.
     segments: Vec<PathBuf>,
     writes: Vec<Write>,
     /// Every event, in position order.
     events: Vec<StoredEvent>,
+    /// The store marker.
+    marker: PathBuf,
+    /// The store marker as it was before each write (`[i]`: before write `i`), i.e. what a
+    /// crash while writing `i` leaves.
+    markers_before: Vec<Vec<u8>>,
+}
+
+impl MatrixLog {
+    /// The files with the store marker as it was before the write whose record holds
+    /// `offset` of the last segment (the first one ending past it): a crash in that write.
+    fn crashed_writing(&self, offset: u64) -> BTreeMap<PathBuf, Vec<u8>> {
+        let last = self.segments.len() - 1;
+        let w = self.writes.iter().position(|w| w.segment == last && w.end > offset).expect("a write ends past it");
+        let mut files = self.files.clone();
+        files.insert(self.marker.clone(), self.markers_before[w].clone());
+        files
+    }
 }
 
 /// Start and end offsets of the records of a segment (the format is checked elsewhere; the
@@ -189,8 +206,11 @@ fn dir_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 async fn build_matrix_log(dir: &Path) -> MatrixLog {
     let store = FileStore::open_with(dir, matrix_options()).unwrap();
+    let marker = dir.join("COMMITTED");
     let mut appends = Vec::new();
+    let mut markers_before = Vec::new();
     for i in 0..13u64 {
+        markers_before.push(std::fs::read(&marker).unwrap());
         match i {
             4 => store.put_timer(Timer { id: "t".into(), fire_at_ms: 5, payload: b"timer".to_vec() }).await.unwrap(),
             8 => store
@@ -236,7 +256,8 @@ async fn build_matrix_log(dir: &Path) -> MatrixLog {
         writes.iter().filter(|w| w.segment == segments.len() - 1).count() >= 2,
         "the last segment has records: {layout:?}"
     );
-    MatrixLog { files, segments, writes, events }
+    assert_eq!(files[&marker], std::fs::read(&marker).unwrap());
+    MatrixLog { files, segments, writes, events, marker, markers_before }
 }
 
 /// What a damaged copy must do.
@@ -351,7 +372,7 @@ async fn damage_matrix_a_cut_anywhere_keeps_every_complete_record_or_is_refused(
     let dir = tempfile::tempdir().unwrap();
     let log = build_matrix_log(dir.path()).await;
     let last = log.segments.last().unwrap();
-    let mut recovered = 0;
+    let (mut refused, mut recovered) = (0, 0);
     for seg in &log.segments {
         let bytes = &log.files[seg];
         let boundaries: Vec<u64> = frames(bytes).iter().map(|f| f.1).collect();
@@ -359,21 +380,27 @@ async fn damage_matrix_a_cut_anywhere_keeps_every_complete_record_or_is_refused(
             let mut files = log.files.clone();
             files.get_mut(seg).unwrap().truncate(cut as usize);
             let case = format!("{} cut at {cut}", seg.display());
-            let expect = if seg != last || cut < SEGMENT_HEADER as u64 {
-                // A segment that is followed by another (or whose successor was sealed in
-                // before it) lost bytes that were acknowledged: refused.
-                Expect::Refused { file: seg.clone(), at_most: cut }
-            } else {
-                recovered += 1;
-                // A cut at a record boundary of the last segment is a log that ended there:
-                // no byte on disk says otherwise. Anywhere else it leaves an incomplete final
-                // record, the only thing an open may drop.
+            // Every write was acknowledged, and the store marker says so: whatever a cut
+            // removes was acknowledged, so it is refused, in the last segment too (even at a
+            // record boundary, where no byte of the segment says that it was cut).
+            check_case(dir.path(), &log, &case, &files, Expect::Refused { file: seg.clone(), at_most: cut }).await;
+            refused += 1;
+            if seg == last && cut >= SEGMENT_HEADER as u64 {
+                // A crash while writing the record the cut falls in: the marker does not
+                // acknowledge it yet. The cut leaves an incomplete final record (anywhere but
+                // at a record boundary), the only thing an open may drop.
+                let mut files = log.crashed_writing(cut);
+                files.get_mut(seg).unwrap().truncate(cut as usize);
                 let torn = cut != SEGMENT_HEADER as u64 && !boundaries.contains(&cut);
-                Expect::Recovered { cut, torn }
-            };
-            check_case(dir.path(), &log, &case, &files, expect).await;
+                let case = format!("{case}, in a crash while writing it");
+                check_case(dir.path(), &log, &case, &files, Expect::Recovered { cut, torn }).await;
+                recovered += 1;
+            }
         }
     }
+    println!(
+        "{refused} cuts of acknowledged records, all refused; {recovered} cuts in an unacknowledged write, reopened"
+    );
     assert!(recovered > 100, "the last segment's cuts were tried: {recovered}");
 }
 
@@ -433,7 +460,8 @@ async fn a_roll_interrupted_by_a_crash_is_finished() {
     // The crash came after the new segment's header was written (whole, or cut short) and
     // before (or while) the previous segment got its end-of-segment marker.
     for (header, marker) in [(SEGMENT_HEADER, 0), (SEGMENT_HEADER, 5), (20, 0), (3, 0)] {
-        let mut files = log.files.clone();
+        // The crash came in the write that started the last segment: not acknowledged.
+        let mut files = log.crashed_writing(0);
         files.get_mut(last).unwrap().truncate(header);
         files.get_mut(prev).unwrap().truncate(seal_at as usize + marker);
         write_case(dir.path(), &files);
@@ -499,4 +527,160 @@ async fn group_commit_shares_fsyncs() {
     assert_eq!(stats.records, 64);
     assert!(stats.syncs < 32, "concurrent appends share fsyncs: {stats:?}");
     assert_eq!(store.durable_position(), 64);
+}
+
+/// A store of `appends` one-event appends to `acct/k` (command ids `c0`, `c1`, ...), in one
+/// segment, synced as a node writes it.
+async fn one_segment_store(dir: &Path, appends: u64) -> Vec<StoredEvent> {
+    let store = FileStore::open(dir).unwrap();
+    for i in 0..appends {
+        let events = vec![event("e", &format!("c{i}"), &format!("payload {i}"))];
+        store.append("acct", "k", ExpectedVersion::Any, events).await.unwrap();
+    }
+    let events = store.read_all(0, usize::MAX).await.unwrap();
+    assert_eq!(events.len() as u64, appends);
+    events
+}
+
+fn segment_one(dir: &Path) -> PathBuf {
+    dir.join("00000000000000000001.seg")
+}
+
+/// Every way of opening the store refuses it with a message containing each of `needles`,
+/// and writes nothing.
+fn assert_refused(dir: &Path, needles: &[&str]) {
+    let before = dir_files(dir);
+    for (how, err) in [("writable", FileStore::open(dir).err()), ("read-only", FileStore::open_read_only(dir).err())] {
+        let err = err.unwrap_or_else(|| panic!("a {how} open accepted the store"));
+        assert!(matches!(err, StoreError::Corrupt(_)), "{how}: {err}");
+        for needle in needles {
+            assert!(err.to_string().contains(needle), "{how}: no {needle:?} in: {err}");
+        }
+    }
+    let report = FileStore::verify(dir).unwrap();
+    assert!(!report.problems.is_empty(), "verify says ok: {report:?}");
+    assert_eq!(dir_files(dir), before, "a refused open or verify wrote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_cut_from_the_middle_are_refused_and_repair_says_what_it_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = one_segment_store(dir.path(), 40).await;
+    let seg = segment_one(dir.path());
+    let bytes = std::fs::read(&seg).unwrap();
+    let records = frames(&bytes);
+    assert_eq!(records.len(), 40);
+    // Cut in the middle of record 25: 15 acknowledged events after the cut, and an incomplete
+    // record at it that looks just like a torn write.
+    let (start, end, _) = records[24];
+    let cut = (start + end) / 2;
+    std::fs::write(&seg, &bytes[..cut as usize]).unwrap();
+    let lost = "events at positions 25 to 40";
+    let repair = format!("tollgate store repair --store file:{} --truncate-at 1:{start}", dir.path().display());
+    assert_refused(
+        dir.path(),
+        &[&seg.display().to_string(), &format!("offset {start}"), "acknowledged", lost, &repair],
+    );
+    let report = FileStore::verify(dir.path()).unwrap();
+    assert_eq!(report.torn_tail, None, "not passed off as a torn write: {report:?}");
+    assert_eq!(report.acknowledged.map(|a| a.2), Some(40));
+
+    // A cut exactly at a record boundary leaves no incomplete record at all: refused too.
+    std::fs::write(&seg, &bytes[..start as usize]).unwrap();
+    assert_refused(dir.path(), &[&format!("offset {start}"), lost]);
+
+    // The operator gives the lost events up, as the message says; the log then opens with
+    // what is left, and appends continue after it.
+    let repaired = FileStore::repair_truncate(dir.path(), 1, start).unwrap();
+    assert!(repaired.remaining.is_empty(), "{:?}", repaired.remaining);
+    assert_eq!(repaired.lost_positions, Some((25, 40)), "{repaired}");
+    assert!(repaired.to_string().contains("acknowledged events at positions 25-40 were already gone"), "{repaired}");
+    let logged = std::fs::read_to_string(dir.path().join("REPAIRS.log")).unwrap();
+    assert!(logged.contains("25-40"), "{logged}");
+    let store = FileStore::open(dir.path()).unwrap();
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), events[..24]);
+    let kept = store.append("acct", "k", ExpectedVersion::Any, vec![event("e", "c3", "again")]).await;
+    assert!(matches!(kept, Err(StoreError::Duplicate { .. })), "a kept command is still a duplicate: {kept:?}");
+    let r = store.append("acct", "k", ExpectedVersion::Exact(24), vec![event("e", "c40", "next")]).await.unwrap();
+    assert_eq!(r.positions, vec![25]);
+    drop(store);
+    let store = FileStore::open(dir.path()).unwrap();
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap().len(), 25, "the repaired log reopens with its new append");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_only_segment_is_refused_not_taken_for_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    one_segment_store(dir.path(), 5).await;
+    let id_before = FileStore::verify(dir.path()).unwrap().store_id;
+    let seg = segment_one(dir.path());
+    std::fs::remove_file(&seg).unwrap();
+    assert_refused(dir.path(), &[&seg.display().to_string(), "segments are gone", "event position 5"]);
+    let report = FileStore::verify(dir.path()).unwrap();
+    assert!(report.segments.is_empty() && !report.problems.is_empty(), "{report:?}");
+
+    // A store that never acknowledged a write (its creation cut short after the marker, or
+    // its first segment holding nothing) is still the same store, not a new one.
+    let fresh = tempfile::tempdir().unwrap();
+    drop(FileStore::open(fresh.path()).unwrap());
+    let id = FileStore::verify(fresh.path()).unwrap().store_id;
+    std::fs::remove_file(segment_one(fresh.path())).unwrap();
+    let store = FileStore::open(fresh.path()).unwrap();
+    store.append("acct", "k", ExpectedVersion::NoStream, vec![event("e", "c", "x")]).await.unwrap();
+    drop(store);
+    assert_eq!(FileStore::verify(fresh.path()).unwrap().store_id, id, "the store kept its id");
+    assert!(id.is_some() && id != id_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_store_marker_is_refused_until_an_operator_accepts_the_log_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = one_segment_store(dir.path(), 5).await;
+    let marker = dir.path().join("COMMITTED");
+    std::fs::remove_file(&marker).unwrap();
+    let accept = format!("tollgate store repair --store file:{} --accept-end", dir.path().display());
+    assert_refused(dir.path(), &[&marker.display().to_string(), "store marker is missing", &accept]);
+    let remaining = FileStore::repair_accept_end(dir.path()).unwrap();
+    assert!(remaining.is_empty(), "{remaining:?}");
+    let logged = std::fs::read_to_string(dir.path().join("REPAIRS.log")).unwrap();
+    assert!(logged.contains("wrote the store marker") && logged.contains("event position 5"), "{logged}");
+    let store = FileStore::open(dir.path()).unwrap();
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), events);
+    store.append("acct", "k", ExpectedVersion::Exact(5), vec![event("e", "c5", "x")]).await.unwrap();
+    drop(store);
+    // From then on the marker guards the log again: a cut is refused.
+    let seg = segment_one(dir.path());
+    let bytes = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &bytes[..bytes.len() - 3]).unwrap();
+    assert_refused(dir.path(), &["acknowledged", "event position 6"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_marker_is_refused_and_one_damaged_mark_falls_back_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = one_segment_store(dir.path(), 5).await;
+    let marker = dir.path().join("COMMITTED");
+    let good = std::fs::read(&marker).unwrap();
+    let (header, slot) = (32, 40);
+    assert_eq!(good.len(), header + 2 * slot);
+    for off in 0..good.len() {
+        let mut bytes = good.clone();
+        bytes[off] ^= 1 << (off % 8);
+        std::fs::write(&marker, &bytes).unwrap();
+        let padding = off >= header && (off - header) % slot >= 36;
+        if off < header {
+            // The header names the store: without it the marker cannot be trusted.
+            assert_refused(dir.path(), &[&marker.display().to_string()]);
+        } else {
+            // A mark is written in one slot while the other keeps the one before: a damaged
+            // slot (a torn write) leaves the older mark, which the log is never short of.
+            let store = FileStore::open_read_only(dir.path()).unwrap_or_else(|e| panic!("byte {off}: {e}"));
+            assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), events, "byte {off}");
+            let report = FileStore::verify(dir.path()).unwrap();
+            assert!(report.problems.is_empty(), "byte {off}: {:?}", report.problems);
+            if !padding {
+                assert!(matches!(report.acknowledged, Some((1, _, 4 | 5))), "byte {off}: {:?}", report.acknowledged);
+            }
+        }
+    }
 }

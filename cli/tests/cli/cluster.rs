@@ -118,3 +118,97 @@ fn the_example_cluster_keeps_a_node_running_when_a_server_is_lost() {
     let after = stats(&store);
     assert!(after.contains("replication: 3 copies"), "{after}");
 }
+
+/// The server leading the log's events stream, from `tollgate stats` (`leader sN`).
+fn events_leader(store: &str) -> String {
+    let manifest = root().join("examples/cluster/edge.toml").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, err) = crate::run(&["stats", &manifest, "--store", store]);
+        let leader = out.lines().find_map(|l| l.strip_prefix("replication: 3 copies, leader ")).map(str::trim);
+        match leader {
+            Some(l) if code == 0 && l.starts_with('s') => return l.to_string(),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+            _ => panic!("no stream leader within a minute:\n{out}{err}"),
+        }
+    }
+}
+
+/// Streams and consumers the JetStream account of `store` holds.
+fn jetstream_contents(rt: &tokio::runtime::Runtime, store: &str) -> (usize, usize) {
+    rt.block_on(async {
+        let servers: Vec<String> =
+            store.trim_start_matches("nats://").split(',').map(|s| format!("nats://{s}")).collect();
+        let client = async_nats::connect(servers).await.unwrap();
+        let account = async_nats::jetstream::new(client).query_account().await.unwrap();
+        (account.streams, account.consumers)
+    })
+}
+
+#[test]
+fn a_read_right_after_the_stream_leader_is_lost_waits_out_the_election_and_readers_create_nothing() {
+    use tollgate_store::testing::NatsCluster;
+    use tollgate_store::{NatsOptions, NatsStore, StoreError};
+    let Some(mut cluster) = NatsCluster::start_or_skip(3) else { return };
+    let store = cluster.url();
+    let manifest = root().join("examples/cluster/edge.toml").display().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let read_only = || rt.block_on(NatsStore::connect_read_only(&store, NatsOptions::default())).map(drop);
+
+    // A cluster that has elected its JetStream meta leader answers that it holds no log.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match read_only() {
+            Err(StoreError::Empty(_)) => break,
+            Err(e) if Instant::now() < deadline => eprintln!("cluster not ready yet: {e}"),
+            other => panic!("expected nothing to read: {other:?}"),
+        }
+    }
+    // Every read-only command says so, and creates no stream, bucket or consumer.
+    for args in [
+        vec!["events", "account", "bob", "--store", &store],
+        vec!["stats", &manifest, "--store", &store],
+        vec!["kv", "balances", "bob", "--store", &store, "--manifest", &manifest],
+        vec!["dead-letters", "balances", "--store", &store],
+    ] {
+        let (code, out, err) = crate::run(&args);
+        assert!(
+            code != 0 && err.contains("nothing to read") && err.contains("no tollgate log with prefix"),
+            "{args:?}: {out}{err}"
+        );
+    }
+    assert_eq!(jetstream_contents(&rt, &store), (0, 0), "a read-only command created streams or consumers");
+
+    // A node writes the walk-through's requests with every stream on all three servers.
+    let (code, out, err) = run_when_ready(&store);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, before, err) = crate::run(&["events", "account", "bob", "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert!(before.lines().count() >= 3, "{before}");
+
+    // The events stream's leader is killed. At once, tried once each: a reader (a read-only
+    // open and a read) and a node (a writable open, reads, appends) wait for the new leader.
+    let leader = events_leader(&store);
+    cluster.kill(&leader);
+    let started = Instant::now();
+    let ((events, events_took), (node, node_took)) = std::thread::scope(|s| {
+        let events = s.spawn(|| (crate::run(&["events", "account", "bob", "--store", &store]), started.elapsed()));
+        let node = s.spawn(|| (run_requests(&store), started.elapsed()));
+        (events.join().unwrap(), node.join().unwrap())
+    });
+    println!(
+        "right after the stream leader {leader} was killed: `tollgate events` answered in {:.1} s, `tollgate run` (open, repeat, a new admission) in {:.1} s",
+        events_took.as_secs_f64(),
+        node_took.as_secs_f64()
+    );
+    let (code, out, err) = events;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, before, "the same events");
+    let (code, out, err) = node;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(2).is_some_and(|l| l.contains("\"granted\"")), "{out}");
+    // Within the failover timeout (30 s), with room for the processes to start.
+    for took in [events_took, node_took] {
+        assert!(took < Duration::from_secs(45), "{took:?}");
+    }
+}

@@ -116,7 +116,19 @@ fn damage_is_refused_by_read_only_commands_then_verified_and_repaired() {
 #[test]
 fn a_torn_final_record_is_said_on_stderr_and_left_alone_by_read_only_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let segments = small_store(dir.path());
+    small_store(dir.path());
+    // A crash in the middle of writing a 13th append: its record is cut short, and the store
+    // marker does not acknowledge it.
+    let marker = dir.path().join("COMMITTED");
+    let acknowledged = std::fs::read(&marker).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let store = FileStore::open(dir.path()).unwrap();
+        store.append("acct", "k", ExpectedVersion::Any, vec![event("c12", "{\"n\":12}")]).await.unwrap();
+    });
+    std::fs::write(&marker, acknowledged).unwrap();
+    let segments: Vec<PathBuf> =
+        files(dir.path()).into_keys().filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
     let last = segments.last().unwrap();
     let mut bytes = std::fs::read(last).unwrap();
     bytes.truncate(bytes.len() - 3);
@@ -124,12 +136,78 @@ fn a_torn_final_record_is_said_on_stderr_and_left_alone_by_read_only_commands() 
     let before = files(dir.path());
     let (code, out, err) = run(&["events", "acct", "k", "--store", &url(dir.path())]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 11, "{out}");
+    assert_eq!(out.lines().count(), 12, "{out}");
     assert!(err.contains("incomplete final record") && err.contains(&last.display().to_string()), "{err}");
     assert_eq!(files(dir.path()), before, "the read-only command truncated the log");
     let (code, out, _) = run(&["store", "verify", "--store", &url(dir.path())]);
     assert_eq!(code, 0, "a torn tail is not corruption: {out}");
     assert!(out.contains("incomplete final record"), "{out}");
+    assert!(out.contains("acknowledged   up to segment") && out.contains("(event position 12)"), "{out}");
+}
+
+#[test]
+fn acknowledged_events_cut_from_the_log_are_refused_and_named_then_given_up_by_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = small_store(dir.path());
+    let store = url(dir.path());
+    // The last acknowledged record loses its last 3 bytes: not a torn write.
+    let last = segments.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes.truncate(bytes.len() - 3);
+    std::fs::write(last, &bytes).unwrap();
+    let before = files(dir.path());
+    let (code, _, err) = run(&["events", "acct", "k", "--store", &store]);
+    assert_ne!(code, 0);
+    assert!(err.contains("acknowledged records are gone, not a torn write") && err.contains("position 12"), "{err}");
+    let repair = err.split("`tollgate ").nth(1).and_then(|r| r.split('`').next()).expect("the repair command");
+    assert!(repair.starts_with("store repair --store file:") && repair.contains("--truncate-at"), "{err}");
+    let (code, out, _) = run(&["store", "verify", "--store", &store]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(files(dir.path()), before, "the refusals wrote");
+    let args: Vec<&str> = repair.split(' ').collect();
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("acknowledged events at positions 12-12 were already gone"), "{out}");
+    let (code, out, err) = run(&["events", "acct", "k", "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 11, "{out}");
+    // The marker deleted: refused until the operator accepts the log as it is.
+    std::fs::remove_file(dir.path().join("COMMITTED")).unwrap();
+    let (code, _, err) = run(&["events", "acct", "k", "--store", &store]);
+    assert!(code != 0 && err.contains("store marker is missing") && err.contains("--accept-end"), "{err}");
+    let (code, out, err) = run(&["store", "repair", "--store", &store, "--accept-end"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(&["store", "verify", "--store", &store]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = run(&["store", "repair", "--store", &store]);
+    assert!(code != 0 && err.contains("--truncate-at") && err.contains("--accept-end"), "{err}");
+}
+
+#[test]
+fn a_log_whose_segments_were_deleted_is_refused_never_started_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = small_store(dir.path());
+    let store = url(dir.path());
+    for segment in &segments {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let before = files(dir.path());
+    let (code, _, err) = run(&["events", "acct", "k", "--store", &store]);
+    assert!(code != 0 && err.contains("segments are gone") && err.contains("event position 12"), "{err}");
+    let (code, out, _) = run(&["store", "verify", "--store", &store]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("PROBLEM") && out.contains("segments are gone"), "{out}");
+    // A node (a writable open) refuses too, rather than starting a new store in the folder.
+    let manifest = super::root().join("examples/edge.toml");
+    let (code, _, err) = super::output(
+        super::tollgate()
+            .args(["run".as_ref(), manifest.as_os_str(), "--store".as_ref(), store.as_ref()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    assert!(code != 0 && err.contains("segments are gone"), "{err}");
+    assert_eq!(files(dir.path()), before, "a refused open wrote");
 }
 
 #[test]

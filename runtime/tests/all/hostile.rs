@@ -22,7 +22,8 @@ const PEAK_RSS_BOUND_MIB: u64 = 512;
 const SCENARIO_ENV: &str = "TOLLGATE_HOSTILE_SCENARIO";
 
 /// Runs `scenario` alone in a child process of this test binary (`name` is its test's path),
-/// then asserts that it passed and that the child's peak RSS stayed under the bound.
+/// then asserts that it passed and that the child's peak RSS stayed under the bound, and says
+/// the peak and the figures the scenario printed (`figure: ...`).
 fn isolated(name: &str, scenario: fn()) {
     if std::env::var(SCENARIO_ENV).as_deref() == Ok(name) {
         scenario();
@@ -45,6 +46,10 @@ fn isolated(name: &str, scenario: fn()) {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("scenario {name} did not run:\n{stdout}\n{stderr}"));
     eprintln!("{name}: peak RSS {} MiB", kib >> 10);
+    // Figures the scenario printed (`figure: ...`), for the record.
+    for figure in stdout.lines().filter_map(|l| l.split_once("figure: ").map(|(_, f)| f)) {
+        eprintln!("{name}: {figure}");
+    }
     assert!(kib < PEAK_RSS_BOUND_MIB << 10, "{name}: peak RSS {kib} KiB is over {PEAK_RSS_BOUND_MIB} MiB");
 }
 
@@ -57,6 +62,13 @@ fn manifest(sections: &str, actors: &str) -> Manifest {
 
 fn start(manifest: &Manifest, journal: &Journal) -> Runtime {
     Runtime::open(manifest, &mut loader(), journal.clone()).unwrap()
+}
+
+/// [`start`] on an engine with the manifest's own `[limits]` (the shared loader's engine has
+/// the defaults), as `tollgate run` and `serve` start one.
+fn start_with_limits(manifest: &Manifest, journal: &Journal) -> Runtime {
+    let mut loader = tollgate_runtime::Loader::new(tollgate_runtime::engine_for(manifest).unwrap());
+    Runtime::open(manifest, &mut loader, journal.clone()).unwrap()
 }
 
 fn send(rt: &mut Runtime, account: &str, id: &str, command: &AccountCommand) -> Outcome {
@@ -356,6 +368,37 @@ fn what_a_failed_decision_held_or_charged_is_undone() {
 }
 
 #[test]
+fn a_policy_looping_over_charging_calls_is_stopped_by_its_budget_and_its_hold_released() {
+    isolated("hostile::a_policy_looping_over_charging_calls_is_stopped_by_its_budget_and_its_hold_released", || {
+        let manifest = manifest(
+            "[limits]\ncharging_calls = 8\n",
+            "[actors.rater]\nkind = \"rater\"\nfile = \"rater.wasm\"\n\
+             [actors.policy]\nkind = \"policy\"\nfile = \"reserve_then_trap.wasm\"\n\
+             links = { charging = \"account\", rating = \"rater\" }\n",
+        );
+        let journal = Journal::ephemeral().unwrap();
+        let mut rt = start_with_limits(&manifest, &journal);
+        open(&mut rt, "ada");
+        top_up(&mut rt, "ada", "ada/1", 1_000);
+        let started = std::time::Instant::now();
+        let err = rt.admit(&admission("r1", "ada", "check-forever", 10)).expect_err("the policy was stopped");
+        println!(
+            "figure: a policy checking the balance in a loop held the node {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(err.to_string().contains("over its budget of 8 calls to `tollgate:billing/charging`"), "{err}");
+        assert!(err.to_string().contains("`limits.charging_calls`"), "{err}");
+        let account = rt.account("ada").unwrap().unwrap();
+        assert_eq!((account.balance, account.held), (1_000, 0), "the reservation it made first was released");
+        assert_eq!(rt.stats().holds_released, 1);
+        match rt.admit(&admission("r2", "ada", "ok", 10)).unwrap() {
+            Decision::Granted(g) => assert_eq!(g.grant.granted_units, 10),
+            Decision::Denied(d) => panic!("denied: {}", d.message),
+        }
+    });
+}
+
+#[test]
 fn the_runtimes_namespaces_are_out_of_reach() {
     isolated("hostile::the_runtimes_namespaces_are_out_of_reach", || {
         let manifest = manifest("", "[actors.intruder]\nkind = \"projector\"\nfile = \"namespace_intruder.wasm\"\n");
@@ -445,4 +488,70 @@ fn an_upcast_that_moves_an_event_is_refused() {
         let err = tollgate_runtime::replay::replay(&manifest, &mut loader(), &journal, false).unwrap_err();
         assert!(err.to_string().contains("changed the event's"), "{err}");
     });
+}
+
+#[test]
+fn a_projector_writing_hundreds_of_mib_in_one_delivery_is_dead_lettered_and_the_node_stays_small() {
+    isolated(
+        "hostile::a_projector_writing_hundreds_of_mib_in_one_delivery_is_dead_lettered_and_the_node_stays_small",
+        || {
+            use bucket_hog::{HOG_BUCKET, HOG_UNIT, LOG_FOREVER};
+            let count = |rt: &Runtime, account: &str| -> Option<u64> {
+                let bytes = rt.host_state("hog").unwrap().kv_get(bucket_hog::BUCKET, account)?;
+                Some(serde_json::from_slice(&bytes).unwrap())
+            };
+            let hog = "[actors.hog]\nkind = \"projector\"\nfile = \"bucket_hog.wasm\"\n";
+            let defaults = manifest("", hog);
+            let journal = Journal::ephemeral().unwrap();
+            let mut rt = start(&defaults, &journal);
+            open(&mut rt, "ada");
+            top_up(&mut rt, "ada", "ada/1", 1);
+            assert_eq!(count(&rt, "ada"), Some(1));
+            // 400 entries of 1 MiB in one delivery (unbounded, they grew a node by 2 GiB): each of
+            // the delivery's attempts is stopped at 16 MiB, then it is dead-lettered.
+            let started = std::time::Instant::now();
+            top_up(&mut rt, "ada", "ada/2", 400 * HOG_UNIT);
+            println!(
+                "figure: 400 MiB in one delivery: its 5 attempts stopped in {:.3} s",
+                started.elapsed().as_secs_f64()
+            );
+            let reasons = dead_letters(&journal, "hog");
+            assert_eq!(reasons.len(), 1, "{reasons:?}");
+            assert!(
+                reasons[0].contains("over its budget of 16777216 bytes of key-value writes")
+                    && reasons[0].contains("`limits.kv_write_bytes`"),
+                "{}",
+                reasons[0]
+            );
+            // A delivery looping over logging: each attempt stopped by its log budget.
+            let started = std::time::Instant::now();
+            top_up(&mut rt, "ada", "ada/3", LOG_FOREVER);
+            let held = started.elapsed();
+            println!("figure: logging in a loop: its 5 attempts held the node {:.3} s", held.as_secs_f64());
+            assert!(held < std::time::Duration::from_secs(10), "{held:?}");
+            let reasons = dead_letters(&journal, "hog");
+            assert!(reasons.len() == 2 && reasons[1].contains("`limits.log_bytes`"), "{reasons:?}");
+            // Nothing of the refused deliveries was kept, in memory or in the store, and the next
+            // delivery works.
+            assert_eq!(count(&rt, "ada"), Some(1));
+            assert!(!rt.host_state("hog").unwrap().kv_snapshot().contains_key(HOG_BUCKET));
+            let stored = journal.run("read projection", journal.store().kv_list("hog", HOG_BUCKET)).unwrap();
+            assert!(stored.is_empty(), "{} hog entries stored", stored.len());
+            top_up(&mut rt, "ada", "ada/4", 5);
+            assert_eq!(count(&rt, "ada"), Some(2));
+            assert_eq!(balance(&rt, "ada"), 1 + 400 * HOG_UNIT + LOG_FOREVER + 5, "the account is not the projector's");
+            drop(rt);
+
+            // The bounds are the manifest's: 3 writes per delivery.
+            let bounded = manifest("[limits]\nkv_writes = 3\n", hog);
+            let journal = Journal::ephemeral().unwrap();
+            let mut rt = start_with_limits(&bounded, &journal);
+            open(&mut rt, "bo");
+            top_up(&mut rt, "bo", "bo/1", 2 * HOG_UNIT);
+            top_up(&mut rt, "bo", "bo/2", 3 * HOG_UNIT);
+            let reasons = dead_letters(&journal, "hog");
+            assert!(reasons.len() == 1 && reasons[0].contains("over its budget of 3 key-value writes"), "{reasons:?}");
+            assert_eq!(count(&rt, "bo"), Some(1), "the count and two entries fit; the count and three do not");
+        },
+    );
 }

@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 
 use super::FileStore;
 use super::index::LogIndex;
+use super::marker::{Mark, marker_path, write_marker};
 use super::record::Record;
 use super::recovery::{existing_dir, lock_dir};
-use super::segment::{Damage, Header, SEGMENT_HEADER, SegmentReport, hex, list_segments, scan_log, segment_path};
+use super::segment::{
+    Damage, Header, SEGMENT_HEADER, SegmentReport, hex, list_segments, new_store_id, scan_log, segment_path,
+};
 use crate::{Result, StoreError};
 
 /// What [`FileStore::verify`] found.
@@ -34,6 +37,9 @@ pub struct LogReport {
     /// A segment whose end-of-segment marker a crash kept from being written while its
     /// successor was being created; the next writable open writes it.
     pub unfinished_roll: Option<u64>,
+    /// How far the store marker says the log was acknowledged: segment, offset and event
+    /// position (`None`: no readable marker, or nothing acknowledged yet).
+    pub acknowledged: Option<(u64, u64, u64)>,
     /// Corruption: while any is listed, the store refuses to open.
     pub problems: Vec<Damage>,
 }
@@ -49,6 +55,9 @@ pub struct RepairReport {
     pub removed_records: u64,
     /// Positions of the removed events, as inclusive ranges.
     pub removed_positions: Vec<(u64, u64)>,
+    /// Positions of acknowledged events (from the store marker) whose records were already
+    /// gone from the log before the cut: lost, not removed by it.
+    pub lost_positions: Option<(u64, u64)>,
     /// All bytes removed.
     pub removed_bytes: u64,
     /// Of those, bytes that were not complete records (damaged or incomplete), whose
@@ -73,6 +82,9 @@ impl std::fmt::Display for RepairReport {
                 .collect();
             write!(f, " (events at positions {})", ranges.join(", "))?;
         }
+        if let Some((a, b)) = self.lost_positions {
+            write!(f, "; acknowledged events at positions {a}-{b} were already gone")?;
+        }
         write!(f, ", {} bytes ({} of them unreadable)", self.removed_bytes, self.unreadable_bytes)?;
         if !self.removed_segments.is_empty() {
             let names: Vec<String> = self.removed_segments.iter().map(|p| p.display().to_string()).collect();
@@ -80,6 +92,20 @@ impl std::fmt::Display for RepairReport {
         }
         Ok(())
     }
+}
+
+/// Appends `what` an operator's repair did to `DIR/REPAIRS.log` (synced) and to the log.
+fn log_repair(dir: &Path, what: &str) -> Result<()> {
+    let log_path = dir.join("REPAIRS.log");
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .and_then(|mut f| writeln!(f, "unix time {secs}: {what}").and_then(|_| f.sync_all()))
+        .map_err(|e| StoreError::io(format!("writing {}", log_path.display()), e))?;
+    tracing::warn!(repair = %what, "store repaired by an operator");
+    Ok(())
 }
 
 impl FileStore {
@@ -107,15 +133,56 @@ impl FileStore {
             segments: scan.segments.into_iter().map(|s| s.report).collect(),
             torn_tail: scan.torn,
             unfinished_roll: scan.roll.map(|r| r.segment),
+            acknowledged: scan
+                .marker
+                .map(|m| m.mark)
+                .filter(Mark::acknowledged_anything)
+                .map(|m| (m.segment, m.offset, m.position)),
             problems: scan.problems,
         })
+    }
+
+    /// Writes the store marker of `dir` anew for the log as it is, taking the end of its last
+    /// segment's complete records as the acknowledged end: for a log written before tollgate
+    /// kept a marker, or whose marker was lost. Whatever was cut from the end of the log
+    /// before this, if anything, can no longer be told. Appended to `DIR/REPAIRS.log`. Returns
+    /// the problems the log still has (empty when it opens).
+    pub fn repair_accept_end(dir: impl AsRef<Path>) -> Result<Vec<Damage>> {
+        let dir = dir.as_ref().to_path_buf();
+        existing_dir(&dir)?;
+        let _lock = lock_dir(&dir, true)?;
+        let scan = scan_log(&dir, &mut |_, _, _, _| Ok(()))?;
+        let store_id = match (scan.store_id, scan.marker) {
+            (Some(id), _) => id,
+            (None, Some(m)) => m.store_id,
+            (None, None) => new_store_id(),
+        };
+        let mark = match scan.segments.last() {
+            Some(last) => Mark {
+                generation: 0,
+                segment: last.report.number,
+                offset: last.report.valid_end,
+                position: scan.last_position,
+            },
+            None => Mark::default(),
+        };
+        let io = |what: &str, p: &Path, e| StoreError::io(format!("{what} {}", p.display()), e);
+        write_marker(&dir, &store_id, &mark, true).map_err(|e| io("writing", &marker_path(&dir), e))?;
+        let what = format!(
+            "wrote the store marker for the log as it is: acknowledged up to segment {} offset {} (event position {})",
+            mark.segment, mark.offset, mark.position
+        );
+        log_repair(&dir, &what)?;
+        Ok(scan_log(&dir, &mut |_, _, _, _| Ok(()))?.problems)
     }
 
     /// Cuts the log of the store in `dir` at `offset` of segment `segment`, removing every
     /// record from there on (later segments included), for an operator who decided to give up
     /// what follows damage. `offset` must be a record boundary: the start of a complete
     /// record, the end of the last complete one, just after the segment header, or 0 to remove
-    /// segment 1 (the whole log). The cut is appended to `DIR/REPAIRS.log`.
+    /// segment 1 (the whole log). The store marker is rewritten to acknowledge the log up to
+    /// the cut (naming acknowledged events that were already gone). The cut is appended to
+    /// `DIR/REPAIRS.log`.
     pub fn repair_truncate(dir: impl AsRef<Path>, segment: u64, offset: u64) -> Result<RepairReport> {
         let dir = dir.as_ref().to_path_buf();
         existing_dir(&dir)?;
@@ -134,11 +201,18 @@ impl FileStore {
         let mut boundaries = BTreeSet::new();
         let mut removed_records = 0u64;
         let mut removed_positions: Vec<(u64, u64)> = Vec::new();
+        let mut kept_position = 0u64;
         let scan = scan_log(&dir, &mut |n, off, record, _| {
             if n == segment {
                 boundaries.insert(off);
             }
-            if n > segment || (n == segment && off >= offset) {
+            if n < segment || (n == segment && off < offset) {
+                if let Record::Events(c) = &record
+                    && !c.events.is_empty()
+                {
+                    kept_position = c.last_position();
+                }
+            } else {
                 removed_records += 1;
                 // A record without events is damage that replay reports; it removes no position.
                 if let Record::Events(c) = &record
@@ -209,25 +283,30 @@ impl FileStore {
             removed_segments.push(s.path.clone());
         }
         File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", &dir, e))?;
+        // What is left is what the operator decided to keep: the marker acknowledges up to the
+        // cut, and says which acknowledged events were already gone before it.
+        let old_mark = scan.marker.map(|m| m.mark).unwrap_or_default();
+        let last_readable = removed_positions.last().map_or(kept_position, |r| r.1).max(scan.last_position);
+        let lost_positions = (old_mark.position > last_readable).then_some((last_readable + 1, old_mark.position));
+        let mark = if offset == 0 {
+            Mark::default()
+        } else {
+            Mark { generation: 0, segment, offset, position: kept_position }
+        };
+        let store_id = scan.store_id.or(scan.marker.map(|m| m.store_id)).unwrap_or_else(new_store_id);
+        write_marker(&dir, &store_id, &mark, true).map_err(|e| io("writing", &marker_path(&dir), e))?;
         let report = RepairReport {
             path,
             offset,
             removed_records,
             removed_positions,
+            lost_positions,
             removed_bytes: report_removed_bytes,
             unreadable_bytes,
             removed_segments,
             remaining: Vec::new(),
         };
-        let log_path = dir.join("REPAIRS.log");
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .and_then(|mut f| writeln!(f, "unix time {secs}: {report}").and_then(|_| f.sync_all()))
-            .map_err(|e| io("writing", &log_path, e))?;
-        tracing::warn!(%report, "log cut by an operator");
+        log_repair(&dir, &report.to_string())?;
         let mut index = LogIndex::new();
         let after = scan_log(&dir, &mut |_, _, record, clean| if clean { index.replay(record) } else { Ok(()) })?;
         Ok(RepairReport { remaining: after.problems, ..report })

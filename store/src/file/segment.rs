@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::marker::{MarkerState, check_mark, marker_path, read_marker};
 use super::record::Record;
 use crate::{Result, StoreError};
 
@@ -63,20 +64,20 @@ pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
 }
 
 /// The little-endian `u32` at `at`; the caller checked that `data` holds it.
-fn le_u32(data: &[u8], at: usize) -> u32 {
+pub(super) fn le_u32(data: &[u8], at: usize) -> u32 {
     let mut b = [0; 4];
     b.copy_from_slice(&data[at..at + 4]);
     u32::from_le_bytes(b)
 }
 
 /// The little-endian `u64` at `at`; the caller checked that `data` holds it.
-fn le_u64(data: &[u8], at: usize) -> u64 {
+pub(super) fn le_u64(data: &[u8], at: usize) -> u64 {
     let mut b = [0; 8];
     b.copy_from_slice(&data[at..at + 8]);
     u64::from_le_bytes(b)
 }
 
-fn crc(parts: &[&[u8]]) -> u32 {
+pub(super) fn crc(parts: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     for p in parts {
         h.update(p);
@@ -229,6 +230,10 @@ pub(super) struct LogScan {
     /// An incomplete final record (or segment header) that a writable open drops.
     pub(super) torn: Option<Damage>,
     pub(super) roll: Option<Roll>,
+    /// The store marker (`DIR/COMMITTED`), if there is one that could be read.
+    pub(super) marker: Option<MarkerState>,
+    /// Position of the last event read before the first problem (0: none).
+    pub(super) last_position: u64,
 }
 
 /// Called for every complete record: segment number, offset, the record, and whether no
@@ -271,6 +276,7 @@ pub(super) fn scan_log(dir: &Path, visit: &mut Visit<'_>) -> Result<LogScan> {
         scan.segments.push(seg);
     }
     check_ends(dir, &mut scan);
+    check_marker(dir, &mut scan)?;
     // Earliest first: a cut segment makes the next one's records look out of place too, but
     // the damage is where the log first goes wrong.
     scan.problems.sort_by(|a, b| (&a.path, a.offset).cmp(&(&b.path, b.offset)));
@@ -401,6 +407,11 @@ fn scan_segment(dir: &Path, n: u64, last: bool, scan: &mut LogScan, visit: &mut 
         }
         seg.report.records += 1;
         let clean = scan.problems.is_empty();
+        if let (true, Record::Events(c)) = (clean, &record)
+            && !c.events.is_empty()
+        {
+            scan.last_position = c.last_position();
+        }
         if let Err(m) = visit(n, off as u64, record, clean) {
             problem(scan, off, m);
             break End::Damaged;
@@ -508,6 +519,57 @@ fn check_ends(dir: &Path, scan: &mut LogScan) {
         scan.torn = torn;
     }
     scan.roll = roll;
+}
+
+/// Reads the store marker and checks the log against it: the marker belongs to this store,
+/// exists whenever segments do, and the log holds every record it says was acknowledged (then
+/// an incomplete record before the mark is acknowledged data lost, not a torn write).
+fn check_marker(dir: &Path, scan: &mut LogScan) -> Result<()> {
+    let path = marker_path(dir);
+    let marker = match read_marker(dir)? {
+        Ok(m) => m,
+        Err(damage) => {
+            scan.problems.push(damage);
+            return Ok(());
+        }
+    };
+    let Some(marker) = marker else {
+        if !scan.segments.is_empty() {
+            scan.problems.push(Damage {
+                path,
+                offset: 0,
+                problem: format!(
+                    "the store marker is missing though the log has segments, so whether records were cut from \
+                     its end cannot be told (it was deleted, or the log was written before tollgate kept one); \
+                     `tollgate store repair --store file:{} --accept-end` writes it for the log as it is",
+                    dir.display()
+                ),
+            });
+        }
+        return Ok(());
+    };
+    scan.marker = Some(marker);
+    if let Some(id) = scan.store_id
+        && id != marker.store_id
+    {
+        scan.problems.push(Damage {
+            path,
+            offset: 12,
+            problem: format!(
+                "store marker of another store (store id {}; the segments' id is {})",
+                hex(&marker.store_id),
+                hex(&id)
+            ),
+        });
+        return Ok(());
+    }
+    let end = scan.segments.last().map(|s| (s.report.number, s.report.valid_end));
+    if let Some(lost) = check_mark(dir, &marker, end, scan.last_position, |n| segment_path(dir, n)) {
+        // What looked like a torn write is part of what was acknowledged.
+        scan.torn = None;
+        scan.problems.push(lost);
+    }
+    Ok(())
 }
 
 /// Bytes of an end-of-segment record: frame, tag, next segment number.

@@ -2,8 +2,8 @@
 //!
 //! Callers queue [`PendingWrite`]s. A [`LogWriter`] takes every queued write (up to
 //! [`crate::FileOptions::max_batch`]), writes them with one `write`, calls `fdatasync` once
-//! for the whole batch when the store syncs, and only then applies them to the index and
-//! answers their callers. A synced store runs the writer on its own thread, so that writes
+//! for the whole batch when the store syncs, records the batch's end in the store marker, and
+//! only then applies them to the index and answers their callers. A synced store runs the writer on its own thread, so that writes
 //! queued while a sync is under way share the next one. An unsynced store has no thread: the
 //! caller that queued a write drains the queue itself ([`InlineWriter`]).
 
@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
 use super::index::LogIndex;
+use super::marker::Marker;
 use super::record::Record;
 use super::segment::{SEGMENT_HEADER, StoreId, create_segment};
 use super::{FileOptions, lock};
@@ -77,6 +78,19 @@ pub(super) struct LogWriter {
     /// Highest event position written (and synced).
     pub(super) durable: watch::Sender<u64>,
     pub(super) counters: Arc<Counters>,
+    /// Where each batch, once durable, is recorded as acknowledged.
+    pub(super) marker: Marker,
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // The marks were written without a sync of their own; the store is closing.
+        if self.options.sync
+            && let Err(e) = self.marker.sync()
+        {
+            tracing::warn!(dir = %self.dir.display(), "syncing the store marker on close: {e}");
+        }
+    }
 }
 
 impl LogWriter {
@@ -101,21 +115,22 @@ impl LogWriter {
             }
         }
         let poisoned = lock(&self.index).poisoned.clone();
+        let durable = batch.iter().filter_map(|w| w.last_position).fold(*self.durable.borrow(), u64::max);
         let outcome = match poisoned {
             Some(p) => Err(p),
-            None => self.write_records(&batch).map_err(|e| e.to_string()),
+            // Recorded as acknowledged once durable, and before anyone is told.
+            None => self
+                .write_records(&batch)
+                .and_then(|()| self.marker.record(self.segment, self.size, durable))
+                .map_err(|e| e.to_string()),
         };
         match outcome {
             Ok(()) => {
                 let mut index = lock(&self.index);
-                let mut durable = *self.durable.borrow();
                 let mut done = Vec::with_capacity(batch.len());
                 for w in batch {
                     if let Some(r) = w.apply {
                         index.apply(r);
-                    }
-                    if let Some(p) = w.last_position {
-                        durable = durable.max(p);
                     }
                     done.push(w.done);
                 }
