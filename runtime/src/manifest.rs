@@ -83,9 +83,31 @@ pub struct Manifest {
     /// expires a grant an edge never settled.
     #[serde(default)]
     pub quota: Option<QuotaPolicy>,
+    /// Streams a served node (`tollgate serve`) takes outside facts on, over HTTP
+    /// (`POST /v1/reports/{stream}/{key}`) and NATS (`tollgate.<node>.report.<stream>`):
+    /// `[reports] streams = ["session"]`. None by default; never the runtime's own
+    /// `tollgate.*` streams.
+    #[serde(default)]
+    pub reports: ReportsSpec,
     /// Actors by name (an edge node's manifest may have none).
     #[serde(default)]
     pub actors: BTreeMap<String, ActorSpec>,
+}
+
+/// The `[reports]` section: which streams take outside facts on a served node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsSpec {
+    /// The streams (none by default).
+    #[serde(default)]
+    pub streams: Vec<String>,
+}
+
+impl ReportsSpec {
+    /// Whether facts may be reported on `stream`.
+    pub fn allows(&self, stream: &str) -> bool {
+        self.streams.iter().any(|s| s == stream)
+    }
 }
 
 /// The `[store]` section. The store itself is chosen at run time (`--store`).
@@ -431,6 +453,17 @@ impl Manifest {
                 }
             }
         }
+        for (i, stream) in manifest.reports.streams.iter().enumerate() {
+            if crate::namespace::is_reserved(stream) {
+                return Err(invalid(
+                    format!("reports.streams[{i}]"),
+                    format!(
+                        "`{stream}` is the runtime's own (`{}*`): no one reports on it",
+                        crate::namespace::RESERVED_PREFIX
+                    ),
+                ));
+            }
+        }
         Ok(manifest)
     }
 
@@ -451,6 +484,19 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(Path::new("m.toml"), text, Path::new("/base"))
+    }
+
+    #[test]
+    fn report_streams_default_to_none_and_never_name_the_runtimes_own() {
+        let m = parse("[actors]\n").unwrap();
+        assert!(!m.reports.allows("session"));
+        let m = parse("[reports]\nstreams = [\"session\"]\n[actors]\n").unwrap();
+        assert!(m.reports.allows("session") && !m.reports.allows("account"));
+        let err = parse("[reports]\nstreams = [\"session\", \"tollgate.timers\"]\n[actors]\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`reports.streams[1]`") && err.contains("`tollgate.timers` is the runtime's own"),
+            "{err}"
+        );
     }
 
     #[test]

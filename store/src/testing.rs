@@ -95,7 +95,7 @@ impl NatsServer {
             Ok(server) => Some(server),
             Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("nats-server (CI=true): {why}"),
             Err(why) => {
-                println!("skipping: {why}; install the Debian package nats-server");
+                record_skip(&format!("{why}; install the Debian package nats-server"));
                 None
             }
         }
@@ -205,7 +205,7 @@ impl NatsCluster {
             Ok(cluster) => Some(cluster),
             Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("nats-server cluster (CI=true): {why}"),
             Err(why) => {
-                println!("skipping: {why}");
+                record_skip(&why);
                 None
             }
         }
@@ -370,5 +370,28 @@ impl Partition {
     /// Lets connections through again.
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The file `cargo xtask test` names in `TOLLGATE_SKIPS` (under `target/`), where every test
+/// that skips itself writes one line, so the run ends with a line naming what did not run.
+pub const SKIPS_ENV: &str = "TOLLGATE_SKIPS";
+
+/// Skips the running test: prints `skipping: WHY` and records `TEST<TAB>WHY` (the test is the
+/// name of the thread libtest runs it on) in the file `TOLLGATE_SKIPS` names, if any.
+pub fn record_skip(why: &str) {
+    use std::io::Write as _;
+    println!("skipping: {why}");
+    let Some(path) = std::env::var_os(SKIPS_ENV) else { return };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{test}\t{}\n", why.replace(['\n', '\t'], " "));
+    // One write of one short line in append mode: concurrent tests' lines do not interleave.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot record the skip in {}: {e}", std::path::Path::new(&path).display());
     }
 }
