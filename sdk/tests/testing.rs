@@ -8,23 +8,23 @@ use tollgate_sdk::testing::{AggregateTest, ProjectorTest};
 use tollgate_sdk::{Aggregate, Command, Event, Projector, Rejection, RejectionKind};
 
 #[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
-pub struct Points {
+struct Points {
     balance: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PointsCommand {
+enum PointsCommand {
     Earn { points: u64 },
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 #[serde(rename_all = "kebab-case")]
-pub enum PointsEvent {
+enum PointsEvent {
     Earned { points: u64 },
 }
 
-pub struct Loyalty;
+struct Loyalty;
 
 impl Aggregate for Loyalty {
     const STREAM: &'static str = "loyalty";
@@ -46,7 +46,7 @@ impl Aggregate for Loyalty {
 }
 
 /// Writes `{"balance": N, "events": M}` per member.
-pub struct Board;
+struct Board;
 
 impl Projector for Board {
     const SUBSCRIPTIONS: &'static [&'static str] = &["loyalty"];

@@ -17,7 +17,7 @@
 //!   and nothing is open or pending.
 //! - timer `expiry`: `expire` every due reservation (command id `<session>/expire/<reservation>`).
 //! - a command of the session that the account refused (`on_refused`): a refused `reserve`
-//!   will not be granted, so the session stops waiting for it and has lapsed; a refused
+//!   will not be granted, so the session stops waiting for it and ends once nothing is open; a refused
 //!   `debit` or `expire` leaves nothing this session can charge on that reservation (it was
 //!   closed already, or the account will not take the usage), so it is closed as lapsed. The
 //!   refusal is logged as a warning, and the session finishes once nothing is open or pending.
@@ -109,13 +109,17 @@ pub struct Session {
     pub terminated: bool,
     /// The last reservation closed was released or expired rather than debited.
     pub lapsed: bool,
+    /// The account refused a re-reservation: no further grant comes, so the session ends once
+    /// nothing is open.
+    #[serde(default)]
+    pub refused: bool,
     /// When the expiry timer is armed to fire, if it is.
     pub timer_at: Option<u64>,
 }
 
 impl Session {
     fn done(&self) -> bool {
-        self.open.is_empty() && self.pending.is_none() && (self.terminated || self.lapsed)
+        self.open.is_empty() && self.pending.is_none() && (self.terminated || self.lapsed || self.refused)
     }
 
     /// Arms, moves or cancels the expiry timer to fire at the earliest open reservation's
@@ -357,7 +361,7 @@ impl ProcessManager for ChargingSession {
             Ok(AccountCommand::Reserve { reservation_id, .. }) => {
                 if state.pending.as_deref() == Some(reservation_id.as_str()) {
                     state.pending = None;
-                    state.lapsed = true;
+                    state.refused = true;
                 }
             }
             Ok(AccountCommand::Debit { reservation_id, .. } | AccountCommand::Expire { reservation_id }) => {

@@ -100,7 +100,7 @@ fn an_event_of_no_session_is_ignored() {
 }
 
 #[test]
-fn a_refused_re_reservation_is_not_waited_for_and_the_session_lapses() {
+fn a_refused_re_reservation_is_not_waited_for_and_the_session_ends() {
     let report = SessionEvent::UsageReported {
         account: "ivy".into(),
         reservation_id: "call".into(),
@@ -118,7 +118,7 @@ fn a_refused_re_reservation_is_not_waited_for_and_the_session_lapses() {
         .and_when_refused("call", &reserve, Rejection::business("insufficient-funds", "0 EUR cents available"))
         .then_expect_commands::<AccountCommand>([]);
     let state = then.state("call").unwrap();
-    assert_eq!((state.pending, state.lapsed), (None, true));
+    assert_eq!((state.pending, state.refused), (None, true));
     // The debit closes the last open reservation: nothing is pending any more, so it ends.
     then.and_when(Event { correlation_id: "call".into(), ..Event::new("account", "ivy", &debited).unwrap() })
         .then_expect_finished();
