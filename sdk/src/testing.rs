@@ -48,6 +48,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
+/// What a repeated command id is compared on: the command's type, content type and payload.
+type CommandContent = (String, String, Vec<u8>);
+
 /// The key commands and events go to unless a test says otherwise.
 pub const TEST_KEY: &str = "test-key";
 
@@ -60,7 +63,7 @@ pub struct AggregateTest<A: Aggregate> {
     sent: u64,
     /// command id -> (command type, content type, payload) and the drafts it was accepted with,
     /// to answer a repeated id as the host does.
-    committed: BTreeMap<String, ((String, String, Vec<u8>), Vec<EventDraft>)>,
+    committed: BTreeMap<String, (CommandContent, Vec<EventDraft>)>,
     aggregate: PhantomData<A>,
 }
 

@@ -358,11 +358,11 @@ impl ProcessManager for ChargingSession {
             ),
         );
         match refused.command::<AccountCommand>() {
-            Ok(AccountCommand::Reserve { reservation_id, .. }) => {
-                if state.pending.as_deref() == Some(reservation_id.as_str()) {
-                    state.pending = None;
-                    state.refused = true;
-                }
+            Ok(AccountCommand::Reserve { reservation_id, .. })
+                if state.pending.as_deref() == Some(reservation_id.as_str()) =>
+            {
+                state.pending = None;
+                state.refused = true;
             }
             Ok(AccountCommand::Debit { reservation_id, .. } | AccountCommand::Expire { reservation_id }) => {
                 state.close(&reservation_id, true);
