@@ -250,6 +250,27 @@ impl<'de> de::VariantAccess<'de> for Tagged<'de> {
     }
 }
 
+/// `actual` cut down to the object fields `expected` states, recursively, so that comparing the
+/// result with `expected` checks only what was stated (how scenario files compare `then.kv` and
+/// the test helpers compare read models). An empty object in `expected` means an empty object;
+/// arrays and other values compare whole.
+///
+/// ```
+/// use serde_json::json;
+/// let actual = json!({"balance": 5, "held": 2, "lines": [1, 2]});
+/// assert_eq!(tollgate_codec::stated(&actual, &json!({"balance": 5})), json!({"balance": 5}));
+/// assert_eq!(tollgate_codec::stated(&actual, &json!({"lines": [1]})), json!({"lines": [1, 2]}));
+/// ```
+pub fn stated(actual: &serde_json::Value, expected: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (actual, expected) {
+        (Value::Object(actual), Value::Object(expected)) if !expected.is_empty() => Value::Object(
+            expected.iter().filter_map(|(k, e)| actual.get(k).map(|a| (k.clone(), stated(a, e)))).collect(),
+        ),
+        _ => actual.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,26 +364,5 @@ mod tests {
         assert!(check_enum::<Wrapped>().unwrap_err().0.contains("Wrapped"));
         assert_eq!(check_enum::<Msg>(), Ok(()));
         assert_eq!(check_enum::<Open>(), Ok(()), "#[serde(other)] takes every unknown type");
-    }
-}
-
-/// `actual` cut down to the object fields `expected` states, recursively, so that comparing the
-/// result with `expected` checks only what was stated (how scenario files compare `then.kv` and
-/// the test helpers compare read models). An empty object in `expected` means an empty object;
-/// arrays and other values compare whole.
-///
-/// ```
-/// use serde_json::json;
-/// let actual = json!({"balance": 5, "held": 2, "lines": [1, 2]});
-/// assert_eq!(tollgate_codec::stated(&actual, &json!({"balance": 5})), json!({"balance": 5}));
-/// assert_eq!(tollgate_codec::stated(&actual, &json!({"lines": [1]})), json!({"lines": [1, 2]}));
-/// ```
-pub fn stated(actual: &serde_json::Value, expected: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match (actual, expected) {
-        (Value::Object(actual), Value::Object(expected)) if !expected.is_empty() => Value::Object(
-            expected.iter().filter_map(|(k, e)| actual.get(k).map(|a| (k.clone(), stated(a, e)))).collect(),
-        ),
-        _ => actual.clone(),
     }
 }
