@@ -240,6 +240,9 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     for (code, n) in &total.rejected {
         println!("  rejected {code:<22} {n}");
     }
+    for (code, n) in &total.reaction_refusals {
+        println!("  refused to a process manager: {code} {n}");
+    }
     println!("  duplicates answered    {}", total.duplicates);
     println!("  OCC conflicts          {}", total.occ_conflicts);
     for (code, n) in &total.result_codes {
@@ -358,6 +361,23 @@ pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => writer_of(&journal, &Manifest::load(path)?, &args.bucket, path)?,
         (None, None) => anyhow::bail!("name the projector: --projector NAME, or --manifest FILE to look it up"),
     };
+    if args.manifest.is_none() {
+        // Named by hand: an unknown projector or bucket is said as such, not as a missing entry.
+        let buckets = read_model::buckets(&journal, &projector)?;
+        if buckets.is_empty() {
+            eprintln!("unknown projector `{projector}`: it has written no bucket in this store");
+            return Ok(ExitCode::FAILURE);
+        }
+        if !buckets.contains(&args.bucket) {
+            let names: Vec<String> = buckets.iter().map(|b| format!("`{b}`")).collect();
+            eprintln!(
+                "projector `{projector}` has written no bucket `{}` (its buckets: {})",
+                args.bucket,
+                names.join(", ")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let entries = match &args.key {
         Some(key) => match read_model::get(&journal, &projector, &args.bucket, key)? {
             Some(value) => vec![(key.clone(), value)],

@@ -5,6 +5,8 @@
 //! into the two; [`decode`] feeds them back without building an intermediate JSON value, so a
 //! message costs one pass each way.
 
+pub mod refusal;
+
 use serde::de::{self, DeserializeOwned, IntoDeserializer};
 use serde::{Deserializer, Serialize};
 use std::fmt;
@@ -245,6 +247,27 @@ impl<'de> de::VariantAccess<'de> for Tagged<'de> {
         let value = de.deserialize_struct("", fields, visitor).map_err(json_error)?;
         de.end().map_err(json_error)?;
         Ok(value)
+    }
+}
+
+/// `actual` cut down to the object fields `expected` states, recursively, so that comparing the
+/// result with `expected` checks only what was stated (how scenario files compare `then.kv` and
+/// the test helpers compare read models). An empty object in `expected` means an empty object;
+/// arrays and other values compare whole.
+///
+/// ```
+/// use serde_json::json;
+/// let actual = json!({"balance": 5, "held": 2, "lines": [1, 2]});
+/// assert_eq!(tollgate_codec::stated(&actual, &json!({"balance": 5})), json!({"balance": 5}));
+/// assert_eq!(tollgate_codec::stated(&actual, &json!({"lines": [1]})), json!({"lines": [1, 2]}));
+/// ```
+pub fn stated(actual: &serde_json::Value, expected: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (actual, expected) {
+        (Value::Object(actual), Value::Object(expected)) if !expected.is_empty() => Value::Object(
+            expected.iter().filter_map(|(k, e)| actual.get(k).map(|a| (k.clone(), stated(a, e)))).collect(),
+        ),
+        _ => actual.clone(),
     }
 }
 

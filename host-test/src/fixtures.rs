@@ -66,3 +66,20 @@ pub fn needs_more(interfaces: &[(&str, &str)]) -> Vec<u8> {
     embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).expect("embed metadata");
     ComponentEncoder::default().module(&module).and_then(|e| e.validate(true).encode()).expect("encode component")
 }
+
+/// A component that exports the one interface `export` of the package `package_wit` (WIT text
+/// declaring it) and does nothing: the fixture for contracts the host refuses by name.
+pub fn exporting(package_wit: &str, export: &str) -> Vec<u8> {
+    use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
+    use wit_parser::{ManglingAndAbi, Resolve};
+
+    let mut resolve = Resolve::default();
+    resolve.push_str("exported.wit", package_wit).expect("fixture package WIT");
+    let pkg = resolve
+        .push_str("exporting.wit", &format!("package test:exporting;\nworld exporting {{ export {export}; }}"))
+        .expect("fixture world WIT");
+    let world = resolve.select_world(&[pkg], Some("exporting")).expect("fixture world");
+    let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).expect("embed metadata");
+    ComponentEncoder::default().module(&module).and_then(|e| e.validate(true).encode()).expect("encode component")
+}

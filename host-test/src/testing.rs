@@ -427,16 +427,20 @@ pub struct ProjectorThen {
 }
 
 impl ProjectorThen {
-    /// Asserts `bucket` holds `expected` at `key` (compared as JSON).
+    /// Asserts `bucket` holds `expected` at `key`, compared as JSON on the fields `expected`
+    /// states only, as scenario files compare `then.kv` ([`tollgate_codec::stated`]).
     #[track_caller]
     pub fn then_expect_kv<T: Serialize>(self, bucket: &str, key: &str, expected: T) -> Self {
         assert!(matches!(self.outcome, Ok(Ok(()))), "expected `{bucket}/{key}`, but the batch failed");
         let expected = serde_json::to_value(expected).expect("the expected value encodes");
-        let actual = self.test.state.kv_get(bucket, key).map(|bytes| {
+        let Some(actual) = self.test.state.kv_get(bucket, key).map(|bytes| {
             serde_json::from_slice::<serde_json::Value>(&bytes)
                 .unwrap_or_else(|e| panic!("`{bucket}/{key}` is not JSON: {e}"))
-        });
-        assert_eq!(actual, Some(expected), "`{bucket}/{key}` differs (left: actual, right: expected)");
+        }) else {
+            panic!("`{bucket}/{key}` has no entry (expected {expected})");
+        };
+        let actual = tollgate_codec::stated(&actual, &expected);
+        assert_eq!(actual, expected, "`{bucket}/{key}` differs (left: actual, right: expected)");
         self
     }
 

@@ -54,6 +54,17 @@ impl Actor {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine.engine()).map(|(n, _)| n.to_string()).collect();
         let imports: Vec<String> = ty.imports(engine.engine()).map(|(n, _)| n.to_string()).collect();
+        let retired = ActorKind::ALL.into_iter().flat_map(|k| k.spec().retired.iter().map(move |r| (k, r)));
+        for (kind, (export, why)) in retired {
+            if exports.iter().any(|e| e == export) {
+                return Err(HostError::RetiredContract {
+                    name: name.into(),
+                    export: (*export).into(),
+                    why: (*why).into(),
+                    current: kind.export().into(),
+                });
+            }
+        }
         let contracts = ActorKind::ALL.into_iter().flat_map(|k| {
             let spec = k.spec();
             std::iter::once((k, spec.world, spec.export)).chain(spec.older.iter().map(move |(w, e)| (k, *w, *e)))

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// The file does not exist.
-    #[error("{path}: no such file (build the actors with `cargo xtask build-actors`)")]
+    #[error("{path}: no such file ({hint})", hint = build_hint(path))]
     NotFound {
         /// The file.
         path: PathBuf,
@@ -64,6 +64,20 @@ pub enum HostError {
         expected: String,
         /// What it does export.
         found: String,
+    },
+    /// The component targets a released contract this host no longer runs.
+    #[error(
+        "`{name}` exports `{export}`, a contract this host no longer runs ({why}); rebuild it against `{current}` (wit/README.md lists every version and what changed)"
+    )]
+    RetiredContract {
+        /// The file or actor name.
+        name: String,
+        /// The retired interface it exports.
+        export: String,
+        /// What changed since, in a few words.
+        why: String,
+        /// The interface that replaced it.
+        current: String,
     },
     /// The component imports something the harness does not provide.
     #[error("{name}: imports `{interface}`, which this host does not provide")]
@@ -180,5 +194,16 @@ impl HostError {
                 | HostError::ImportBudget { .. }
                 | HostError::MemoryCap { .. }
         )
+    }
+}
+
+/// How to build a missing component: in the tollgate workspace (a folder above it holds
+/// `xtask/`), `cargo xtask build-actors`; in any other crate, cargo's own command.
+fn build_hint(path: &std::path::Path) -> &'static str {
+    let in_workspace = path.ancestors().skip(1).any(|dir| dir.join("xtask/Cargo.toml").is_file());
+    if in_workspace {
+        "build the actors with `cargo xtask build-actors`"
+    } else {
+        "build the component with `cargo build --target wasm32-wasip2 --release` in its crate"
     }
 }

@@ -42,6 +42,8 @@ pub struct KindSpec {
     pub export: &'static str,
     /// Older contracts this host still runs for the kind: (world, export) pairs.
     pub older: &'static [(&'static str, &'static str)],
+    /// Released contracts of the kind this host refuses by name: (export, what changed since).
+    pub retired: &'static [(&'static str, &'static str)],
     /// Imports linked to other actors; a manifest must link every one.
     pub links: &'static [Link],
     /// The scenario `when.*` verbs this kind answers.
@@ -61,6 +63,7 @@ pub const KINDS: [KindSpec; 5] = [
         world: "tollgate:eventsourcing/aggregate@0.2.0",
         export: "tollgate:eventsourcing/command-handler@0.2.0",
         older: &[("tollgate:eventsourcing/aggregate@0.1.0", "tollgate:eventsourcing/command-handler@0.1.0")],
+        retired: &[],
         links: &[],
         when: &["command"],
         given_events: true,
@@ -72,6 +75,10 @@ pub const KINDS: [KindSpec; 5] = [
         world: "tollgate:eventsourcing/projector@0.2.0",
         export: "tollgate:eventsourcing/projection@0.2.0",
         older: &[],
+        retired: &[(
+            "tollgate:eventsourcing/projection@0.1.0",
+            "projectors run on 0.2.0 only: they take event batches",
+        )],
         links: &[],
         when: &["event", "events"],
         given_events: true,
@@ -83,6 +90,10 @@ pub const KINDS: [KindSpec; 5] = [
         world: "tollgate:eventsourcing/process-manager@0.2.0",
         export: "tollgate:eventsourcing/process@0.2.0",
         older: &[],
+        retired: &[(
+            "tollgate:eventsourcing/process@0.1.0",
+            "process managers run on 0.2.0 only: the package moved to 0.2.0 with the aggregate contract",
+        )],
         links: &[],
         when: &["event", "events", "timer"],
         given_events: true,
@@ -91,9 +102,10 @@ pub const KINDS: [KindSpec; 5] = [
     KindSpec {
         kind: ActorKind::Rater,
         name: "rater",
-        world: "tollgate:billing/rater@0.1.0",
-        export: "tollgate:billing/rating@0.1.0",
+        world: "tollgate:billing/rater@0.2.0",
+        export: "tollgate:billing/rating@0.2.0",
         older: &[],
+        retired: &[("tollgate:billing/rating@0.1.0", "ratings answer a price plan instead of a unit price")],
         links: &[],
         when: &["rate"],
         given_events: false,
@@ -102,9 +114,13 @@ pub const KINDS: [KindSpec; 5] = [
     KindSpec {
         kind: ActorKind::Policy,
         name: "policy",
-        world: "tollgate:admission/policy@0.1.0",
-        export: "tollgate:admission/admission@0.1.0",
+        world: "tollgate:admission/policy@0.2.0",
+        export: "tollgate:admission/admission@0.2.0",
         older: &[],
+        retired: &[(
+            "tollgate:admission/admission@0.1.0",
+            "charging reserves with a price plan and a currency instead of a unit price, and grants carry their price and counters",
+        )],
         links: &[
             Link { name: "charging", target: ActorKind::Aggregate },
             Link { name: "rating", target: ActorKind::Rater },

@@ -1,6 +1,6 @@
 //! A node: a runtime over a store, answering [`Request`]s.
 
-use crate::protocol::{InvalidField, Reply, Request, check_name};
+use crate::protocol::{InvalidField, Repeated, Reply, Request, check_name};
 use crate::view::{EventView, json_or_text};
 use serde_json::Value;
 use std::path::Path;
@@ -95,9 +95,13 @@ impl Node {
                 let envelope =
                     tollgate_host::aggregate::json_command(&stream, &key, &id, &command, rt.clock().now_ms())
                         .map_err(NodeError::Command)?;
-                match rt.execute(&envelope)? {
-                    Outcome::Accepted(events) => Reply::Accepted(events.iter().map(EventView::from).collect()),
-                    Outcome::Rejected(r) => {
+                match rt.execute_noting_repeat(&envelope)? {
+                    (Outcome::Accepted(events), true) => Reply::Repeated(Repeated {
+                        accepted: events.iter().map(EventView::from).collect(),
+                        repeat: true,
+                    }),
+                    (Outcome::Accepted(events), false) => Reply::Accepted(events.iter().map(EventView::from).collect()),
+                    (Outcome::Rejected(r), _) => {
                         Reply::Rejected { kind: r.kind.name().into(), code: r.code, message: r.message }
                     }
                 }

@@ -111,9 +111,30 @@ pub enum Reply {
     Recorded(EventView),
     /// The clock moved; this many timers fired.
     TimersFired(usize),
+    /// The command's id was committed before, for the same command: its original events,
+    /// and nothing ran again (`{"accepted": [events], "repeat": true}`).
+    #[serde(untagged)]
+    Repeated(Repeated),
     /// The admission decision (`{"granted": ...}` or `{"denied": ...}`).
     #[serde(untagged)]
     Decision(DecisionView),
+}
+
+/// A command answered as a repeat of an id committed before.
+///
+/// ```
+/// use tollgate_node::{Reply, protocol::Repeated};
+///
+/// let reply = Reply::Repeated(Repeated { accepted: vec![], repeat: true });
+/// assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"accepted":[],"repeat":true}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repeated {
+    /// The events the id was first accepted with.
+    pub accepted: Vec<EventView>,
+    /// Always `true`: tells a repeat from a first answer.
+    pub repeat: bool,
 }
 
 /// Why a request was refused before anything ran: the field and what is wrong with it.

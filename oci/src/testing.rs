@@ -32,7 +32,7 @@ pub fn require_tool(tool: &str, package: &str) -> Option<PathBuf> {
     };
     if found.is_none() {
         assert!(!in_ci(), "`{tool}` is missing and CI=true: install the Debian package {package}");
-        println!("skipping: install the Debian package {package}");
+        record_skip(&format!("`{tool}` is missing: install the Debian package {package}"));
     }
     found
 }
@@ -185,7 +185,7 @@ pub fn require_actors(stems: &[&'static str]) -> Option<Vec<(&'static str, PathB
             "{} is missing and CI=true: build the actors first (cargo xtask build-actors)",
             missing.display()
         );
-        println!("skipping: {} is missing (build the actors with cargo xtask build-actors)", missing.display());
+        record_skip(&format!("{} is missing (build the actors with cargo xtask build-actors)", missing.display()));
         return None;
     }
     Some(paths)
@@ -241,4 +241,28 @@ pub fn tiny_component() -> Vec<u8> {
         .validate(true)
         .encode()
         .expect("component encodes")
+}
+
+/// (As `tollgate_store::testing::record_skip`; this crate does not depend on the store.)
+/// The file `cargo xtask test` names in `TOLLGATE_SKIPS` (under `target/`), where every test
+/// that skips itself writes one line, so the run ends with a line naming what did not run.
+pub const SKIPS_ENV: &str = "TOLLGATE_SKIPS";
+
+/// Skips the running test: prints `skipping: WHY` and records `TEST<TAB>WHY` (the test is the
+/// name of the thread libtest runs it on) in the file `TOLLGATE_SKIPS` names, if any.
+pub fn record_skip(why: &str) {
+    use std::io::Write as _;
+    println!("skipping: {why}");
+    let Some(path) = std::env::var_os(SKIPS_ENV) else { return };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{test}\t{}\n", why.replace(['\n', '\t'], " "));
+    // One write of one short line in append mode: concurrent tests' lines do not interleave.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot record the skip in {}: {e}", std::path::Path::new(&path).display());
+    }
 }

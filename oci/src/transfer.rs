@@ -122,6 +122,9 @@ pub struct Pulled {
 
 /// Builds a client for `options`.
 fn client(options: &RegistryOptions) -> WasmClient {
+    // reqwest speaks TLS through rustls without a provider of its own (see the workspace's
+    // Cargo.toml): ring is this process's, unless the program installed another first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = ClientConfig {
         protocol: if options.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
         ..ClientConfig::default()
@@ -504,5 +507,16 @@ impl AsyncWrite for HashingWriter {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    /// HTTPS clients get a TLS configuration (the ring provider): building one must not panic
+    /// for want of a crypto provider.
+    #[test]
+    fn an_https_client_builds_with_the_ring_provider() {
+        let _client = super::client(&crate::RegistryOptions::default());
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
     }
 }

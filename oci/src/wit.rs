@@ -2,8 +2,8 @@
 //!
 //! The layout follows `wkg wit build` + `wkg publish`: each package is encoded with
 //! [`wit_component::encode`] and pushed as a Wasm OCI artifact to
-//! `REGISTRY[/PREFIX]/<namespace>/<name>:<version>`, so `tollgate:billing@0.1.0` lands at
-//! `REGISTRY/tollgate/billing:0.1.0`.
+//! `REGISTRY[/PREFIX]/<namespace>/<name>:<version>`, so `tollgate:billing@0.2.0` lands at
+//! `REGISTRY/tollgate/billing:0.2.0`.
 
 use std::path::{Path, PathBuf};
 
@@ -65,8 +65,60 @@ pub fn wit_build_package(dir: &Path) -> Result<(PackageName, Vec<u8>)> {
     Ok((resolve.packages[package].name.clone(), bytes))
 }
 
+/// The record of released packages a WIT folder may keep beside its packages.
+pub const RELEASED_WIT: &str = "released.toml";
+
+/// The digest `wit/released.toml` records for the package in `dir`: the sha256 of its own
+/// `*.wit` files (not `deps/`), sorted by name, each as `name NUL content NUL`, in hex. The same
+/// digest `cargo xtask test` checks before anything builds.
+pub fn wit_digest(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let io = |source| Error::Io { action: "reading WIT package", path: dir.to_path_buf(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() && path.extension().is_some_and(|x| x == "wit") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        let text = std::fs::read(&file).map_err(io)?;
+        hasher.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(&text);
+        hasher.update([0]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Refuses a package whose files differ from what `dir/released.toml` (if there is one)
+/// records for its `package@version`: a released package never changes under its version, so
+/// publishing it again would hand `wkg` users another package under the same name.
+fn check_released(dir: &Path, package_dir: &Path, name: &PackageName) -> Result<()> {
+    let record = dir.join(RELEASED_WIT);
+    let Ok(text) = std::fs::read_to_string(&record) else { return Ok(()) };
+    let released: std::collections::BTreeMap<String, String> = toml::from_str(&text)
+        .map_err(|e| Error::Wit { dir: record.clone(), source: anyhow::anyhow!("not a table of digests: {e}") })?;
+    let Some(recorded) = released.get(&name.to_string()) else { return Ok(()) };
+    let digest = wit_digest(package_dir)?;
+    if *recorded != digest {
+        return Err(Error::Wit {
+            dir: package_dir.to_path_buf(),
+            source: anyhow::anyhow!(
+                "package `{name}` changed since it was released (sha256 {recorded} in {}, now {digest}): a released \
+                 package is never published again with other contents; raise its version",
+                record.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Encodes every WIT package under `dir` (see [`wit_package_dirs`]), sorted by package
-/// directory. Fails if there is none, or if two directories define the same package.
+/// directory. Fails if there is none, if two directories define the same package, or if a
+/// package differs from the digest `dir/released.toml` records for its version.
 pub fn wit_build(dir: &Path) -> Result<Vec<(PackageName, Vec<u8>)>> {
     let dirs = wit_package_dirs(dir)?;
     if dirs.is_empty() {
@@ -75,6 +127,7 @@ pub fn wit_build(dir: &Path) -> Result<Vec<(PackageName, Vec<u8>)>> {
     let mut packages: Vec<(PackageName, Vec<u8>)> = Vec::with_capacity(dirs.len());
     for package_dir in &dirs {
         let (name, bytes) = wit_build_package(package_dir)?;
+        check_released(dir, package_dir, &name)?;
         if packages.iter().any(|(seen, _)| *seen == name) {
             return Err(Error::Wit {
                 dir: package_dir.clone(),
@@ -203,5 +256,40 @@ mod tests {
 
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(wit_build(empty.path()), Err(Error::NoWitPackages { .. })));
+    }
+}
+
+#[cfg(test)]
+mod released_tests {
+    use super::*;
+
+    #[test]
+    fn the_repositorys_packages_build_as_released() {
+        let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let names: Vec<String> = wit_build(&wit).unwrap().iter().map(|(n, _)| n.to_string()).collect();
+        for expected in ["tollgate:billing@0.2.0", "tollgate:admission@0.2.0", "tollgate:eventsourcing@0.2.0"] {
+            assert!(names.iter().any(|n| n == expected), "{expected} not built: {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n == "tollgate:billing@0.1.0"),
+            "the retired billing 0.1.0 is never published again"
+        );
+    }
+
+    #[test]
+    fn a_package_that_differs_from_its_released_digest_is_not_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("types.wit"), "package test:base@0.2.0;\ninterface types { type money = s64; }\n")
+            .unwrap();
+        let digest = wit_digest(&base).unwrap();
+        std::fs::write(dir.path().join(RELEASED_WIT), format!("\"test:base@0.2.0\" = \"{digest}\"\n")).unwrap();
+        wit_build(dir.path()).unwrap();
+
+        std::fs::write(base.join("types.wit"), "package test:base@0.2.0;\ninterface types { type money = u64; }\n")
+            .unwrap();
+        let err = wit_build(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("package `test:base@0.2.0` changed since it was released"), "{err}");
     }
 }

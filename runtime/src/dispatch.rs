@@ -7,19 +7,24 @@
 //! - Process managers: like projectors, with instance states as their key-value writes. The
 //!   commands a reaction sends run at once; the timers it sets are kept by [`crate::timers`].
 //!   A reaction over a bound of `[reactions]` ([`crate::cascade`]) does nothing and fails its
-//!   delivery.
+//!   delivery. A command an aggregate refuses is recorded on [`REFUSALS_STREAM`] and delivered
+//!   to the instance that sent it (its `react`), like any other input: a manager that cannot
+//!   take it fails that delivery, which ends in the dead letters.
 
 use crate::cascade::Cause;
 use crate::error::RuntimeError;
-use crate::journal::from_stored;
-use crate::namespace::{INSTANCES, META, TIMER_STREAM, is_reserved};
+use crate::journal::{from_stored, to_new};
+use crate::namespace::{INSTANCES, META, REFUSALS_STREAM, TIMER_STREAM, is_reserved};
 use crate::shared::Shared;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tollgate_codec::refusal::{COMMAND_REFUSED, CommandRefused};
 use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
 use tollgate_host::typed::Reaction;
 use tollgate_host::{HostError, HostState, ProcessManagerActor, ProjectorActor};
-use tollgate_store::{Consumer, ConsumerOptions, Delivery, KvWrite, NackOutcome, StoreError, StoredEvent};
+use tollgate_store::{
+    Consumer, ConsumerOptions, Delivery, ExpectedVersion, KvWrite, NackOutcome, StoreError, StoredEvent,
+};
 
 /// Deliveries asked for at once.
 const DELIVERY_BATCH: usize = 256;
@@ -294,6 +299,10 @@ impl Shared {
                 self.react_to_timer(slot, stored, changed)?;
                 continue;
             }
+            if stored.stream == REFUSALS_STREAM {
+                self.react_to_refusal(slot, stored, changed)?;
+                continue;
+            }
             if !slot.subscriptions.contains(&stored.stream) {
                 continue;
             }
@@ -334,11 +343,91 @@ impl Shared {
         for command in commands {
             self.cascades.remember(&command.stream, &command.key, &command.command_id, next.clone());
             if let Outcome::Rejected(rejection) = self.execute(&command)? {
-                tracing::warn!(manager = %slot.name, command = %command.command_type, code = %rejection.code, "command refused");
+                self.stats.recount_as_reaction_refusal(&rejection.code);
+                tracing::warn!(manager = %slot.name, command = %command.command_type, code = %rejection.code, "command refused; telling the process manager");
+                self.record_refusal(&slot.name, instance, &command, &rejection, &next)?;
                 self.refused.push(RefusedCommand { manager: slot.name.clone(), command, rejection });
             }
         }
         Ok(())
+    }
+
+    /// Records that the aggregate refused `command` of `manager`'s `instance` as an event on
+    /// [`REFUSALS_STREAM`], which the manager's consumer then delivers to the instance. Its id
+    /// names the command and the code, so a redelivered reaction's refusal is recorded once;
+    /// what the manager does about it is one step deeper in the cascade than the command.
+    fn record_refusal(
+        &mut self,
+        manager: &str,
+        instance: &str,
+        command: &Command,
+        rejection: &Rejection,
+        cause: &Cause,
+    ) -> Result<(), RuntimeError> {
+        let refused = CommandRefused {
+            manager: manager.into(),
+            instance: instance.into(),
+            stream: command.stream.clone(),
+            key: command.key.clone(),
+            command_id: command.command_id.clone(),
+            command_type: command.command_type.clone(),
+            payload: String::from_utf8(command.payload.clone()).unwrap_or_default(),
+            kind: rejection.kind.name().into(),
+            code: rejection.code.clone(),
+            message: rejection.message.clone(),
+        };
+        let event = Event {
+            stream: REFUSALS_STREAM.into(),
+            key: format!("{manager}/{instance}"),
+            event_type: COMMAND_REFUSED.into(),
+            schema_version: 1,
+            content_type: tollgate_codec::JSON.into(),
+            payload: serde_json::to_vec(&refused).expect("a struct of strings always encodes as JSON"),
+            sequence: 0,
+            time: self.clock.now_ms(),
+            command_id: format!("refused/{}/{}/{}/{}", command.stream, command.key, command.command_id, rejection.code),
+            correlation_id: command.correlation_id.clone(),
+            causation_id: command.command_id.clone(),
+        };
+        let store = self.journal.store();
+        let appended = self.journal.block_on(store.append(
+            &event.stream,
+            &event.key,
+            ExpectedVersion::Any,
+            vec![to_new(&event, &[])],
+        ));
+        match appended {
+            Ok(_) | Err(StoreError::Duplicate { .. }) => {}
+            Err(e) => return Err(self.journal.error("record refused command", e)),
+        }
+        self.cascades.remember(&event.stream, &event.key, &event.command_id, cause.next());
+        Ok(())
+    }
+
+    /// Runs `slot`'s reaction to a refusal recorded on [`REFUSALS_STREAM`] (if the refused
+    /// command was its own): the event goes to the instance that sent the command, whose
+    /// `react` may compensate; a refusal it refuses fails the delivery like any other input.
+    fn react_to_refusal(
+        &mut self,
+        slot: &mut ManagerSlot,
+        stored: &StoredEvent,
+        changed: &mut BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), RuntimeError> {
+        let refused: CommandRefused = tollgate_codec::from_json(&stored.payload).map_err(|source| {
+            RuntimeError::undecodable_event(&stored.stream, &stored.key, stored.sequence, &stored.event_type, source)
+        })?;
+        if refused.manager != slot.name {
+            return Ok(());
+        }
+        let state = current(slot, changed, &refused.instance);
+        let what = format!(
+            "{} told that `{}` {} on {}/{} was refused ({})",
+            slot.name, refused.command_type, refused.command_id, refused.stream, refused.key, refused.code
+        );
+        let event = from_stored(stored.clone());
+        let reaction = slot.actor.react(state.as_deref(), &event)?.map_err(|r| host_error(what.clone(), &r))?;
+        let cause = self.cause_of(stored);
+        self.apply_reaction(slot, &refused.instance, reaction, changed, &cause, &what)
     }
 }
 

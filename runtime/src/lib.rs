@@ -47,8 +47,8 @@ mod undo;
 pub use dispatch::RefusedCommand;
 pub use error::RuntimeError;
 pub use journal::{AppendLatency, Journal};
-pub use manifest::Manifest;
-pub use namespace::{RESERVED_PREFIX, TIMER_STREAM, is_reserved};
+pub use manifest::{Manifest, ReportsSpec};
+pub use namespace::{REFUSALS_STREAM, RESERVED_PREFIX, TIMER_STREAM, is_reserved};
 #[cfg(feature = "oci")]
 pub use resolve::resolve_actor;
 pub use stats::Stats;
@@ -258,6 +258,12 @@ impl Runtime {
                 ActorKind::Policy => policy_specs.push((name.clone(), actor, host_state, spec.links.clone())),
             }
         }
+        if let Some((stream, owner)) = shared.report_streams.iter().find_map(|s| Some((s, shared.streams.get(s)?))) {
+            return Err(RuntimeError::Report {
+                stream: stream.clone(),
+                message: format!("`[reports] streams` names it, but aggregate `{owner}` owns it: send it commands"),
+            });
+        }
         let shared = Arc::new(Mutex::new(shared));
         let mut policies = BTreeMap::new();
         for (name, actor, host_state, links) in policy_specs {
@@ -299,10 +305,20 @@ impl Runtime {
 
     /// Runs a command on the aggregate owning its stream, then dispatches the new events.
     pub fn execute(&mut self, command: &Command) -> Result<Outcome, RuntimeError> {
+        Ok(self.execute_noting_repeat(command)?.0)
+    }
+
+    /// [`Runtime::execute`], also saying whether the command's id was committed before, so the
+    /// answer is the original outcome and nothing ran again (`true`), which a client may want
+    /// to know (`Tollgate-Repeat: true` over HTTP and NATS).
+    pub fn execute_noting_repeat(&mut self, command: &Command) -> Result<(Outcome, bool), RuntimeError> {
         let mut shared = self.lock();
+        let duplicates = shared.stats.duplicates;
         let outcome = shared.execute(command)?;
+        // Only a repeat answered from the log counts a duplicate while one command runs.
+        let repeat = shared.stats.duplicates != duplicates;
         shared.pump()?;
-        Ok(outcome)
+        Ok((outcome, repeat))
     }
 
     /// Asks the (only, or first by name) policy for an admission decision, then dispatches.
@@ -372,6 +388,11 @@ impl Runtime {
         })?;
         shared.pump()?;
         Ok(event)
+    }
+
+    /// The streams a served node takes outside facts on (the manifest's `[reports] streams`).
+    pub fn report_streams(&self) -> Vec<String> {
+        self.lock().report_streams.clone()
     }
 
     /// Moves the clock forward and fires the timers that fall due; returns how many fired.

@@ -98,6 +98,12 @@ pub struct Manifest {
     /// [`Manifest::nats_spec`] with its files resolved against the manifest's directory.
     #[serde(skip)]
     pub nats_access: tollgate_store::NatsAccess,
+    /// Streams a served node (`tollgate serve`) takes outside facts on, over HTTP
+    /// (`POST /v1/reports/{stream}/{key}`) and NATS (`tollgate.<node>.report.<stream>`):
+    /// `[reports] streams = ["session"]`. None by default; never the runtime's own
+    /// `tollgate.*` streams.
+    #[serde(default)]
+    pub reports: ReportsSpec,
     /// Actors by name (an edge node's manifest may have none).
     #[serde(default)]
     pub actors: BTreeMap<String, ActorSpec>,
@@ -185,6 +191,22 @@ impl RatingGroup {
             return Err((".quota".into(), format!("is {quota} seconds, over the protocol's 4294967295")));
         }
         Ok(RatingGroup { offer, unit, quota })
+    }
+}
+
+/// The `[reports]` section: which streams take outside facts on a served node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsSpec {
+    /// The streams (none by default).
+    #[serde(default)]
+    pub streams: Vec<String>,
+}
+
+impl ReportsSpec {
+    /// Whether facts may be reported on `stream`.
+    pub fn allows(&self, stream: &str) -> bool {
+        self.streams.iter().any(|s| s == stream)
     }
 }
 
@@ -605,6 +627,17 @@ impl Manifest {
                 }
             }
         }
+        for (i, stream) in manifest.reports.streams.iter().enumerate() {
+            if crate::namespace::is_reserved(stream) {
+                return Err(invalid(
+                    format!("reports.streams[{i}]"),
+                    format!(
+                        "`{stream}` is the runtime's own (`{}*`): no one reports on it",
+                        crate::namespace::RESERVED_PREFIX
+                    ),
+                ));
+            }
+        }
         Ok(manifest)
     }
 
@@ -628,6 +661,19 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(Path::new("m.toml"), text, Path::new("/base"))
+    }
+
+    #[test]
+    fn report_streams_default_to_none_and_never_name_the_runtimes_own() {
+        let m = parse("[actors]\n").unwrap();
+        assert!(!m.reports.allows("session"));
+        let m = parse("[reports]\nstreams = [\"session\"]\n[actors]\n").unwrap();
+        assert!(m.reports.allows("session") && !m.reports.allows("account"));
+        let err = parse("[reports]\nstreams = [\"session\", \"tollgate.timers\"]\n[actors]\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`reports.streams[1]`") && err.contains("`tollgate.timers` is the runtime's own"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@ use crate::error::RuntimeError;
 pub const RESERVED_PREFIX: &str = "tollgate.";
 /// Stream of due process-manager timers (key `manager/instance`).
 pub const TIMER_STREAM: &str = "tollgate.timers";
+/// Stream of process managers' refused commands (key `manager/instance`), each delivered to
+/// the instance that sent it.
+pub use tollgate_codec::refusal::REFUSALS_STREAM;
 /// Bucket of a process manager's instance states.
 pub(crate) const INSTANCES: &str = "tollgate.instances";
 /// Bucket listing the buckets a projector wrote, so a restart can load them.

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub projectors: Vec<ProjectorSlot>,
     pub managers: Vec<ManagerSlot>,
     pub refused: Vec<RefusedCommand>,
+    /// Streams a served node takes outside facts on (`[reports] streams`).
+    pub report_streams: Vec<String>,
     pub stats: Stats,
     /// A snapshot is written once a key has this many events past its last one (0: never).
     pub snapshot_every: u64,
@@ -54,6 +56,7 @@ impl Shared {
             projectors: Vec::new(),
             managers: Vec::new(),
             refused: Vec::new(),
+            report_streams: manifest.reports.streams.clone(),
             stats: Stats::default(),
             snapshot_every: manifest.store.snapshot_every,
             limits: manifest.reactions.clone(),

@@ -13,8 +13,13 @@ pub const STATS_STREAM: &str = "tollgate.stats";
 pub struct Stats {
     /// Commands that appended events.
     pub accepted: u64,
-    /// Commands an aggregate refused, by rejection code.
+    /// Commands from clients (and a policy's charging calls) an aggregate refused, by
+    /// rejection code.
     pub rejected: BTreeMap<String, u64>,
+    /// Commands process managers sent that an aggregate refused, by rejection code: each is
+    /// told to its manager (`tollgate.refusals`), not counted in `rejected`.
+    #[serde(default)]
+    pub reaction_refusals: BTreeMap<String, u64>,
     /// Commands answered from the log because their id was already committed.
     pub duplicates: u64,
     /// Appends that lost an optimistic-concurrency race (each was retried).
@@ -41,11 +46,26 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts a refusal `execute` counted in `rejected` as a refusal of a process manager's
+    /// command instead.
+    pub(crate) fn recount_as_reaction_refusal(&mut self, code: &str) {
+        if let Some(n) = self.rejected.get_mut(code) {
+            *n -= 1;
+            if *n == 0 {
+                self.rejected.remove(code);
+            }
+        }
+        *self.reaction_refusals.entry(code.into()).or_default() += 1;
+    }
+
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &Stats) {
         self.accepted += other.accepted;
         for (k, v) in &other.rejected {
             *self.rejected.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.reaction_refusals {
+            *self.reaction_refusals.entry(k.clone()).or_default() += v;
         }
         self.duplicates += other.duplicates;
         self.occ_conflicts += other.occ_conflicts;
@@ -83,7 +103,9 @@ mod tests {
         a.rejected.insert("insufficient-funds".into(), 1);
         let mut b = a.clone();
         b.result_codes.insert("success".into(), 3);
+        b.reaction_refusals.insert("command-id-conflict".into(), 1);
         a.add(&b);
+        assert_eq!(a.reaction_refusals["command-id-conflict"], 1);
         assert_eq!(a.accepted, 2);
         assert_eq!(a.occ_conflicts, 4);
         assert_eq!(a.rejected["insufficient-funds"], 2);

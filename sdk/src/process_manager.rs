@@ -1,6 +1,7 @@
 //! Process managers: events and timers in, commands and timers out.
 
 use crate::codec;
+use crate::codec::refusal::{COMMAND_REFUSED, CommandRefused, REFUSALS_STREAM};
 use crate::types::{Command, Event, Rejection, Timer, TimestampMs};
 use serde::{Serialize, de::DeserializeOwned};
 use std::marker::PhantomData;
@@ -74,6 +75,25 @@ pub trait ProcessManager {
 
     /// Reacts to a timer of the instance firing at `now`.
     fn on_timer(state: &mut Self::State, timer: &Timer, now: TimestampMs) -> Result<Reaction, Rejection>;
+
+    /// Reacts to a command of the instance that its aggregate refused (`envelope` is the
+    /// refusal's event on [`REFUSALS_STREAM`]; its correlation id is the command's, its
+    /// causation id the command's id). A compensating command, a timer to try again, or
+    /// finishing the instance are all answers.
+    ///
+    /// The default refuses the refusal with `refusal-not-handled`, so the runtime
+    /// dead-letters it (after `max_deliver` attempts): a manager that does not say what a
+    /// refusal means never loses one silently.
+    fn on_refused(state: &mut Self::State, refused: &CommandRefused, envelope: &Event) -> Result<Reaction, Rejection> {
+        let _ = (state, envelope);
+        Err(Rejection::business(
+            "refusal-not-handled",
+            format!(
+                "this process manager does not handle refusals: `{}` {} on {}/{} was refused: {}: {}",
+                refused.command_type, refused.command_id, refused.stream, refused.key, refused.code, refused.message
+            ),
+        ))
+    }
 }
 
 fn decode_state<P: ProcessManager>(state: Option<&[u8]>) -> Result<P::State, Rejection> {
@@ -126,11 +146,31 @@ fn refuse(event: &Event, reason: &str) -> Option<String> {
     Some(event.key.clone())
 }
 
-/// Runs `P::react` on encoded state and event.
+/// Runs `P::react` on encoded state and event; a refusal the runtime delivers (an event on
+/// [`REFUSALS_STREAM`]) goes to `P::on_refused` instead.
 pub fn react<P: ProcessManager>(state: Option<&[u8]>, event: &Event) -> Result<WitReaction, Rejection> {
+    if event.stream == REFUSALS_STREAM {
+        return on_refused::<P>(state, event);
+    }
     let typed = crate::aggregate::decode_event::<P::Event>(event)?;
     let mut state = decode_state::<P>(state)?;
     let reaction = P::react(&mut state, typed, event)?;
+    finish::<P>(state, reaction)
+}
+
+/// Runs `P::on_refused` on encoded state and a `command-refused` event.
+pub fn on_refused<P: ProcessManager>(state: Option<&[u8]>, event: &Event) -> Result<WitReaction, Rejection> {
+    if event.event_type != COMMAND_REFUSED {
+        return Err(Rejection::malformed(
+            "malformed-event",
+            format!("event `{}` on {REFUSALS_STREAM} is not a `{COMMAND_REFUSED}`", event.event_type),
+        ));
+    }
+    let refused: CommandRefused = codec::from_json(&event.payload).map_err(|e| {
+        Rejection::malformed("malformed-event", format!("a `{COMMAND_REFUSED}` that does not decode: {e}"))
+    })?;
+    let mut state = decode_state::<P>(state)?;
+    let reaction = P::on_refused(&mut state, &refused, event)?;
     finish::<P>(state, reaction)
 }
 

@@ -38,14 +38,18 @@
 //! ```
 
 use crate::aggregate::{self, Aggregate};
+use crate::codec::refusal::{COMMAND_REFUSED, CommandRefused, REFUSALS_STREAM};
 use crate::process_manager::{self, ProcessManager, WitReaction};
 use crate::projector::{self, Projector};
-use crate::types::{Command, Event, EventDraft, Rejection, Timer, TimestampMs};
+use crate::types::{Command, Event, EventDraft, Rejection, RejectionKind, Timer, TimestampMs};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::marker::PhantomData;
+
+/// What a repeated command id is compared on: the command's type, content type and payload.
+type CommandContent = (String, String, Vec<u8>);
 
 /// The key commands and events go to unless a test says otherwise.
 pub const TEST_KEY: &str = "test-key";
@@ -57,6 +61,9 @@ pub struct AggregateTest<A: Aggregate> {
     state: Option<Vec<u8>>,
     events: Vec<Event>,
     sent: u64,
+    /// command id -> (command type, content type, payload) and the drafts it was accepted with,
+    /// to answer a repeated id as the host does.
+    committed: BTreeMap<String, (CommandContent, Vec<EventDraft>)>,
     aggregate: PhantomData<A>,
 }
 
@@ -68,6 +75,7 @@ impl<A: Aggregate> Default for AggregateTest<A> {
             state: None,
             events: Vec::new(),
             sent: 0,
+            committed: BTreeMap::new(),
             aggregate: PhantomData,
         }
     }
@@ -97,13 +105,13 @@ impl<A: Aggregate> AggregateTest<A> {
         let drafts: Vec<EventDraft> = events
             .into_iter()
             .map(|e| {
-                let event =
-                    Event::new(A::STREAM, &self.key, &e).unwrap_or_else(|r| panic!("given event: {}", r.message));
+                let (event_type, payload) =
+                    crate::codec::encode(&e).unwrap_or_else(|e| panic!("given event does not encode: {e}"));
                 EventDraft {
-                    event_type: event.event_type,
+                    event_type,
                     schema_version: A::EVENT_SCHEMA_VERSION,
-                    content_type: event.content_type,
-                    payload: event.payload,
+                    content_type: crate::codec::JSON.into(),
+                    payload,
                 }
             })
             .collect();
@@ -129,13 +137,36 @@ impl<A: Aggregate> AggregateTest<A> {
     }
 
     /// Sends a command envelope as it is (a payload of the wrong shape, another content type).
+    ///
+    /// A command id accepted before is answered as the host answers it: the same command gets
+    /// its original events again and changes nothing ([`AggregateThen::then_expect_repeat`]);
+    /// another command under that id is refused with `command-id-conflict` (kind `malformed`).
     #[track_caller]
     pub fn when_command(mut self, command: Command) -> AggregateThen<A> {
+        let content = (command.command_type.clone(), command.content_type.clone(), command.payload.clone());
+        if let Some((original, drafts)) = self.committed.get(&command.command_id) {
+            let outcome = if *original == content {
+                Ok(drafts.clone())
+            } else {
+                Err(Rejection::malformed(
+                    "command-id-conflict",
+                    format!(
+                        "command id `{}` on {}/{} was already used for another command; a retry must repeat the \
+                         command exactly, a new command needs a new id",
+                        command.command_id, command.stream, command.key
+                    ),
+                ))
+            };
+            return AggregateThen { test: self, outcome, repeat: true };
+        }
         let outcome = aggregate::handle::<A>(self.state.as_deref(), &command);
         if let Ok(drafts) = &outcome {
             self.append(drafts.clone(), &command.command_id, &command.correlation_id);
+            if !command.command_id.is_empty() {
+                self.committed.insert(command.command_id.clone(), (content, drafts.clone()));
+            }
         }
-        AggregateThen { test: self, outcome }
+        AggregateThen { test: self, outcome, repeat: false }
     }
 
     /// Appends drafts as the host would (next sequences, the clock's time) and folds them.
@@ -182,6 +213,8 @@ impl<A: Aggregate> AggregateTest<A> {
 pub struct AggregateThen<A: Aggregate> {
     test: AggregateTest<A>,
     outcome: Result<Vec<EventDraft>, Rejection>,
+    /// The command's id was committed before: answered from what was committed.
+    repeat: bool,
 }
 
 impl<A: Aggregate> AggregateThen<A> {
@@ -206,6 +239,24 @@ impl<A: Aggregate> AggregateThen<A> {
     #[track_caller]
     pub fn then_expect_rejection(self, code: &str) -> Self {
         expect_rejection(&self.outcome, code, |drafts| format!("{} events: {}", drafts.len(), types(drafts)));
+        self
+    }
+
+    /// Asserts the command was rejected with this kind and code.
+    #[track_caller]
+    pub fn then_expect_rejection_of(self, kind: RejectionKind, code: &str) -> Self {
+        expect_rejection_of(&self.outcome, kind, code, |drafts| format!("{} events: {}", drafts.len(), types(drafts)));
+        self
+    }
+
+    /// Asserts the command repeated an id committed before with the same command, and was
+    /// answered with the original events, changing nothing again (the host's `duplicate`).
+    #[track_caller]
+    pub fn then_expect_repeat(self) -> Self {
+        assert!(self.repeat, "the command was decided, not answered as a repeat of an id committed before");
+        if let Err(r) = &self.outcome {
+            panic!("expected a repeat answered with its original events, got rejection `{}`: {}", r.code, r.message);
+        }
         self
     }
 
@@ -234,6 +285,13 @@ impl<A: Aggregate> AggregateThen<A> {
     #[track_caller]
     pub fn and_when<C: Serialize>(self, command: C) -> AggregateThen<A> {
         self.test.when(command)
+    }
+
+    /// Sends another command to the same key with the given id (an id used before is answered
+    /// as the host answers it: see [`AggregateTest::when_command`]).
+    #[track_caller]
+    pub fn and_when_with_id<C: Serialize>(self, command_id: &str, command: C) -> AggregateThen<A> {
+        self.test.when_with_id(command_id, command)
     }
 
     /// The test, to go on with (e.g. at a later time).
@@ -283,6 +341,16 @@ impl<P: ProcessManager> ProcessManagerTest<P> {
         let state = self.instances.get(instance).cloned();
         let outcome = process_manager::on_timer::<P>(state.as_deref(), &timer, now)
             .map(|reaction| Some(self.keep(instance, reaction)));
+        ProcessThen { test: self, outcome }
+    }
+
+    /// Tells `instance` that the aggregate refused `command` (one it sent) with `rejection`, as
+    /// the runtime does (an event on `tollgate.refusals`, to `ProcessManager::on_refused`).
+    pub fn when_refused(mut self, instance: &str, command: &Command, rejection: Rejection) -> ProcessThen<P> {
+        let event = refusal_event(instance, command, &rejection);
+        let state = self.instances.get(instance).cloned();
+        let outcome =
+            process_manager::react::<P>(state.as_deref(), &event).map(|reaction| Some(self.keep(instance, reaction)));
         ProcessThen { test: self, outcome }
     }
 
@@ -374,6 +442,31 @@ impl<P: ProcessManager> ProcessThen<P> {
         self
     }
 
+    /// Asserts the ids of the commands the instance sent, in order.
+    #[track_caller]
+    pub fn then_expect_command_ids<'a>(self, expected: impl IntoIterator<Item = &'a str>) -> Self {
+        let expected: Vec<&str> = expected.into_iter().collect();
+        let actual: Vec<&str> = self.reaction("command ids").commands.iter().map(|c| c.command_id.as_str()).collect();
+        assert_eq!(actual, expected, "command ids differ (left: actual, right: expected)");
+        self
+    }
+
+    /// Asserts the ids of the timers the instance cancelled, in order.
+    #[track_caller]
+    pub fn then_expect_cancelled_timers<'a>(self, expected: impl IntoIterator<Item = &'a str>) -> Self {
+        let expected: Vec<&str> = expected.into_iter().collect();
+        let actual: Vec<&str> = self.reaction("cancelled timers").cancel_timers.iter().map(String::as_str).collect();
+        assert_eq!(actual, expected, "cancelled timers differ (left: actual, right: expected)");
+        self
+    }
+
+    /// Asserts the input was refused with this kind and code.
+    #[track_caller]
+    pub fn then_expect_rejection_of(self, kind: RejectionKind, code: &str) -> Self {
+        expect_rejection_of(&self.outcome, kind, code, |_| "the input taken".into());
+        self
+    }
+
     /// Asserts the instance finished (its state is dropped).
     #[track_caller]
     pub fn then_expect_finished(self) -> Self {
@@ -407,6 +500,11 @@ impl<P: ProcessManager> ProcessThen<P> {
     /// Fires another timer.
     pub fn and_when_timer(self, instance: &str, timer: Timer, now: TimestampMs) -> ProcessThen<P> {
         self.test.when_timer(instance, timer, now)
+    }
+
+    /// Tells another refusal.
+    pub fn and_when_refused(self, instance: &str, command: &Command, rejection: Rejection) -> ProcessThen<P> {
+        self.test.when_refused(instance, command, rejection)
     }
 }
 
@@ -452,18 +550,33 @@ pub struct ProjectorThen<P: Projector> {
 }
 
 impl<P: Projector> ProjectorThen<P> {
-    /// Asserts `bucket` holds `expected` at `key` (compared as JSON).
+    /// Asserts `bucket` holds `expected` at `key`, compared as JSON on the fields `expected`
+    /// states only, as scenario files compare `then.kv`: an object's unstated fields are not
+    /// compared (recursively); arrays and other values compare whole.
     #[track_caller]
     pub fn then_expect_kv<T: Serialize>(self, bucket: &str, key: &str, expected: T) -> Self {
         if let Err(r) = &self.outcome {
             panic!("expected `{bucket}/{key}`, got rejection `{}`: {}", r.code, r.message);
         }
         let expected = serde_json::to_value(expected).unwrap_or_else(|e| panic!("the expected value: {e}"));
-        let actual = crate::keyvalue::native_entries(bucket).get(key).map(|bytes| {
+        let Some(actual) = crate::keyvalue::native_entries(bucket).get(key).map(|bytes| {
             serde_json::from_slice::<serde_json::Value>(bytes)
                 .unwrap_or_else(|e| panic!("`{bucket}/{key}` is not JSON: {e}"))
-        });
-        assert_eq!(actual, Some(expected), "`{bucket}/{key}` differs (left: actual, right: expected)");
+        }) else {
+            panic!("`{bucket}/{key}` has no entry (expected {expected})");
+        };
+        assert_eq!(
+            crate::codec::stated(&actual, &expected),
+            expected,
+            "`{bucket}/{key}` differs (left: actual, right: expected)"
+        );
+        self
+    }
+
+    /// Asserts the batch was refused with this kind and code.
+    #[track_caller]
+    pub fn then_expect_rejection_of(self, kind: RejectionKind, code: &str) -> Self {
+        expect_rejection_of(&self.outcome, kind, code, |()| "the batch taken".into());
         self
     }
 
@@ -505,6 +618,54 @@ fn expect_rejection<T>(outcome: &Result<T, Rejection>, code: &str, taken: impl F
         Err(r) if r.code == code => {}
         Err(r) => panic!("expected rejection `{code}`, got rejection `{}`: {}", r.code, r.message),
         Ok(value) => panic!("expected rejection `{code}`, got {}", taken(value)),
+    }
+}
+
+/// Panics unless `outcome` is a rejection of `kind` with `code`.
+#[track_caller]
+fn expect_rejection_of<T>(
+    outcome: &Result<T, Rejection>,
+    kind: RejectionKind,
+    code: &str,
+    taken: impl FnOnce(&T) -> String,
+) {
+    expect_rejection(outcome, code, taken);
+    if let Err(r) = outcome {
+        assert_eq!(r.kind, kind, "rejection `{code}` is of another kind (left: actual, right: expected)");
+    }
+}
+
+/// The event the runtime delivers to `instance` when the aggregate refused its `command`.
+pub fn refusal_event(instance: &str, command: &Command, rejection: &Rejection) -> Event {
+    let refused = CommandRefused {
+        manager: "test".into(),
+        instance: instance.into(),
+        stream: command.stream.clone(),
+        key: command.key.clone(),
+        command_id: command.command_id.clone(),
+        command_type: command.command_type.clone(),
+        payload: String::from_utf8(command.payload.clone()).unwrap_or_default(),
+        kind: match rejection.kind {
+            RejectionKind::Business => "business",
+            RejectionKind::Malformed => "malformed",
+            RejectionKind::UnknownCommand => "unknown-command",
+        }
+        .into(),
+        code: rejection.code.clone(),
+        message: rejection.message.clone(),
+    };
+    Event {
+        stream: REFUSALS_STREAM.into(),
+        key: format!("test/{instance}"),
+        event_type: COMMAND_REFUSED.into(),
+        schema_version: 1,
+        content_type: crate::codec::JSON.into(),
+        payload: crate::codec::to_json(&refused).expect("a struct of strings always encodes as JSON"),
+        sequence: 1,
+        time: command.time,
+        command_id: format!("refused/{}", command.command_id),
+        correlation_id: command.correlation_id.clone(),
+        causation_id: command.command_id.clone(),
     }
 }
 

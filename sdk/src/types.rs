@@ -41,8 +41,10 @@ impl Rejection {
 }
 
 impl Event {
-    /// Builds a JSON event envelope from a typed event (a serde enum): sequence 1, time 0, no
-    /// command, correlation or causation ids. Set other fields with struct update syntax.
+    /// Builds a JSON event envelope from a typed event (a serde enum): time 0, no command,
+    /// correlation or causation ids, and the next sequence of its stream key on this thread
+    /// (1, 2, 3, ... in the order they are made), so events made one after another for a test
+    /// form a history as the host numbers it. Set other fields with struct update syntax.
     ///
     /// ```
     /// #[derive(serde::Serialize)]
@@ -50,7 +52,11 @@ impl Event {
     /// enum Ev { ToppedUp { amount: i64 } }
     /// let e = tollgate_sdk::Event::new("account", "alice", &Ev::ToppedUp { amount: 5 }).unwrap();
     /// assert_eq!((e.event_type.as_str(), e.sequence), ("topped-up", 1));
-    /// let later = tollgate_sdk::Event { sequence: 2, time: 60_000, ..e };
+    /// let next = tollgate_sdk::Event::new("account", "alice", &Ev::ToppedUp { amount: 7 }).unwrap();
+    /// assert_eq!(next.sequence, 2);
+    /// let bob = tollgate_sdk::Event::new("account", "bob", &Ev::ToppedUp { amount: 1 }).unwrap();
+    /// assert_eq!(bob.sequence, 1, "each key counts on its own");
+    /// let later = tollgate_sdk::Event { time: 60_000, ..next };
     /// ```
     pub fn new<T: serde::Serialize>(stream: &str, key: &str, event: &T) -> Result<Self, Rejection> {
         let (event_type, payload) =
@@ -62,13 +68,27 @@ impl Event {
             schema_version: 1,
             content_type: crate::codec::JSON.into(),
             payload,
-            sequence: 1,
+            sequence: next_sequence(stream, key),
             time: 0,
             command_id: String::new(),
             correlation_id: String::new(),
             causation_id: String::new(),
         })
     }
+}
+
+std::thread_local! {
+    /// The last sequence [`Event::new`] gave each (stream, key) on this thread.
+    static SEQUENCES: std::cell::RefCell<std::collections::BTreeMap<(String, String), u64>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+fn next_sequence(stream: &str, key: &str) -> u64 {
+    SEQUENCES.with_borrow_mut(|s| {
+        let n = s.entry((stream.into(), key.into())).or_default();
+        *n = n.saturating_add(1);
+        *n
+    })
 }
 
 impl Command {

@@ -30,6 +30,8 @@ pub mod scope {
     pub const COMMANDS: &str = "tollgate-commands";
     /// `GET /v1/streams/...` and `GET /v1/kv/...`.
     pub const READ: &str = "tollgate-read";
+    /// `POST /v1/reports/{stream}/{key}`: outside facts (a gateway's reports).
+    pub const REPORTS: &str = "tollgate-reports";
     /// Everything of the native API, and the commands that create money (an account's
     /// `open`, `top-up`, `refund`), which nothing else grants.
     pub const ADMIN: &str = "tollgate-admin";
@@ -275,6 +277,8 @@ pub fn route_scope(matched: &str) -> Option<&'static str> {
         Some(scope::ADMISSIONS)
     } else if matched.starts_with("/v1/streams/") || matched.starts_with("/v1/kv/") {
         Some(scope::READ)
+    } else if matched.starts_with("/v1/reports/") {
+        Some(scope::REPORTS)
     } else {
         None
     }

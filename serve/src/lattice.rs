@@ -4,7 +4,8 @@
 //! | subject | body | reply |
 //! |---|---|---|
 //! | `tollgate.<node>.admit` | an [`Admission`] | the decision, as `POST /v1/admissions` answers it |
-//! | `tollgate.<node>.command.<stream>` | `{"key": ..., "id": ..., "command": ...}` | `{"accepted": [events]}`, as `POST /v1/commands/{stream}/{key}` |
+//! | `tollgate.<node>.command.<stream>` | `{"key": ..., "id": ..., "command": ...}` | `{"accepted": [events]}`, as `POST /v1/commands/{stream}/{key}` (a repeat with the header `Tollgate-Repeat: true`) |
+//! | `tollgate.<node>.report.<stream>` | `{"key": ..., "id": ..., "event": ..., "correlation_id"?: ...}` | `{"recorded": event}`, as `POST /v1/reports/{stream}/{key}`; one per stream of the manifest's `[reports] streams` |
 //! | `tollgate.<core>.edge.<edge>` | an account command of edge `<edge>`: `reserve`, `settle` or `release` of a grant named `<edge>/...` | as `command.account`; anything else `403` |
 //!
 //! The edge endpoint exists so a NATS server can give an edge's user the right to publish to
@@ -18,7 +19,7 @@
 //! `Nats-Service-Error-Code` (the HTTP status). A payload is bounded as an HTTP body is: over
 //! [`crate::MAX_BODY_BYTES`] it is refused `413`, and it counts against the node's body budget.
 
-use crate::api::{self, CommandBody};
+use crate::api::{self, Answer, CommandBody, REPEAT_HEADER, ReportBody};
 use crate::problem::Problem;
 use crate::server::AppState;
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE, ServiceExt};
@@ -128,6 +129,7 @@ pub(crate) async fn start(
     node: &str,
     role: &str,
     streams: &[String],
+    reports: &[String],
     state: Arc<AppState>,
 ) -> Result<async_nats::service::Service, async_nats::Error> {
     let metadata = HashMap::from([("node".to_string(), node.to_string()), ("role".to_string(), role.to_string())]);
@@ -141,7 +143,7 @@ pub(crate) async fn start(
     let admit = group.endpoint_builder().name("admit").add("admit").await?;
     tokio::spawn(answer_each(admit, state.clone(), |state, _, body| async move {
         let admission: Admission = decode(&body)?;
-        api::admit(&state, admission).await
+        api::admit(&state, admission).await.map(Answer::from)
     }));
     for stream in streams {
         let endpoint =
@@ -165,6 +167,22 @@ pub(crate) async fn start(
             let key = key.ok_or_else(|| Problem::malformed("`key` is missing: an edge names the account"))?;
             edge_may(&edge, &id, &command)?;
             api::execute(&state, ACCOUNT_STREAM.into(), key, id, command).await
+        }));
+    }
+    for stream in reports {
+        let endpoint =
+            group.endpoint_builder().name(format!("report-{stream}")).add(format!("report.{stream}")).await?;
+        let stream = stream.clone();
+        tokio::spawn(answer_each(endpoint, state.clone(), move |state, _, body| {
+            let stream = stream.clone();
+            async move {
+                let body: ReportBody = decode(&body)?;
+                let key = body
+                    .key
+                    .clone()
+                    .ok_or_else(|| Problem::malformed("`key` is missing: a report over NATS names its key"))?;
+                api::report(&state, stream, key, body).await
+            }
         }));
     }
     Ok(service)
@@ -210,7 +228,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
 async fn answer_each<F, Fut>(mut endpoint: async_nats::service::endpoint::Endpoint, state: Arc<AppState>, handle: F)
 where
     F: Fn(Arc<AppState>, async_nats::Subject, Bytes) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<serde_json::Value, Problem>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<Answer, Problem>> + Send + 'static,
 {
     let handle = Arc::new(handle);
     while let Some(request) = endpoint.next().await {
@@ -227,7 +245,13 @@ where
                 Err(refused) => Err(refused),
             };
             let (body, headers) = match answer {
-                Ok(value) => (serde_json::to_vec(&value).unwrap_or_default(), HeaderMap::new()),
+                Ok(answer) => {
+                    let mut headers = HeaderMap::new();
+                    if answer.repeat {
+                        headers.insert(REPEAT_HEADER, "true");
+                    }
+                    (serde_json::to_vec(&answer.body).unwrap_or_default(), headers)
+                }
                 Err(problem) => {
                     let mut headers = HeaderMap::new();
                     headers.insert(NATS_SERVICE_ERROR, problem.cause.as_str());

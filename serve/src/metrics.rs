@@ -236,6 +236,13 @@ impl Collector for NodeCounters {
         let (s, e) = (&reading.stats, &mut encoder);
         counter(e, "tollgate_commands_accepted", "Commands that appended events", s.accepted)?;
         counter_family(e, "tollgate_commands_rejected", "Commands refused, by rejection code", "code", &s.rejected)?;
+        counter_family(
+            e,
+            "tollgate_reaction_commands_refused",
+            "Commands process managers sent that an aggregate refused (each told to its manager), by rejection code",
+            "code",
+            &s.reaction_refusals,
+        )?;
         counter(e, "tollgate_commands_duplicate", "Commands answered from the log as duplicates", s.duplicates)?;
         counter(e, "tollgate_occ_conflicts", "Appends that lost an optimistic-concurrency race", s.occ_conflicts)?;
         counter_family(e, "tollgate_admissions", "Admission decisions, by result code", "result", &s.result_codes)?;

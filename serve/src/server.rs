@@ -458,6 +458,7 @@ fn router(state: Arc<AppState>) -> Router {
     let work = Router::new()
         .route("/v1/admissions", post(api::admissions))
         .route("/v1/commands/{stream}/{key}", post(api::commands))
+        .route("/v1/reports/{stream}/{key}", post(api::reports))
         .route("/v1/streams/{stream}/{key}", get(api::streams))
         .route("/v1/kv/{bucket}/{key}", get(api::kv))
         .nest(
@@ -807,12 +808,16 @@ async fn answer_nats(
 ) -> Result<async_nats::service::Service, ServeError> {
     let nats = |e: &dyn std::fmt::Display| ServeError::Nats(format!("--nats {url}: {e}"));
     let client = lattice::connect(url, &spec.name, &spec.access).await.map_err(|e| nats(&e))?;
-    let streams = match backend {
-        Backend::Core(pool) => pool.streams().to_vec(),
-        Backend::Edge(_) => Vec::new(),
+    let (streams, reports) = match backend {
+        Backend::Core(pool) => {
+            let reports = pool.primary().with(|node| node.runtime().report_streams()).await.map_err(|e| nats(&e))?;
+            (pool.streams().to_vec(), reports)
+        }
+        Backend::Edge(_) => (Vec::new(), Vec::new()),
     };
-    let service =
-        lattice::start(client.clone(), &spec.name, spec.role.name(), &streams, state).await.map_err(|e| nats(&e))?;
+    let service = lattice::start(client.clone(), &spec.name, spec.role.name(), &streams, &reports, state)
+        .await
+        .map_err(|e| nats(&e))?;
     if tokio::time::timeout(NATS_READY, client.flush()).await.is_err() {
         tracing::warn!(url, "NATS is not reachable yet; the node answers there once it is");
     }

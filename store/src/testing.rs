@@ -103,11 +103,16 @@ impl NatsServer {
     /// For tests: a started server, or `None` after printing one line naming the package to
     /// install. Under `CI=true` a missing or failing server panics instead of skipping.
     pub fn start_or_skip() -> Option<NatsServer> {
-        match NatsServer::start() {
+        NatsServer::start_with_or_skip(None, &[])
+    }
+
+    /// [`NatsServer::start_or_skip`] with [`NatsServer::start_with`]'s configuration.
+    pub fn start_with_or_skip(config: Option<&Path>, env: &[(&str, &str)]) -> Option<NatsServer> {
+        match NatsServer::start_with(config, env) {
             Ok(server) => Some(server),
             Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("nats-server (CI=true): {why}"),
             Err(why) => {
-                println!("skipping: {why}; install the Debian package nats-server");
+                record_skip(&format!("{why}; install the Debian package nats-server"));
                 None
             }
         }
@@ -217,7 +222,7 @@ impl NatsCluster {
             Ok(cluster) => Some(cluster),
             Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("nats-server cluster (CI=true): {why}"),
             Err(why) => {
-                println!("skipping: {why}");
+                record_skip(&why);
                 None
             }
         }
@@ -382,5 +387,28 @@ impl Partition {
     /// Lets connections through again.
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The file `cargo xtask test` names in `TOLLGATE_SKIPS` (under `target/`), where every test
+/// that skips itself writes one line, so the run ends with a line naming what did not run.
+pub const SKIPS_ENV: &str = "TOLLGATE_SKIPS";
+
+/// Skips the running test: prints `skipping: WHY` and records `TEST<TAB>WHY` (the test is the
+/// name of the thread libtest runs it on) in the file `TOLLGATE_SKIPS` names, if any.
+pub fn record_skip(why: &str) {
+    use std::io::Write as _;
+    println!("skipping: {why}");
+    let Some(path) = std::env::var_os(SKIPS_ENV) else { return };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{test}\t{}\n", why.replace(['\n', '\t'], " "));
+    // One write of one short line in append mode: concurrent tests' lines do not interleave.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot record the skip in {}: {e}", std::path::Path::new(&path).display());
     }
 }

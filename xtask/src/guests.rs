@@ -43,7 +43,7 @@ pub fn guests_dir(root: &Path) -> PathBuf {
 }
 
 /// Builds every guest whose toolchain is there; fails under CI when one is missing.
-pub fn build(root: &Path, in_ci: bool) -> Result<(), String> {
+pub fn build(root: &Path, in_ci: bool, skips: &Path) -> Result<(), String> {
     let out_dir = guests_dir(root);
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for guest in GUESTS {
@@ -57,6 +57,13 @@ pub fn build(root: &Path, in_ci: bool) -> Result<(), String> {
                 return Err(format!("{missing}; CI=true, so the {} example cannot be skipped", guest.name));
             }
             println!("skipping the {} example: {missing}", guest.name);
+            let line = format!("the {} example guest\t{missing}\n", guest.name);
+            let recorded = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(skips)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+            recorded.map_err(|e| format!("{}: {e}", skips.display()))?;
             continue;
         }
         let bin = tool.parent().ok_or("a tool path has a folder")?;

@@ -1,10 +1,11 @@
 //! `cargo xtask <task>`: build the actors once, then test, demo or benchmark with them.
 //!
-//! Its only dependencies are the two small crates that read and write wasm, so it builds in
-//! seconds on a fresh machine.
+//! Its only dependencies are the two small crates that read and write wasm and `sha2` (for
+//! the digests of released WIT packages), so it builds in seconds on a fresh machine.
 
 mod guests;
 mod layers;
+mod released;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,10 +25,11 @@ const ACTOR_SIZE_LIMIT: u64 = 352 * 1024;
 /// names the same actors for tests, and a test there checks the two agree.
 const COMPONENT_DIRS: &[(&str, bool)] = &[("actors", true), ("host-test/fixtures", false)];
 
-/// The component crates `build-actors` builds: (directory, whether the size limit applies).
-fn components() -> Result<Vec<(PathBuf, bool)>, String> {
+/// The component crates `build-actors` builds: (directory, whether the size limit applies);
+/// with `fixtures` false, the reference actors only (what the demo runs).
+fn components(fixtures: bool) -> Result<Vec<(PathBuf, bool)>, String> {
     let mut found = Vec::new();
-    for (parent, limited) in COMPONENT_DIRS {
+    for (parent, limited) in COMPONENT_DIRS.iter().filter(|(_, limited)| fixtures || *limited) {
         let parent = root().join(parent);
         let entries = std::fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         let mut dirs = Vec::new();
@@ -49,14 +51,14 @@ tasks:
   build-actors   build every actor and fixture into target/wasm32-wasip2/release/*.wasm
   test [ARGS]    build the actors (and the Python and JavaScript example guests, when their
                  toolchains are installed) once, then run every test (ARGS go to cargo test)
-  demo           build the actors, then run the edge demo
+  demo           build the reference actors, then run the edge demo
   bench [ARGS]   build the actors, run the benchmarks (ARGS go to cargo bench), then write
                  target/bench-report.json and print it as a table";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("build-actors") => build_actors().map(|_| ()),
+        Some("build-actors") => build_actors(true).map(|_| ()),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
@@ -115,7 +117,8 @@ fn actors_dir() -> PathBuf {
     root().join("target/wasm32-wasip2/release")
 }
 
-fn build_actors() -> Result<PathBuf, String> {
+/// Builds the reference actors and, with `fixtures`, the test fixtures.
+fn build_actors(fixtures: bool) -> Result<PathBuf, String> {
     ensure_wasm_target()?;
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);
@@ -129,7 +132,7 @@ fn build_actors() -> Result<PathBuf, String> {
     ] {
         cmd.args(["--config", setting]);
     }
-    let components = components()?;
+    let components = components(fixtures)?;
     let mut names = Vec::new();
     for (dir, _) in &components {
         let name = package_name(dir)?;
@@ -190,19 +193,64 @@ fn strip_debug_sections(file: &Path) -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    released::check(&root().join("wit")).map_err(|e| format!("released WIT packages (wit/released.toml):\n  {e}"))?;
     let broken = layers::violations(&root())?;
     if !broken.is_empty() {
         return Err(format!("dependencies point up (see ARCHITECTURE.md):\n  {}", broken.join("\n  ")));
     }
-    let dir = build_actors()?;
-    guests::build(&root(), std::env::var("CI").is_ok_and(|v| v == "true"))?;
+    let dir = build_actors(true)?;
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    // Every test that skips itself writes a line here (`record_skip` in the store's and the
+    // OCI crate's test support); the run ends with one line naming them.
+    let skips = target_dir().join("test-skips.txt");
+    match std::fs::remove_file(&skips) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", skips.display())),
+    }
+    guests::build(&root(), in_ci, &skips)?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]).args(extra).env("TOLLGATE_ACTORS_DIR", &dir);
-    run(&mut cmd)
+    cmd.args(["test", "--workspace"]).args(extra).env("TOLLGATE_ACTORS_DIR", &dir).env("TOLLGATE_SKIPS", &skips);
+    let tested = run(&mut cmd);
+    let skipped = skipped(&skips)?;
+    if !skipped.is_empty() {
+        println!("\n{}", skipped);
+    }
+    tested?;
+    if in_ci && !skipped.is_empty() {
+        return Err("CI=true, so no test may be skipped (see the line above)".into());
+    }
+    Ok(())
+}
+
+/// One line naming every test recorded in `file` as skipped, grouped by why; empty when none
+/// was.
+fn skipped(file: &Path) -> Result<String, String> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    };
+    let mut by_reason: Vec<(String, Vec<String>)> = Vec::new();
+    let mut count = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (test, why) = line.split_once('\t').unwrap_or(("?", line));
+        count += 1;
+        match by_reason.iter_mut().find(|(w, _)| w == why) {
+            Some((_, tests)) => tests.push(test.to_string()),
+            None => by_reason.push((why.to_string(), vec![test.to_string()])),
+        }
+    }
+    if count == 0 {
+        return Ok(String::new());
+    }
+    let groups: Vec<String> = by_reason.iter().map(|(why, tests)| format!("{} ({why})", tests.join(", "))).collect();
+    Ok(format!("SKIPPED {count} (did not run, not passed): {}", groups.join("; ")))
 }
 
 fn demo() -> Result<(), String> {
-    build_actors()?;
+    // The demo runs the reference actors only; the test fixtures wait for `test`.
+    build_actors(false)?;
     // The demo's events go to the embedded log; each run starts from an empty one.
     let store = target_dir().join("demo-store");
     if store.exists() {
@@ -229,7 +277,7 @@ fn target_dir() -> PathBuf {
 /// object per scenario: `name`, `ops_per_sec`, `p50_ns`, `p99_ns`, `native_ratio`, plus `op`,
 /// `target`, `meets_target`) and prints it as a table.
 fn bench(extra: &[String]) -> Result<(), String> {
-    let dir = build_actors()?;
+    let dir = build_actors(true)?;
     let target = target_dir();
     let results = target.join("bench-results.jsonl");
     match std::fs::remove_file(&results) {
@@ -449,5 +497,20 @@ fn parse_string(chars: &mut std::iter::Peekable<std::str::Chars>) -> Result<Stri
             Some(c) => out.push(c),
             None => return Err("unterminated string".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod skip_tests {
+    #[test]
+    fn skips_are_summed_up_in_one_line_grouped_by_why() {
+        let file = std::env::temp_dir().join(format!("xtask-skips-{}", std::process::id()));
+        assert_eq!(super::skipped(&file).unwrap(), "", "no file: nothing skipped");
+        std::fs::write(&file, "a::one\tno nats-server\nb::two\tno curl\na::three\tno nats-server\n").unwrap();
+        assert_eq!(
+            super::skipped(&file).unwrap(),
+            "SKIPPED 3 (did not run, not passed): a::one, a::three (no nats-server); b::two (no curl)"
+        );
+        std::fs::remove_file(&file).unwrap();
     }
 }

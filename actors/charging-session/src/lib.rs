@@ -16,6 +16,11 @@
 //!   no reservation is left open; finish when the session terminated (or its grant lapsed)
 //!   and nothing is open or pending.
 //! - timer `expiry`: `expire` every due reservation (command id `<session>/expire/<reservation>`).
+//! - a command of the session that the account refused (`on_refused`): a refused `reserve`
+//!   will not be granted, so the session stops waiting for it and ends once nothing is open; a refused
+//!   `debit` or `expire` leaves nothing this session can charge on that reservation (it was
+//!   closed already, or the account will not take the usage), so it is closed as lapsed. The
+//!   refusal is logged as a warning, and the session finishes once nothing is open or pending.
 //!
 //! Command ids depend only on the session id and the triggering event, never on counters in
 //! the state, so a redelivered event resends the same commands and the host's command-id
@@ -28,6 +33,7 @@ use std::fmt;
 use tollgate_billing_model::account::{self, AccountCommand, AccountEvent};
 use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_billing_model::session::{self, SessionEvent};
+use tollgate_sdk::codec::refusal::CommandRefused;
 use tollgate_sdk::process_manager::Reaction;
 use tollgate_sdk::types::TimestampMs;
 use tollgate_sdk::{Event, ProcessManager, Rejection, Timer, codec};
@@ -103,13 +109,17 @@ pub struct Session {
     pub terminated: bool,
     /// The last reservation closed was released or expired rather than debited.
     pub lapsed: bool,
+    /// The account refused a re-reservation: no further grant comes, so the session ends once
+    /// nothing is open.
+    #[serde(default)]
+    pub refused: bool,
     /// When the expiry timer is armed to fire, if it is.
     pub timer_at: Option<u64>,
 }
 
 impl Session {
     fn done(&self) -> bool {
-        self.open.is_empty() && self.pending.is_none() && (self.terminated || self.lapsed)
+        self.open.is_empty() && self.pending.is_none() && (self.terminated || self.lapsed || self.refused)
     }
 
     /// Arms, moves or cancels the expiry timer to fire at the earliest open reservation's
@@ -330,6 +340,38 @@ impl ProcessManager for ChargingSession {
             r.expire_sent = true;
         }
         state.sync_timer(&mut reaction);
+        Ok(reaction)
+    }
+
+    fn on_refused(state: &mut Session, refused: &CommandRefused, _envelope: &Event) -> Result<Reaction, Rejection> {
+        let mut reaction = Reaction::default();
+        if state.id.is_empty() {
+            // The session finished before the refusal came: nothing is left to correct.
+            reaction.finished = true;
+            return Ok(reaction);
+        }
+        tollgate_sdk::log::warn(
+            LOG_CONTEXT,
+            &format!(
+                "session `{}`: `{}` {} was refused: {}: {}",
+                state.id, refused.command_type, refused.command_id, refused.code, refused.message
+            ),
+        );
+        match refused.command::<AccountCommand>() {
+            Ok(AccountCommand::Reserve { reservation_id, .. })
+                if state.pending.as_deref() == Some(reservation_id.as_str()) =>
+            {
+                state.pending = None;
+                state.refused = true;
+            }
+            Ok(AccountCommand::Debit { reservation_id, .. } | AccountCommand::Expire { reservation_id }) => {
+                state.close(&reservation_id, true);
+            }
+            // The session sends no other command; one it cannot read changes nothing.
+            _ => {}
+        }
+        state.sync_timer(&mut reaction);
+        reaction.finished = state.done();
         Ok(reaction)
     }
 }

@@ -8,7 +8,7 @@ use tollgate_billing_model::account::{AccountCommand, AccountEvent};
 use tollgate_billing_model::pricing::PriceTerm;
 use tollgate_billing_model::session::SessionEvent;
 use tollgate_sdk::testing::ProcessManagerTest;
-use tollgate_sdk::{Event, Timer};
+use tollgate_sdk::{Event, Rejection, Timer};
 
 fn voice_at_2() -> Vec<PriceTerm> {
     vec![PriceTerm::PerUnit { offer: "voice".into(), unit_price: 2 }]
@@ -97,4 +97,40 @@ fn the_expiry_timer_expires_the_lapsed_reservation() {
 fn an_event_of_no_session_is_ignored() {
     let topped_up = AccountEvent::ToppedUp { amount: 5 };
     session().when(Event::new("account", "ivy", &topped_up).unwrap()).then_expect_ignored();
+}
+
+#[test]
+fn a_refused_re_reservation_is_not_waited_for_and_the_session_ends() {
+    let report = SessionEvent::UsageReported {
+        account: "ivy".into(),
+        reservation_id: "call".into(),
+        used_units: 60,
+        requested_units: 30,
+        currency: None,
+    };
+    let then = session()
+        .when(Event::new("session", "call", &report).unwrap())
+        .then_expect_command_ids(["call/debit/call", "call/reserve/2"]);
+    let Ok(Some((_, reaction))) = then.outcome() else { panic!("the report was not taken") };
+    let reserve = reaction.commands[1].clone();
+    let debited = AccountEvent::Debited { reservation_id: "call".into(), used_units: 60, charged: 120, released: 0 };
+    let then = then
+        .and_when_refused("call", &reserve, Rejection::business("insufficient-funds", "0 EUR cents available"))
+        .then_expect_commands::<AccountCommand>([]);
+    let state = then.state("call").unwrap();
+    assert_eq!((state.pending, state.refused), (None, true));
+    // The debit closes the last open reservation: nothing is pending any more, so it ends.
+    then.and_when(Event { correlation_id: "call".into(), ..Event::new("account", "ivy", &debited).unwrap() })
+        .then_expect_finished();
+}
+
+#[test]
+fn a_refused_final_debit_closes_the_reservation_and_finishes_the_session() {
+    let terminated = SessionEvent::Terminated { account: "ivy".into(), reservation_id: "call".into(), used_units: 10 };
+    let then = session().when(Event::new("session", "call", &terminated).unwrap());
+    let Ok(Some((_, reaction))) = then.outcome() else { panic!("the termination was not taken") };
+    let debit = reaction.commands[0].clone();
+    then.and_when_refused("call", &debit, Rejection::business("unknown-reservation", "`call` expired"))
+        .then_expect_cancelled_timers([EXPIRY_TIMER])
+        .then_expect_finished();
 }

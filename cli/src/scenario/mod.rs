@@ -149,7 +149,38 @@ fn resolve(
     // A crate's component is `<crate_name>.wasm`; its package name may spell `_` as `-`.
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     let bound = bindings.get(stem).or_else(|| bindings.get(&stem.replace('_', "-")));
-    Ok(bound.cloned().unwrap_or(path))
+    Ok(bound.cloned().unwrap_or_else(|| in_cargo_target_dir(&path).unwrap_or(path)))
+}
+
+/// Where a missing `CRATE/target/REST` path really is when cargo builds the crate elsewhere
+/// (`CARGO_TARGET_DIR`, `build.target-dir`): `cargo metadata` names the crate's target
+/// directory, and `REST` is looked for there. `None` when the path exists, has no `target`
+/// folder, or is not there either.
+fn in_cargo_target_dir(path: &Path) -> Option<PathBuf> {
+    if path.exists() {
+        return None;
+    }
+    let parts: Vec<_> = path.components().collect();
+    let at = parts.iter().rposition(|c| c.as_os_str() == "target")?;
+    let crate_dir: PathBuf = parts[..at].iter().collect();
+    let rest: PathBuf = parts[at + 1..].iter().collect();
+    let manifest = crate_dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        return None;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        target_directory: PathBuf,
+    }
+    let metadata: Metadata = serde_json::from_slice(&out.stdout).ok()?;
+    Some(metadata.target_directory.join(rest)).filter(|p| p.is_file())
 }
 
 fn load(

@@ -23,16 +23,20 @@ impl Peer {
 
     /// Sends `body` to `subject`: the reply's JSON and its error code header, if any.
     pub(crate) fn request(&self, subject: &str, body: &str) -> (Value, Option<String>) {
+        let (value, code, _) = self.request_noting_repeat(subject, body);
+        (value, code)
+    }
+
+    /// [`Peer::request`], and whether the header `Tollgate-Repeat: true` marked a repeat.
+    fn request_noting_repeat(&self, subject: &str, body: &str) -> (Value, Option<String>, bool) {
         let reply = self
             .tokio
             .block_on(self.client.request(subject.to_string(), body.to_string().into()))
             .unwrap_or_else(|e| panic!("{subject}: {e}"));
-        let code = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR_CODE))
-            .map(|v| v.to_string());
-        (serde_json::from_slice(&reply.payload).unwrap_or(Value::Null), code)
+        let header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.to_string());
+        let code = header(async_nats::service::NATS_SERVICE_ERROR_CODE);
+        let repeat = header("Tollgate-Repeat").as_deref() == Some("true");
+        (serde_json::from_slice(&reply.payload).unwrap_or(Value::Null), code, repeat)
     }
 }
 
@@ -152,8 +156,16 @@ fn a_peer_admits_over_nats_as_over_http_and_the_service_answers_ping() {
 
     // Commands, with the key in the body.
     let top_up = json!({"key": "sub", "id": "nats-top-up", "command": {"top-up": {"amount": {"minor_units": 5, "currency": "EUR"}}}});
-    let (accepted, code) = peer.request("tollgate.core.command.account", &top_up.to_string());
-    assert_eq!((accepted["accepted"][0]["type"].as_str(), code), (Some("topped-up"), None), "{accepted}");
+    let (accepted, code, repeat) = peer.request_noting_repeat("tollgate.core.command.account", &top_up.to_string());
+    assert_eq!(
+        (accepted["accepted"][0]["type"].as_str(), code, repeat),
+        (Some("topped-up"), None, false),
+        "{accepted}"
+    );
+    // The same command again is its original answer, marked as a repeat.
+    let (again, code, repeat) = peer.request_noting_repeat("tollgate.core.command.account", &top_up.to_string());
+    assert_eq!((&again["accepted"], code, repeat), (&accepted["accepted"], None, true), "{again}");
+    assert_eq!(again["repeat"], json!(true), "{again}");
     // Refusals carry the code in the headers and ProblemDetails in the body.
     let (refused, code) = peer.request("tollgate.core.command.account", r#"{"key": "sub", "id": "x", "command": {"direct-debit": {"amount": {"minor_units": 999999999, "currency": "EUR"}, "description": "too much"}}}"#);
     assert_eq!(code.as_deref(), Some("422"), "{refused}");
@@ -179,6 +191,39 @@ fn a_peer_admits_over_nats_as_over_http_and_the_service_answers_ping() {
     let admit = stats["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "admit").unwrap().clone();
     assert_eq!(admit["num_requests"], 3, "{stats}");
 
+    let (code, err) = core.terminate();
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_peer_reports_outside_facts_over_nats_on_the_streams_the_manifest_allows() {
+    let Some(nats) = NatsServer::start_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::node::manifest(dir.path());
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("[reports]\nstreams = [\"gateway\"]\n{text}")).unwrap();
+    let store = format!("file:{}", dir.path().join("log").display());
+    let core = Server::start(&manifest, &store, &["--node", "core", "--nats", &nats.url]);
+    let peer = Peer::connect(&nats.url);
+
+    let answered = json!({"key": "pay-1", "id": "pay-1/answered", "event": {"answered": {"outcome": "paid"}}});
+    let (recorded, code) = peer.request("tollgate.core.report.gateway", &answered.to_string());
+    assert_eq!((recorded["recorded"]["type"].as_str(), code), (Some("answered"), None), "{recorded}");
+    // Over HTTP the same fact is the one recorded over NATS.
+    let events = core.get("/v1/streams/gateway/pay-1").body;
+    assert_eq!(events.as_array().unwrap().len(), 1, "{events}");
+    assert_eq!(events[0]["sequence"], recorded["recorded"]["sequence"]);
+    let (keyless, code) = peer.request("tollgate.core.report.gateway", r#"{"id": "x", "event": "answered"}"#);
+    assert_eq!(code.as_deref(), Some("400"), "{keyless}");
+    // Only the allowed streams have an endpoint: the service lists no other report subject.
+    let (info, _) = peer.request("$SRV.INFO.tollgate", "");
+    let reports: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["subject"].as_str().filter(|s| s.contains(".report.")))
+        .collect();
+    assert_eq!(reports, ["tollgate.core.report.gateway"], "{info}");
     let (code, err) = core.terminate();
     assert_eq!(code, 0, "{err}");
 }

@@ -13,18 +13,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tollgate_store::testing::{NatsServer, free_port};
 
-/// A server of `config`, or `None` after one line naming the package (a panic under CI=true).
-fn server_or_skip(config: &Path, env: &[(&str, &str)]) -> Option<NatsServer> {
-    match NatsServer::start_with(Some(config), env) {
-        Ok(server) => Some(server),
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("nats-server (CI=true): {why}"),
-        Err(why) => {
-            println!("skipping: {why}; install the Debian package nats-server");
-            None
-        }
-    }
-}
-
 /// The example's users with passwords made for this test, and each password in a file.
 struct Users {
     passwords: Vec<(&'static str, String)>,
@@ -118,7 +106,7 @@ fn an_edge_can_do_only_what_an_edge_does() {
     let env = users.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let config = root().join("examples/lattice-secure/nats-server.conf");
-    let Some(nats) = server_or_skip(&config, &env) else { return };
+    let Some(nats) = NatsServer::start_with_or_skip(Some(&config), &env) else { return };
     let core_password = dir.path().join("CORE.password").display().to_string();
     let core = Server::start(
         &core_manifest(dir.path(), QUOTA),
@@ -233,7 +221,7 @@ fn nats_over_tls_is_checked_against_a_ca() {
         pki.file("server.key")
     );
     std::fs::write(&config, tls).unwrap();
-    let Some(nats) = server_or_skip(&config, &[]) else { return };
+    let Some(nats) = NatsServer::start_with_or_skip(Some(&config), &[]) else { return };
     let url = format!("tls://{}", nats.url.split_once("://").unwrap().1);
     let ca = pki.file("ca.pem");
     let manifest = core_manifest(dir.path(), QUOTA);

@@ -36,20 +36,31 @@ fn new(dir: &Path, name: &str, kind: &str) -> PathBuf {
 }
 
 fn build_and_test(crate_dir: &Path, name: &str) -> (i32, String, String) {
+    let scenario = crate_dir.join("scenarios/example.toml");
+    let test_with_target_dir = |target: &Path| {
+        output(
+            tollgate()
+                .args(["test", scenario.to_str().unwrap()])
+                .env("CARGO_TARGET_DIR", target)
+                .current_dir(std::env::temp_dir())
+                .output()
+                .unwrap(),
+        )
+    };
+    // Not built yet (an empty target dir): the error says how to build it in this crate, not
+    // with the tollgate workspace's xtask.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = test_with_target_dir(empty.path());
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("no such file") && err.contains("cargo build --target wasm32-wasip2 --release"), "{err}");
+    assert!(!err.contains("xtask"), "{err}");
+
     let (code, out, err) = cargo(crate_dir, &["build", "--target", "wasm32-wasip2", "--release"]);
     assert_eq!(code, 0, "cargo build of the new {name} crate failed:\n{out}\n{err}");
-    let stem = name.replace('-', "_");
-    let wasm = scaffold_target().join(format!("wasm32-wasip2/release/{stem}.wasm"));
-    // Bound by the package name, run from another directory: the scenario names its actor.
-    let binding = format!("{name}={}", wasm.display());
-    let scenario = crate_dir.join("scenarios/example.toml");
-    output(
-        tollgate()
-            .args(["test", scenario.to_str().unwrap(), "--actor", &binding])
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap(),
-    )
+    // Built into a shared target dir (`CARGO_TARGET_DIR`), not `<crate>/target`: the scenario
+    // finds its component there, from any directory.
+    assert!(!crate_dir.join("target").exists());
+    test_with_target_dir(&scaffold_target())
 }
 
 #[test]
@@ -58,10 +69,15 @@ fn a_new_aggregate_builds_passes_its_scenario_and_fails_a_broken_rule() {
     let crate_dir = new(dir.path(), "loyalty-points", "aggregate");
     let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("[workspace]"), "{manifest}");
-    // What `cargo build --release` makes is what ships: stripped and optimised for size.
-    for setting in ["lto = true", "strip = true", "opt-level = \"s\""] {
+    // What `cargo build --release` makes is what ships: the settings of `cargo xtask build-actors`.
+    let xtask = std::fs::read_to_string(root().join("xtask/src/main.rs")).unwrap();
+    for setting in ["lto = true", "codegen-units = 1", "strip = true", "opt-level = 3"] {
+        let flag = format!("profile.release.{}", setting.replace(' ', ""));
+        assert!(xtask.contains(&format!("\"{flag}\"")), "xtask builds with {flag}");
         assert!(manifest.contains(setting), "{setting}: {manifest}");
     }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(readme.contains("strip = true\nopt-level = 3\n"), "the README's actor Cargo.toml says the same");
     assert!(manifest.contains(&format!("path = {:?}", root().join("sdk").display().to_string())), "{manifest}");
 
     // Never overwrites.

@@ -133,6 +133,13 @@ fn a_projectors_read_model_is_shown_by_key_and_by_bucket() {
     let (code, _, err) = run(&["kv", "tollgate.meta", "--store", &store, "--projector", "balances"]);
     assert_eq!(code, 1);
     assert!(err.contains("tollgate.meta"), "{err}");
+    // A projector or bucket named by hand that is not there says so, not "no entry".
+    let (code, _, err) = run(&["kv", "balances", "alice", "--store", &store, "--projector", "balance"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown projector `balance`") && !err.contains("no entry"), "{err}");
+    let (code, _, err) = run(&["kv", "points", "alice", "--store", &store, "--projector", "balances"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("projector `balances` has written no bucket `points` (its buckets: `balances`)"), "{err}");
     let (code, _, err) = run(&["kv", "balances", "--store", &store]);
     assert_eq!(code, 2, "clap asks for --manifest or --projector: {err}");
 }

@@ -13,8 +13,8 @@ pub(crate) struct Server {
     agent: ureq::Agent,
 }
 
-/// An HTTP answer: status, content type, the body as JSON (or as a string when it is not), and
-/// `Location`.
+/// An HTTP answer: status, content type, the body as JSON (or as a string when it is not),
+/// `Location`, and whether `Tollgate-Repeat: true` marked it as a repeat.
 pub(crate) struct Answer {
     pub(crate) status: u16,
     pub(crate) content_type: String,
@@ -22,6 +22,7 @@ pub(crate) struct Answer {
     pub(crate) location: Option<String>,
     /// `WWW-Authenticate`, on a refusal for a token.
     pub(crate) challenge: Option<String>,
+    pub(crate) repeat: bool,
 }
 
 impl Server {
@@ -75,9 +76,10 @@ impl Server {
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
         let (location, challenge) = (header("location"), header("www-authenticate"));
+        let repeat = response.headers().get("tollgate-repeat").is_some_and(|v| v == "true");
         let text = response.body_mut().read_to_string().unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Answer { status, content_type, body, location, challenge }
+        Answer { status, content_type, body, location, challenge, repeat }
     }
 
     pub(crate) fn get(&self, path: &str) -> Answer {
@@ -176,7 +178,7 @@ pub(crate) fn curl_available() -> bool {
         return true;
     }
     assert!(std::env::var("CI").as_deref() != Ok("true"), "curl is missing and CI=true");
-    eprintln!("skipped: needs curl (apt-get install curl)");
+    tollgate_store::testing::record_skip("needs curl (apt-get install curl)");
     false
 }
 
@@ -195,10 +197,13 @@ fn a_served_node_answers_the_native_api_and_stops_cleanly_on_sigterm() {
     let open = server.post("/v1/commands/account/alice", &command("o1", json!({"open": {"currency": "EUR"}})));
     assert_eq!((open.status, open.body["accepted"][0]["type"].as_str()), (200, Some("opened")), "{}", open.body);
     let top_up = command("t1", json!({"top-up": {"amount": {"minor_units": 1000, "currency": "EUR"}}}));
-    assert_eq!(server.post("/v1/commands/account/alice", &top_up).status, 200);
-    // A retried command is answered with the original event, not applied twice.
+    let first = server.post("/v1/commands/account/alice", &top_up);
+    assert_eq!(first.status, 200);
+    assert!(!first.repeat && first.body.get("repeat").is_none(), "a first answer is not a repeat: {}", first.body);
+    // A retried command is answered with the original event, not applied twice, and says so.
     let again = server.post("/v1/commands/account/alice", &top_up);
     assert_eq!((again.status, again.body["accepted"][0]["sequence"].as_u64()), (200, Some(2)), "{}", again.body);
+    assert!(again.repeat && again.body["repeat"] == json!(true), "a repeat is marked: {}", again.body);
 
     let admit = json!({"id": "r1", "subscriber": "alice", "offer": "voice", "units": 10}).to_string();
     let granted = server.post("/v1/admissions", &admit);
@@ -216,6 +221,30 @@ fn a_served_node_answers_the_native_api_and_stops_cleanly_on_sigterm() {
         (refused.body["status"].as_u64(), refused.body["cause"].as_str(), refused.body["kind"].as_str()),
         (Some(422), Some("insufficient-funds"), Some("business"))
     );
+
+    // Every refusal by the actor is 422 whatever its kind, with the kind in the body: the request
+    // was the JSON the route takes, the actor refused what it asked.
+    for (body, kind, cause) in [
+        (
+            command("z1", json!({"top-up": {"amount": {"minor_units": 0, "currency": "EUR"}}})),
+            "malformed",
+            "zero-amount",
+        ),
+        (command("u1", json!({"frobnicate": {}})), "unknown-command", "unknown-command"),
+        (
+            command("t1", json!({"top-up": {"amount": {"minor_units": 7, "currency": "EUR"}}})),
+            "malformed",
+            "command-id-conflict",
+        ),
+    ] {
+        let refused = server.post("/v1/commands/account/alice", &body);
+        assert_eq!(
+            (refused.status, refused.body["kind"].as_str(), refused.body["cause"].as_str()),
+            (422, Some(kind), Some(cause)),
+            "{}",
+            refused.body
+        );
+    }
 
     // Malformed input: named, 400, nothing ran.
     let not_json = server.post("/v1/admissions", "{\"id\": ");
@@ -282,6 +311,61 @@ fn a_served_node_answers_the_native_api_and_stops_cleanly_on_sigterm() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("counters of 1 recorded runs"), "{out}");
     assert!(out.contains("duplicates answered    1"), "{out}");
+}
+
+#[test]
+fn outside_facts_reach_a_served_node_only_on_the_streams_its_manifest_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path());
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("[reports]\nstreams = [\"gateway\"]\n{text}")).unwrap();
+    let store = format!("file:{}", dir.path().join("log").display());
+    let server = Server::start(&manifest, &store, &[]);
+
+    let answered =
+        json!({"id": "pay-1/answered", "event": {"answered": {"outcome": "paid"}}, "correlation_id": "pay-1"});
+    let recorded = server.post("/v1/reports/gateway/pay-1", &answered.to_string());
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    let event = &recorded.body["recorded"];
+    assert_eq!(
+        (event["type"].as_str(), event["sequence"].as_u64(), event["correlation_id"].as_str()),
+        (Some("answered"), Some(1), Some("pay-1")),
+        "{event}"
+    );
+    // The same id again is the fact first recorded, not a second one.
+    let again = server.post("/v1/reports/gateway/pay-1", &answered.to_string());
+    assert_eq!((again.status, &again.body["recorded"]["sequence"]), (200, &json!(1)), "{}", again.body);
+    assert_eq!(server.get("/v1/streams/gateway/pay-1").body.as_array().unwrap().len(), 1);
+
+    // Streams the manifest does not list, an aggregate's, and the runtime's own: 403, named.
+    for (stream, says) in [
+        ("other", "takes no reports on this node"),
+        ("account", "takes no reports on this node"),
+        ("tollgate.timers", "the runtime's own"),
+        ("tollgate.refusals", "the runtime's own"),
+    ] {
+        let refused = server.post(&format!("/v1/reports/{stream}/k"), &answered.to_string());
+        assert_eq!(
+            (refused.status, refused.body["cause"].as_str()),
+            (403, Some("REPORT_NOT_ALLOWED")),
+            "{}",
+            refused.body
+        );
+        let detail = refused.body["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("`{stream}`")) && detail.contains(says), "{detail}");
+    }
+    assert_eq!(server.get("/v1/streams/other/k").body, json!([]), "nothing was recorded");
+    // A body that is not a report is named, and a key in the body must be the path's.
+    let keyed = json!({"key": "pay-2", "id": "x", "event": "answered"}).to_string();
+    assert_eq!(server.post("/v1/reports/gateway/pay-1", &keyed).status, 400);
+    let (code, err) = server.terminate();
+    assert_eq!(code, 0, "{err}");
+
+    // A manifest that lists an aggregate's stream is refused when the node starts.
+    std::fs::write(&manifest, format!("[reports]\nstreams = [\"account\"]\n{text}")).unwrap();
+    let (code, _, err) = run(&["serve", &manifest, "--store", &store, "--listen", "127.0.0.1:0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("`[reports] streams` names it, but aggregate `account` owns it"), "{err}");
 }
 
 #[test]

@@ -73,7 +73,35 @@ fn a_component_exporting_no_tollgate_interface_is_the_wrong_kind() {
 #[test]
 fn an_aggregate_is_not_a_rater() {
     let err = fixture(PREPAID_ACCOUNT).expect_kind(ActorKind::Rater).unwrap_err();
-    assert!(err.to_string().contains("does not export `tollgate:billing/rating@0.1.0`"), "{err}");
+    assert!(err.to_string().contains("does not export `tollgate:billing/rating@0.2.0`"), "{err}");
+}
+
+#[test]
+fn a_rater_or_policy_built_against_the_retired_billing_0_1_is_refused_by_name() {
+    // The shape of `rate` does not matter: a component is told by the interface it exports.
+    let rater = tollgate_host_test::fixtures::exporting(
+        "package tollgate:billing@0.1.0;\ninterface rating { rate: func(units: u64) -> s64; }",
+        "tollgate:billing/rating@0.1.0",
+    );
+    let err = load_bytes("old-rater.wasm", &rater);
+    match &err {
+        HostError::RetiredContract { export, current, .. } => {
+            assert_eq!(export, "tollgate:billing/rating@0.1.0");
+            assert_eq!(current, "tollgate:billing/rating@0.2.0");
+        }
+        other => panic!("expected a retired contract, got {other}"),
+    }
+    assert!(err.to_string().contains("price plan"), "the error says what changed: {err}");
+    let policy = tollgate_host_test::fixtures::exporting(
+        "package tollgate:admission@0.1.0;\ninterface admission { decide: func(id: string) -> bool; }",
+        "tollgate:admission/admission@0.1.0",
+    );
+    let err = load_bytes("old-policy.wasm", &policy);
+    assert!(
+        err.to_string().contains("`tollgate:admission/admission@0.1.0`, a contract this host no longer runs"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("rebuild it against `tollgate:admission/admission@0.2.0`"), "{err}");
 }
 
 #[test]

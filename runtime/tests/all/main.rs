@@ -10,4 +10,5 @@ mod hostile;
 mod jetstream;
 mod properties;
 mod quota;
+mod refusals;
 mod resident;
