@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tollgate_host_test::fixtures::LOG_FLOODER;
+use tollgate_host_test::fixtures::MISBEHAVING;
 
 /// Raises this process's soft descriptor limit to what the attack needs (up to the hard
 /// limit); `false` (after saying so) when the hard limit is too low, unless `CI=true`.
@@ -579,23 +579,28 @@ fn a_nats_payload_over_the_http_limit_is_refused_as_an_http_body_is() {
 /// A manifest with the log-flooder fixture: a `{"log": {"mib": N}}` command passes the same
 /// 64 KiB line to `wasi:logging` N x 16 times, holding its worker until the wall-clock
 /// backstop ends the call.
-fn flooder_manifest(dir: &Path) -> String {
-    let path = dir.join("flood.toml");
-    let text =
-        format!("[limits]\ncpu_ms = 100\n\n[actors.flood]\nkind = \"aggregate\"\nfile = \"{}\"\n", actor(LOG_FLOODER));
+/// A guest that spins when told to, with the largest CPU cap a manifest may give: since host
+/// imports have budgets of their own, spinning on its own fuel is what holds a worker longest.
+fn spinner_manifest(dir: &Path) -> String {
+    let path = dir.join("spin.toml");
+    let text = format!(
+        "[limits]\ncpu_ms = {}\n\n[actors.misbehaving]\nkind = \"aggregate\"\nfile = \"{}\"\n",
+        tollgate_host::engine::MAX_CPU_MS,
+        actor(MISBEHAVING)
+    );
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
 
-/// Sends one hostile request per key, each on its own thread (answered whenever its call
+/// Sends one spinning request per key, each on its own thread (answered whenever its call
 /// ends, or never if the server stops first), and waits until all are in flight.
 fn stick(server: &Server, keys: &[&str]) -> Vec<std::thread::JoinHandle<u16>> {
     let held: Vec<_> = keys
         .iter()
         .map(|key| {
-            let url = format!("{}/v1/commands/flood/{key}", server.base);
+            let url = format!("{}/v1/commands/misbehaving/{key}", server.base);
             std::thread::spawn(move || {
-                let hostile = command("stick", json!({"log": {"mib": 4_000_000}}));
+                let hostile = command("stick", json!("spin"));
                 fresh_client().post(url).send(hostile).map_or(0, |r| r.status().as_u16())
             })
         })
@@ -607,14 +612,14 @@ fn stick(server: &Server, keys: &[&str]) -> Vec<std::thread::JoinHandle<u16>> {
 }
 
 fn ok_on(base: &str, key: &str, id: &str) -> (u16, Duration) {
-    timed(base, &format!("/v1/commands/flood/{key}"), Some(&command(id, json!("ok"))))
+    timed(base, &format!("/v1/commands/misbehaving/{key}"), Some(&command(id, json!("ok"))))
 }
 
 #[test]
 fn workers_stuck_on_hostile_requests_hold_no_other_keys() {
     const GOOD_KEYS: usize = 32;
     let dir = tempfile::tempdir().unwrap();
-    let manifest = flooder_manifest(dir.path());
+    let manifest = spinner_manifest(dir.path());
     let store = format!("file:{}", dir.path().join("log").display());
     let server = Server::start(&manifest, &store, &["--workers", "4"]);
     let stuck = stick(&server, &["bad-0", "bad-1", "bad-2"]);
@@ -640,7 +645,7 @@ fn workers_stuck_on_hostile_requests_hold_no_other_keys() {
         "3 of 4 workers stuck on hostile requests: {GOOD_KEYS} other keys answered in {all_answered:?}, the longest held {longest:?}; {rerouted} keys rerouted, {still_stuck} workers still stuck"
     );
     assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
-    // A stuck worker holds its call for the wall-clock backstop (30 s): the keys queued
+    // A spinning worker holds its call up to its CPU cap (60 s of fuel): the keys queued
     // behind it are not held that long.
     assert!(longest < Duration::from_secs(10), "a key was held {longest:?}");
     // Killed: the hostile calls are not waited for.
@@ -654,7 +659,7 @@ fn workers_stuck_on_hostile_requests_hold_no_other_keys() {
 fn sigterm_with_stuck_workers_exits_after_the_grace_period_and_records_the_work_done() {
     const DONE: usize = 10;
     let dir = tempfile::tempdir().unwrap();
-    let manifest = flooder_manifest(dir.path());
+    let manifest = spinner_manifest(dir.path());
     let store = format!("file:{}", dir.path().join("log").display());
     let server = Server::start(&manifest, &store, &["--workers", "4", "--grace-secs", "2"]);
     for k in 0..DONE {
@@ -667,7 +672,7 @@ fn sigterm_with_stuck_workers_exits_after_the_grace_period_and_records_the_work_
     eprintln!("SIGTERM with 2 workers stuck: exited {code} after {took:?}");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("2 requests were still in flight"), "{err}");
-    // The hostile calls would have held it for the 30 s backstop.
+    // The spinning calls would have held it for their 60 s CPU cap.
     assert!(took < Duration::from_secs(20), "{took:?}");
     for thread in stuck {
         assert_ne!(thread.join().unwrap(), 200, "a stuck request was not answered as done");
