@@ -366,13 +366,15 @@ pub(crate) fn walk_through(readme: &str, data: &str, replace: &[(&str, &str)], p
     let block = text.split("```sh\n").find(|b| b.starts_with("NATS=")).unwrap().split("```").next().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let free: Vec<u16> = (0..ports).map(|_| tollgate_store::testing::free_port().unwrap()).collect();
-    let mut script = block.replace(data, &dir.path().display().to_string());
-    for (from, to) in replace {
-        script = script.replace(from, to);
-    }
-    // Through placeholders, so that a free port never matches an example port's text.
+    // Through placeholders, so that no port put in (free, or of `replace`) matches an example
+    // port's text.
+    let mut script = block.to_string();
     for i in 0..free.len() {
         script = script.replace(&(8080 + i).to_string(), &format!("@{i}@"));
+    }
+    script = script.replace(data, &dir.path().display().to_string());
+    for (from, to) in replace {
+        script = script.replace(from, to);
     }
     for (i, port) in free.iter().enumerate() {
         script = script.replace(&format!("@{i}@"), &port.to_string());
