@@ -312,6 +312,7 @@ impl Drop for TlsNode {
     }
 }
 
+/// A node serving HTTPS with mutual TLS (the CA of `pki`), once it is ready.
 fn tls_node(dir: &Path, pki: &Pki) -> TlsNode {
     let manifest = crate::node::manifest(dir);
     let store = format!("file:{}", dir.join("log").display());
@@ -327,6 +328,12 @@ fn tls_node(dir: &Path, pki: &Pki) -> TlsNode {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line.trim().strip_prefix("listening on ").unwrap().to_string();
     assert!(base.starts_with("https://127.0.0.1:"), "{line}");
+    let cert = client_cert(pki);
+    let with_cert: Vec<&str> = cert.iter().map(String::as_str).collect();
+    // Readiness is a state the node reaches; the harness's timeout bounds the wait.
+    while !curl(pki, &format!("{base}/readyz"), &with_cert).1.starts_with("200 ") {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     TlsNode(child, base)
 }
 
@@ -340,11 +347,6 @@ fn https_with_client_certificates_over_http1_and_http2() {
     let node = tls_node(dir.path(), &pki);
     let cert = client_cert(&pki);
     let with_cert: Vec<&str> = cert.iter().map(String::as_str).collect();
-    let ready = format!("{}/readyz", node.1);
-    // Readiness is a state the node reaches; the harness's timeout bounds the wait.
-    while !curl(&pki, &ready, &with_cert).1.starts_with("200 ") {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let health = format!("{}/healthz", node.1);
     assert_eq!(curl(&pki, &health, &[&with_cert[..], &["--http1.1"]].concat()), (0, "200 1.1".into()));
     assert_eq!(curl(&pki, &health, &[&with_cert[..], &["--http2"]].concat()), (0, "200 2".into()), "ALPN h2");
@@ -387,9 +389,6 @@ fn sighup_reads_the_certificate_again_without_dropping_connections() {
     let cert = client_cert(&pki);
     let with_cert: Vec<&str> = cert.iter().map(String::as_str).collect();
     let health = format!("{}/healthz", node.1);
-    while !curl(&pki, &health, &with_cert).1.starts_with("200 ") {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let subject = || {
         let args = [&with_cert[..], &["-w", "%{certs}"]].concat();
         let (_, out) = curl(&pki, &health, &args);
