@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Mutex;
 use tollgate_runtime::access::AuthSpec;
 
 /// The scopes routes need.
@@ -59,7 +60,21 @@ pub struct Verifier {
     keys: Vec<Key>,
     validation: Validation,
     protect_metrics: bool,
+    checked: Mutex<HashMap<String, Checked>>,
 }
+
+/// A token whose signature, issuer and audience held: what it grants and when it holds. A
+/// client (an SMF) sends one access token with every request until it expires, so a token's
+/// signature is checked once, not once per request; its validity is checked on every use.
+struct Checked {
+    scopes: Scopes,
+    not_before: u64,
+    expires: u64,
+}
+
+/// Tokens remembered at most; then the memory starts afresh (a client sending a new token
+/// with every request costs a signature check each, as without it).
+const CHECKED_TOKENS: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,6 +89,11 @@ struct Claims {
     /// Space-separated scopes (3GPP: NF service names).
     #[serde(default)]
     scope: String,
+    /// Expiry, seconds since the epoch.
+    exp: u64,
+    /// Not before, seconds since the epoch.
+    #[serde(default)]
+    nbf: u64,
 }
 
 /// The scopes a checked token grants (a request extension for the handlers).
@@ -176,7 +196,7 @@ impl Verifier {
         validation.set_audience(&spec.audience);
         validation.validate_nbf = true;
         validation.leeway = spec.leeway_secs;
-        Ok(Verifier { keys, validation, protect_metrics: spec.protect_metrics })
+        Ok(Verifier { keys, validation, protect_metrics: spec.protect_metrics, checked: Mutex::default() })
     }
 
     /// Whether `/metrics` needs a token.
@@ -195,6 +215,9 @@ impl Verifier {
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or_else(|| Refusal::invalid("malformed", "the Authorization header is not `Bearer <token>`"))?;
+        if let Some(checked) = self.recall(token, jsonwebtoken::get_current_timestamp()) {
+            return checked;
+        }
         let head = decode_header(token)
             .map_err(|_| Refusal::invalid("malformed", "the token is not a signed JWT with a supported algorithm"))?;
         let candidates: Vec<&Key> = self
@@ -216,7 +239,7 @@ impl Verifier {
         for key in candidates {
             use jsonwebtoken::errors::ErrorKind;
             let refusal = match decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return Ok(Scopes(data.claims.scope.split_whitespace().map(str::to_string).collect())),
+                Ok(data) => return Ok(self.remember(token, data.claims)),
                 // Another key of the issuers may have signed it.
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
                 Err(e) => match e.kind() {
@@ -237,6 +260,31 @@ impl Verifier {
             return Err(refusal);
         }
         Err(Refusal::invalid("bad_signature", "the token's signature does not verify with the issuers' keys"))
+    }
+
+    /// What a token checked before grants at `now`, if it was checked before.
+    fn recall(&self, token: &str, now: u64) -> Option<Result<Scopes, Refusal>> {
+        let checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hit = checked.get(token)?;
+        let leeway = self.validation.leeway;
+        Some(if now > hit.expires.saturating_add(leeway) {
+            Err(Refusal::invalid("expired", "the token has expired"))
+        } else if now.saturating_add(leeway) < hit.not_before {
+            Err(Refusal::invalid("not_yet_valid", "the token is not valid yet (nbf)"))
+        } else {
+            Ok(hit.scopes.clone())
+        })
+    }
+
+    fn remember(&self, token: &str, claims: Claims) -> Scopes {
+        let scopes = Scopes(claims.scope.split_whitespace().map(str::to_string).collect());
+        let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if checked.len() >= CHECKED_TOKENS {
+            checked.clear();
+        }
+        let entry = Checked { scopes: scopes.clone(), not_before: claims.nbf, expires: claims.exp };
+        checked.insert(token.to_string(), entry);
+        scopes
     }
 
     /// Checks that the request's token grants `needed`.
@@ -339,6 +387,20 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_token_checked_once_is_still_held_to_its_validity_on_every_use() {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.leeway = 5;
+        let verifier = Verifier { keys: Vec::new(), validation, protect_metrics: false, checked: Mutex::default() };
+        let claims = Claims { scope: "tollgate-read".into(), exp: 1_000, nbf: 500 };
+        verifier.remember("token", claims);
+        assert!(verifier.recall("another", 700).is_none(), "only the very token is remembered");
+        assert!(verifier.recall("token", 700).unwrap().unwrap().grant(scope::READ));
+        assert!(verifier.recall("token", 1_005).unwrap().is_ok(), "within the leeway");
+        assert_eq!(verifier.recall("token", 1_006).unwrap().unwrap_err().reason(), "expired");
+        assert_eq!(verifier.recall("token", 494).unwrap().unwrap_err().reason(), "not_yet_valid");
+    }
 
     #[test]
     fn money_creating_commands_need_the_admin_scope() {
