@@ -7,13 +7,14 @@
 //!   store, fsync'd), with the request id as command id, so a repeated request is answered the
 //!   same and a restart loses nothing.
 //! - [`EdgeNode::settle`] forwards the usage of finished grants (used up or past validity) to
-//!   the core as one `debit` each (command id `<reservation>/debit`). While the core is
+//!   the core as one `settle` each (command id `<reservation>/settle`). While the core is
 //!   unreachable the grants stay pending and are forwarded on a later call: on reconnect.
 //! - The core releases a grant the node never settled only after its validity plus the clock
 //!   skew margin ([`reap_expired_grants`]); the node stops using a grant at its validity by its
 //!   own clock, so with skew below the margin no admitted use falls after the release.
 //!   Usage forwarded after such a release (a partition longer than validity + margin) is
-//!   charged late with `direct-debit`; what the balance cannot cover is reported as unpaid.
+//!   charged late by the same `settle` (the account charges a lapsed grant's usage for an
+//!   hour); what the balance cannot cover, or usage later than that, is reported as unpaid.
 //!   That overspend is bounded by the grants outstanding when the node was cut off.
 //! - The node reaches the core through a [`CoreLink`]: a [`Runtime`] over the core's store (one
 //!   process, or several sharing JetStream), or a request/reply link over NATS to a core node
