@@ -31,8 +31,9 @@ pub struct Args {
     /// Requests the node holds at once (waiting or running); one more is answered 503.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     queue: u32,
-    /// Runtimes answering requests for different keys in parallel (default: 8 per core, as a
-    /// worker mostly waits for its append's fsync; 0: the primary runtime answers everything).
+    /// Runtimes answering requests for different keys in parallel (default: 2 per core: a
+    /// worker decides a batch of requests while another waits for its batch's one fsync; 0:
+    /// the primary runtime answers everything).
     #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
     workers: Option<u16>,
     /// Seconds shutdown waits for requests in flight. Past it, those still in flight are
@@ -176,7 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.flush()?;
         drop(out);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = args.workers.map_or((8 * cores).min(1024), usize::from);
+        let workers = args.workers.map_or((2 * cores).min(1024), usize::from);
         let role = match (args.role, args.core) {
             (RoleArg::Edge, Some(url)) => Role::Edge { url, core: args.core_node },
             (RoleArg::Edge, None) => anyhow::bail!("--role edge needs --core nats://HOST:PORT (or tls://)"),

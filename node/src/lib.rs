@@ -29,5 +29,5 @@ pub mod protocol;
 pub mod view;
 
 pub use handle::NodeHandle;
-pub use node::{Node, NodeError, wall_ms};
+pub use node::{Node, NodeError, read_kv, wall_ms};
 pub use protocol::{Admission, Reply, Request};

@@ -5,7 +5,7 @@ use crate::view::{EventView, json_or_text};
 use serde_json::Value;
 use std::path::Path;
 use tollgate_host::aggregate::Outcome;
-use tollgate_runtime::{AdmissionRequest, Runtime, RuntimeError, Stats, read_model};
+use tollgate_runtime::{AdmissionRequest, Journal, Runtime, RuntimeError, Stats, read_model};
 
 /// Why a node could not answer a request, or could not start or stop.
 #[derive(Debug, thiserror::Error)]
@@ -135,19 +135,7 @@ impl Node {
     /// The value of `key` in read-model `bucket`, as JSON (or text), from the one projector
     /// that writes the bucket; `None` when no projector has written it or the key has no entry.
     pub fn kv(&self, bucket: &str, key: &str) -> Result<Option<Value>, NodeError> {
-        check_name("bucket", bucket)?;
-        check_name("key", key)?;
-        let projectors = self.runtime.projectors();
-        let journal = self.runtime.journal();
-        let writers = read_model::writers(&journal, projectors.iter().map(String::as_str), bucket)?;
-        match writers.as_slice() {
-            [] => Ok(None),
-            [projector] => Ok(read_model::get(&journal, projector, bucket, key)?.map(|v| json_or_text(&v))),
-            many => Err(NodeError::Invalid(InvalidField {
-                field: "bucket".into(),
-                problem: format!("is written by {} projectors ({})", many.len(), many.join(", ")),
-            })),
-        }
+        read_kv(&self.runtime.journal(), &self.runtime.projectors(), bucket, key)
     }
 
     /// The node's clock, ms since the epoch.
@@ -180,5 +168,22 @@ impl Node {
         let run_id = format!("{}-{}-{}", self.name, self.started, std::process::id());
         self.runtime.record_stats(&self.name, &run_id)?;
         Ok(stats)
+    }
+}
+
+/// The value under `key` of a read model's `bucket` as its projector (one of `projectors`)
+/// last committed it, read from the store alone (no runtime, so it never waits for one that
+/// is delivering a backlog); `None` when there is none.
+pub fn read_kv(journal: &Journal, projectors: &[String], bucket: &str, key: &str) -> Result<Option<Value>, NodeError> {
+    check_name("bucket", bucket)?;
+    check_name("key", key)?;
+    let writers = read_model::writers(journal, projectors.iter().map(String::as_str), bucket)?;
+    match writers.as_slice() {
+        [] => Ok(None),
+        [projector] => Ok(read_model::get(journal, projector, bucket, key)?.map(|v| json_or_text(&v))),
+        many => Err(NodeError::Invalid(InvalidField {
+            field: "bucket".into(),
+            problem: format!("is written by {} projectors ({})", many.len(), many.join(", ")),
+        })),
     }
 }

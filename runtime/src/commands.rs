@@ -101,7 +101,12 @@ impl Shared {
     fn committed(&self, stream: &str, key: &str, first: u64, last: u64) -> Result<(Vec<Event>, Vec<u8>), RuntimeError> {
         let events = self.journal.run("read events", self.journal.store().read(stream, key, first))?;
         let digest = events.first().map(|e| e.command_digest.clone()).unwrap_or_default();
-        Ok((events.into_iter().take_while(|e| e.sequence <= last).map(from_stored).collect(), digest))
+        let mut events: Vec<Event> = events.into_iter().map(from_stored).collect();
+        // A command held in the batch under way is answered from what it will commit.
+        if let Some(batch) = &self.batch {
+            events.extend(batch.events(stream, key, first));
+        }
+        Ok((events.into_iter().take_while(|e| e.sequence <= last).collect(), digest))
     }
 
     /// The answer to a command whose id was committed before: its events again, or a conflict
@@ -173,7 +178,10 @@ impl Shared {
                 Outcome::Accepted(events) => events,
             };
             let new = events.iter().map(|e| to_new(e, &digest)).collect();
-            let appended = self.journal.append(stream, key, ExpectedVersion::Exact(expected), new);
+            let appended = match &mut self.batch {
+                Some(batch) => Ok(batch.hold(actor, stream, key, expected, new)),
+                None => self.journal.append(stream, key, ExpectedVersion::Exact(expected), new),
+            };
             let slot = self.aggregates.get_mut(actor).expect(REGISTERED);
             match appended {
                 Ok(result) => {
@@ -183,7 +191,9 @@ impl Shared {
                     loaded.remember(&command.command_id, result.last_sequence, &digest);
                     follow_account(&mut slot.accounts, key, expected, result.last_sequence, &events);
                     self.stats.accepted += 1;
-                    self.maybe_snapshot(actor, key)?;
+                    if self.batch.is_none() {
+                        self.maybe_snapshot(actor, key)?;
+                    }
                     return Ok(Outcome::Accepted(events));
                 }
                 Err(StoreError::Conflict { actual, .. }) => {
@@ -210,11 +220,12 @@ impl Shared {
         Err(RuntimeError::Contention { stream: stream.into(), key: key.into(), attempts: MAX_ATTEMPTS })
     }
 
-    /// Writes a snapshot of a key `execute_on` just appended to, once it is `snapshot_every`
+    /// Writes a snapshot of a key `execute_on` just committed to, once it is `snapshot_every`
     /// events past the last one.
-    fn maybe_snapshot(&mut self, actor: &str, key: &str) -> Result<(), RuntimeError> {
-        let slot = self.aggregates.get_mut(actor).expect("the caller found this aggregate");
-        let loaded = slot.loaded.get_mut(key).expect("the caller appended to this key, so it is cached");
+    pub(crate) fn maybe_snapshot(&mut self, actor: &str, key: &str) -> Result<(), RuntimeError> {
+        let Some(slot) = self.aggregates.get_mut(actor) else { return Ok(()) };
+        // A key forgotten since (a batch's lost append) is snapshotted after its next load.
+        let Some(loaded) = slot.loaded.get_mut(key) else { return Ok(()) };
         let sequence = slot.host.sequence(key);
         if self.snapshot_every == 0 || sequence - loaded.snapshot_sequence < self.snapshot_every {
             return Ok(());

@@ -104,26 +104,41 @@ impl Shared {
     /// Delivers every new commit to projectors and process managers, runs the commands they
     /// send, and repeats until nothing new happens.
     pub fn pump(&mut self) -> Result<(), RuntimeError> {
-        loop {
-            let mut progressed = false;
-            let mut projectors = std::mem::take(&mut self.projectors);
-            let result = projectors.iter_mut().try_for_each(|p| {
-                progressed |= self.project(p)?;
-                Ok::<_, RuntimeError>(())
-            });
-            self.projectors = projectors;
-            result?;
-            let mut managers = std::mem::take(&mut self.managers);
-            let result = managers.iter_mut().try_for_each(|m| {
-                progressed |= self.manage(m)?;
-                Ok::<_, RuntimeError>(())
-            });
-            self.managers = managers;
-            result?;
-            if !progressed {
-                return Ok(());
-            }
+        while self.pump_step()? {}
+        Ok(())
+    }
+
+    /// Delivers the next page of commits (up to [`DELIVERY_BATCH`]) to each projector and
+    /// process manager; returns whether any had something new. A caller with other work
+    /// (a served node's primary) interleaves it between steps rather than waiting for a
+    /// backlog to drain.
+    pub fn pump_step(&mut self) -> Result<bool, RuntimeError> {
+        if self.projectors.is_empty() && self.managers.is_empty() {
+            return Ok(false);
         }
+        // Read before the step: when nothing was new, everything up to it was delivered.
+        let head = self.journal.run("read the log's head", self.journal.store().head_position())?;
+        let mut lowest: Option<u64> = None;
+        let mut projectors = std::mem::take(&mut self.projectors);
+        let result = projectors.iter_mut().try_for_each(|p| {
+            if let Some(last) = self.project(p)? {
+                lowest = Some(lowest.map_or(last, |l| l.min(last)));
+            }
+            Ok::<_, RuntimeError>(())
+        });
+        self.projectors = projectors;
+        result?;
+        let mut managers = std::mem::take(&mut self.managers);
+        let result = managers.iter_mut().try_for_each(|m| {
+            if let Some(last) = self.manage(m)? {
+                lowest = Some(lowest.map_or(last, |l| l.min(last)));
+            }
+            Ok::<_, RuntimeError>(())
+        });
+        self.managers = managers;
+        result?;
+        self.delivered_through = lowest.unwrap_or(head).max(self.delivered_through);
+        Ok(lowest.is_some())
     }
 
     fn next_deliveries(&self, consumer: &mut Box<dyn Consumer>) -> Result<Vec<Delivery>, RuntimeError> {
@@ -172,9 +187,10 @@ impl Shared {
         self.journal.block_on(consumer.ack(position)).map_err(|e| self.journal.error("ack", e))
     }
 
-    fn project(&mut self, slot: &mut ProjectorSlot) -> Result<bool, RuntimeError> {
+    /// Projects the next page of deliveries; returns the position of the last, if any.
+    fn project(&mut self, slot: &mut ProjectorSlot) -> Result<Option<u64>, RuntimeError> {
         let deliveries = self.next_deliveries(&mut slot.consumer)?;
-        let progressed = !deliveries.is_empty();
+        let last = deliveries.last().map(|d| d.position);
         for delivery in deliveries {
             let span = tracing::info_span!("project", projector = %slot.name, position = delivery.position, correlation_id = %correlation(&delivery));
             let _entered = span.enter();
@@ -228,7 +244,7 @@ impl Shared {
             self.commit(&slot.name, delivery.position, writes)?;
             self.ack(&mut slot.consumer, delivery.position)?;
         }
-        Ok(progressed)
+        Ok(last)
     }
 
     /// Puts back what a projector's failed call wrote, in its in-memory view, from the store
@@ -257,9 +273,11 @@ impl Shared {
         }
     }
 
-    fn manage(&mut self, slot: &mut ManagerSlot) -> Result<bool, RuntimeError> {
+    /// Runs the reactions to the next page of deliveries; returns the position of the last,
+    /// if any.
+    fn manage(&mut self, slot: &mut ManagerSlot) -> Result<Option<u64>, RuntimeError> {
         let deliveries = self.next_deliveries(&mut slot.consumer)?;
-        let progressed = !deliveries.is_empty();
+        let last = deliveries.last().map(|d| d.position);
         for delivery in deliveries {
             let span = tracing::info_span!("manage", manager = %slot.name, position = delivery.position, correlation_id = %correlation(&delivery));
             let _entered = span.enter();
@@ -285,7 +303,7 @@ impl Shared {
                 Err(e) => self.fail(&slot.name, &mut slot.consumer, delivery.position, &e.to_string())?,
             }
         }
-        Ok(progressed)
+        Ok(last)
     }
 
     fn manage_delivery(

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tollgate_host::aggregate::Event;
 use tollgate_store::{
-    AppendResult, EventStore, ExpectedVersion, FileOptions, FileStore, NatsOptions, NatsStore, NewEvent, StoredEvent,
+    AppendResult, BatchAppend, EventStore, ExpectedVersion, FileOptions, FileStore, NatsOptions, NatsStore, NewEvent, StoredEvent,
 };
 
 /// A shared handle on an event store. Clones share the store and its connection.
@@ -187,6 +187,16 @@ impl Journal {
         result
     }
 
+    /// Writes several appends with one store call (see [`EventStore::append_batch`]); each is
+    /// timed as long as the whole call took, which is how long each waited.
+    pub fn append_batch(&self, appends: Vec<BatchAppend>) -> Vec<tollgate_store::Result<AppendResult>> {
+        let start = Instant::now();
+        let results = self.block_on(self.store().append_batch(appends));
+        let took = start.elapsed();
+        results.iter().for_each(|_| self.inner.appends.observe(took));
+        results
+    }
+
     /// How long the appends made through [`Journal::append`] took, over every clone of this
     /// journal.
     pub fn append_latency(&self) -> AppendLatency {
@@ -215,39 +225,15 @@ impl Journal {
 impl Journal {
     /// The time of the store's last event (by position), 0 when it has none. A runtime's clock
     /// starts there at the earliest, so event times never go backwards across a restart, even
-    /// when the host's clock does. Found with O(log n) one-event reads (an exponential, then a
-    /// binary search for the last position), not by reading the log.
+    /// when the host's clock does.
     pub fn last_event_time(&self) -> Result<u64, RuntimeError> {
         let store = self.store();
-        let first_from = |position: u64| -> Result<Option<StoredEvent>, RuntimeError> {
-            Ok(self.run("find the log's last event", store.read_all(position, 1))?.into_iter().next())
-        };
-        let Some(mut last) = first_from(1)? else { return Ok(0) };
-        // Invariant: `last` is an event; no event lies at or after `past`.
-        let mut past = loop {
-            if last.position == u64::MAX {
-                return Ok(last.time_ms);
-            }
-            let probe = last.position.saturating_mul(2).max(last.position + 1);
-            match first_from(probe)? {
-                Some(event) => last = event,
-                None => break probe,
-            }
-        };
-        // Another process may append meanwhile and put an event past `past`: then that event
-        // is the latest seen, which is all a clock start needs.
-        while past.saturating_sub(last.position) > 1 {
-            let mid = last.position + (past - last.position) / 2;
-            match first_from(mid)? {
-                Some(event) if event.position >= past => {
-                    last = event;
-                    break;
-                }
-                Some(event) => last = event,
-                None => past = mid,
-            }
+        let head = self.run("find the log's last event", store.head_position())?;
+        if head == 0 {
+            return Ok(0);
         }
-        Ok(last.time_ms)
+        let last = self.run("find the log's last event", store.read_all(head, 1))?;
+        Ok(last.first().map_or(0, |e| e.time_ms))
     }
 }
 

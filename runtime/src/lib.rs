@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+mod batch;
 mod cascade;
 mod commands;
 mod dispatch;
@@ -321,6 +322,42 @@ impl Runtime {
         Ok((outcome, repeat))
     }
 
+    /// Starts deciding in a batch: the appends of the commands and decisions that follow are
+    /// held (each applied to its key's resident state at once) until
+    /// [`Runtime::commit_batch`] writes them all with one store call. For a runtime that
+    /// dispatches nothing itself (a served node's worker): its projectors and process
+    /// managers would not see held events.
+    ///
+    /// ```no_run
+    /// # fn answer(_: usize) {} fn answer_again(_: usize) {}
+    /// # let mut runtime = tollgate_runtime::Runtime::load("examples/edge.toml".as_ref()).unwrap();
+    /// runtime.begin_batch();
+    /// for job in 0..3 {
+    ///     runtime.begin_job();
+    ///     // ... runtime.admit(..) or runtime.execute(..), its answer kept, not sent yet
+    /// }
+    /// let failed = runtime.commit_batch();
+    /// for job in 0..3 {
+    ///     if failed.contains(&job) { answer_again(job) } else { answer(job) }
+    /// }
+    /// ```
+    pub fn begin_batch(&mut self) {
+        self.lock().begin_batch();
+    }
+
+    /// Marks where the batch's next job (request) begins.
+    pub fn begin_job(&mut self) {
+        self.lock().begin_job();
+    }
+
+    /// Writes the batch's held appends with one store call. Returns the jobs (numbered from 0
+    /// in the order they began) one of whose appends did not commit: nothing they decided may
+    /// be answered as accepted; their keys are read again from the store and their counters
+    /// taken back, so they can be run again, outside a batch, from scratch.
+    pub fn commit_batch(&mut self) -> std::collections::BTreeSet<usize> {
+        self.lock().commit_batch()
+    }
+
     /// Asks the (only, or first by name) policy for an admission decision, then dispatches.
     pub fn admit(&mut self, request: &AdmissionRequest) -> Result<Decision, RuntimeError> {
         let name = self.policies.keys().next().cloned().ok_or_else(|| RuntimeError::NoSuchActor("<policy>".into()))?;
@@ -405,6 +442,18 @@ impl Runtime {
     /// and process managers.
     pub fn pump(&mut self) -> Result<(), RuntimeError> {
         self.lock().pump()
+    }
+
+    /// One step of [`Runtime::pump`]: the next page of commits to each projector and process
+    /// manager; returns whether any had something new (call again until it says `false`).
+    pub fn pump_step(&mut self) -> Result<bool, RuntimeError> {
+        self.lock().pump_step()
+    }
+
+    /// The log's position up to which every commit has been delivered to this runtime's
+    /// projectors and process managers, as of its last pump step (0 before the first).
+    pub fn delivered_through(&self) -> u64 {
+        self.lock().delivered_through
     }
 
     /// The state of account `key` (from the aggregate owning stream `account`), as of the

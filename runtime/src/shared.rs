@@ -4,9 +4,11 @@
 //!
 //! Its work is split by what it does: [`crate::commands`] (commands on aggregates, reported
 //! facts), [`crate::dispatch`] (commits delivered to projectors and process managers),
-//! [`crate::cascade`] (bounds on what reactions cause), [`crate::timers`] and
-//! [`crate::undo`] (undoing a failed decision's charging calls).
+//! [`crate::cascade`] (bounds on what reactions cause), [`crate::timers`],
+//! [`crate::undo`] (undoing a failed decision's charging calls) and [`crate::batch`]
+//! (deciding several requests before one write).
 
+use crate::batch::Batch;
 use crate::cascade::Cascades;
 use crate::commands::AggregateSlot;
 use crate::dispatch::{ManagerSlot, ProjectorSlot, RefusedCommand};
@@ -42,6 +44,12 @@ pub(crate) struct Shared {
     /// The `decide` call under way and what to undo if it fails (see
     /// [`crate::Runtime::admit_with`]).
     pub in_decide: InDecide,
+    /// Appends held for one store call, while a batch of requests is decided (see
+    /// [`crate::batch`]); `None`: every append is written at once.
+    pub batch: Option<Batch>,
+    /// The log's position up to which every commit has been delivered to the projectors and
+    /// process managers (as of their last step; 0 before it).
+    pub delivered_through: u64,
 }
 
 impl Shared {
@@ -62,6 +70,8 @@ impl Shared {
             limits: manifest.reactions.clone(),
             cascades: Cascades::default(),
             in_decide: InDecide::default(),
+            batch: None,
+            delivered_through: 0,
         }
     }
 

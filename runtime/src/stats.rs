@@ -46,6 +46,38 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Takes back what was counted between `before` and `after` (readings of these counters):
+    /// the work of a request that is answered again from scratch.
+    pub(crate) fn take_back(&mut self, before: &Stats, after: &Stats) {
+        fn counts(total: &mut u64, before: u64, after: u64) {
+            *total = total.saturating_sub(after.saturating_sub(before));
+        }
+        fn by_code(total: &mut BTreeMap<String, u64>, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) {
+            for (code, &n) in after {
+                let counted = n.saturating_sub(before.get(code).copied().unwrap_or(0));
+                if let Some(t) = total.get_mut(code) {
+                    *t = t.saturating_sub(counted);
+                    if *t == 0 {
+                        total.remove(code);
+                    }
+                }
+            }
+        }
+        counts(&mut self.accepted, before.accepted, after.accepted);
+        by_code(&mut self.rejected, &before.rejected, &after.rejected);
+        by_code(&mut self.reaction_refusals, &before.reaction_refusals, &after.reaction_refusals);
+        counts(&mut self.duplicates, before.duplicates, after.duplicates);
+        counts(&mut self.occ_conflicts, before.occ_conflicts, after.occ_conflicts);
+        by_code(&mut self.result_codes, &before.result_codes, &after.result_codes);
+        counts(&mut self.snapshots, before.snapshots, after.snapshots);
+        counts(&mut self.delivery_failures, before.delivery_failures, after.delivery_failures);
+        counts(&mut self.dead_lettered, before.dead_lettered, after.dead_lettered);
+        counts(&mut self.timers_fired, before.timers_fired, after.timers_fired);
+        counts(&mut self.reactions_over_bounds, before.reactions_over_bounds, after.reactions_over_bounds);
+        counts(&mut self.holds_released, before.holds_released, after.holds_released);
+        counts(&mut self.charges_refunded, before.charges_refunded, after.charges_refunded);
+    }
+
     /// Counts a refusal `execute` counted in `rejected` as a refusal of a process manager's
     /// command instead.
     pub(crate) fn recount_as_reaction_refusal(&mut self, code: &str) {

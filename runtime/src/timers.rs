@@ -136,6 +136,11 @@ impl Shared {
     /// may set another) or `reactions.max_timers_per_tick` fired; returns how many fired.
     /// Timers left due fire on the next tick.
     pub fn fire_due_timers(&mut self) -> Result<usize, RuntimeError> {
+        // A runtime without process managers (a served node's worker) owns no timer: it does
+        // not read the due ones on every request.
+        if self.managers.is_empty() {
+            return Ok(0);
+        }
         let mut fired = 0;
         let per_tick = self.limits.max_timers_per_tick as usize;
         loop {

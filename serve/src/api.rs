@@ -6,7 +6,7 @@
 //! | `POST /v1/commands/{stream}/{key}` | `{"id": ..., "command": ...}` | `200` with `{"accepted": [events]}` (a repeated id: `{"accepted": [the original events], "repeat": true}` and the header `Tollgate-Repeat: true`); an actor's refusal is ProblemDetails `422` with `cause` the rejection code and its `kind` |
 //! | `POST /v1/reports/{stream}/{key}` | `{"id": ..., "event": ..., "correlation_id"?: ...}` | `200` with `{"recorded": event}`; `403` for a stream the manifest's `[reports] streams` does not list or a `tollgate.` stream |
 //! | `GET /v1/streams/{stream}/{key}` | | `200` with the key's events, oldest first |
-//! | `GET /v1/kv/{bucket}/{key}` | | `200` with the read model's value; `404` when there is none |
+//! | `GET /v1/kv/{bucket}/{key}` | | `200` with the read model's value as committed, never waiting for the primary's backlog (the header `Tollgate-Backlog-Events` says how many events the read models had not yet seen); `?consistent=true` first waits for the writes answered so far to be delivered; `404` when there is none |
 
 use crate::auth::{Scopes, allow_command};
 use crate::problem::Problem;
@@ -14,8 +14,8 @@ use crate::server::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -212,15 +212,37 @@ pub(crate) async fn streams(
 pub(crate) async fn kv(
     State(state): State<Arc<AppState>>,
     Path((bucket, key)): Path<(String, String)>,
+    Query(read): Query<KvRead>,
 ) -> Result<Response, Problem> {
+    let pool = state.pool()?.clone();
     let (b, k) = (bucket.clone(), key.clone());
-    // The primary delivers what the workers wrote first: a read follows the writes answered.
-    let read = state.pool()?.primary().with(move |node| {
-        node.runtime().pump()?;
-        node.kv(&b, &k)
-    });
-    match read.await?? {
-        Some(value) => Ok(Json(value).into_response()),
+    let value = if read.consistent {
+        // The primary delivers what the workers wrote first: the read follows the writes
+        // answered, after whatever backlog the primary has.
+        pool.primary()
+            .with(move |node| {
+                node.runtime().pump()?;
+                node.kv(&b, &k)
+            })
+            .await??
+    } else {
+        let reading = pool.clone();
+        tokio::task::spawn_blocking(move || reading.read_kv(&b, &k))
+            .await
+            .map_err(|e| {
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", format!("reading the read model: {e}"))
+            })??
+    };
+    let undelivered = pool.undelivered().to_string();
+    match value {
+        Some(value) => {
+            let mut response = Json(value).into_response();
+            response.headers_mut().insert(
+                BACKLOG_HEADER,
+                HeaderValue::from_str(&undelivered).expect("a number is a valid header value"),
+            );
+            Ok(response)
+        }
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "DATA_NOT_FOUND",
@@ -228,3 +250,17 @@ pub(crate) async fn kv(
         )),
     }
 }
+
+/// How `/v1/kv` reads: `?consistent=true` waits for the primary to deliver the writes
+/// answered so far; by default the read model is read as committed, at once.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KvRead {
+    /// Wait for the primary to deliver the writes answered so far.
+    #[serde(default)]
+    consistent: bool,
+}
+
+/// The header of a `/v1/kv` answer saying how many committed events the read models had not
+/// yet seen when it was last measured (every 100 ms).
+pub(crate) const BACKLOG_HEADER: &str = "tollgate-backlog-events";

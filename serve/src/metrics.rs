@@ -39,6 +39,14 @@ pub(crate) struct NodeReading {
     pub(crate) rerouted: u64,
     /// Workers busy with one request for longer than the reroute threshold now.
     pub(crate) stuck_workers: usize,
+    /// Events committed and not yet delivered to the projectors and process managers.
+    pub(crate) backlog_events: u64,
+    /// Timers due and not yet fired.
+    pub(crate) backlog_timers: u64,
+    /// Requests waiting for a worker.
+    pub(crate) waiting: usize,
+    /// The embedded log's records and fsyncs (`None` on JetStream).
+    pub(crate) writes: Option<tollgate_store::FileStats>,
 }
 
 /// Labels of one HTTP request: the route template (never the raw path, so keys do not
@@ -268,6 +276,21 @@ impl Collector for NodeCounters {
             MetricType::Gauge,
         )?
         .encode_gauge(&saturate(reading.stuck_workers as u64))?;
+        for (name, help, value) in [
+            (
+                "tollgate_backlog_events",
+                "Events committed and not yet delivered to the projectors and process managers",
+                reading.backlog_events,
+            ),
+            ("tollgate_backlog_timers", "Timers due and not yet fired", reading.backlog_timers),
+            ("tollgate_requests_waiting", "Requests waiting for a worker", reading.waiting as u64),
+        ] {
+            e.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&saturate(value))?;
+        }
+        if let Some(writes) = reading.writes {
+            counter(e, "tollgate_store_records", "Records the embedded log wrote", writes.records)?;
+            counter(e, "tollgate_store_syncs", "fdatasync calls of the embedded log (one per group commit)", writes.syncs)?;
+        }
 
         let appends = &reading.appends;
         let mut histogram = e.encode_descriptor(

@@ -7,7 +7,7 @@
 //! node's counters can be read, and recorded at shutdown, without waiting for a busy one.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -17,7 +17,7 @@ use tollgate_node::{Node, NodeError, NodeHandle, Reply, Request, wall_ms};
 use tollgate_runtime::quota::expiry;
 use tollgate_runtime::{Journal, Loader, Manifest, Runtime, RuntimeError, Stats, engine_for_runtimes};
 
-use crate::dispatch::{Dispatch, Start};
+use crate::dispatch::{Batchable, Dispatch, Start};
 use crate::exposure::Exposure;
 use crate::metrics::NodeReading;
 use crate::nchf::RatingGroups;
@@ -81,16 +81,29 @@ pub(crate) struct Pool {
     primary: Primary,
     workers: Option<Arc<Workers>>,
     delivery_queued: Arc<AtomicBool>,
+    /// The backlog as last measured (see [`Pool::measure_backlog`]).
+    backlog: Backlog,
     rating_groups: Arc<RatingGroups>,
     journal: Journal,
     exposure: Mutex<Exposure>,
     streams: Vec<String>,
+    /// The primary's projectors, whose read models `/v1/kv` reads from the store.
+    projectors: Vec<String>,
     /// Expire grants still open this long after their validity (the manifest's
     /// `[quota] clock_skew_ms`); `None`: the node reaps nothing.
     reap_after_ms: Option<u64>,
     /// The node's name and this run's id, under which the counters are recorded.
     name: String,
     run_id: String,
+}
+
+/// What the primary has not done yet, as last measured: a gauge, read without waiting for it.
+#[derive(Default)]
+struct Backlog {
+    /// Events committed but not yet delivered to the projectors and process managers.
+    events: AtomicU64,
+    /// Timers due but not yet fired.
+    timers: AtomicU64,
 }
 
 /// The counters a runtime published after its last finished call.
@@ -107,10 +120,14 @@ impl Counters {
     }
 }
 
-/// The primary runtime: its thread and its published counters.
+/// The primary runtime: its thread, its published counters and how far it has delivered.
+#[derive(Clone)]
 pub(crate) struct Primary {
-    handle: NodeHandle,
+    handle: Arc<NodeHandle>,
     counters: Arc<Counters>,
+    /// The log's position up to which the projectors and process managers have had every
+    /// commit, as of the primary's last delivery step.
+    delivered: Arc<AtomicU64>,
 }
 
 impl Primary {
@@ -130,6 +147,28 @@ impl Primary {
             .await
     }
 
+    /// Delivers the next page of commits to the projectors and process managers; returns
+    /// whether there was more. Each step is one turn on the primary's thread, so a backlog is
+    /// worked off between its other calls, never ahead of all of them.
+    async fn deliver_step(&self) -> bool {
+        let delivered = self.delivered.clone();
+        let step = self
+            .with(move |node| {
+                let step = node.runtime().pump_step();
+                delivered.store(node.runtime().delivered_through(), Ordering::Relaxed);
+                step
+            })
+            .await;
+        match step {
+            Ok(Ok(more)) => more,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "delivering what the workers wrote");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Queues `call` on the primary's thread without waiting for it.
     fn post(&self, call: impl FnOnce(&mut Node) + Send + 'static) -> Result<(), NodeError> {
         let counters = self.counters.clone();
@@ -140,9 +179,64 @@ impl Primary {
     }
 }
 
-/// One request's work on a worker: runs, publishes the worker's counters, then answers (so a
-/// client that has its answer reads counters that count it).
-type Job = Box<dyn FnOnce(&mut Node, &Counters) + Send>;
+/// One request's work on a worker.
+enum Job {
+    /// A request: decided in a batch with others, answered once the batch is written.
+    Request { request: Request, answer: oneshot::Sender<Result<Reply, NodeError>> },
+    /// Any other call (an Nchf operation's steps): runs alone, its writes made at once; what
+    /// it returns answers its caller.
+    Call(Box<dyn FnOnce(&mut Node) -> Answer + Send>),
+}
+
+/// Sends a call's result to its caller.
+type Answer = Box<dyn FnOnce() + Send>;
+
+impl Batchable for Job {
+    fn batchable(&self) -> bool {
+        matches!(self, Job::Request { .. })
+    }
+}
+
+/// Runs a worker's batch: decides its requests one after the other on the states the worker
+/// holds, writes all their appends with one store call, then answers them. A request one of
+/// whose appends did not commit (a lost race with another runtime over the store, a store
+/// error) is run again on its own, from the state in the store, and answered with that: no
+/// request is answered with a decision whose events are not in the log. The worker's
+/// counters are published before anyone is answered, so a client that has its answer reads
+/// counters that count it.
+fn run_batch(node: &mut Node, jobs: Vec<Job>, counters: &Counters) {
+    let mut decided = Vec::with_capacity(jobs.len());
+    let mut calls = Vec::new();
+    node.runtime().begin_batch();
+    for job in jobs {
+        match job {
+            Job::Request { request, answer } => {
+                node.runtime().begin_job();
+                let reply = node.handle(request.clone());
+                decided.push((request, answer, reply));
+            }
+            // The dispatch hands a call alone; it runs once the requests before it are written.
+            Job::Call(call) => calls.push(call),
+        }
+    }
+    let failed = node.runtime().commit_batch();
+    let mut answers: Vec<Answer> = decided
+        .into_iter()
+        .enumerate()
+        .map(|(job, (request, answer, reply))| {
+            let reply = if failed.contains(&job) { node.handle(request) } else { reply };
+            // A caller that gave up waiting dropped its receiver; the request still ran.
+            Box::new(move || drop(answer.send(reply))) as Answer
+        })
+        .collect();
+    answers.extend(calls.into_iter().map(|call| call(node)));
+    counters.publish(node);
+    answers.into_iter().for_each(|answer| answer());
+}
+
+/// Requests a worker decides together at most: enough to share one fsync among all that
+/// wait, few enough that the first of them is not held long for the last.
+const MAX_BATCH: usize = 256;
 
 /// The workers: their threads, their counters, and the requests waiting for them.
 struct Workers {
@@ -156,22 +250,29 @@ impl Workers {
         self.dispatch.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Hands `start` to its worker; when it is done the worker takes its next request.
+    /// Hands `start` to its worker; when it is done the worker takes its next batch.
     fn run(self: &Arc<Self>, start: Option<Start<Job>>) {
         let mut next = start;
-        while let Some(Start { worker, job }) = next.take() {
+        while let Some(Start { worker, jobs }) = next.take() {
             let workers = self.clone();
             let posted = self.handles[worker].post(move |node| {
-                job(node, &workers.counters[worker]);
+                run_batch(node, jobs, &workers.counters[worker]);
                 let next = workers.dispatch().finished(worker, Instant::now());
                 workers.run(next);
             });
             if posted.is_err() {
-                // The worker's thread is gone: the job was dropped with the closure (its
-                // caller hears that the node stopped), and so is each one after it.
+                // The worker's thread is gone: the jobs were dropped with the closure (their
+                // callers hear that the node stopped), and so is each one after them.
                 next = self.dispatch().finished(worker, Instant::now());
             }
         }
+    }
+
+    /// Queues `job` for `key` and starts its worker if it is free.
+    fn submit(self: &Arc<Self>, key: &str, job: Job) -> Result<(), NodeError> {
+        let start = self.dispatch().submit(key, job, Instant::now()).map_err(|_| NodeError::Stopped)?;
+        self.run(start);
+        Ok(())
     }
 }
 
@@ -182,9 +283,14 @@ pub(crate) struct Keyed<'a> {
 }
 
 impl Keyed<'_> {
-    /// Answers a request.
+    /// Answers a request; on a worker, in a batch with other keys' requests.
     pub(crate) async fn request(&self, request: Request) -> Result<Reply, NodeError> {
-        self.with(move |node| node.handle(request)).await?
+        let Some(workers) = &self.pool.workers else {
+            return self.pool.primary.with(move |node| node.handle(request)).await?;
+        };
+        let (answer, reply) = oneshot::channel();
+        workers.submit(&self.key, Job::Request { request, answer })?;
+        reply.await.map_err(|_| NodeError::Stopped)?
     }
 
     /// Runs `call` on the key's runtime, after the key's earlier requests, and returns what
@@ -195,14 +301,12 @@ impl Keyed<'_> {
     ) -> Result<R, NodeError> {
         let Some(workers) = &self.pool.workers else { return self.pool.primary.with(call).await };
         let (answer, reply) = oneshot::channel();
-        let job: Job = Box::new(move |node, counters| {
+        let job = Job::Call(Box::new(move |node| {
             let result = call(node);
-            counters.publish(node);
             // A caller that gave up waiting dropped its receiver; the call still ran.
-            let _ = answer.send(result);
-        });
-        let start = workers.dispatch().submit(&self.key, job, Instant::now()).map_err(|_| NodeError::Stopped)?;
-        workers.run(start);
+            Box::new(move || drop(answer.send(result)))
+        }));
+        workers.submit(&self.key, job)?;
         reply.await.map_err(|_| NodeError::Stopped)
     }
 }
@@ -225,30 +329,32 @@ impl Pool {
             let (engine, journal, name) = (engine.clone(), journal.clone(), spec.name.clone());
             NodeHandle::spawn(move || Node::beside(Runtime::open(&manifest, &mut Loader::new(engine), journal)?, &name))
         };
-        let primary = open(manifest.clone())?;
+        let primary = Arc::new(open(manifest.clone())?);
         let handles = (0..spec.workers).map(|_| open(commands.clone())).collect::<Result<Vec<_>, _>>()?;
         let counters = Arc::new(Counters::default());
         let published = counters.clone();
-        let streams = primary.with_blocking(move |node| {
+        let (streams, projectors) = primary.with_blocking(move |node| {
             published.publish(node);
-            node.runtime().command_streams()
+            (node.runtime().command_streams(), node.runtime().projectors())
         })?;
         let workers = if handles.is_empty() {
             None
         } else {
             let counters = handles.iter().map(|_| Counters::default()).collect();
             let reroute_after = spec.reroute_after.unwrap_or(DEFAULT_REROUTE_AFTER);
-            let dispatch = Mutex::new(Dispatch::new(handles.len(), reroute_after));
+            let dispatch = Mutex::new(Dispatch::new(handles.len(), reroute_after, MAX_BATCH));
             Some(Arc::new(Workers { handles, counters, dispatch }))
         };
         Ok(Pool {
-            primary: Primary { handle: primary, counters },
+            primary: Primary { handle: primary, counters, delivered: Arc::default() },
+            backlog: Backlog::default(),
             workers,
             delivery_queued: Arc::new(AtomicBool::new(false)),
             rating_groups: Arc::new(manifest.rating_groups()),
             journal,
             exposure: Mutex::default(),
             streams,
+            projectors,
             reap_after_ms: manifest.quota.map(|q| q.clock_skew_ms),
             run_id: format!("{}-{started}-{}", spec.name, std::process::id()),
             name: spec.name.clone(),
@@ -307,6 +413,17 @@ impl Pool {
         Some((after / 4).clamp(Duration::from_millis(5), Duration::from_millis(250)))
     }
 
+    /// A read model's value as its projector last committed it, from the store: never waits
+    /// for the primary (see [`tollgate_node::read_kv`]). Blocks on the store.
+    pub(crate) fn read_kv(&self, bucket: &str, key: &str) -> Result<Option<serde_json::Value>, NodeError> {
+        tollgate_node::read_kv(&self.journal, &self.projectors, bucket, key)
+    }
+
+    /// Events committed and not yet delivered to the projectors, as last measured.
+    pub(crate) fn undelivered(&self) -> u64 {
+        self.backlog.events.load(Ordering::Relaxed)
+    }
+
     /// How each Nchf rating group is charged (the manifest's `[rating_groups]`).
     pub(crate) fn rating_groups(&self) -> Arc<RatingGroups> {
         self.rating_groups.clone()
@@ -320,16 +437,55 @@ impl Pool {
     /// After a worker may have written: has the primary deliver new events to projectors and
     /// process managers, once for any number of writes made before it gets to it.
     pub(crate) fn wrote(&self) {
-        if self.workers.is_none() || self.delivery_queued.swap(true, Ordering::SeqCst) {
+        if self.workers.is_some() {
+            self.deliver();
+        }
+    }
+
+    /// Starts delivering the log to the projectors and process managers, a page per turn of
+    /// the primary's thread, until nothing is new; one delivery runs at a time.
+    pub(crate) fn deliver(&self) {
+        if self.delivery_queued.swap(true, Ordering::SeqCst) {
             return;
         }
-        let queued = self.delivery_queued.clone();
-        let _ = self.primary.post(move |node| {
-            queued.store(false, Ordering::SeqCst);
-            if let Err(e) = node.runtime().pump() {
-                tracing::warn!(error = %e, "delivering what the workers wrote");
+        let (primary, queued) = (self.primary.clone(), self.delivery_queued.clone());
+        let delivering = async move {
+            loop {
+                while primary.deliver_step().await {}
+                queued.store(false, Ordering::SeqCst);
+                // A write answered after the last step but before the flag was cleared is
+                // delivered now; a delivery started meanwhile takes over.
+                if !primary.deliver_step().await || queued.swap(true, Ordering::SeqCst) {
+                    return;
+                }
             }
-        });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(tokio) => drop(tokio.spawn(delivering)),
+            // Outside the server's tokio runtime: one full delivery, queued on the primary.
+            Err(_) => {
+                let queued = self.delivery_queued.clone();
+                let _ = self.primary.post(move |node| {
+                    queued.store(false, Ordering::SeqCst);
+                    if let Err(e) = node.runtime().pump() {
+                        tracing::warn!(error = %e, "delivering what the workers wrote");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Measures what the primary has not done yet: events committed but not delivered to
+    /// its projectors and process managers, and timers due but not fired. Blocks on the
+    /// store; never waits for the primary.
+    pub(crate) fn measure_backlog(&self) -> Result<(), RuntimeError> {
+        let store = self.journal.store();
+        let head = self.journal.run("read the log's head", store.head_position())?;
+        let due = self.journal.run("read timers", store.due_timers(wall_ms()))?.len();
+        let delivered = self.primary.delivered.load(Ordering::Relaxed);
+        self.backlog.events.store(head.saturating_sub(delivered), Ordering::Relaxed);
+        self.backlog.timers.store(due as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The counters of every runtime as each published them after its last finished call,
@@ -358,8 +514,13 @@ impl Pool {
             }
             None => (0, 0),
         };
+        let waiting = self.workers.as_ref().map_or(0, |w| w.dispatch().waiting());
         let exposure = self.exposure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         NodeReading {
+            backlog_events: self.backlog.events.load(Ordering::Relaxed),
+            backlog_timers: self.backlog.timers.load(Ordering::Relaxed),
+            waiting,
+            writes: self.journal.store().write_stats(),
             stats,
             appends: self.journal.append_latency(),
             exposure: exposure.by_currency().clone(),
@@ -381,15 +542,34 @@ impl Pool {
             drop(refused);
         }
         let (delivered, wait) = std::sync::mpsc::channel();
+        let through = self.primary.delivered.clone();
+        // Step by step until the deadline: a backlog left is delivered after a restart, from
+        // the consumers' durable positions.
         let posted = self.primary.post(move |node| {
-            if let Err(e) = node.runtime().pump() {
-                tracing::warn!(error = %e, "delivering what the workers wrote");
+            let mut more = true;
+            while more && Instant::now() < until {
+                more = node.runtime().pump_step().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "delivering what the workers wrote");
+                    false
+                });
             }
+            through.store(node.runtime().delivered_through(), Ordering::Relaxed);
             let _ = delivered.send(());
         });
         let delivered = posted.is_ok() && wait.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok();
         if !delivered {
             tracing::warn!("the primary runtime is still busy: its counters are those of its last finished call");
+        }
+        if self.measure_backlog().is_ok() {
+            let (events, timers) =
+                (self.backlog.events.load(Ordering::Relaxed), self.backlog.timers.load(Ordering::Relaxed));
+            let position = self.primary.delivered.load(Ordering::Relaxed);
+            tracing::info!(
+                delivered_through = position,
+                undelivered_events = events,
+                due_timers = timers,
+                "stopping: what is left is delivered and fired after a restart"
+            );
         }
         let stats = self.stats();
         stats.record(&self.journal, &self.name, &self.run_id, wall_ms())?;
@@ -404,8 +584,8 @@ impl Pool {
                     }
                 }
             }
-            if delivered {
-                let _ = primary.handle.close();
+            if delivered && let Ok(handle) = Arc::try_unwrap(primary.handle) {
+                let _ = handle.close();
             }
         }
         Ok(stats)

@@ -265,7 +265,7 @@ impl AppState {
 
     /// The node's runtimes; `503` while they are still catching up with the store, `404` on
     /// an edge (it holds no aggregates).
-    pub(crate) fn pool(&self) -> Result<&Pool, Problem> {
+    pub(crate) fn pool(&self) -> Result<&Arc<Pool>, Problem> {
         match self.backend()? {
             Backend::Core(pool) => Ok(pool),
             Backend::Edge(_) => Err(Problem::new(
@@ -851,13 +851,15 @@ async fn tick(state: Arc<AppState>, mut stopped: tokio::sync::watch::Receiver<bo
 }
 
 async fn tick_core(pool: &Arc<Pool>) {
-    let ticked = pool.primary().with(|node| node.tick().and_then(|_| Ok(node.runtime().pump()?))).await;
+    let ticked = pool.primary().with(|node| node.tick()).await;
     if let Ok(Err(e)) = ticked {
         tracing::warn!(error = %e, "firing timers");
     }
+    pool.deliver();
     let folding = pool.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || folding.fold_exposure()).await {
-        tracing::warn!(error = %e, "folding the grant exposure");
+    let folded = tokio::task::spawn_blocking(move || folding.fold_exposure().and_then(|()| folding.measure_backlog()));
+    if let Ok(Err(e)) = folded.await {
+        tracing::warn!(error = %e, "folding the grant exposure and measuring the backlog");
     }
     if let Err(e) = pool.reap().await {
         tracing::warn!(error = %e, "expiring grants past validity");

@@ -32,6 +32,7 @@
 //! * `consumer`: durable consumers;
 //! * this module: [`FileStore`] itself and its [`EventStore`] methods.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -51,7 +52,7 @@ mod segment;
 mod writer;
 
 use crate::{
-    AppendResult, Consumer, ConsumerOptions, DeadLetter, EventStore, ExpectedVersion, KvWrite, NewEvent, Result,
+    AppendResult, BatchAppend, Consumer, ConsumerOptions, DeadLetter, EventStore, ExpectedVersion, KvWrite, NewEvent, Result,
     Snapshot, StoreError, StoredEvent, Timer, validate_append,
 };
 use consumer::FileConsumer;
@@ -243,14 +244,21 @@ impl FileStore {
         *self.inner.durable.borrow()
     }
 
-    /// Queues a write; `index` is the locked index (a poisoned store takes no more writes).
-    fn send(&self, index: &LogIndex, write: PendingWrite) -> Result<()> {
+    /// Whether the store takes writes now (not read-only, not poisoned); `index` is the
+    /// locked index.
+    fn send_check(&self, index: &LogIndex) -> Result<()> {
         if self.inner.read_only {
             return Err(StoreError::ReadOnly(self.inner.dir.display().to_string()));
         }
         if let Some(p) = &index.poisoned {
             return Err(StoreError::Poisoned(p.clone()));
         }
+        Ok(())
+    }
+
+    /// Queues a write; `index` is the locked index (a poisoned store takes no more writes).
+    fn send(&self, index: &LogIndex, write: PendingWrite) -> Result<()> {
+        self.send_check(index)?;
         let tx = lock(&self.inner.tx);
         let tx = tx.as_ref().ok_or_else(|| StoreError::Poisoned("store is closing".into()))?;
         tx.send(write).map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))
@@ -262,7 +270,7 @@ impl FileStore {
         let (done, wait) = oneshot::channel();
         {
             let index = self.index();
-            self.send(&index, PendingWrite { bytes, apply: Some(record), last_position: None, done })?;
+            self.send(&index, PendingWrite { bytes, records: 1, apply: Some(record), last_position: None, done })?;
         }
         self.write_queued();
         wait.await.map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))?
@@ -275,6 +283,42 @@ impl FileStore {
         if let Some(inline) = &self.inner.inline {
             lock(inline).write_queued();
         }
+    }
+
+    /// Checks an append against the locked index and gives the index its commit at once (so
+    /// an append checked after it on the same key is checked against it); returns its result,
+    /// its framed record and its last position, for the caller to queue.
+    fn check_append(
+        index: &mut LogIndex,
+        stream: &str,
+        key: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<(AppendResult, Vec<u8>, u64)> {
+        let command_id = validate_append(stream, &events)?;
+        let k = (stream.to_owned(), key.to_owned());
+        let (actual, dup) = match index.keys.get(&k) {
+            Some(ki) => (ki.last_sequence, ki.command_ids.get(&command_id).map(|&i| index.commits[i].result())),
+            None => (0, None),
+        };
+        if let Some(original) = dup {
+            return Err(StoreError::Duplicate { stream: stream.to_owned(), key: key.to_owned(), command_id, original });
+        }
+        if !expected.matches(actual) {
+            return Err(StoreError::Conflict { stream: stream.to_owned(), key: key.to_owned(), expected, actual });
+        }
+        let commit = Commit {
+            stream: stream.to_owned(),
+            key: key.to_owned(),
+            first_sequence: actual + 1,
+            first_position: index.next_position,
+            events,
+        };
+        let bytes = Record::encode_events(&commit);
+        let result = commit.result();
+        let last_position = commit.last_position();
+        index.insert_commit(commit, &command_id);
+        Ok((result, bytes, last_position))
     }
 
     fn index(&self) -> MutexGuard<'_, LogIndex> {
@@ -291,43 +335,87 @@ impl EventStore for FileStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        let command_id = validate_append(stream, &events)?;
         let (done, wait) = oneshot::channel();
         let result = {
             let mut index = self.index();
-            let k = (stream.to_owned(), key.to_owned());
-            let (actual, dup) = match index.keys.get(&k) {
-                Some(ki) => (ki.last_sequence, ki.command_ids.get(&command_id).map(|&i| index.commits[i].result())),
-                None => (0, None),
-            };
-            if let Some(original) = dup {
-                return Err(StoreError::Duplicate {
-                    stream: stream.to_owned(),
-                    key: key.to_owned(),
-                    command_id,
-                    original,
-                });
+            // Checked before queueing: a store that takes no writes changes no index.
+            self.send_check(&index)?;
+            let (result, bytes, last) = Self::check_append(&mut index, stream, key, expected, events)?;
+            let write = PendingWrite { bytes, records: 1, apply: None, last_position: Some(last), done };
+            if let Err(e) = self.send(&index, write) {
+                // The index took the commit, which will never be written: nothing more may be.
+                index.poisoned.get_or_insert(e.to_string());
+                return Err(e);
             }
-            if !expected.matches(actual) {
-                return Err(StoreError::Conflict { stream: stream.to_owned(), key: key.to_owned(), expected, actual });
-            }
-            let commit = Commit {
-                stream: stream.to_owned(),
-                key: key.to_owned(),
-                first_sequence: actual + 1,
-                first_position: index.next_position,
-                events,
-            };
-            let bytes = Record::encode_events(&commit);
-            let result = commit.result();
-            let last_position = commit.last_position();
-            self.send(&index, PendingWrite { bytes, apply: None, last_position: Some(last_position), done })?;
-            index.insert_commit(commit, &command_id);
             result
         };
         self.write_queued();
         wait.await.map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))??;
         Ok(result)
+    }
+
+    /// Checks the appends in order and queues every one that passes as one write: one
+    /// `write` and one `fdatasync` for the batch.
+    async fn append_batch(&self, appends: Vec<BatchAppend>) -> Vec<Result<AppendResult>> {
+        let (done, wait) = oneshot::channel();
+        let mut results = Vec::with_capacity(appends.len());
+        let mut queued = false;
+        {
+            let mut index = self.index();
+            if let Err(e) = self.send_check(&index) {
+                let message = e.to_string();
+                return appends.iter().map(|_| Err(StoreError::Poisoned(message.clone()))).collect();
+            }
+            let mut failed: HashSet<(String, String)> = HashSet::new();
+            let (mut bytes, mut records, mut last_position) = (Vec::new(), 0, 0);
+            for a in appends {
+                let k = (a.stream, a.key);
+                let result = if failed.contains(&k) {
+                    let actual = index.keys.get(&k).map_or(0, |ki| ki.last_sequence);
+                    Err(StoreError::Conflict { stream: k.0.clone(), key: k.1.clone(), expected: a.expected, actual })
+                } else {
+                    Self::check_append(&mut index, &k.0, &k.1, a.expected, a.events).map(|(result, b, last)| {
+                        bytes.extend_from_slice(&b);
+                        records += 1;
+                        last_position = last;
+                        result
+                    })
+                };
+                if result.is_err() {
+                    failed.insert(k);
+                }
+                results.push(result);
+            }
+            if records > 0 {
+                let write = PendingWrite { bytes, records, apply: None, last_position: Some(last_position), done };
+                match self.send(&index, write) {
+                    Ok(()) => queued = true,
+                    Err(e) => {
+                        let message = e.to_string();
+                        // The index took commits that will never be written: nothing more may be.
+                        index.poisoned.get_or_insert(message.clone());
+                        for r in results.iter_mut().filter(|r| r.is_ok()) {
+                            *r = Err(StoreError::Poisoned(message.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        if !queued {
+            return results;
+        }
+        self.write_queued();
+        let written = match wait.await {
+            Ok(written) => written,
+            Err(_) => Err(StoreError::Poisoned("writer thread has stopped".into())),
+        };
+        if let Err(e) = written {
+            let message = e.to_string();
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(StoreError::Poisoned(message.clone()));
+            }
+        }
+        results
     }
 
     async fn read(&self, stream: &str, key: &str, from_sequence: u64) -> Result<Vec<StoredEvent>> {
@@ -356,6 +444,14 @@ impl EventStore for FileStore {
             .keys
             .get(&(stream.to_owned(), key.to_owned()))
             .map_or(0, |ki| index.durable_last_sequence(ki, durable)))
+    }
+
+    fn write_stats(&self) -> Option<FileStats> {
+        Some(self.stats())
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        Ok(self.durable_position())
     }
 
     async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>> {

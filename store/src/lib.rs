@@ -183,6 +183,19 @@ pub struct AppendResult {
     pub positions: Vec<u64>,
 }
 
+/// One append of [`EventStore::append_batch`].
+#[derive(Clone, Debug)]
+pub struct BatchAppend {
+    /// The stream appended to.
+    pub stream: String,
+    /// The key appended to.
+    pub key: String,
+    /// Where the key must be for the append to commit.
+    pub expected: ExpectedVersion,
+    /// The events (1..=[`MAX_EVENTS_PER_APPEND`]), all of one command.
+    pub events: Vec<NewEvent>,
+}
+
 /// A snapshot of an aggregate's state, valid only for the actor build that wrote it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -387,6 +400,45 @@ pub trait EventStore: Send + Sync {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult>;
 
+    /// Appends several commits at once, each checked and de-duplicated as
+    /// [`EventStore::append`] checks it, in order; one result per append, in order. An append
+    /// after a failed one on the same `(stream, key)` fails with a conflict without being
+    /// tried: it was decided on the events that did not commit. A store that syncs shares one
+    /// durable write among them where it can (the embedded log: one `fdatasync` for the
+    /// batch); this default runs each key's appends in turn and the keys concurrently.
+    async fn append_batch(&self, appends: Vec<BatchAppend>) -> Vec<Result<AppendResult>> {
+        let count = appends.len();
+        let mut chains: Vec<Vec<(usize, BatchAppend)>> = Vec::new();
+        let mut chain_of: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+        for (i, append) in appends.into_iter().enumerate() {
+            let k = (append.stream.clone(), append.key.clone());
+            let at = *chain_of.entry(k).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+            chains[at].push((i, append));
+        }
+        let runs = chains.into_iter().map(|chain| async move {
+            let mut out = Vec::with_capacity(chain.len());
+            let mut failed = false;
+            for (i, a) in chain {
+                let result = if failed {
+                    Err(StoreError::Conflict { stream: a.stream, key: a.key, expected: a.expected, actual: 0 })
+                } else {
+                    self.append(&a.stream, &a.key, a.expected, a.events).await
+                };
+                failed |= result.is_err();
+                out.push((i, result));
+            }
+            out
+        });
+        let mut results: Vec<Option<Result<AppendResult>>> = (0..count).map(|_| None).collect();
+        for (i, result) in futures_util::future::join_all(runs).await.into_iter().flatten() {
+            results[i] = Some(result);
+        }
+        results.into_iter().map(|r| r.expect("every append of the batch ran in its key's chain")).collect()
+    }
+
     /// Events of `(stream, key)` with `sequence >= from_sequence`, in order.
     async fn read(&self, stream: &str, key: &str, from_sequence: u64) -> Result<Vec<StoredEvent>>;
 
@@ -396,6 +448,37 @@ pub trait EventStore: Send + Sync {
     /// Up to `max` events of all streams with `position >= from_position`, in position order.
     /// A page may end inside an append; continue from `last.position + 1`.
     async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>>;
+
+    /// The position of the log's last committed event, 0 when it has none. This default
+    /// finds it with O(log n) one-event reads (an exponential, then a binary search), not by
+    /// reading the log; a store that knows it answers at once.
+    async fn head_position(&self) -> Result<u64> {
+        let Some(mut last) = self.read_all(1, 1).await?.into_iter().next().map(|e| e.position) else {
+            return Ok(0);
+        };
+        // Invariant: an event lies at `last`; none at or after `past`.
+        let mut past = loop {
+            if last == u64::MAX {
+                return Ok(last);
+            }
+            let probe = last.saturating_mul(2).max(last + 1);
+            match self.read_all(probe, 1).await?.into_iter().next() {
+                Some(event) => last = event.position,
+                None => break probe,
+            }
+        };
+        // Another writer may append meanwhile and put an event past `past`: then that event
+        // is the head seen, which is all a caller of a moving log can have.
+        while past.saturating_sub(last) > 1 {
+            let mid = last + (past - last) / 2;
+            match self.read_all(mid, 1).await?.into_iter().next() {
+                Some(event) if event.position >= past => return Ok(event.position),
+                Some(event) => last = event.position,
+                None => past = mid,
+            }
+        }
+        Ok(last)
+    }
 
     /// Opens the durable consumer `name` (created on first use). Deliveries start after the
     /// consumer's acked positions and after [`EventStore::checkpoint`]`(name)`, so a projection
@@ -441,6 +524,12 @@ pub trait EventStore: Send + Sync {
     /// Timers with `fire_at_ms <= now_ms`, earliest first. Timers stay until cancelled, so
     /// firing is at-least-once: fire, then `cancel_timer`.
     async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>>;
+
+    /// Records written and `fdatasync` calls made so far, for a store that writes its own log
+    /// (the embedded one; `None` for JetStream, whose server syncs).
+    fn write_stats(&self) -> Option<FileStats> {
+        None
+    }
 
     /// How the event log is copied across servers, for a store that replicates it; `None`
     /// for one that keeps a single copy (the embedded log, JetStream without a cluster).

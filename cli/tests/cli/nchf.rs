@@ -200,7 +200,7 @@ fn a_session_reserves_charges_and_releases_and_a_retransmission_charges_once() {
     let granted = info(&created.body, 100);
     assert_eq!((granted["resultCode"].as_str(), &granted["grantedUnit"]), (Some("SUCCESS"), &json!({"time": 60})));
     assert!(granted["validityTime"].as_u64().unwrap() > 0, "{}", created.body);
-    assert_eq!(server.get(&format!("/v1/kv/balances/{imsi}")).body["held"], 120);
+    assert_eq!(server.get(&format!("/v1/kv/balances/{imsi}?consistent=true")).body["held"], 120);
 
     // Two updates: report usage, ask for more. The first is sent again: charged once.
     let first = request(1, json!([usage(100, Some(40), Some(60))]), Some(imsi));

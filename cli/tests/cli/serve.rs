@@ -269,14 +269,14 @@ fn a_served_node_answers_the_native_api_and_stops_cleanly_on_sigterm() {
     let types: Vec<&str> = events.body.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["opened", "topped-up", "reserved"]);
     assert_eq!(server.get("/v1/streams/account/nobody").body, json!([]));
-    let balance = server.get("/v1/kv/balances/alice");
+    let balance = server.get("/v1/kv/balances/alice?consistent=true");
     assert_eq!(
         (balance.body["balance"].as_i64(), balance.body["held"].as_i64()),
         (Some(1000), Some(20)),
         "{}",
         balance.body
     );
-    let missing = server.get("/v1/kv/balances/bob");
+    let missing = server.get("/v1/kv/balances/bob?consistent=true");
     assert_eq!((missing.status, missing.body["cause"].as_str()), (404, Some("DATA_NOT_FOUND")));
 
     let metrics = server.get("/metrics");
@@ -412,7 +412,7 @@ fn the_readmes_serving_requests_run_against_the_example_manifest() {
     assert!(out.contains(r#"tollgate_admissions_total{result="success"} 3"#), "{out}");
 
     // 10 voice units held by the admission; 45 + 5 seconds charged by the Nchf session.
-    let balance = server.get("/v1/kv/balances/alice").body;
+    let balance = server.get("/v1/kv/balances/alice?consistent=true").body;
     assert_eq!((balance["balance"].as_i64(), balance["held"].as_i64()), (Some(1000 - 50 * 2), Some(20)), "{balance}");
     let (code, err) = server.terminate();
     assert_eq!(code, 0, "{err}");
@@ -504,7 +504,7 @@ fn killed_under_load_every_acknowledged_request_is_in_the_log_once_and_sigterm_d
     // Requests for one key go to one worker: the node's workers never race each other.
     let metrics = server.get("/metrics").body;
     assert!(metrics.as_str().unwrap().contains("tollgate_occ_conflicts_total 0\n"), "{metrics}");
-    let balances = server.get("/v1/kv/balances/load-0").body;
+    let balances = server.get("/v1/kv/balances/load-0?consistent=true").body;
     // (A request cut off by the kill may be in the log without having been answered.)
     let top_ups = before[0] as i64 - 1;
     assert_eq!(balances["balance"].as_i64(), Some(top_ups), "the projector saw every worker's writes once: {balances}");

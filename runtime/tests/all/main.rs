@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on the first unexpected error
 
+mod batch;
 mod cluster;
 mod durable;
 mod edge;

@@ -54,8 +54,10 @@ impl Counters {
 
 /// One record queued for the writer.
 pub(super) struct PendingWrite {
-    /// The framed record.
+    /// The framed records (several for the appends of one batch).
     pub(super) bytes: Vec<u8>,
+    /// How many records `bytes` holds.
+    pub(super) records: u64,
     /// Applied to the index once written (events are indexed when they are queued).
     pub(super) apply: Option<Record>,
     /// Last position of an events record, to advance the durable watermark.
@@ -163,7 +165,7 @@ impl LogWriter {
             buf.extend_from_slice(&w.bytes);
         }
         self.flush(&buf)?;
-        self.counters.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.counters.records.fetch_add(batch.iter().map(|w| w.records).sum(), Ordering::Relaxed);
         Ok(())
     }
 

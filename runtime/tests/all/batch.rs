@@ -1,0 +1,149 @@
+//! Deciding in batches, as a served node's worker does: the appends of several requests held
+//! and written with one store call, decided in order on the states held, and nothing answered
+//! as accepted whose events did not commit.
+
+use crate::edge::{granted, loader, manifest, open, request};
+use tollgate_billing_model::account::{AccountCommand, Money};
+use tollgate_host::ActorKind;
+use tollgate_host::aggregate::Outcome;
+use tollgate_runtime::{Decision, Journal, Runtime};
+use tollgate_store::{FileOptions, FileStore};
+
+/// A runtime with the manifest's aggregates, rater and policy only, like a served node's
+/// worker (projectors and process managers would not see held events).
+fn worker(journal: Journal) -> Runtime {
+    let full = manifest();
+    let mut commands = full.clone();
+    commands.actors.retain(|name, _| !matches!(full.kind(name), ActorKind::Projector | ActorKind::ProcessManager));
+    Runtime::open(&commands, &mut loader(), journal).unwrap()
+}
+
+/// A durable embedded log and a clone of it whose writer counters the test reads.
+fn durable(dir: &std::path::Path) -> (FileStore, Journal) {
+    let store = FileStore::open_with(dir, FileOptions::default()).unwrap();
+    let journal = Journal::with_store(&format!("file:{}", dir.display()), Box::new(store.clone())).unwrap();
+    (store, journal)
+}
+
+fn account_events(journal: &Journal, account: &str) -> usize {
+    journal.block_on(journal.store().read("account", account, 1)).unwrap().len()
+}
+
+fn top_up(rt: &mut Runtime, account: &str, id: &str, amount: i64) -> Outcome {
+    let c = rt.command("account", account, id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") }).unwrap();
+    rt.execute(&c).unwrap()
+}
+
+#[test]
+fn a_batch_is_decided_in_order_on_held_states_and_written_with_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, journal) = durable(dir.path());
+    let mut rt = worker(journal.clone());
+    // 20 EUR cents: one 10-unit voice use (20) fits, nothing of a second one does.
+    open(&mut rt, "ada", 20);
+    open(&mut rt, "bob", 100);
+    let (ada_before, bob_before) = (account_events(&journal, "ada"), account_events(&journal, "bob"));
+    let before = store.stats();
+
+    rt.begin_batch();
+    let mut decisions = Vec::new();
+    for (id, who) in [("r1", "ada"), ("r2", "bob"), ("r3", "ada")] {
+        rt.begin_job();
+        decisions.push(rt.admit(&request(id, who, "voice", 10, None)).unwrap());
+    }
+    assert_eq!(
+        (account_events(&journal, "ada"), account_events(&journal, "bob")),
+        (ada_before, bob_before),
+        "nothing is in the log before the batch is written"
+    );
+    assert_eq!(store.stats(), before, "nothing was written either");
+    let failed = rt.commit_batch();
+    assert!(failed.is_empty(), "{failed:?}");
+
+    let written = store.stats();
+    assert_eq!(written.syncs - before.syncs, 1, "one fsync for the whole batch");
+    assert_eq!(written.records - before.records, 2, "two reservations: r1 and r2");
+    granted(&decisions[0]);
+    granted(&decisions[1]);
+    assert!(
+        matches!(&decisions[2], Decision::Denied(_)),
+        "r3 was decided after r1's hold, as one request at a time would be: {:?}",
+        decisions[2]
+    );
+    assert_eq!(rt.account("ada").unwrap().unwrap().held, 20);
+    assert_eq!(rt.stats().accepted, 6, "two opens, two top-ups, two reservations");
+
+    // A repeat in a later batch is answered from the log: the same grant, nothing appended.
+    rt.begin_batch();
+    rt.begin_job();
+    let again = rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap();
+    assert!(rt.commit_batch().is_empty());
+    assert_eq!(format!("{again:?}"), format!("{:?}", decisions[0]));
+    assert_eq!(account_events(&journal, "ada"), ada_before + 1);
+
+    // The log as written reads back the same after a restart.
+    drop(rt);
+    drop(journal);
+    drop(store);
+    let (_, journal) = durable(dir.path());
+    let rt = worker(journal);
+    assert_eq!(rt.account("ada").unwrap().unwrap().held, 20);
+    assert_eq!(rt.account("bob").unwrap().unwrap().held, 20);
+}
+
+#[test]
+fn a_job_whose_append_loses_a_race_is_answered_again_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, journal) = durable(dir.path());
+    let mut rt = worker(journal.clone());
+    let mut other = worker(journal.clone());
+    open(&mut rt, "ada", 20);
+    open(&mut rt, "bob", 100);
+    let accepted = rt.stats().accepted;
+
+    rt.begin_batch();
+    rt.begin_job();
+    granted(&rt.admit(&request("r1", "bob", "voice", 10, None)).unwrap());
+    rt.begin_job();
+    // ada can afford one use: granted on the state held...
+    granted(&rt.admit(&request("r2", "ada", "voice", 10, None)).unwrap());
+    // ...while another runtime over the store spends ada's money first.
+    granted(&other.admit(&request("elsewhere", "ada", "voice", 10, None)).unwrap());
+    let failed = rt.commit_batch();
+    assert_eq!(failed.into_iter().collect::<Vec<_>>(), [1], "only ada's job lost its append");
+    assert_eq!(rt.stats().accepted, accepted + 1, "the lost job's counters were taken back");
+    assert_eq!(rt.stats().occ_conflicts, 1);
+
+    // Nothing of r2 is in the log; answered again, from the store, it is denied.
+    let ada = rt.account("ada").unwrap().unwrap();
+    assert_eq!(ada.held, 20, "only the other runtime's hold");
+    let again = rt.admit(&request("r2", "ada", "voice", 10, None)).unwrap();
+    assert!(matches!(again, Decision::Denied(_)), "{again:?}");
+    assert_eq!(rt.account("bob").unwrap().unwrap().held, 20, "bob's job committed");
+    assert_eq!(*rt.stats().result_codes.get("success").unwrap(), 1, "r2's first grant is not counted");
+}
+
+#[test]
+fn a_batch_the_store_refuses_commits_nothing_and_fails_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_store, journal) = durable(dir.path());
+        let mut rt = worker(journal);
+        open(&mut rt, "ada", 100);
+    }
+    let url = format!("file:{}", dir.path().display());
+    let journal = Journal::open_read_only(&url, &Default::default()).unwrap();
+    let mut rt = worker(journal.clone());
+    let before = account_events(&journal, "ada");
+    rt.begin_batch();
+    rt.begin_job();
+    assert!(matches!(top_up(&mut rt, "ada", "t2", 5), Outcome::Accepted(_)), "decided on the state held");
+    rt.begin_job();
+    granted(&rt.admit(&request("r1", "ada", "voice", 10, None)).unwrap());
+    let failed = rt.commit_batch();
+    assert_eq!(failed.into_iter().collect::<Vec<_>>(), [0, 1], "no job's append committed");
+    assert_eq!(account_events(&journal, "ada"), before);
+    let ada = rt.account("ada").unwrap().unwrap();
+    assert_eq!((ada.balance, ada.held), (100, 0), "the held events are forgotten with the key");
+    assert_eq!(rt.stats().accepted, 0);
+}
