@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tollgate_host::aggregate::Event;
 use tollgate_store::{
-    AppendResult, BatchAppend, EventStore, ExpectedVersion, FileOptions, FileStore, NatsOptions, NatsStore, NewEvent, StoredEvent,
+    AppendResult, BatchAppend, EventStore, ExpectedVersion, FileOptions, FileStore, NatsOptions, NatsStore, NewEvent,
+    StoredEvent,
 };
 
 /// A shared handle on an event store. Clones share the store and its connection.

@@ -227,20 +227,17 @@ pub(crate) async fn kv(
             .await??
     } else {
         let reading = pool.clone();
-        tokio::task::spawn_blocking(move || reading.read_kv(&b, &k))
-            .await
-            .map_err(|e| {
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", format!("reading the read model: {e}"))
-            })??
+        tokio::task::spawn_blocking(move || reading.read_kv(&b, &k)).await.map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", format!("reading the read model: {e}"))
+        })??
     };
     let undelivered = pool.undelivered().to_string();
     match value {
         Some(value) => {
             let mut response = Json(value).into_response();
-            response.headers_mut().insert(
-                BACKLOG_HEADER,
-                HeaderValue::from_str(&undelivered).expect("a number is a valid header value"),
-            );
+            response
+                .headers_mut()
+                .insert(BACKLOG_HEADER, HeaderValue::from_str(&undelivered).expect("a number is a valid header value"));
             Ok(response)
         }
         None => Err(Problem::new(

@@ -289,7 +289,12 @@ impl Collector for NodeCounters {
         }
         if let Some(writes) = reading.writes {
             counter(e, "tollgate_store_records", "Records the embedded log wrote", writes.records)?;
-            counter(e, "tollgate_store_syncs", "fdatasync calls of the embedded log (one per group commit)", writes.syncs)?;
+            counter(
+                e,
+                "tollgate_store_syncs",
+                "fdatasync calls of the embedded log (one per group commit)",
+                writes.syncs,
+            )?;
         }
 
         let appends = &reading.appends;

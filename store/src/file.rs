@@ -52,8 +52,8 @@ mod segment;
 mod writer;
 
 use crate::{
-    AppendResult, BatchAppend, Consumer, ConsumerOptions, DeadLetter, EventStore, ExpectedVersion, KvWrite, NewEvent, Result,
-    Snapshot, StoreError, StoredEvent, Timer, validate_append,
+    AppendResult, BatchAppend, Consumer, ConsumerOptions, DeadLetter, EventStore, ExpectedVersion, KvWrite, NewEvent,
+    Result, Snapshot, StoreError, StoredEvent, Timer, validate_append,
 };
 use consumer::FileConsumer;
 use index::LogIndex;

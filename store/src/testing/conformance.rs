@@ -457,6 +457,60 @@ pub async fn unacked_redelivered(f: &impl Factory) {
     assert!(c.next(10, SHORT).await.unwrap().is_empty());
 }
 
+/// Appends several commits with one call: each checked in order as `append` checks it (a
+/// later append on a key sees an earlier one of the batch), an append after a failed one on
+/// the same key refused untried, other keys unaffected, a duplicate answered as one, and the
+/// head position the last event's; all of it still there after a reopen.
+pub async fn append_batch_and_head(f: &impl Factory) {
+    let s = f.open().await;
+    assert_eq!(s.head_position().await.unwrap(), 0, "an empty log has no head");
+    s.append("account", "a", ExpectedVersion::NoStream, vec![event("opened", "a1", "a")]).await.unwrap();
+    let batch = |stream: &str, key: &str, expected: u64, command: &str| crate::BatchAppend {
+        stream: stream.into(),
+        key: key.into(),
+        expected: ExpectedVersion::Exact(expected),
+        events: vec![event("credited", command, command)],
+    };
+    let results = s
+        .append_batch(vec![
+            batch("account", "a", 1, "a2"),
+            batch("account", "b", 0, "b1"),
+            // Checked against a2, earlier in the batch.
+            batch("account", "a", 2, "a3"),
+            // Wrong: b is at 1 after b1.
+            batch("account", "b", 0, "b2"),
+            // After a failed append on b: refused without being tried, though it would fit.
+            batch("account", "b", 1, "b3"),
+            // a's command a1 again: the original commit.
+            crate::BatchAppend {
+                stream: "account".into(),
+                key: "a".into(),
+                expected: ExpectedVersion::Any,
+                events: vec![event("opened", "a1", "a")],
+            },
+            batch("account", "c", 0, "c1"),
+        ])
+        .await;
+    assert_eq!(results.len(), 7);
+    let sequences: Vec<Option<(u64, u64)>> =
+        results.iter().map(|r| r.as_ref().ok().map(|r| (r.first_sequence, r.last_sequence))).collect();
+    assert_eq!(sequences, [Some((1 + 1, 2)), Some((1, 1)), Some((3, 3)), None, None, None, Some((1, 1))]);
+    assert!(matches!(results[3], Err(StoreError::Conflict { .. })), "{:?}", results[3]);
+    assert!(matches!(results[4], Err(StoreError::Conflict { .. })), "{:?}", results[4]);
+    match &results[5] {
+        Err(StoreError::Duplicate { original, .. }) => assert_eq!(original.first_sequence, 1),
+        other => panic!("a repeated command id is a duplicate: {other:?}"),
+    }
+    let last = results[6].as_ref().unwrap().positions[0];
+    assert_eq!(s.head_position().await.unwrap(), last, "the head is the batch's last event");
+    drop(s);
+    let s = f.open().await;
+    let payloads = |events: Vec<crate::StoredEvent>| events.into_iter().map(|e| e.payload).collect::<Vec<_>>();
+    assert_eq!(payloads(s.read("account", "a", 1).await.unwrap()), [b"a".to_vec(), b"a2".to_vec(), b"a3".to_vec()]);
+    assert_eq!(payloads(s.read("account", "b", 1).await.unwrap()), [b"b1".to_vec()]);
+    assert_eq!(s.head_position().await.unwrap(), last, "and after a reopen");
+}
+
 /// Generates one `#[tokio::test]` (multi-threaded runtime, 2 workers) per test of
 /// [`testing::conformance`](crate::testing::conformance), named after it, for a backend.
 ///
@@ -488,6 +542,7 @@ macro_rules! conformance_tests {
     ($factory:expr $(,)?) => {
         $crate::conformance_tests!(@tests $factory;
             append_and_read,
+            append_batch_and_head,
             optimistic_concurrency,
             duplicate_command,
             read_all_order,
