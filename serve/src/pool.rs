@@ -234,6 +234,9 @@ fn run_batch(node: &mut Node, jobs: Vec<Job>, counters: &Counters) {
     answers.into_iter().for_each(|answer| answer());
 }
 
+/// Grant expiries the reaper has in flight at once.
+const REAP_CHUNK: usize = 1024;
+
 /// Requests a worker decides together at most: enough to share one fsync among all that
 /// wait, few enough that the first of them is not held long for the last.
 const MAX_BATCH: usize = 256;
@@ -374,12 +377,19 @@ impl Pool {
         let Some(margin) = self.reap_after_ms else { return Ok(0) };
         let due = self.exposure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).due(wall_ms(), margin);
         let mut expired = 0;
-        for (account, reservation_id) in due {
-            let (id, command) = expiry(&reservation_id);
-            let command = tollgate_node::view::to_value(&command);
-            let request = Request::Execute { stream: STREAM.into(), key: account.clone(), id, command };
-            if let Reply::Accepted(events) = self.for_key(&account).request(request).await? {
-                expired += events.len();
+        // Sent together, a chunk at a time, so the workers decide them in batches (one append
+        // per batch) rather than one round trip each.
+        for chunk in due.chunks(REAP_CHUNK) {
+            let expiries = chunk.iter().map(|(account, reservation_id)| {
+                let (id, command) = expiry(reservation_id);
+                let command = tollgate_node::view::to_value(&command);
+                let request = Request::Execute { stream: STREAM.into(), key: account.clone(), id, command };
+                async move { self.for_key(account).request(request).await }
+            });
+            for reply in futures_util::future::join_all(expiries).await {
+                if let Reply::Accepted(events) = reply? {
+                    expired += events.len();
+                }
             }
         }
         if expired > 0 {
