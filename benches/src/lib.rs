@@ -10,5 +10,8 @@
 //! Under `cargo test --benches` (no `--bench` argument) criterion runs each routine once and
 //! the timed loops are skipped, so nothing is written.
 
+pub mod client;
+pub mod external;
 pub mod fixtures;
 pub mod measure;
+pub mod served;
