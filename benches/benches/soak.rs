@@ -55,10 +55,16 @@ fn admission(prefix: &str, c: usize, n: u64) -> Value {
     json!({"id": format!("{prefix}-{c}-{n}"), "subscriber": format!("sub-{subscriber}"), "offer": "voice", "units": 1})
 }
 
-/// Admits once on `connection`: whether it was granted.
-async fn admit(connection: &mut Connection, body: Value) -> bool {
-    let (status, answer, _) = connection.post("/v1/admissions", body).await;
-    (200..300).contains(&status) && answer.get("granted").is_some()
+/// Admits once on `connection`: whether it was granted. A connection the node closed (its
+/// header timeout, a restart) is opened again and the admission counted as not granted.
+async fn admit(node: SocketAddr, connection: &mut Connection, body: Value) -> bool {
+    match connection.try_post("/v1/admissions", body).await {
+        Ok((status, answer, _)) => (200..300).contains(&status) && answer.get("granted").is_some(),
+        Err(_) => {
+            *connection = Connection::open(node, &Access::default()).await;
+            false
+        }
+    }
 }
 
 /// What the paced connections answered since the last sample.
@@ -121,7 +127,7 @@ async fn paced(
                 let mut n = 0u64;
                 while due < deadline {
                     tokio::time::sleep_until(due).await;
-                    let granted = admit(&mut connection, admission("s", c, n)).await;
+                    let granted = admit(node, &mut connection, admission("s", c, n)).await;
                     let latency = due.elapsed();
                     {
                         let mut i = interval.lock().unwrap();
@@ -216,10 +222,10 @@ fn main() {
         client::fund(connections, SUBSCRIBERS).await
     });
 
-    let (peak, connections) =
-        client.block_on(drive(connections, Duration::from_secs(peak_secs), |c, n, mut connection| async move {
+    let (peak, _) =
+        client.block_on(drive(connections, Duration::from_secs(peak_secs), move |c, n, mut connection| async move {
             let t0 = Instant::now();
-            assert!(admit(&mut connection, admission("p", c, n)).await, "a peak admission was refused");
+            assert!(admit(address, &mut connection, admission("p", c, n)).await, "a peak admission was refused");
             (connection, t0.elapsed())
         }));
     let wrk_peak = external::on_path("wrk").map(|wrk| {
@@ -236,6 +242,9 @@ fn main() {
         wrk_peak.map_or("n/a".into(), |w| format!("{w:.0}/s")),
     );
 
+    // Fresh connections: those of the peak sat idle through the wrk run, past the node's
+    // header timeout.
+    let connections = client.block_on(client::connect(address, &Access::default(), CONNECTIONS));
     let (samples, whole) = client.block_on(paced(
         address,
         connections,

@@ -71,17 +71,22 @@ impl Connection {
 
     /// POSTs `body` to `path`: (status, body as JSON or `Null`, `Location`).
     pub async fn post(&mut self, path: &str, body: Value) -> (u16, Value, Option<String>) {
-        self.sender.ready().await.expect("connection ready");
+        self.try_post(path, body).await.expect("an answer")
+    }
+
+    /// [`Connection::post`], or the error of a connection the node closed or broke.
+    pub async fn try_post(&mut self, path: &str, body: Value) -> Result<(u16, Value, Option<String>), hyper::Error> {
+        self.sender.ready().await?;
         let request = self
             .request(Request::post(path))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("a request");
-        let response = self.sender.send_request(request).await.expect("an answer");
+        let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
         let location = response.headers().get(header::LOCATION).map(|l| l.to_str().unwrap_or_default().to_string());
-        let bytes = response.into_body().collect().await.expect("the body").to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), location)
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), location))
     }
 }
 

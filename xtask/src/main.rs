@@ -283,7 +283,10 @@ fn target_dir() -> PathBuf {
 fn bench(extra: &[String]) -> Result<(), String> {
     let dir = build_actors(true)?;
     let target = target_dir();
-    run(cargo().args(["build", "--release", "-p", "tollgate"]))?;
+    // The bench profile (same settings as release, same directory), so the crates the CLI and
+    // the benches share are built once: built under `release`, their fingerprints differ in
+    // the profile's name and the two builds rebuilt them in turn on every run.
+    run(cargo().args(["build", "--profile", "bench", "-p", "tollgate"]))?;
     let cli = target.join("release").join("tollgate");
     let results = target.join("bench-results.jsonl");
     match std::fs::remove_file(&results) {
