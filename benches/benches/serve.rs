@@ -460,10 +460,10 @@ fn main() {
         let connections = client::connect(address, &Access::default(), 16).await;
         client::fund(connections, SUBSCRIBERS).await;
     });
-    let load = served::load_average();
     for (name, connections, prefix) in
         [("serve-admissions", CONNECTIONS, "a64"), ("serve-admissions-256", WIDE, "a256")]
     {
+        let load = served::load_average();
         let transport = generator.healthz(address, connections);
         let before = scrape(&client, address);
         let served = generator.admissions(address, connections, prefix);
