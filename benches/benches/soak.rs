@@ -99,6 +99,8 @@ struct Sample {
     backlog_events: Option<f64>,
     /// Timers due but not yet fired.
     backlog_timers: Option<f64>,
+    /// Requests waiting for a worker.
+    requests_waiting: Option<f64>,
 }
 
 /// Runs `connections` at `rate` admissions/s in all for `length`, sampling every `every`:
@@ -125,7 +127,9 @@ async fn paced(
             tokio::spawn(async move {
                 let mut due = start + period.mul_f64(c as f64 / width as f64);
                 let mut n = 0u64;
-                while due < deadline {
+                // Behind schedule, a connection still stops at the deadline: the soak lasts
+                // as long as it says, however far the node fell behind.
+                while due < deadline && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep_until(due).await;
                     let granted = admit(node, &mut connection, admission("s", c, n)).await;
                     let latency = due.elapsed();
@@ -160,9 +164,10 @@ async fn paced(
             rss_kib: rss(),
             backlog_events: external::metric(&metrics, "tollgate_backlog_events"),
             backlog_timers: external::metric(&metrics, "tollgate_backlog_timers"),
+            requests_waiting: external::metric(&metrics, "tollgate_requests_waiting"),
         };
         println!(
-            "tollgate-bench soak {:>6.0} s  {:>9.0} admissions/s  p99 {:>8.2} ms  errors {}  rss {} KiB  backlog events {} timers {}",
+            "tollgate-bench soak {:>6.0} s  {:>9.0} admissions/s  p99 {:>8.2} ms  errors {}  rss {} KiB  backlog events {} timers {}  waiting {}",
             sample.at_secs,
             sample.per_sec,
             sample.p99_ns as f64 / 1e6,
@@ -170,6 +175,7 @@ async fn paced(
             sample.rss_kib.map_or("n/a".into(), |r| r.to_string()),
             sample.backlog_events.map_or("n/a".into(), |b| b.to_string()),
             sample.backlog_timers.map_or("n/a".into(), |b| b.to_string()),
+            sample.requests_waiting.map_or("n/a".into(), |b| b.to_string()),
         );
         samples.push(sample);
         last = at;
