@@ -151,21 +151,37 @@ pub struct Report {
     pub target: String,
     /// Whether the target is met; `None` when there is no target.
     pub meets_target: Option<bool>,
+    /// Further figures of the scenario (its limits and the fractions of them, a soak's first
+    /// and last intervals), flattened into its line: `cargo xtask bench` keeps every scalar.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Report {
     /// A report from a timing, with no native baseline and no target yet.
     pub fn new(name: &str, op: &str, timing: &Timing) -> Report {
+        Report::figures(name, op, timing.ops_per_sec, timing.p50(), timing.p99())
+    }
+
+    /// A report from figures measured elsewhere (by an external load generator).
+    pub fn figures(name: &str, op: &str, ops_per_sec: f64, p50_ns: u64, p99_ns: u64) -> Report {
         Report {
             name: name.into(),
             op: op.into(),
-            ops_per_sec: timing.ops_per_sec,
-            p50_ns: timing.p50(),
-            p99_ns: timing.p99(),
+            ops_per_sec,
+            p50_ns,
+            p99_ns,
             native_ratio: None,
             target: String::new(),
             meets_target: None,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a further figure (`null` for one that could not be measured, e.g. `None`).
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Report {
+        self.extra.insert(key.into(), value.into());
+        self
     }
 
     /// Sets the native ratio.
@@ -197,6 +213,9 @@ impl Report {
                 None => "-",
             },
         );
+        for (key, value) in &self.extra {
+            println!("tollgate-bench {:<28}   {key} = {value}", self.name);
+        }
         let path = results_path();
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);

@@ -272,13 +272,22 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// Builds the actors, runs `cargo bench -p tollgate-benches` (each bench appends one JSON line
-/// per scenario to `target/bench-results.jsonl`), then writes `target/bench-report.json` (one
-/// object per scenario: `name`, `ops_per_sec`, `p50_ns`, `p99_ns`, `native_ratio`, plus `op`,
-/// `target`, `meets_target`) and prints it as a table.
+/// Builds the actors and the release CLI, runs `cargo bench -p tollgate-benches` (each bench
+/// appends one JSON line per scenario to `target/bench-results.jsonl`), then writes
+/// `target/bench-report.json` (one object per scenario: `name`, `ops_per_sec`, `p50_ns`,
+/// `p99_ns`, `native_ratio`, `op`, `target`, `meets_target`, then whatever further figures the
+/// bench gave, such as the limits and the fractions of them) and prints it as a table.
+///
+/// The served benches start the CLI as a process of their own (`TOLLGATE_BIN`), measured
+/// the way it is deployed, with `wrk` as the load generator when it is installed.
 fn bench(extra: &[String]) -> Result<(), String> {
     let dir = build_actors(true)?;
     let target = target_dir();
+    // The bench profile (same settings as release, same directory), so the crates the CLI and
+    // the benches share are built once: built under `release`, their fingerprints differ in
+    // the profile's name and the two builds rebuilt them in turn on every run.
+    run(cargo().args(["build", "--profile", "bench", "-p", "tollgate"]))?;
+    let cli = target.join("release").join("tollgate");
     let results = target.join("bench-results.jsonl");
     match std::fs::remove_file(&results) {
         Ok(()) => {}
@@ -289,7 +298,8 @@ fn bench(extra: &[String]) -> Result<(), String> {
     cmd.args(["bench", "-p", "tollgate-benches"])
         .args(extra)
         .env("TOLLGATE_ACTORS_DIR", &dir)
-        .env("TOLLGATE_BENCH_RESULTS", &results);
+        .env("TOLLGATE_BENCH_RESULTS", &results)
+        .env("TOLLGATE_BIN", &cli);
     run(&mut cmd)?;
     let text = std::fs::read_to_string(&results).map_err(|e| format!("{}: {e}", results.display()))?;
     // One object per scenario, in the order they ran; a later line for a name replaces an
@@ -310,10 +320,16 @@ fn bench(extra: &[String]) -> Result<(), String> {
         .iter()
         .map(|s| {
             let ordered = ["name", "ops_per_sec", "p50_ns", "p99_ns", "native_ratio", "op", "target", "meets_target"];
-            let body: Vec<String> = ordered
+            let mut body: Vec<String> = ordered
                 .iter()
                 .map(|k| format!("    \"{k}\": {}", field(s, k).cloned().unwrap_or(Json::Null).render()))
                 .collect();
+            // Further figures (limits, fractions of them, a soak's windows), in the bench's order.
+            body.extend(
+                s.iter()
+                    .filter(|(k, _)| !ordered.contains(&k.as_str()))
+                    .map(|(k, v)| format!("    {}: {}", Json::Str(k.clone()).render(), v.render())),
+            );
             format!("  {{\n{}\n  }}", body.join(",\n"))
         })
         .collect();
@@ -351,6 +367,31 @@ fn print_table(scenarios: &[Vec<(String, Json)>]) {
             text("target"),
             status
         );
+        // A served scenario's limits: what it makes of the transport's and the engine's.
+        let limit = |k: &str, f: &str| {
+            num(k).map(|v| {
+                format!(
+                    "{} {}/s (x{})",
+                    k.split('_').next().unwrap_or(k),
+                    group_thousands(v.round() as u64),
+                    num(f).map_or("-".into(), |r| format!("{r:.2}"))
+                )
+            })
+        };
+        let limits: Vec<String> = [
+            limit("transport_limit_ops_per_sec", "transport_fraction"),
+            limit("engine_limit_ops_per_sec", "engine_fraction"),
+            field(s, "records_per_fsync").map(|r| match r.as_f64() {
+                Some(r) => format!("records/fsync {r:.1}"),
+                None => "records/fsync n/a".into(),
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !limits.is_empty() {
+            println!("{:<24} limits: {}", "", limits.join(", "));
+        }
     }
 }
 
