@@ -2,8 +2,8 @@
 //! and written with one store call, decided in order on the states held, and nothing answered
 //! as accepted whose events did not commit.
 
+use crate::durable::top_up;
 use crate::edge::{granted, loader, manifest, open, request};
-use tollgate_billing_model::account::{AccountCommand, Money};
 use tollgate_host::ActorKind;
 use tollgate_host::aggregate::Outcome;
 use tollgate_runtime::{Decision, Journal, Runtime};
@@ -27,11 +27,6 @@ fn durable(dir: &std::path::Path) -> (FileStore, Journal) {
 
 fn account_events(journal: &Journal, account: &str) -> usize {
     journal.block_on(journal.store().read("account", account, 1)).unwrap().len()
-}
-
-fn top_up(rt: &mut Runtime, account: &str, id: &str, amount: i64) -> Outcome {
-    let c = rt.command("account", account, id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") }).unwrap();
-    rt.execute(&c).unwrap()
 }
 
 #[test]

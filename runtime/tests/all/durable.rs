@@ -21,7 +21,7 @@ fn view(rt: &Runtime, account: &str) -> BalanceView {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-fn top_up(rt: &mut Runtime, account: &str, id: &str, amount: i64) -> Outcome {
+pub fn top_up(rt: &mut Runtime, account: &str, id: &str, amount: i64) -> Outcome {
     let c = rt.command("account", account, id, &AccountCommand::TopUp { amount: Money::new(amount, "EUR") }).unwrap();
     rt.execute(&c).unwrap()
 }
