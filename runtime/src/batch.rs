@@ -103,15 +103,16 @@ impl Shared {
     /// again counts them once.
     pub fn commit_batch(&mut self) -> BTreeSet<usize> {
         let Some(batch) = self.batch.take() else { return BTreeSet::new() };
-        let Batch { held, starts } = batch;
+        let Batch { mut held, starts } = batch;
         let end = self.stats.clone();
+        // The events move to the store; what stays of each held append names its key and job.
         let appends: Vec<BatchAppend> = held
-            .iter()
+            .iter_mut()
             .map(|h| BatchAppend {
                 stream: h.stream.clone(),
                 key: h.key.clone(),
                 expected: ExpectedVersion::Exact(h.expected),
-                events: h.events.clone(),
+                events: std::mem::take(&mut h.events),
             })
             .collect();
         let results = if appends.is_empty() { Vec::new() } else { self.journal.append_batch(appends) };
