@@ -74,9 +74,22 @@ impl Node {
     /// Moves the clock up to the wall clock (never back) and fires the timers now due;
     /// returns how many fired.
     pub fn tick(&mut self) -> Result<usize, NodeError> {
+        self.catch_up_clock();
+        Ok(self.runtime.advance_ms(0)?)
+    }
+
+    /// [`Node::tick`] for a caller that delivers the log itself, a page per turn: moves the
+    /// clock up to the wall clock and records one batch of the timers due, `fired` having
+    /// fired this tick already, leaving their reactions to the next delivery; returns how
+    /// many fired (0: none left, or the tick's bound reached).
+    pub fn fire_timers(&mut self, fired: usize) -> Result<usize, NodeError> {
+        self.catch_up_clock();
+        Ok(self.runtime.fire_due_batch(fired)?)
+    }
+
+    fn catch_up_clock(&self) {
         let now = self.runtime.clock().now_ms().max(wall_ms());
         self.runtime.clock().set_ms(now);
-        Ok(self.runtime.advance_ms(0)?)
     }
 
     /// Answers one request: ticks, checks every field, then runs it.

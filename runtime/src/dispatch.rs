@@ -1,11 +1,12 @@
 //! Dispatch: every commit is delivered to projectors and process managers through durable
 //! consumers, and what they do with it is committed with their checkpoint.
 //!
-//! - Projectors: each delivery is projected, then its key-value writes and the checkpoint are
-//!   committed in one store call, then acked. A refusal or trap is nacked, and after
-//!   `max_deliver` attempts dead-lettered.
-//! - Process managers: like projectors, with instance states as their key-value writes. The
-//!   commands a reaction sends run at once; the timers it sets are kept by [`crate::timers`].
+//! - Projectors: each delivery is projected; a page of deliveries' key-value writes and the
+//!   checkpoint are committed in one store call, then the page is acked in one more. A
+//!   refusal or trap is nacked, and after `max_deliver` attempts dead-lettered.
+//! - Process managers: like projectors, with instance states as their key-value writes (a
+//!   page's later deliveries see the states its earlier ones left). The commands a reaction
+//!   sends run at once; the timers it sets are kept by [`crate::timers`].
 //!   A reaction over a bound of `[reactions]` ([`crate::cascade`]) does nothing and fails its
 //!   delivery. A command an aggregate refuses is recorded on [`REFUSALS_STREAM`] and delivered
 //!   to the instance that sent it (its `react`), like any other input: a manager that cannot
@@ -16,7 +17,8 @@ use crate::error::RuntimeError;
 use crate::journal::{from_stored, to_new};
 use crate::namespace::{INSTANCES, META, REFUSALS_STREAM, TIMER_STREAM, is_reserved};
 use crate::shared::Shared;
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tollgate_codec::refusal::{COMMAND_REFUSED, CommandRefused};
 use tollgate_host::aggregate::{Command, Event, Outcome, Rejection, Timer};
@@ -28,6 +30,42 @@ use tollgate_store::{
 
 /// Deliveries asked for at once.
 const DELIVERY_BATCH: usize = 256;
+
+/// Bytes of key-value writes a page holds before they are committed: well inside the
+/// 1 MiB message in which a JetStream store records a projection commit.
+const PAGE_BYTES: usize = 512 * 1024;
+
+/// What a page of deliveries to one consumer did and has not committed yet. Its writes are
+/// committed with the checkpoint of the last delivery that made any, then all its deliveries
+/// are acknowledged at once: a page costs two store writes (two syncs), not two per delivery.
+/// A delivery that fails settles the page before it is nacked, so acknowledgements and
+/// failures reach the consumer in delivery order.
+#[derive(Default)]
+struct Page {
+    /// Key-value writes in the order they were made (later ones win).
+    writes: Vec<KvWrite>,
+    bytes: usize,
+    /// The checkpoint the writes commit with: the highest position that wrote.
+    commit_at: Option<u64>,
+    acks: Vec<u64>,
+}
+
+/// `writes` with only the last write of each (bucket, key): what committing them in order
+/// would leave.
+fn last_writes(writes: Vec<KvWrite>) -> Vec<KvWrite> {
+    let mut at: HashMap<(String, String), usize> = HashMap::with_capacity(writes.len());
+    let mut out: Vec<KvWrite> = Vec::with_capacity(writes.len());
+    for w in writes {
+        match at.entry((w.bucket.clone(), w.key.clone())) {
+            Entry::Occupied(e) => out[*e.get()] = w,
+            Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(w);
+            }
+        }
+    }
+    out
+}
 
 /// A projector, its consumer, and the buckets it has written.
 pub(crate) struct ProjectorSlot {
@@ -46,8 +84,13 @@ pub(crate) struct ManagerSlot {
     pub subscriptions: Vec<String>,
     pub consumer: Box<dyn Consumer>,
     pub states: BTreeMap<String, Vec<u8>>,
+    /// States the page of deliveries under way changed, not committed yet (`None`: finished).
+    pub pending: BTreeMap<String, Option<Vec<u8>>>,
     /// (instance, timer id) -> timer.
     pub timers: BTreeMap<(String, String), Timer>,
+    /// Timers the page of deliveries under way set (`Some`) or cancelled (`None`), by their
+    /// id in the store, not written yet.
+    pub timer_writes: BTreeMap<String, Option<tollgate_store::Timer>>,
 }
 
 /// A command a process manager sent that the aggregate refused: kept for inspection.
@@ -183,26 +226,37 @@ impl Shared {
         Ok(())
     }
 
-    fn ack(&self, consumer: &mut Box<dyn Consumer>, position: u64) -> Result<(), RuntimeError> {
-        self.journal.block_on(consumer.ack(position)).map_err(|e| self.journal.error("ack", e))
+    /// Commits what `page` holds: its writes with the checkpoint of the last delivery that
+    /// made any, then the acknowledgement of every delivery of it.
+    fn settle(&self, name: &str, consumer: &mut Box<dyn Consumer>, page: &mut Page) -> Result<(), RuntimeError> {
+        let page = std::mem::take(page);
+        if let Some(position) = page.commit_at {
+            self.commit(name, position, last_writes(page.writes))?;
+        }
+        if !page.acks.is_empty() {
+            self.journal.block_on(consumer.ack_all(&page.acks)).map_err(|e| self.journal.error("ack", e))?;
+        }
+        Ok(())
     }
 
     /// Projects the next page of deliveries; returns the position of the last, if any.
     fn project(&mut self, slot: &mut ProjectorSlot) -> Result<Option<u64>, RuntimeError> {
         let deliveries = self.next_deliveries(&mut slot.consumer)?;
         let last = deliveries.last().map(|d| d.position);
+        let mut page = Page::default();
         for delivery in deliveries {
             let span = tracing::info_span!("project", projector = %slot.name, position = delivery.position, correlation_id = %correlation(&delivery));
             let _entered = span.enter();
             let events = match self.wanted(&delivery.events, &slot.subscriptions) {
                 Ok(events) => events,
                 Err(e) => {
+                    self.settle(&slot.name, &mut slot.consumer, &mut page)?;
                     self.fail(&slot.name, &mut slot.consumer, delivery.position, &e.to_string())?;
                     continue;
                 }
             };
             if events.is_empty() {
-                self.ack(&mut slot.consumer, delivery.position)?;
+                page.acks.push(delivery.position);
                 continue;
             }
             let refusal = match slot.actor.project(&events) {
@@ -227,6 +281,8 @@ impl Shared {
                 Some(format!("{error}; nothing of this delivery was committed"))
             });
             if let Some(reason) = refusal {
+                // The page's earlier writes go first: the undo reads what the store holds.
+                self.settle(&slot.name, &mut slot.consumer, &mut page)?;
                 self.undo_writes(slot, &writes)?;
                 self.fail(&slot.name, &mut slot.consumer, delivery.position, &reason)?;
                 continue;
@@ -241,9 +297,18 @@ impl Shared {
                 let list = serde_json::to_vec(&slot.buckets).expect("a list of strings always encodes as JSON");
                 writes.push(KvWrite { bucket: META.into(), key: "buckets".into(), value: Some(list) });
             }
-            self.commit(&slot.name, delivery.position, writes)?;
-            self.ack(&mut slot.consumer, delivery.position)?;
+            let bytes: usize =
+                writes.iter().map(|w| w.bucket.len() + w.key.len() + w.value.as_ref().map_or(0, Vec::len)).sum();
+            if page.bytes + bytes > PAGE_BYTES {
+                self.settle(&slot.name, &mut slot.consumer, &mut page)?;
+            }
+            page.bytes += bytes;
+            page.writes.extend(writes);
+            // A redriven dead letter may come after newer commits: the checkpoint never goes back.
+            page.commit_at = page.commit_at.max(Some(delivery.position));
+            page.acks.push(delivery.position);
         }
+        self.settle(&slot.name, &mut slot.consumer, &mut page)?;
         Ok(last)
     }
 
@@ -278,32 +343,55 @@ impl Shared {
     fn manage(&mut self, slot: &mut ManagerSlot) -> Result<Option<u64>, RuntimeError> {
         let deliveries = self.next_deliveries(&mut slot.consumer)?;
         let last = deliveries.last().map(|d| d.position);
+        let mut page = Page::default();
         for delivery in deliveries {
             let span = tracing::info_span!("manage", manager = %slot.name, position = delivery.position, correlation_id = %correlation(&delivery));
             let _entered = span.enter();
-            // States change only once the delivery is committed, so a failure leaves them.
+            // A delivery's states join the page's only once it succeeded, so a failure leaves
+            // them as the page's earlier deliveries left them.
             let mut changed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
             match self.manage_delivery(slot, &delivery, &mut changed) {
                 Ok(()) => {
-                    let writes: Vec<KvWrite> = changed
-                        .iter()
-                        .map(|(k, v)| KvWrite { bucket: INSTANCES.into(), key: k.clone(), value: v.clone() })
-                        .collect();
-                    if !writes.is_empty() {
-                        self.commit(&slot.name, delivery.position, writes)?;
+                    if !changed.is_empty() {
+                        let bytes: usize = changed.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+                        if page.bytes + bytes > PAGE_BYTES {
+                            self.settle_manager(slot, &mut page)?;
+                        }
+                        page.bytes += bytes;
+                        page.commit_at = page.commit_at.max(Some(delivery.position));
+                        slot.pending.extend(changed);
                     }
-                    for (instance, state) in changed {
-                        match state {
-                            Some(s) => slot.states.insert(instance, s),
-                            None => slot.states.remove(&instance),
-                        };
-                    }
-                    self.ack(&mut slot.consumer, delivery.position)?;
+                    page.acks.push(delivery.position);
                 }
-                Err(e) => self.fail(&slot.name, &mut slot.consumer, delivery.position, &e.to_string())?,
+                Err(e) => {
+                    self.settle_manager(slot, &mut page)?;
+                    self.fail(&slot.name, &mut slot.consumer, delivery.position, &e.to_string())?;
+                }
             }
         }
+        self.settle_manager(slot, &mut page)?;
         Ok(last)
+    }
+
+    /// [`Shared::settle`] for a process manager: the timers its page set and cancelled are
+    /// written, then the page's instance states are its writes, and they become the
+    /// manager's states once committed (dropped if the commit fails).
+    fn settle_manager(&self, slot: &mut ManagerSlot, page: &mut Page) -> Result<(), RuntimeError> {
+        let pending = std::mem::take(&mut slot.pending);
+        // The timers first: a page whose checkpoint moved never lacks the timers it set.
+        self.write_timers(slot)?;
+        page.writes = pending
+            .iter()
+            .map(|(k, v)| KvWrite { bucket: INSTANCES.into(), key: k.clone(), value: v.clone() })
+            .collect();
+        self.settle(&slot.name, &mut slot.consumer, page)?;
+        for (instance, state) in pending {
+            match state {
+                Some(s) => slot.states.insert(instance, s),
+                None => slot.states.remove(&instance),
+            };
+        }
+        Ok(())
     }
 
     fn manage_delivery(
@@ -455,7 +543,7 @@ pub(crate) fn current(
     changed: &BTreeMap<String, Option<Vec<u8>>>,
     instance: &str,
 ) -> Option<Vec<u8>> {
-    match changed.get(instance) {
+    match changed.get(instance).or_else(|| slot.pending.get(instance)) {
         Some(state) => state.clone(),
         None => slot.states.get(instance).cloned(),
     }

@@ -251,6 +251,8 @@ impl Runtime {
                         subscriptions,
                         consumer,
                         states: BTreeMap::new(),
+                        pending: BTreeMap::new(),
+                        timer_writes: BTreeMap::new(),
                         timers: BTreeMap::new(),
                     };
                     shared.restore_manager(&mut slot)?;
@@ -436,6 +438,13 @@ impl Runtime {
     pub fn advance_ms(&mut self, ms: u64) -> Result<usize, RuntimeError> {
         self.clock.advance_ms(ms);
         self.lock().fire_due_timers()
+    }
+
+    /// Records one batch of the timers due now, `fired` having fired this tick already, without
+    /// delivering them (see [`Runtime::pump_step`]); returns how many. [`Runtime::advance_ms`]
+    /// fires them all and runs their reactions.
+    pub fn fire_due_batch(&mut self, fired: usize) -> Result<usize, RuntimeError> {
+        self.lock().fire_due_batch(fired)
     }
 
     /// Delivers whatever is new in the store (e.g. written by another runtime) to projectors

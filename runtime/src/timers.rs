@@ -62,8 +62,9 @@ impl Shared {
     }
 
     /// Does what a reaction of `slot` on `instance` asks of its timers: cancels `cancel` (and
-    /// every timer of the instance when it `finished`), otherwise stores `set`; what the set
-    /// timers cause is at `next` in the cascade.
+    /// every timer of the instance when it `finished`), otherwise sets `set`; what the set
+    /// timers cause is at `next` in the cascade. The store is written when the page of
+    /// deliveries under way is settled ([`Shared::write_timers`]).
     pub(crate) fn reschedule(
         &mut self,
         slot: &mut ManagerSlot,
@@ -77,32 +78,34 @@ impl Shared {
             cancel.extend(slot.timers.keys().filter(|(i, _)| i == instance).map(|(_, id)| id.clone()));
         }
         for id in cancel {
-            let key = timer_key(&slot.name, instance, &id);
-            self.journal.run("cancel timer", self.journal.store().cancel_timer(&key))?;
+            slot.timer_writes.insert(timer_key(&slot.name, instance, &id), None);
             slot.timers.remove(&(instance.to_string(), id));
         }
         if finished {
             return Ok(());
         }
-        let stored: Vec<tollgate_store::Timer> = set
-            .iter()
-            .map(|timer| tollgate_store::Timer {
-                id: timer_key(&slot.name, instance, &timer.id),
-                fire_at_ms: timer.fire_at,
-                payload: timer.payload.clone(),
-            })
-            .collect();
-        for t in &stored {
-            self.cascades.remember("", "", &t.id, next.clone());
-        }
-        // Concurrent puts: the store group-commits a reaction's timers in one sync.
-        let puts = stored.into_iter().map(|t| self.journal.store().put_timer(t));
-        for result in self.journal.block_on(futures_util::future::join_all(puts)) {
-            result.map_err(|e| self.journal.error("set timer", e))?;
+        for timer in &set {
+            let id = timer_key(&slot.name, instance, &timer.id);
+            self.cascades.remember("", "", &id, next.clone());
+            let stored =
+                tollgate_store::Timer { id: id.clone(), fire_at_ms: timer.fire_at, payload: timer.payload.clone() };
+            slot.timer_writes.insert(id, Some(stored));
         }
         for timer in set {
             slot.timers.insert((instance.to_string(), timer.id.clone()), timer);
         }
+        Ok(())
+    }
+
+    /// Writes what a page of reactions did to `slot`'s timers (the last word on each), every
+    /// put and cancel at once, so a store that group-commits (the embedded log) syncs once.
+    pub(crate) fn write_timers(&self, slot: &mut ManagerSlot) -> Result<(), RuntimeError> {
+        let writes = std::mem::take(&mut slot.timer_writes);
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let written = self.journal.store().write_timers(writes.into_iter().collect());
+        self.journal.run("set or cancel timers", written)?;
         Ok(())
     }
 
@@ -136,40 +139,53 @@ impl Shared {
     /// may set another) or `reactions.max_timers_per_tick` fired; returns how many fired.
     /// Timers left due fire on the next tick.
     pub fn fire_due_timers(&mut self) -> Result<usize, RuntimeError> {
+        let mut fired = 0;
+        loop {
+            let batch = self.fire_due_batch(fired)?;
+            if batch == 0 {
+                return Ok(fired);
+            }
+            fired += batch;
+            self.pump()?;
+        }
+    }
+
+    /// Records one batch (`reactions.timer_batch`) of the timers now due, when `fired` this
+    /// tick leaves room under `reactions.max_timers_per_tick`; returns how many. Their
+    /// reactions run when the log is delivered next, so a caller that delivers page by page
+    /// (a served node's primary) is never held for a whole backlog of reactions.
+    pub fn fire_due_batch(&mut self, fired: usize) -> Result<usize, RuntimeError> {
         // A runtime without process managers (a served node's worker) owns no timer: it does
         // not read the due ones on every request.
         if self.managers.is_empty() {
             return Ok(0);
         }
-        let mut fired = 0;
+        let now = self.clock.now_ms();
+        let due = self.journal.run("read timers", self.journal.store().due_timers(now))?;
         let per_tick = self.limits.max_timers_per_tick as usize;
-        loop {
-            let now = self.clock.now_ms();
-            let due = self.journal.run("read timers", self.journal.store().due_timers(now))?;
-            let room = per_tick.saturating_sub(fired).min(self.limits.timer_batch as usize);
-            let mut ours = due
-                .into_iter()
-                .filter_map(|t| {
-                    let key = parse_timer_key(&t.id)?;
-                    self.managers.iter().any(|m| m.name == key.manager).then_some((t, key))
-                })
-                .peekable();
-            if ours.peek().is_none() {
-                return Ok(fired);
-            }
-            if room == 0 {
-                tracing::warn!(
-                    fired,
-                    max_timers_per_tick = per_tick,
-                    "more timers are due than one tick may fire; the rest fire on the next tick"
-                );
-                return Ok(fired);
-            }
-            let batch: Vec<(tollgate_store::Timer, TimerKey)> = ours.take(room).collect();
-            fired += batch.len();
-            self.fire_batch(batch, now)?;
-            self.pump()?;
+        let room = per_tick.saturating_sub(fired).min(self.limits.timer_batch as usize);
+        let mut ours = due
+            .into_iter()
+            .filter_map(|t| {
+                let key = parse_timer_key(&t.id)?;
+                self.managers.iter().any(|m| m.name == key.manager).then_some((t, key))
+            })
+            .peekable();
+        if ours.peek().is_none() {
+            return Ok(0);
         }
+        if room == 0 {
+            tracing::warn!(
+                fired,
+                max_timers_per_tick = per_tick,
+                "more timers are due than one tick may fire; the rest fire on the next tick"
+            );
+            return Ok(0);
+        }
+        let batch: Vec<(tollgate_store::Timer, TimerKey)> = ours.take(room).collect();
+        let count = batch.len();
+        self.fire_batch(batch, now)?;
+        Ok(count)
     }
 
     /// Records a batch of due timers and removes them from the store, each with concurrent

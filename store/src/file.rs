@@ -266,11 +266,18 @@ impl FileStore {
 
     /// Writes a non-event record and applies it to the index once it is on disk.
     async fn write(&self, record: Record) -> Result<()> {
-        let bytes = record.encode();
+        self.write_all(vec![record]).await
+    }
+
+    /// Writes non-event records as one write (one sync), applying them to the index once they
+    /// are all on disk: none of them is applied if the write fails.
+    async fn write_all(&self, records: Vec<Record>) -> Result<()> {
+        let bytes = records.iter().flat_map(Record::encode).collect();
         let (done, wait) = oneshot::channel();
         {
             let index = self.index();
-            self.send(&index, PendingWrite { bytes, records: 1, apply: Some(record), last_position: None, done })?;
+            let count = records.len() as u64;
+            self.send(&index, PendingWrite { bytes, records: count, apply: records, last_position: None, done })?;
         }
         self.write_queued();
         wait.await.map_err(|_| StoreError::Poisoned("writer thread has stopped".into()))?
@@ -341,7 +348,7 @@ impl EventStore for FileStore {
             // Checked before queueing: a store that takes no writes changes no index.
             self.send_check(&index)?;
             let (result, bytes, last) = Self::check_append(&mut index, stream, key, expected, events)?;
-            let write = PendingWrite { bytes, records: 1, apply: None, last_position: Some(last), done };
+            let write = PendingWrite { bytes, records: 1, apply: Vec::new(), last_position: Some(last), done };
             if let Err(e) = self.send(&index, write) {
                 // The index took the commit, which will never be written: nothing more may be.
                 index.poisoned.get_or_insert(e.to_string());
@@ -387,7 +394,8 @@ impl EventStore for FileStore {
                 results.push(result);
             }
             if records > 0 {
-                let write = PendingWrite { bytes, records, apply: None, last_position: Some(last_position), done };
+                let write =
+                    PendingWrite { bytes, records, apply: Vec::new(), last_position: Some(last_position), done };
                 match self.send(&index, write) {
                     Ok(()) => queued = true,
                     Err(e) => {
@@ -560,6 +568,23 @@ impl EventStore for FileStore {
         }
         self.write(Record::TimerCancel(id.to_owned())).await?;
         Ok(true)
+    }
+
+    async fn write_timers(&self, writes: Vec<(String, Option<Timer>)>) -> Result<()> {
+        let records: Vec<Record> = {
+            let index = self.index();
+            writes
+                .into_iter()
+                .filter_map(|(id, timer)| match timer {
+                    Some(timer) => Some(Record::TimerPut(timer)),
+                    None => index.timers.contains_key(&id).then_some(Record::TimerCancel(id)),
+                })
+                .collect()
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write_all(records).await
     }
 
     async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>> {

@@ -521,6 +521,19 @@ pub trait EventStore: Send + Sync {
     /// Removes a timer; returns whether it existed.
     async fn cancel_timer(&self, id: &str) -> Result<bool>;
 
+    /// Creates or replaces the `Some` timers and removes the timers named with `None`, as one
+    /// write where the store can (the embedded log records them with one sync); by default
+    /// [`EventStore::put_timer`] and [`EventStore::cancel_timer`] for each, concurrently.
+    async fn write_timers(&self, writes: Vec<(String, Option<Timer>)>) -> Result<()> {
+        let calls = writes.into_iter().map(|(id, timer)| async move {
+            match timer {
+                Some(timer) => self.put_timer(timer).await,
+                None => self.cancel_timer(&id).await.map(drop),
+            }
+        });
+        futures_util::future::try_join_all(calls).await.map(drop)
+    }
+
     /// Timers with `fire_at_ms <= now_ms`, earliest first. Timers stay until cancelled, so
     /// firing is at-least-once: fire, then `cancel_timer`.
     async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>>;
@@ -573,6 +586,16 @@ pub trait Consumer: Send {
 
     /// Marks a delivery as processed.
     async fn ack(&mut self, position: u64) -> Result<()>;
+
+    /// Marks deliveries as processed, as one write where the store can (the embedded log
+    /// records them with one sync); by default one [`Consumer::ack`] after the other. On an
+    /// error, the deliveries not yet marked stay delivered, to be acknowledged or redelivered.
+    async fn ack_all(&mut self, positions: &[u64]) -> Result<()> {
+        for &position in positions {
+            self.ack(position).await?;
+        }
+        Ok(())
+    }
 
     /// Marks a delivery as failed: redelivered, or dead-lettered once it was delivered
     /// `max_deliver` times. Never dropped silently.

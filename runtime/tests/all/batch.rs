@@ -1,9 +1,10 @@
 //! Deciding in batches, as a served node's worker does: the appends of several requests held
 //! and written with one store call, decided in order on the states held, and nothing answered
-//! as accepted whose events did not commit.
+//! as accepted whose events did not commit; and the primary's deliveries, a page at a time.
 
 use crate::durable::top_up;
 use crate::edge::{granted, loader, manifest, open, request};
+use tollgate_billing_model::balance::{BUCKET, BalanceView};
 use tollgate_host::ActorKind;
 use tollgate_host::aggregate::Outcome;
 use tollgate_runtime::{Decision, Journal, Runtime};
@@ -141,4 +142,84 @@ fn a_batch_the_store_refuses_commits_nothing_and_fails_every_job() {
     let ada = rt.account("ada").unwrap().unwrap();
     assert_eq!((ada.balance, ada.held), (100, 0), "the held events are forgotten with the key");
     assert_eq!(rt.stats().accepted, 0);
+}
+
+#[test]
+fn a_page_of_deliveries_is_committed_and_acknowledged_with_a_sync_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, journal) = durable(dir.path());
+    // The primary: the balance projector and the session manager read what a worker wrote.
+    let mut primary = Runtime::open(&manifest(), &mut loader(), journal.clone()).unwrap();
+    let mut rt = worker(journal.clone());
+    let accounts: Vec<String> = (0..100).map(|i| format!("acct-{i:03}")).collect();
+    for (i, account) in accounts.iter().enumerate() {
+        open(&mut rt, account, 100 + i as i64);
+    }
+    let before = store.stats();
+
+    primary.pump().unwrap();
+
+    let after = store.stats();
+    // 200 commits (an open and a top-up each) to two consumers: the projector commits its
+    // page's writes once and acknowledges the page once; the manager, which reacts to none
+    // of them, acknowledges its page once. One at a time it was 600 writes and 600 syncs.
+    assert_eq!(after.records - before.records, 1 + 200 + 200, "one projection commit and 400 acks");
+    assert!(after.syncs - before.syncs <= 3, "three syncs for the page, not one per delivery: {after:?}");
+    let balance = |rt: &Runtime, account: &str| -> BalanceView {
+        serde_json::from_slice(&rt.host_state("balances").unwrap().kv_get(BUCKET, account).expect("projected")).unwrap()
+    };
+    for (i, account) in accounts.iter().enumerate() {
+        assert_eq!(balance(&primary, account).balance, 100 + i as i64, "{account}");
+    }
+
+    // A restart resumes after the page: nothing is delivered twice, the view reads the same.
+    drop((primary, rt, journal, store));
+    let (store, journal) = durable(dir.path());
+    let mut primary = Runtime::open(&manifest(), &mut loader(), journal).unwrap();
+    let before = store.stats();
+    primary.pump().unwrap();
+    assert_eq!(store.stats().records, before.records, "nothing was left to deliver");
+    for (i, account) in accounts.iter().enumerate() {
+        assert_eq!(balance(&primary, account).balance, 100 + i as i64, "{account}");
+    }
+}
+
+#[test]
+fn a_page_of_reactions_writes_its_timers_at_once_and_timers_fire_a_batch_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, journal) = durable(dir.path());
+    let mut primary = Runtime::open(&manifest(), &mut loader(), journal.clone()).unwrap();
+    let mut rt = worker(journal.clone());
+    open(&mut rt, "ada", 1_000_000);
+    primary.pump().unwrap();
+    // Each admission's reservation is a charging session with an expiry timer.
+    for i in 0..40 {
+        granted(&rt.admit(&request(&format!("r{i}"), "ada", "voice", 1, None)).unwrap());
+    }
+    let before = store.stats();
+
+    primary.pump().unwrap();
+
+    let after = store.stats();
+    assert_eq!(primary.timers().len(), 40, "one expiry timer per session");
+    // The projector's commit and acks, the manager's 40 timers, its states and its acks.
+    assert!(after.syncs - before.syncs <= 5, "a sync per kind of write, not per reaction: {before:?} -> {after:?}");
+    assert!(after.records - before.records >= 40 + 40 + 40, "every timer, every ack of both consumers");
+
+    // Past validity: the timers fire a batch at a time, their reactions left to delivery.
+    let mut manifest = manifest();
+    manifest.reactions.timer_batch = 16;
+    drop(primary);
+    let mut primary = Runtime::open(&manifest, &mut loader(), journal.clone()).unwrap();
+    primary.clock().set_ms(rt.clock().now_ms() + 60_000);
+    let delivered = primary.delivered_through();
+    assert_eq!(primary.fire_due_batch(0).unwrap(), 16);
+    assert_eq!(primary.delivered_through(), delivered, "nothing delivered yet");
+    assert_eq!(primary.account("ada").unwrap().unwrap().held, 80, "no reservation expired yet (40 x 2 cents)");
+    assert_eq!(primary.fire_due_batch(16).unwrap(), 16);
+    assert_eq!(primary.fire_due_batch(32).unwrap(), 8);
+    assert_eq!(primary.fire_due_batch(40).unwrap(), 0, "none left");
+    primary.pump().unwrap();
+    assert!(primary.timers().is_empty(), "every session expired and finished: {:?}", primary.timers());
+    assert_eq!(primary.account("ada").unwrap().unwrap().held, 0, "every hold was expired");
 }

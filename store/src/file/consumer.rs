@@ -136,6 +136,25 @@ impl Consumer for FileConsumer {
         res
     }
 
+    async fn ack_all(&mut self, positions: &[u64]) -> Result<()> {
+        let mut taken = Vec::with_capacity(positions.len());
+        for &position in positions {
+            match self.take_in_flight(position) {
+                Ok(attempt) => taken.push((position, attempt)),
+                Err(e) => {
+                    self.in_flight.extend(taken);
+                    return Err(e);
+                }
+            }
+        }
+        let records = positions.iter().map(|&position| Record::Ack { consumer: self.name.clone(), position }).collect();
+        let res = self.store.write_all(records).await;
+        if res.is_err() {
+            self.in_flight.extend(taken);
+        }
+        res
+    }
+
     async fn nack(&mut self, position: u64, reason: &str) -> Result<NackOutcome> {
         let attempt = self.take_in_flight(position)?;
         let (record, outcome) = if attempt >= self.options.max_deliver {

@@ -59,7 +59,7 @@ pub(super) struct PendingWrite {
     /// How many records `bytes` holds.
     pub(super) records: u64,
     /// Applied to the index once written (events are indexed when they are queued).
-    pub(super) apply: Option<Record>,
+    pub(super) apply: Vec<Record>,
     /// Last position of an events record, to advance the durable watermark.
     pub(super) last_position: Option<u64>,
     /// Answered once the record is written (and synced), or the write failed.
@@ -131,7 +131,7 @@ impl LogWriter {
                 let mut index = lock(&self.index);
                 let mut done = Vec::with_capacity(batch.len());
                 for w in batch {
-                    if let Some(r) = w.apply {
+                    for r in w.apply {
                         index.apply(r);
                     }
                     done.push(w.done);

@@ -330,6 +330,38 @@ pub async fn consumer_delivery(f: &impl Factory) {
     assert_eq!(d.len(), 5, "all streams, from the start");
 }
 
+/// A page of deliveries acknowledged with one call: a position not delivered refuses the
+/// call and leaves the page delivered (to be acknowledged after all); acknowledged once,
+/// nothing of it is acknowledged twice or delivered again, also after a reopen.
+pub async fn ack_all_settles_a_page(f: &impl Factory) {
+    let s = f.open().await;
+    let mut commits = Vec::new();
+    for i in 0..4 {
+        let (key, command) = (format!("k{i}"), format!("c{i}"));
+        let r = s.append("account", &key, ExpectedVersion::Any, vec![event("e", &command, "x")]).await.unwrap();
+        commits.push(r.positions[0]);
+    }
+    let options = ConsumerOptions::default();
+    let mut c = s.consumer("pager", options.clone()).await.unwrap();
+    let d = c.next(10, WAIT).await.unwrap();
+    assert_eq!(d.iter().map(|d| d.position).collect::<Vec<_>>(), commits);
+
+    let never = commits[3] + 1_000;
+    let refused = c.ack_all(&[never, commits[0], commits[1]]).await;
+    assert!(matches!(refused, Err(StoreError::NotDelivered { position, .. }) if position == never), "{refused:?}");
+    c.ack_all(&commits[..2]).await.unwrap();
+    assert!(matches!(c.ack_all(&commits[1..2]).await, Err(StoreError::NotDelivered { .. })), "acknowledged once");
+    c.ack_all(&commits[2..]).await.unwrap();
+    c.ack_all(&[]).await.unwrap();
+    assert!(c.next(10, SHORT).await.unwrap().is_empty(), "nothing redelivered");
+
+    drop(c);
+    drop(s);
+    let s = f.open().await;
+    let mut c = s.consumer("pager", options).await.unwrap();
+    assert!(c.next(10, SHORT).await.unwrap().is_empty(), "the page stays acknowledged after a reopen");
+}
+
 /// Snapshots are kept per `(stream, key, actor digest)`, a newer one of the same digest
 /// replaces the older, and they survive a reopen.
 pub async fn snapshots_by_digest(f: &impl Factory) {
@@ -437,6 +469,19 @@ pub async fn timers_survive_reopen(f: &impl Factory) {
     let s = f.open().await;
     assert!(s.due_timers(200).await.unwrap().is_empty());
     assert_eq!(s.due_timers(1000).await.unwrap(), vec![timer("t2", 300), timer("t.3 *", 500)]);
+
+    // Several puts and cancels at once; a cancel of a timer that is not there changes nothing.
+    let writes = vec![
+        ("t2".to_string(), None),
+        ("t4".to_string(), Some(timer("t4", 400))),
+        ("never".to_string(), None),
+        ("t.3 *".to_string(), Some(timer("t.3 *", 600))),
+    ];
+    s.write_timers(writes).await.unwrap();
+    s.write_timers(Vec::new()).await.unwrap();
+    drop(s);
+    let s = f.open().await;
+    assert_eq!(s.due_timers(1000).await.unwrap(), vec![timer("t4", 400), timer("t.3 *", 600)]);
 }
 
 /// A delivery neither acked nor nacked (its consumer handle dropped, as in a crash) is
@@ -549,6 +594,7 @@ macro_rules! conformance_tests {
             duplicate_command,
             read_all_order,
             consumer_delivery,
+            ack_all_settles_a_page,
             snapshots_by_digest,
             projection_commit,
             projection_rebuild,
