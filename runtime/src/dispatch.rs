@@ -91,6 +91,9 @@ pub(crate) struct ManagerSlot {
     /// Timers the page of deliveries under way set (`Some`) or cancelled (`None`), by their
     /// id in the store, not written yet.
     pub timer_writes: BTreeMap<String, Option<tollgate_store::Timer>>,
+    /// Commands the page's reactions sent, for a [`crate::CommandRunner`] to run when the page
+    /// is settled: (instance, command, its place in the cascade).
+    pub commands: Vec<(String, Command, Cause)>,
 }
 
 /// A command a process manager sent that the aggregate refused: kept for inspection.
@@ -373,12 +376,18 @@ impl Shared {
         Ok(last)
     }
 
-    /// [`Shared::settle`] for a process manager: the timers its page set and cancelled are
-    /// written, then the page's instance states are its writes, and they become the
-    /// manager's states once committed (dropped if the commit fails).
-    fn settle_manager(&self, slot: &mut ManagerSlot, page: &mut Page) -> Result<(), RuntimeError> {
+    /// [`Shared::settle`] for a process manager: the commands its page sent are run (on the
+    /// [`crate::CommandRunner`] if there is one), the timers it set and cancelled written,
+    /// then the page's instance states are its writes, and they become the manager's states
+    /// once committed (dropped if anything before fails).
+    fn settle_manager(&mut self, slot: &mut ManagerSlot, page: &mut Page) -> Result<(), RuntimeError> {
+        // Commands and timers first: a page whose checkpoint moved never lacks what it sent.
+        if let Err(e) = self.run_commands(slot) {
+            slot.pending.clear();
+            slot.timer_writes.clear();
+            return Err(e);
+        }
         let pending = std::mem::take(&mut slot.pending);
-        // The timers first: a page whose checkpoint moved never lacks the timers it set.
         self.write_timers(slot)?;
         page.writes = pending
             .iter()
@@ -448,12 +457,63 @@ impl Shared {
         changed.insert(instance.into(), state);
         for command in commands {
             self.cascades.remember(&command.stream, &command.key, &command.command_id, next.clone());
-            if let Outcome::Rejected(rejection) = self.execute(&command)? {
-                self.stats.recount_as_reaction_refusal(&rejection.code);
-                tracing::warn!(manager = %slot.name, command = %command.command_type, code = %rejection.code, "command refused; telling the process manager");
-                self.record_refusal(&slot.name, instance, &command, &rejection, &next)?;
-                self.refused.push(RefusedCommand { manager: slot.name.clone(), command, rejection });
+            if self.runner.is_some() {
+                slot.commands.push((instance.into(), command, next.clone()));
+                continue;
             }
+            let outcome = self.execute(&command)?;
+            if let Outcome::Rejected(rejection) = &outcome {
+                self.stats.recount_as_reaction_refusal(&rejection.code);
+            }
+            self.refused_or_not(&slot.name, instance, command, outcome, &next)?;
+        }
+        Ok(())
+    }
+
+    /// What follows a process manager's command: a refusal is recorded on
+    /// [`REFUSALS_STREAM`] for the instance that sent it, and kept for inspection.
+    fn refused_or_not(
+        &mut self,
+        manager: &str,
+        instance: &str,
+        command: Command,
+        outcome: Outcome,
+        cause: &Cause,
+    ) -> Result<(), RuntimeError> {
+        if let Outcome::Rejected(rejection) = outcome {
+            tracing::warn!(manager, command = %command.command_type, code = %rejection.code, "command refused; telling the process manager");
+            self.record_refusal(manager, instance, &command, &rejection, cause)?;
+            self.refused.push(RefusedCommand { manager: manager.into(), command, rejection });
+        }
+        Ok(())
+    }
+
+    /// Runs the commands a page of `slot`'s reactions sent, on the [`crate::CommandRunner`]
+    /// (or here, when it takes none), all handed over at once.
+    fn run_commands(&mut self, slot: &mut ManagerSlot) -> Result<(), RuntimeError> {
+        let sent = std::mem::take(&mut slot.commands);
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let commands: Vec<Command> = sent.iter().map(|(_, command, _)| command.clone()).collect();
+        let outcomes = self.runner.as_ref().and_then(|runner| runner.run(&commands));
+        let outcomes = match outcomes {
+            Some(outcomes) => outcomes,
+            None => commands
+                .iter()
+                .map(|command| {
+                    let outcome = self.execute(command).map_err(|e| e.to_string())?;
+                    if let Outcome::Rejected(rejection) = &outcome {
+                        self.stats.recount_as_reaction_refusal(&rejection.code);
+                    }
+                    Ok(outcome)
+                })
+                .collect(),
+        };
+        for ((instance, command, cause), outcome) in sent.into_iter().zip(outcomes) {
+            let what = format!("{} sent `{}` {}", slot.name, command.command_type, command.command_id);
+            let outcome = outcome.map_err(|message| RuntimeError::from(HostError::Host { context: what, message }))?;
+            self.refused_or_not(&slot.name, &instance, command, outcome, &cause)?;
         }
         Ok(())
     }

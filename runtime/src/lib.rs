@@ -52,6 +52,7 @@ pub use manifest::{Manifest, ReportsSpec};
 pub use namespace::{REFUSALS_STREAM, RESERVED_PREFIX, TIMER_STREAM, is_reserved};
 #[cfg(feature = "oci")]
 pub use resolve::resolve_actor;
+pub use shared::CommandRunner;
 pub use stats::Stats;
 pub use tollgate_host::bindings::policy::tollgate::admission::types::{AdmissionRequest, Decision, Denied, Granted};
 pub use tollgate_host::bindings::rater::tollgate::billing::types::{FinalUnitAction, ResultCode};
@@ -253,6 +254,7 @@ impl Runtime {
                         states: BTreeMap::new(),
                         pending: BTreeMap::new(),
                         timer_writes: BTreeMap::new(),
+                        commands: Vec::new(),
                         timers: BTreeMap::new(),
                     };
                     shared.restore_manager(&mut slot)?;
@@ -438,6 +440,19 @@ impl Runtime {
     pub fn advance_ms(&mut self, ms: u64) -> Result<usize, RuntimeError> {
         self.clock.advance_ms(ms);
         self.lock().fire_due_timers()
+    }
+
+    /// Has the commands of this runtime's process managers run by `runner` (a served core's
+    /// workers): a page of deliveries' commands are handed over together when the page is
+    /// settled, before its instance states and acknowledgements are written.
+    pub fn run_commands_with(&mut self, runner: Box<dyn CommandRunner>) {
+        self.lock().runner = Some(runner);
+    }
+
+    /// Counts a refusal this runtime counted as a command's as a refusal of a process
+    /// manager's command instead (a [`CommandRunner`] running another runtime's reactions).
+    pub fn recount_as_reaction_refusal(&mut self, code: &str) {
+        self.lock().stats.recount_as_reaction_refusal(code);
     }
 
     /// Records one batch of the timers due now, `fired` having fired this tick already, without

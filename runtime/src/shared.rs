@@ -19,6 +19,7 @@ use crate::stats::Stats;
 use crate::undo::InDecide;
 use std::collections::BTreeMap;
 use tollgate_host::RaterActor;
+use tollgate_host::aggregate::{Command, Outcome};
 use tollgate_host::host_state::VirtualClock;
 use tollgate_host::typed::{Rated, RatingError, RatingRequest};
 
@@ -50,6 +51,20 @@ pub(crate) struct Shared {
     /// The log's position up to which every commit has been delivered to the projectors and
     /// process managers (as of their last step; 0 before it).
     pub delivered_through: u64,
+    /// Where the commands of process managers run, when not on this runtime (see
+    /// [`crate::Runtime::run_commands_with`]).
+    pub runner: Option<Box<dyn CommandRunner>>,
+}
+
+/// Runs the commands process managers send on other runtimes: a served core's workers, which
+/// own their keys' state and write what they decide in batches. The primary then neither
+/// reloads an account the workers changed nor waits for an fsync per command.
+pub trait CommandRunner: Send {
+    /// Executes `commands`, those of one key in the order given, and returns one outcome
+    /// each (a refusal counted as a process manager's, see
+    /// [`crate::Runtime::recount_as_reaction_refusal`]); `None` when it takes none of them
+    /// (the node is stopping): they then run on the calling runtime.
+    fn run(&self, commands: &[Command]) -> Option<Vec<Result<Outcome, String>>>;
 }
 
 impl Shared {
@@ -72,6 +87,7 @@ impl Shared {
             in_decide: InDecide::default(),
             batch: None,
             delivered_through: 0,
+            runner: None,
         }
     }
 

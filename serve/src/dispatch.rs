@@ -144,6 +144,11 @@ impl<J: Batchable> Dispatch<J> {
         starts
     }
 
+    /// Whether [`Dispatch::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// Takes no more requests and hands back those not started (their callers hear that the
     /// node stopped); the running ones finish as they do.
     pub(crate) fn close(&mut self) -> Vec<J> {

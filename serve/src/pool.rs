@@ -8,14 +8,15 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tollgate_billing_model::account::STREAM;
 use tollgate_host::ActorKind;
+use tollgate_host::aggregate::{Command, Outcome};
 use tollgate_node::{Node, NodeError, NodeHandle, Reply, Request, wall_ms};
 use tollgate_runtime::quota::expiry;
-use tollgate_runtime::{Journal, Loader, Manifest, Runtime, RuntimeError, Stats, engine_for_runtimes};
+use tollgate_runtime::{CommandRunner, Journal, Loader, Manifest, Runtime, RuntimeError, Stats, engine_for_runtimes};
 
 use crate::dispatch::{Batchable, Dispatch, Start};
 use crate::exposure::Exposure;
@@ -186,6 +187,8 @@ enum Job {
     /// Any other call (an Nchf operation's steps): runs alone, its writes made at once; what
     /// it returns answers its caller.
     Call(Box<dyn FnOnce(&mut Node) -> Answer + Send>),
+    /// A command a process manager on the primary sent: decided in a batch like a request.
+    Command { command: Command, answer: oneshot::Sender<Result<Outcome, String>> },
 }
 
 /// Sends a call's result to its caller.
@@ -193,8 +196,24 @@ type Answer = Box<dyn FnOnce() + Send>;
 
 impl Batchable for Job {
     fn batchable(&self) -> bool {
-        matches!(self, Job::Request { .. })
+        matches!(self, Job::Request { .. } | Job::Command { .. })
     }
+}
+
+/// A job of a batch, decided and waiting for the batch's write.
+enum Decided {
+    Request(Request, oneshot::Sender<Result<Reply, NodeError>>, Result<Reply, NodeError>),
+    Command(Command, oneshot::Sender<Result<Outcome, String>>, Result<Outcome, RuntimeError>),
+}
+
+/// The outcome of a process manager's command on a worker, its refusal counted as the
+/// manager's.
+fn command_outcome(node: &mut Node, outcome: Result<Outcome, RuntimeError>) -> Result<Outcome, String> {
+    let outcome = outcome.map_err(|e| e.to_string())?;
+    if let Outcome::Rejected(rejection) = &outcome {
+        node.runtime().recount_as_reaction_refusal(&rejection.code);
+    }
+    Ok(outcome)
 }
 
 /// Runs a worker's batch: decides its requests one after the other on the states the worker
@@ -213,7 +232,12 @@ fn run_batch(node: &mut Node, jobs: Vec<Job>, counters: &Counters) {
             Job::Request { request, answer } => {
                 node.runtime().begin_job();
                 let reply = node.handle(request.clone());
-                decided.push((request, answer, reply));
+                decided.push(Decided::Request(request, answer, reply));
+            }
+            Job::Command { command, answer } => {
+                node.runtime().begin_job();
+                let outcome = node.runtime().execute(&command);
+                decided.push(Decided::Command(command, answer, outcome));
             }
             // The dispatch hands a call alone; it runs once the requests before it are written.
             Job::Call(call) => calls.push(call),
@@ -223,15 +247,52 @@ fn run_batch(node: &mut Node, jobs: Vec<Job>, counters: &Counters) {
     let mut answers: Vec<Answer> = decided
         .into_iter()
         .enumerate()
-        .map(|(job, (request, answer, reply))| {
-            let reply = if failed.contains(&job) { node.handle(request) } else { reply };
-            // A caller that gave up waiting dropped its receiver; the request still ran.
-            Box::new(move || drop(answer.send(reply))) as Answer
+        .map(|(job, decided)| match decided {
+            Decided::Request(request, answer, reply) => {
+                let reply = if failed.contains(&job) { node.handle(request) } else { reply };
+                // A caller that gave up waiting dropped its receiver; the request still ran.
+                Box::new(move || drop(answer.send(reply))) as Answer
+            }
+            Decided::Command(command, answer, outcome) => {
+                let outcome = if failed.contains(&job) { node.runtime().execute(&command) } else { outcome };
+                let outcome = command_outcome(node, outcome);
+                Box::new(move || drop(answer.send(outcome))) as Answer
+            }
         })
         .collect();
     answers.extend(calls.into_iter().map(|call| call(node)));
     counters.publish(node);
     answers.into_iter().for_each(|answer| answer());
+}
+
+/// Runs the primary's process managers' commands on the workers that own their keys, so
+/// they are decided on fresh states and written in the workers' batches. Holds the workers
+/// weakly: closing the pool is not kept from dropping them.
+struct OnWorkers(Weak<Workers>);
+
+impl CommandRunner for OnWorkers {
+    fn run(&self, commands: &[Command]) -> Option<Vec<Result<Outcome, String>>> {
+        let workers = self.0.upgrade()?;
+        if workers.dispatch().is_closed() {
+            return None;
+        }
+        let waiting: Vec<_> = commands
+            .iter()
+            .map(|command| {
+                let (answer, outcome) = oneshot::channel();
+                let job = Job::Command { command: command.clone(), answer };
+                workers.submit(&command.key, job).map(|()| outcome)
+            })
+            .collect();
+        drop(workers);
+        let stopped = || "the node stopped before the command ran".to_string();
+        Some(
+            waiting
+                .into_iter()
+                .map(|outcome| outcome.map_err(|_| stopped())?.blocking_recv().map_err(|_| stopped())?)
+                .collect(),
+        )
+    }
 }
 
 /// Grant expiries the reaper has in flight at once.
@@ -348,6 +409,10 @@ impl Pool {
             let dispatch = Mutex::new(Dispatch::new(handles.len(), reroute_after, MAX_BATCH));
             Some(Arc::new(Workers { handles, counters, dispatch }))
         };
+        if let Some(workers) = &workers {
+            let runner = OnWorkers(Arc::downgrade(workers));
+            primary.with_blocking(move |node| node.runtime().run_commands_with(Box::new(runner)))?;
+        }
         Ok(Pool {
             primary: Primary { handle: primary, counters, delivered: Arc::default() },
             backlog: Backlog::default(),

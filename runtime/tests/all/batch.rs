@@ -4,9 +4,10 @@
 
 use crate::durable::top_up;
 use crate::edge::{granted, loader, manifest, open, request};
+use tollgate_billing_model::account::AccountCommand;
 use tollgate_billing_model::balance::{BUCKET, BalanceView};
 use tollgate_host::ActorKind;
-use tollgate_host::aggregate::Outcome;
+use tollgate_host::aggregate::{Command, Outcome};
 use tollgate_runtime::{Decision, Journal, Runtime};
 use tollgate_store::{FileOptions, FileStore};
 
@@ -222,4 +223,61 @@ fn a_page_of_reactions_writes_its_timers_at_once_and_timers_fire_a_batch_at_a_ti
     primary.pump().unwrap();
     assert!(primary.timers().is_empty(), "every session expired and finished: {:?}", primary.timers());
     assert_eq!(primary.account("ada").unwrap().unwrap().held, 0, "every hold was expired");
+}
+
+/// Runs commands on a worker runtime over the same store, counting the calls.
+struct OnWorker {
+    worker: std::sync::Mutex<Runtime>,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl tollgate_runtime::CommandRunner for OnWorker {
+    fn run(&self, commands: &[Command]) -> Option<Vec<Result<Outcome, String>>> {
+        self.calls.lock().unwrap().push(commands.len());
+        let mut worker = self.worker.lock().unwrap();
+        let outcomes = commands
+            .iter()
+            .map(|command| {
+                let outcome = worker.execute(command).map_err(|e| e.to_string())?;
+                if let Outcome::Rejected(r) = &outcome {
+                    worker.recount_as_reaction_refusal(&r.code);
+                }
+                Ok(outcome)
+            })
+            .collect();
+        Some(outcomes)
+    }
+}
+
+#[test]
+fn a_page_of_reactions_hands_its_commands_to_the_runner_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, journal) = durable(dir.path());
+    let mut primary = Runtime::open(&manifest(), &mut loader(), journal.clone()).unwrap();
+    let mut rt = worker(journal.clone());
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let runner = OnWorker { worker: std::sync::Mutex::new(worker(journal.clone())), calls: calls.clone() };
+    primary.run_commands_with(Box::new(runner));
+    open(&mut rt, "ada", 1_000_000);
+    for i in 0..40 {
+        granted(&rt.admit(&request(&format!("r{i}"), "ada", "voice", 1, None)).unwrap());
+    }
+    // One reservation is released before its session's timer fires: its expiry is refused.
+    let release = rt.command("account", "ada", "free-r7", &AccountCommand::Release { reservation_id: "r7".into() });
+    assert!(matches!(rt.execute(&release.unwrap()).unwrap(), Outcome::Accepted(_)));
+    primary.pump().unwrap();
+    let accepted = primary.stats().accepted;
+
+    primary.clock().set_ms(rt.clock().now_ms() + 60_000);
+    primary.advance_ms(0).unwrap();
+
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.iter().sum::<usize>(), 40, "every session's expiry went to the runner: {calls:?}");
+    assert!(calls.len() <= 2, "handed over a page at a time, not one by one: {calls:?}");
+    assert_eq!(primary.stats().accepted, accepted, "no command ran on the primary");
+    assert_eq!(primary.account("ada").unwrap().unwrap().held, 0, "every hold expired or was released");
+    let refused = primary.refused();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].command.command_id, "r7/expire/r7", "{refused:?}");
+    assert!(primary.timers().is_empty(), "every session finished, the refused one too: {:?}", primary.timers());
 }
