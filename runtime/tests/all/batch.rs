@@ -20,6 +20,12 @@ fn worker(journal: Journal) -> Runtime {
     Runtime::open(&commands, &mut loader(), journal).unwrap()
 }
 
+/// A runtime with every actor of the manifest, like a served node's primary (its projectors
+/// and process managers deliver what workers wrote).
+fn open_primary(journal: Journal) -> Runtime {
+    Runtime::open(&manifest(), &mut loader(), journal).unwrap()
+}
+
 /// A durable embedded log and a clone of it whose writer counters the test reads.
 fn durable(dir: &std::path::Path) -> (FileStore, Journal) {
     let store = FileStore::open_with(dir, FileOptions::default()).unwrap();
@@ -150,7 +156,7 @@ fn a_page_of_deliveries_is_committed_and_acknowledged_with_a_sync_each() {
     let dir = tempfile::tempdir().unwrap();
     let (store, journal) = durable(dir.path());
     // The primary: the balance projector and the session manager read what a worker wrote.
-    let mut primary = Runtime::open(&manifest(), &mut loader(), journal.clone()).unwrap();
+    let mut primary = open_primary(journal.clone());
     let mut rt = worker(journal.clone());
     let accounts: Vec<String> = (0..100).map(|i| format!("acct-{i:03}")).collect();
     for (i, account) in accounts.iter().enumerate() {
@@ -176,7 +182,7 @@ fn a_page_of_deliveries_is_committed_and_acknowledged_with_a_sync_each() {
     // A restart resumes after the page: nothing is delivered twice, the view reads the same.
     drop((primary, rt, journal, store));
     let (store, journal) = durable(dir.path());
-    let mut primary = Runtime::open(&manifest(), &mut loader(), journal).unwrap();
+    let mut primary = open_primary(journal);
     let before = store.stats();
     primary.pump().unwrap();
     assert_eq!(store.stats().records, before.records, "nothing was left to deliver");
@@ -189,7 +195,7 @@ fn a_page_of_deliveries_is_committed_and_acknowledged_with_a_sync_each() {
 fn a_page_of_reactions_writes_its_timers_at_once_and_timers_fire_a_batch_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let (store, journal) = durable(dir.path());
-    let mut primary = Runtime::open(&manifest(), &mut loader(), journal.clone()).unwrap();
+    let mut primary = open_primary(journal.clone());
     let mut rt = worker(journal.clone());
     open(&mut rt, "ada", 1_000_000);
     primary.pump().unwrap();
@@ -253,7 +259,7 @@ impl tollgate_runtime::CommandRunner for OnWorker {
 fn a_page_of_reactions_hands_its_commands_to_the_runner_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, journal) = durable(dir.path());
-    let mut primary = Runtime::open(&manifest(), &mut loader(), journal.clone()).unwrap();
+    let mut primary = open_primary(journal.clone());
     let mut rt = worker(journal.clone());
     let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let runner = OnWorker { worker: std::sync::Mutex::new(worker(journal.clone())), calls: calls.clone() };
