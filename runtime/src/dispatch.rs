@@ -6,7 +6,8 @@
 //!   refusal or trap is nacked, and after `max_deliver` attempts dead-lettered.
 //! - Process managers: like projectors, with instance states as their key-value writes (a
 //!   page's later deliveries see the states its earlier ones left). The commands a reaction
-//!   sends run at once; the timers it sets are kept by [`crate::timers`].
+//!   sends run at once (with a [`crate::CommandRunner`], on it when the page settles); the
+//!   timers it sets are kept by [`crate::timers`].
 //!   A reaction over a bound of `[reactions]` ([`crate::cascade`]) does nothing and fails its
 //!   delivery. A command an aggregate refuses is recorded on [`REFUSALS_STREAM`] and delivered
 //!   to the instance that sent it (its `react`), like any other input: a manager that cannot
@@ -461,13 +462,19 @@ impl Shared {
                 slot.commands.push((instance.into(), command, next.clone()));
                 continue;
             }
-            let outcome = self.execute(&command)?;
-            if let Outcome::Rejected(rejection) = &outcome {
-                self.stats.recount_as_reaction_refusal(&rejection.code);
-            }
+            let outcome = self.execute_sent(&command)?;
             self.refused_or_not(&slot.name, instance, command, outcome, &next)?;
         }
         Ok(())
+    }
+
+    /// Executes a command a process manager sent here, its refusal counted as the manager's.
+    fn execute_sent(&mut self, command: &Command) -> Result<Outcome, RuntimeError> {
+        let outcome = self.execute(command)?;
+        if let Outcome::Rejected(rejection) = &outcome {
+            self.stats.recount_as_reaction_refusal(&rejection.code);
+        }
+        Ok(outcome)
     }
 
     /// What follows a process manager's command: a refusal is recorded on
@@ -499,16 +506,7 @@ impl Shared {
         let outcomes = self.runner.as_ref().and_then(|runner| runner.run(&commands));
         let outcomes = match outcomes {
             Some(outcomes) => outcomes,
-            None => commands
-                .iter()
-                .map(|command| {
-                    let outcome = self.execute(command).map_err(|e| e.to_string())?;
-                    if let Outcome::Rejected(rejection) = &outcome {
-                        self.stats.recount_as_reaction_refusal(&rejection.code);
-                    }
-                    Ok(outcome)
-                })
-                .collect(),
+            None => commands.iter().map(|command| self.execute_sent(command).map_err(|e| e.to_string())).collect(),
         };
         for ((instance, command, cause), outcome) in sent.into_iter().zip(outcomes) {
             let what = format!("{} sent `{}` {}", slot.name, command.command_type, command.command_id);
