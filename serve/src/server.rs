@@ -346,7 +346,8 @@ async fn read_body(
 }
 
 /// Bytes of a refused body read and thrown away after the answer: the client still sending
-/// it then reads the answer instead of a reset connection (a lingering close).
+/// it then reads the answer instead of a reset connection (a lingering close), and a
+/// connection kept alive serves its next request.
 const LINGER_BYTES: usize = 2 * MAX_BODY_BYTES;
 
 /// Reads and drops what is left of a refused body (at most [`LINGER_BYTES`], within
@@ -406,7 +407,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, Prob
 
 /// Checks the request's access token before anything else runs (its body is not read): the
 /// route's scope, or for commands only the token, whose scope the handler checks once it
-/// knows the command. Refusals are counted by reason.
+/// knows the command. Refusals are counted by reason. A refused body is lingered over, not
+/// dropped: dropping it would close the connection under a client about to reuse it.
 async fn authorize(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let Some(verifier) = &state.auth else { return next.run(request).await };
     let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_default();
@@ -421,6 +423,7 @@ async fn authorize(State(state): State<Arc<AppState>>, mut request: Request, nex
         }
         Err(refusal) => {
             state.metrics.refused(refusal.reason());
+            linger(request.into_body().into_data_stream());
             refusal.into_response()
         }
     }
@@ -447,11 +450,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
 }
 
 async fn not_found(request: Request) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "RESOURCE_URI_STRUCTURE_NOT_FOUND",
-        format!("no route {}", request.uri().path()),
-    )
+    let detail = format!("no route {}", request.uri().path());
+    linger(request.into_body().into_data_stream());
+    Problem::new(StatusCode::NOT_FOUND, "RESOURCE_URI_STRUCTURE_NOT_FOUND", detail)
 }
 
 fn router(state: Arc<AppState>) -> Router {

@@ -7,7 +7,7 @@ use crate::{output, tollgate};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -155,6 +155,7 @@ fn tokens_are_checked_for_signature_issuer_audience_validity_and_scope() {
             _ => assert!(challenge.contains(r#"error="invalid_token""#), "{reason}: {challenge}"),
         }
     }
+    refused_before_its_body_the_connection_serves_the_next_request(&server, &admission, &good);
     let metrics = server.get("/metrics").body.as_str().unwrap().to_string();
     for reason in [
         "missing",
@@ -206,6 +207,55 @@ fn tokens_are_checked_for_signature_issuer_audience_validity_and_scope() {
         }
     }
     assert!(!err.contains(&good) && !err.contains("eyJ"), "{err}");
+}
+
+/// A client that sends its body after the head (as HTTP/1.1 clients do) and is refused on the
+/// head alone reads its answer, sends the body, and its kept-alive connection then serves the
+/// next request: the node reads the refused body instead of closing under the client.
+fn refused_before_its_body_the_connection_serves_the_next_request(server: &Server, body: &str, token: &str) {
+    let address = server.base().trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    let mut reader = BufReader::new(socket.try_clone().unwrap());
+    let head = |authorization: &str| {
+        format!(
+            "POST /v1/admissions HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n{authorization}\r\n",
+            body.len()
+        )
+    };
+    for path in ["/v1/admissions", "/v1/no-such-route"] {
+        let request = head("").replace("/v1/admissions", path);
+        socket.write_all(request.as_bytes()).unwrap();
+        let (status, _) = read_answer(&mut reader);
+        assert_eq!(status, if path == "/v1/admissions" { 401 } else { 404 }, "{path} answered on its head");
+        socket.write_all(body.as_bytes()).unwrap();
+    }
+    socket.write_all(format!("{}{body}", head(&format!("authorization: Bearer {token}\r\n"))).as_bytes()).unwrap();
+    let (status, answer) = read_answer(&mut reader);
+    assert_eq!(status, 200, "the connection's next request: {answer}");
+}
+
+/// One HTTP/1.1 answer with a `content-length` body: its status and body.
+fn read_answer(reader: &mut impl BufRead) -> (u16, String) {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line {line:?}"));
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[test]
