@@ -18,6 +18,9 @@ use tollgate_store::{ExpectedVersion, StoreError, StoredEvent};
 /// Due timers of one key recorded concurrently (they race for the key's next sequence).
 const SAME_KEY_CONCURRENCY: usize = 16;
 
+/// Due timers read from the store per page while looking for a batch of this runtime's.
+const DUE_PAGE: usize = 256;
+
 /// A due timer as recorded on [`TIMER_STREAM`], and its id in the store.
 #[derive(Serialize, Deserialize)]
 struct TimerKey {
@@ -161,17 +164,11 @@ impl Shared {
             return Ok(0);
         }
         let now = self.clock.now_ms();
-        let due = self.journal.run("read timers", self.journal.store().due_timers(now))?;
         let per_tick = self.limits.max_timers_per_tick as usize;
         let room = per_tick.saturating_sub(fired).min(self.limits.timer_batch as usize);
-        let mut ours = due
-            .into_iter()
-            .filter_map(|t| {
-                let key = parse_timer_key(&t.id)?;
-                self.managers.iter().any(|m| m.name == key.manager).then_some((t, key))
-            })
-            .peekable();
-        if ours.peek().is_none() {
+        // With no room left, one of ours due is enough to say so.
+        let batch = self.due_ours(now, room.max(1))?;
+        if batch.is_empty() {
             return Ok(0);
         }
         if room == 0 {
@@ -182,10 +179,37 @@ impl Shared {
             );
             return Ok(0);
         }
-        let batch: Vec<(tollgate_store::Timer, TimerKey)> = ours.take(room).collect();
         let count = batch.len();
         self.fire_batch(batch, now)?;
         Ok(count)
+    }
+
+    /// Up to `want` of the timers due at `now` that belong to this runtime's managers, earliest
+    /// first, read from the store a page at a time (timers of managers run elsewhere are
+    /// passed over).
+    fn due_ours(&self, now: u64, want: usize) -> Result<Vec<(tollgate_store::Timer, TimerKey)>, RuntimeError> {
+        let page_size = want.max(DUE_PAGE);
+        let mut ours = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .journal
+                .run("read timers", self.journal.store().due_timers_page(now, after.as_ref(), page_size))?;
+            let full = page.len() == page_size;
+            after = page.last().map(|t| (t.fire_at_ms, t.id.clone()));
+            for timer in page {
+                let Some(key) = parse_timer_key(&timer.id) else { continue };
+                if self.managers.iter().any(|m| m.name == key.manager) {
+                    ours.push((timer, key));
+                    if ours.len() == want {
+                        return Ok(ours);
+                    }
+                }
+            }
+            if !full {
+                return Ok(ours);
+            }
+        }
     }
 
     /// Records a batch of due timers and removes them from the store, each with concurrent

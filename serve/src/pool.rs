@@ -556,7 +556,7 @@ impl Pool {
     pub(crate) fn measure_backlog(&self) -> Result<(), RuntimeError> {
         let store = self.journal.store();
         let head = self.journal.run("read the log's head", store.head_position())?;
-        let due = self.journal.run("read timers", store.due_timers(wall_ms()))?.len();
+        let due = self.journal.run("read timers", store.due_timer_count(wall_ms()))?;
         let delivered = self.primary.delivered.load(Ordering::Relaxed);
         self.backlog.events.store(head.saturating_sub(delivered), Ordering::Relaxed);
         self.backlog.timers.store(due as u64, Ordering::Relaxed);

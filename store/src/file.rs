@@ -563,7 +563,7 @@ impl EventStore for FileStore {
     }
 
     async fn cancel_timer(&self, id: &str) -> Result<bool> {
-        if !self.index().timers.contains_key(id) {
+        if !self.index().timers.contains(id) {
             return Ok(false);
         }
         self.write(Record::TimerCancel(id.to_owned())).await?;
@@ -577,7 +577,7 @@ impl EventStore for FileStore {
                 .into_iter()
                 .filter_map(|(id, timer)| match timer {
                     Some(timer) => Some(Record::TimerPut(timer)),
-                    None => index.timers.contains_key(&id).then_some(Record::TimerCancel(id)),
+                    None => index.timers.contains(&id).then_some(Record::TimerCancel(id)),
                 })
                 .collect()
         };
@@ -588,8 +588,14 @@ impl EventStore for FileStore {
     }
 
     async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>> {
-        let mut due: Vec<Timer> = self.index().timers.values().filter(|t| t.fire_at_ms <= now_ms).cloned().collect();
-        due.sort_by(|a, b| (a.fire_at_ms, &a.id).cmp(&(b.fire_at_ms, &b.id)));
-        Ok(due)
+        Ok(self.index().timers.due(now_ms, None, usize::MAX))
+    }
+
+    async fn due_timers_page(&self, now_ms: u64, after: Option<&(u64, String)>, max: usize) -> Result<Vec<Timer>> {
+        Ok(self.index().timers.due(now_ms, after, max))
+    }
+
+    async fn due_timer_count(&self, now_ms: u64) -> Result<usize> {
+        Ok(self.index().timers.count_due(now_ms))
     }
 }

@@ -538,6 +538,21 @@ pub trait EventStore: Send + Sync {
     /// firing is at-least-once: fire, then `cancel_timer`.
     async fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>>;
 
+    /// At most `max` of the timers due at `now_ms` that come after `after` in due order
+    /// (`(fire_at_ms, id)`), earliest first: [`EventStore::due_timers`] a page at a time, so
+    /// firing a batch does not copy every due timer. The embedded log reads its page from an
+    /// index in due order; the default filters `due_timers`.
+    async fn due_timers_page(&self, now_ms: u64, after: Option<&(u64, String)>, max: usize) -> Result<Vec<Timer>> {
+        let due = self.due_timers(now_ms).await?;
+        let after = |t: &Timer| after.is_none_or(|(at, id)| (t.fire_at_ms, &t.id) > (*at, id));
+        Ok(due.into_iter().filter(after).take(max).collect())
+    }
+
+    /// How many timers are due at `now_ms`.
+    async fn due_timer_count(&self, now_ms: u64) -> Result<usize> {
+        Ok(self.due_timers(now_ms).await?.len())
+    }
+
     /// Records written and `fdatasync` calls made so far, for a store that writes its own log
     /// (the embedded one; `None` for JetStream, whose server syncs).
     fn write_stats(&self) -> Option<FileStats> {

@@ -213,7 +213,20 @@ fn a_page_of_reactions_writes_its_timers_at_once_and_timers_fire_a_batch_at_a_ti
     assert!(after.syncs - before.syncs <= 5, "a sync per kind of write, not per reaction: {before:?} -> {after:?}");
     assert!(after.records - before.records >= 40 + 40 + 40, "every timer, every ack of both consumers");
 
-    // Past validity: the timers fire a batch at a time, their reactions left to delivery.
+    // Past validity: the timers fire a batch at a time, their reactions left to delivery. More
+    // than a page of timers due earlier belong to no manager here (another manager's, and
+    // another user's of the store): they are passed over, never fired, never in the way.
+    let foreign: Vec<(String, Option<tollgate_store::Timer>)> = (0..600)
+        .map(|n| {
+            let id = if n % 2 == 0 {
+                format!(r#"{{"manager":"elsewhere","instance":"x","id":"t{n}"}}"#)
+            } else {
+                format!("raw-{n}")
+            };
+            (id.clone(), Some(tollgate_store::Timer { id, fire_at_ms: 1, payload: Vec::new() }))
+        })
+        .collect();
+    journal.run("set foreign timers", journal.store().write_timers(foreign)).unwrap();
     let mut manifest = manifest();
     manifest.reactions.timer_batch = 16;
     drop(primary);
@@ -229,6 +242,8 @@ fn a_page_of_reactions_writes_its_timers_at_once_and_timers_fire_a_batch_at_a_ti
     primary.pump().unwrap();
     assert!(primary.timers().is_empty(), "every session expired and finished: {:?}", primary.timers());
     assert_eq!(primary.account("ada").unwrap().unwrap().held, 0, "every hold was expired");
+    let due = journal.run("count due timers", journal.store().due_timer_count(u64::MAX)).unwrap();
+    assert_eq!(due, 600, "the foreign timers are left as they were");
 }
 
 /// Runs commands on a worker runtime over the same store, counting the calls.

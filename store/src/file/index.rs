@@ -31,6 +31,60 @@ pub(super) struct ConsumerProgress {
     pub(super) redrive: BTreeSet<u64>,
 }
 
+/// The timers set, by id and in due order (`(fire_at_ms, id)`), so a page of the due ones is
+/// read without walking, copying or sorting every timer.
+#[derive(Default)]
+pub(super) struct TimerIndex {
+    by_id: HashMap<String, Timer>,
+    by_due: BTreeSet<(u64, String)>,
+}
+
+impl TimerIndex {
+    /// Sets `timer`, replacing the one with its id.
+    pub(super) fn insert(&mut self, timer: Timer) {
+        if let Some(old) = self.by_id.get(&timer.id) {
+            self.by_due.remove(&(old.fire_at_ms, old.id.clone()));
+        }
+        self.by_due.insert((timer.fire_at_ms, timer.id.clone()));
+        self.by_id.insert(timer.id.clone(), timer);
+    }
+
+    /// Removes timer `id`, if set.
+    pub(super) fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.by_due.remove(&(old.fire_at_ms, old.id));
+        }
+    }
+
+    /// Whether timer `id` is set.
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// The timers due at `now_ms` after `after` in due order, earliest first, at most `max`.
+    pub(super) fn due(&self, now_ms: u64, after: Option<&(u64, String)>, max: usize) -> Vec<Timer> {
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.by_due
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(max)
+            .filter_map(|(_, id)| self.by_id.get(id).cloned())
+            .collect()
+    }
+
+    /// How many timers are due at `now_ms`.
+    pub(super) fn count_due(&self, now_ms: u64) -> usize {
+        match now_ms.checked_add(1) {
+            // `(t, "")` is the least entry due at `t`: everything before it is due earlier.
+            Some(later) => self.by_due.range(..(later, String::new())).count(),
+            None => self.by_due.len(),
+        }
+    }
+}
+
 /// What is kept of a dead letter besides its commit.
 pub(super) struct DeadLetterEntry {
     pub(super) attempts: u32,
@@ -49,7 +103,7 @@ pub(super) struct LogIndex {
     pub(super) checkpoints: HashMap<String, u64>,
     /// By `(consumer, bucket, key)`.
     pub(super) kv: BTreeMap<(String, String, String), Vec<u8>>,
-    pub(super) timers: HashMap<String, Timer>,
+    pub(super) timers: TimerIndex,
     pub(super) consumers: HashMap<String, ConsumerProgress>,
     /// By `(consumer, position)`.
     pub(super) dead: BTreeMap<(String, u64), DeadLetterEntry>,
@@ -117,7 +171,7 @@ impl LogIndex {
             }
             Record::Projection { consumer, position, writes } => self.apply_projection(consumer, position, writes),
             Record::TimerPut(t) => {
-                self.timers.insert(t.id.clone(), t);
+                self.timers.insert(t);
             }
             Record::TimerCancel(id) => {
                 self.timers.remove(&id);

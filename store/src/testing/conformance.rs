@@ -484,6 +484,37 @@ pub async fn timers_survive_reopen(f: &impl Factory) {
     assert_eq!(s.due_timers(1000).await.unwrap(), vec![timer("t4", 400), timer("t.3 *", 600)]);
 }
 
+/// Due timers read a page at a time come in due order, each once, and their count is the
+/// number due: timers at one time, timers moved later or cancelled, and the last instant.
+pub async fn due_timers_page_by_page(f: &impl Factory) {
+    let s = f.open().await;
+    let timer = |n: u64| Timer { id: format!("p{n:02}"), fire_at_ms: 100 + n / 3, payload: vec![n as u8] };
+    let writes: Vec<(String, Option<Timer>)> = (0..40).map(|n| (format!("p{n:02}"), Some(timer(n)))).collect();
+    s.write_timers(writes).await.unwrap();
+    // One moved later, one cancelled, one due at the end of time.
+    s.put_timer(Timer { fire_at_ms: 200, ..timer(4) }).await.unwrap();
+    assert!(s.cancel_timer("p05").await.unwrap());
+    s.put_timer(Timer { id: "last".into(), fire_at_ms: u64::MAX, payload: Vec::new() }).await.unwrap();
+    for now in [99, 100, 105, 113, 200, u64::MAX - 1, u64::MAX] {
+        let all = s.due_timers(now).await.unwrap();
+        assert_eq!(s.due_timer_count(now).await.unwrap(), all.len(), "count due at {now}");
+        for max in [1, 7, 64] {
+            let mut paged = Vec::new();
+            let mut after: Option<(u64, String)> = None;
+            loop {
+                let page = s.due_timers_page(now, after.as_ref(), max).await.unwrap();
+                assert!(page.len() <= max);
+                let Some(last) = page.last() else { break };
+                after = Some((last.fire_at_ms, last.id.clone()));
+                paged.extend(page);
+            }
+            assert_eq!(paged, all, "due at {now} in pages of {max}");
+        }
+    }
+    assert_eq!(s.due_timer_count(105).await.unwrap(), 16, "p00..p17 less p04 (moved) and p05 (cancelled)");
+    assert_eq!(s.due_timer_count(u64::MAX).await.unwrap(), 40, "less p05, with `last`");
+}
+
 /// A delivery neither acked nor nacked (its consumer handle dropped, as in a crash) is
 /// delivered again to the next handle.
 pub async fn unacked_redelivered(f: &impl Factory) {
@@ -599,6 +630,7 @@ macro_rules! conformance_tests {
             projection_commit,
             projection_rebuild,
             timers_survive_reopen,
+            due_timers_page_by_page,
             unacked_redelivered
         );
     };
