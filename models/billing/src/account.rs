@@ -2,6 +2,7 @@
 
 use crate::pricing::{self, Part, PlanError, PriceTerm};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The stream (aggregate type) of accounts.
@@ -256,12 +257,12 @@ pub struct Reservation {
 impl Reservation {
     /// How the reservation's units are priced; one made before price plans priced each unit
     /// alike, so at `held / granted_units`.
-    pub fn plan(&self) -> Vec<PriceTerm> {
+    pub fn plan(&self) -> Cow<'_, [PriceTerm]> {
         if self.plan.is_empty() {
             let unit_price = self.held.checked_div(self.granted_units as i64).unwrap_or(0);
-            vec![PriceTerm::PerUnit { offer: self.offer.clone(), unit_price }]
+            Cow::Owned(vec![PriceTerm::PerUnit { offer: self.offer.clone(), unit_price }])
         } else {
-            self.plan.clone()
+            Cow::Borrowed(&self.plan)
         }
     }
 }
@@ -272,7 +273,8 @@ pub type Counters = BTreeMap<String, BTreeMap<String, u64>>;
 /// Moves `counters` on by `units` uses priced with `plan` (nothing for 0 units, or when the
 /// plan cannot price them: such a plan was refused when it was reserved).
 pub fn advance(counters: &mut Counters, plan: &[PriceTerm], units: u64) {
-    if units == 0 {
+    // Rating an account walks every open reservation: most plans move no counter at all.
+    if units == 0 || !plan.iter().any(PriceTerm::moves_counter) {
         return;
     }
     let mut moved = Vec::new();
@@ -411,8 +413,8 @@ impl Account {
                 // Units beyond an open grant count on from its own units (its `debited` follows);
                 // a lapsed reservation's usage is settled once and forgotten.
                 let plan = match self.reservations.get(&reservation_id) {
-                    Some(r) => Some(r.plan()),
-                    None => self.lapsed.remove(&reservation_id).map(|r| r.plan()),
+                    Some(r) => Some(r.plan().into_owned()),
+                    None => self.lapsed.remove(&reservation_id).map(|r| r.plan().into_owned()),
                 };
                 if let Some(plan) = plan {
                     advance(&mut self.counters, &plan, units);

@@ -89,6 +89,12 @@ impl PriceTerm {
             | PriceTerm::Composite { offer, .. } => offer,
         }
     }
+
+    /// Whether pricing a use with this term moves one of the account's counters (a bundle's
+    /// remaining uses, a threshold's uses since the discount).
+    pub fn moves_counter(&self) -> bool {
+        matches!(self, PriceTerm::Bundle { .. } | PriceTerm::Threshold { .. })
+    }
 }
 
 impl std::fmt::Display for PriceTerm {
