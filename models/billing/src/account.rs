@@ -255,6 +255,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Whether pricing a use with the reservation's plan moves one of the account's counters.
+    pub fn moves_counter(&self) -> bool {
+        self.plan.iter().any(PriceTerm::moves_counter)
+    }
+
     /// How the reservation's units are priced; one made before price plans priced each unit
     /// alike, so at `held / granted_units`.
     pub fn plan(&self) -> Cow<'_, [PriceTerm]> {
@@ -315,7 +320,25 @@ pub struct Account {
     /// [`LAPSED_KEPT`], none lapsed more than [`LATE_USAGE_WINDOW_MS`] before the last one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub lapsed: BTreeMap<String, Reservation>,
+    /// Open reservations whose plan moves a counter, kept by [`Account::apply`] beside
+    /// `reservations` (as `held` is), so rating an account none of whose plans moves a counter
+    /// does not walk its reservations.
+    #[serde(skip)]
+    counting: CountingPlans,
 }
+
+/// A count derived from the state, not part of it: never serialized (`None` after a state is
+/// read back, until the next event is applied) and equal whatever it holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct CountingPlans(Option<usize>);
+
+impl PartialEq for CountingPlans {
+    fn eq(&self, _: &CountingPlans) -> bool {
+        true
+    }
+}
+
+impl Eq for CountingPlans {}
 
 impl Account {
     /// What can still be reserved or charged: balance - held + overdraft limit.
@@ -349,7 +372,10 @@ impl Account {
     /// then `b` uses is moving it on by `a + b`, so the reservations' order does not matter.)
     pub fn reserved_counters(&self) -> Counters {
         let mut counters = self.counters.clone();
-        for r in self.reservations.values() {
+        if self.counting.0 == Some(0) {
+            return counters;
+        }
+        for r in self.reservations.values().filter(|r| r.moves_counter()) {
             advance(&mut counters, &r.plan(), r.granted_units);
         }
         counters
@@ -363,6 +389,16 @@ impl Account {
     /// Folds one event into the state. Events were checked against the bounds when they were
     /// decided; the arithmetic saturates so that a foreign or damaged log cannot panic here.
     pub fn apply(&mut self, event: AccountEvent) {
+        let mut counting = match self.counting.0 {
+            Some(n) => n,
+            None => self.reservations.values().filter(|r| r.moves_counter()).count(),
+        };
+        self.apply_event(event, &mut counting);
+        self.counting = CountingPlans(Some(counting));
+    }
+
+    /// [`Account::apply`], counting the open reservations whose plan moves a counter.
+    fn apply_event(&mut self, event: AccountEvent, counting: &mut usize) {
         match event {
             AccountEvent::Opened { currency, overdraft_limit } => {
                 self.open = true;
@@ -378,11 +414,15 @@ impl Account {
                 self.held = self.held.saturating_add(held);
                 // With a plan the counters only say what the price was rated from.
                 let counters = if plan.is_empty() { counters } else { Vec::new() };
-                self.reservations
-                    .insert(reservation_id, Reservation { offer, granted_units, plan, held, expires_at, counters });
+                let reservation = Reservation { offer, granted_units, plan, held, expires_at, counters };
+                *counting += usize::from(reservation.moves_counter());
+                if let Some(replaced) = self.reservations.insert(reservation_id, reservation) {
+                    *counting = counting.saturating_sub(usize::from(replaced.moves_counter()));
+                }
             }
             AccountEvent::Debited { reservation_id, used_units, charged, .. } => {
                 if let Some(r) = self.reservations.remove(&reservation_id) {
+                    *counting = counting.saturating_sub(usize::from(r.moves_counter()));
                     self.held = self.held.saturating_sub(r.held);
                     if !r.counters.is_empty() {
                         // A reservation made before price plans recorded its counters as they
@@ -400,11 +440,13 @@ impl Account {
             }
             AccountEvent::Released { reservation_id, .. } => {
                 if let Some(r) = self.reservations.remove(&reservation_id) {
+                    *counting = counting.saturating_sub(usize::from(r.moves_counter()));
                     self.held = self.held.saturating_sub(r.held);
                 }
             }
             AccountEvent::Expired { reservation_id, .. } => {
                 if let Some(r) = self.reservations.remove(&reservation_id) {
+                    *counting = counting.saturating_sub(usize::from(r.moves_counter()));
                     self.held = self.held.saturating_sub(r.held);
                     self.lapse(reservation_id, r);
                 }
@@ -499,5 +541,53 @@ mod tests {
         account.apply(reserved("gone", 5_000));
         account.apply(AccountEvent::Released { reservation_id: "gone".into(), released: 2 });
         assert!(account.lapsed.is_empty());
+    }
+
+    #[test]
+    fn reserved_counters_follow_the_plans_that_move_counters_through_every_event_and_a_read_back() {
+        let bundle = |id: &str| AccountEvent::Reserved {
+            reservation_id: id.into(),
+            offer: "sms".into(),
+            requested_units: 2,
+            granted_units: 2,
+            price: 0,
+            held: 0,
+            expires_at: 9_000,
+            final_unit: false,
+            plan: vec![PriceTerm::Bundle { offer: "sms".into(), size: 3, refill_price: 500 }],
+            counters: Vec::new(),
+        };
+        // Every open reservation's plan applied, whatever the account remembers.
+        let walked = |account: &Account| {
+            let mut counters = account.counters.clone();
+            for r in account.reservations.values() {
+                advance(&mut counters, &r.plan(), r.granted_units);
+            }
+            counters
+        };
+        let mut account = Account::default();
+        let events = [
+            reserved("v1", 9_000),
+            bundle("b1"),
+            reserved("v2", 9_000),
+            bundle("b2"),
+            AccountEvent::Debited { reservation_id: "b1".into(), used_units: 2, charged: 500, released: 0 },
+            AccountEvent::Expired { reservation_id: "b2".into(), released: 0 },
+            bundle("b3"),
+            AccountEvent::Released { reservation_id: "b3".into(), released: 0 },
+            AccountEvent::Released { reservation_id: "v1".into(), released: 2 },
+        ];
+        for event in events {
+            account.apply(event);
+            assert_eq!(account.reserved_counters(), walked(&account));
+            // A state read back knows no count until its next event: it walks meanwhile.
+            let read_back: Account = serde_json::from_str(&serde_json::to_string(&account).unwrap()).unwrap();
+            assert_eq!(read_back, account);
+            assert_eq!(read_back.reserved_counters(), walked(&account));
+        }
+        assert_eq!(account.counting.0, Some(0), "no open reservation moves a counter");
+        account.apply(bundle("b4"));
+        assert_ne!(account.reserved_counters(), account.counters, "b4's two uses count at once");
+        assert_eq!(account.reserved_counters(), walked(&account));
     }
 }
