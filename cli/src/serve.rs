@@ -61,6 +61,11 @@ pub struct Args {
     /// waiting for it move to other workers.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     reroute_after_ms: u64,
+    /// Events the projectors and process managers may have left to deliver before new
+    /// writes wait for them (at most 2 s, then 503 with Retry-After): bounds how far read
+    /// models, expiries and timers fall behind the log under a load they cannot follow.
+    #[arg(long, default_value_t = tollgate_serve::DEFAULT_MAX_BACKLOG_EVENTS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_backlog_events: u64,
     /// Also answer admissions and commands over NATS request/reply at this server
     /// (`tollgate.<node>.admit`, `tollgate.<node>.command.<stream>`).
     #[arg(long, value_name = "nats://HOST:PORT")]
@@ -193,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             nats: args.nats,
             access,
             reroute_after: Some(Duration::from_millis(args.reroute_after_ms)),
+            max_backlog_events: Some(args.max_backlog_events),
         };
         if let Some(tls) = tls {
             tokio::spawn(reload_on_hangup(tls));

@@ -238,7 +238,8 @@ where
             // it is held within the node's body budget (`503` beyond it) until answered.
             let payload = request.message.payload.clone();
             let answer = match state.take_body(payload.len()) {
-                Ok(_body) => match state.take_place() {
+                // Every subject writes: each waits while a core's reactions are far behind.
+                Ok(_body) => match state.take_write_place().await {
                     Ok(_place) => handle(state.clone(), request.message.subject.clone(), payload).await,
                     Err(full) => Err(full),
                 },

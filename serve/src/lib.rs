@@ -38,5 +38,5 @@ pub mod problem;
 mod server;
 pub mod tls;
 
-pub use pool::{DEFAULT_REROUTE_AFTER, NodeSpec, Role};
+pub use pool::{BACKLOG_WAIT, DEFAULT_MAX_BACKLOG_EVENTS, DEFAULT_REROUTE_AFTER, NodeSpec, Role};
 pub use server::{Config, DEFAULT_BODY_BUDGET, MAX_BODY_BYTES, ServeError, serve};

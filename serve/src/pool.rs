@@ -22,6 +22,7 @@ use crate::dispatch::{Batchable, Dispatch, Start};
 use crate::exposure::Exposure;
 use crate::metrics::NodeReading;
 use crate::nchf::RatingGroups;
+use crate::problem::Problem;
 
 /// What a node does in the lattice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,7 +71,18 @@ pub struct NodeSpec {
     /// A worker busy with one request this long is passed over: requests for other keys
     /// waiting for it move to other workers (`None`: [`DEFAULT_REROUTE_AFTER`]).
     pub reroute_after: Option<Duration>,
+    /// New writes wait while more events than this wait for the primary's projectors and
+    /// process managers (`None`: [`DEFAULT_MAX_BACKLOG_EVENTS`]); see [`Pool::caught_up`].
+    pub max_backlog_events: Option<u64>,
 }
+
+/// Events the primary may have left to deliver before new writes wait: a few seconds of its
+/// work, so its read models, expiries and timers stay that close to the log under any load.
+pub const DEFAULT_MAX_BACKLOG_EVENTS: u64 = 16_384;
+
+/// How long a write waits for the primary's backlog to come under its bound before it is
+/// answered `503` with `Retry-After`.
+pub const BACKLOG_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a worker may be busy with one request before requests for other keys waiting for
 /// it move to other workers: far above a normal request (a few ms, an fsync included), far
@@ -98,13 +110,50 @@ pub(crate) struct Pool {
     run_id: String,
 }
 
-/// What the primary has not done yet, as last measured: a gauge, read without waiting for it.
-#[derive(Default)]
+/// What the primary has not done yet, as last measured: a gauge, read without waiting for
+/// it, and the bound that holds new writes back while the primary is far behind.
 struct Backlog {
     /// Events committed but not yet delivered to the projectors and process managers.
     events: AtomicU64,
     /// Timers due but not yet fired.
     timers: AtomicU64,
+    /// Writes wait while more events than this are undelivered.
+    max_events: u64,
+    /// Woken at each measurement.
+    measured: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn new(max_events: u64) -> Backlog {
+        Backlog { events: AtomicU64::new(0), timers: AtomicU64::new(0), max_events, measured: Default::default() }
+    }
+
+    /// Records a measurement and wakes the writes waiting for one.
+    fn record(&self, events: u64, timers: u64) {
+        self.events.store(events, Ordering::Relaxed);
+        self.timers.store(timers, Ordering::Relaxed);
+        self.measured.notify_waiters();
+    }
+
+    /// Waits (at most `wait`) until at most `max_events` events are undelivered, as
+    /// measured; `Err` with the events undelivered when they are still more.
+    async fn under_bound(&self, wait: Duration) -> Result<(), u64> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Listening before reading, so a measurement between the two is not missed.
+            let measured = self.measured.notified();
+            tokio::pin!(measured);
+            measured.as_mut().enable();
+            let behind = self.events.load(Ordering::Relaxed);
+            if behind <= self.max_events {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, measured).await.is_err() {
+                let behind = self.events.load(Ordering::Relaxed);
+                return if behind <= self.max_events { Ok(()) } else { Err(behind) };
+            }
+        }
+    }
 }
 
 /// The counters a runtime published after its last finished call.
@@ -415,7 +464,7 @@ impl Pool {
         }
         Ok(Pool {
             primary: Primary { handle: primary, counters, delivered: Arc::default() },
-            backlog: Backlog::default(),
+            backlog: Backlog::new(spec.max_backlog_events.unwrap_or(DEFAULT_MAX_BACKLOG_EVENTS)),
             workers,
             delivery_queued: Arc::new(AtomicBool::new(false)),
             rating_groups: Arc::new(manifest.rating_groups()),
@@ -558,9 +607,27 @@ impl Pool {
         let head = self.journal.run("read the log's head", store.head_position())?;
         let due = self.journal.run("read timers", store.due_timer_count(wall_ms()))?;
         let delivered = self.primary.delivered.load(Ordering::Relaxed);
-        self.backlog.events.store(head.saturating_sub(delivered), Ordering::Relaxed);
-        self.backlog.timers.store(due as u64, Ordering::Relaxed);
+        self.backlog.record(head.saturating_sub(delivered), due as u64);
         Ok(())
+    }
+
+    /// Holds a new write while the primary is behind by more than the node's bound
+    /// ([`NodeSpec::max_backlog_events`]), until a measurement finds it under the bound
+    /// (measured every tick); `503` with `Retry-After` when it is still over after
+    /// [`BACKLOG_WAIT`]. So a load the node's reactions cannot follow slows and sheds its
+    /// writes instead of growing the backlog, its memory and every later expiry's delay
+    /// without bound. The primary's own commands, and expiries, are never held.
+    pub(crate) async fn caught_up(&self) -> Result<(), Problem> {
+        self.backlog.under_bound(BACKLOG_WAIT).await.map_err(|behind| {
+            Problem::unavailable(
+                "NF_CONGESTION",
+                format!(
+                    "the node's projectors and process managers are {behind} events behind, over its bound of {}; \
+                     retry later",
+                    self.backlog.max_events
+                ),
+            )
+        })
     }
 
     /// The counters of every runtime as each published them after its last finished call,
@@ -664,5 +731,29 @@ impl Pool {
             }
         }
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_waits_for_a_measurement_under_the_bound_and_is_refused_when_none_comes() {
+        let backlog = Arc::new(Backlog::new(100));
+        assert_eq!(backlog.under_bound(Duration::ZERO).await, Ok(()), "nothing behind");
+        backlog.record(100, 7);
+        assert_eq!(backlog.under_bound(Duration::ZERO).await, Ok(()), "at the bound");
+        backlog.record(101, 7);
+        assert_eq!(backlog.under_bound(Duration::from_millis(20)).await, Err(101), "over, and never measured again");
+        // However long it may wait, a write goes once a measurement finds the backlog under.
+        let waiting = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.under_bound(Duration::from_secs(3600)).await }
+        });
+        tokio::task::yield_now().await;
+        backlog.record(5_000, 0);
+        backlog.record(3, 0);
+        assert_eq!(waiting.await.unwrap(), Ok(()));
     }
 }

@@ -294,6 +294,17 @@ impl AppState {
         self.metrics.refused(reason);
     }
 
+    /// A place in the bounded queue for a request that writes, once a core's reactions are
+    /// within their bound ([`Pool::caught_up`]): `503` with `Retry-After` when every place
+    /// is taken or the reactions stay too far behind.
+    pub(crate) async fn take_write_place(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Problem> {
+        let place = self.take_place()?;
+        if let Ok(Backend::Core(pool)) = self.backend() {
+            pool.caught_up().await?;
+        }
+        Ok(place)
+    }
+
     /// A place in the bounded queue for one request, or `503` with `Retry-After` when every
     /// place is taken.
     pub(crate) fn take_place(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Problem> {
@@ -389,9 +400,12 @@ async fn bounded(State(state): State<Arc<AppState>>, request: Request, next: Nex
             return Problem::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", detail).into_response();
         }
     };
-    let response = match state.take_place() {
+    // Reads never wait for the primary; writes wait while it is far behind.
+    let place =
+        if parts.method == axum::http::Method::GET { state.take_place() } else { state.take_write_place().await };
+    let response = match place {
         Ok(_place) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Err(full) => full.into_response(),
+        Err(refused) => refused.into_response(),
     };
     drop(charge);
     response
