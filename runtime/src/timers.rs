@@ -78,7 +78,10 @@ impl Shared {
         next: &Cause,
     ) -> Result<(), RuntimeError> {
         if finished {
-            cancel.extend(slot.timers.keys().filter(|(i, _)| i == instance).map(|(_, id)| id.clone()));
+            // The instance's timers are one range of the map, ordered by instance first.
+            let from = (instance.to_string(), String::new());
+            let own = slot.timers.range(from..).map(|((i, id), _)| (i, id)).take_while(|(i, _)| *i == instance);
+            cancel.extend(own.map(|(_, id)| id.clone()));
         }
         for id in cancel {
             slot.timer_writes.insert(timer_key(&slot.name, instance, &id), None);
