@@ -272,7 +272,7 @@ impl FileStore {
     /// Writes non-event records as one write (one sync), applying them to the index once they
     /// are all on disk: none of them is applied if the write fails.
     async fn write_all(&self, records: Vec<Record>) -> Result<()> {
-        let bytes = records.iter().flat_map(Record::encode).collect();
+        let bytes = records.iter().map(Record::encode).collect::<Vec<_>>().concat();
         let (done, wait) = oneshot::channel();
         {
             let index = self.index();
