@@ -64,6 +64,7 @@ pub struct Args {
     /// Events the projectors and process managers may have left to deliver before new
     /// writes wait for them (at most 2 s, then 503 with Retry-After): bounds how far read
     /// models, expiries and timers fall behind the log under a load they cannot follow.
+    /// Embedded log only (cores over one JetStream store share the reactions' consumers).
     #[arg(long, default_value_t = tollgate_serve::DEFAULT_MAX_BACKLOG_EVENTS, value_parser = clap::value_parser!(u64).range(1..))]
     max_backlog_events: u64,
     /// Also answer admissions and commands over NATS request/reply at this server

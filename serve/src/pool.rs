@@ -73,6 +73,8 @@ pub struct NodeSpec {
     pub reroute_after: Option<Duration>,
     /// New writes wait while more events than this wait for the primary's projectors and
     /// process managers (`None`: [`DEFAULT_MAX_BACKLOG_EVENTS`]); see [`Pool::caught_up`].
+    /// Only over the embedded log (`file:`): several cores over one JetStream store share
+    /// the reactions' consumers, so no one of them can tell how far behind they are.
     pub max_backlog_events: Option<u64>,
 }
 
@@ -117,14 +119,14 @@ struct Backlog {
     events: AtomicU64,
     /// Timers due but not yet fired.
     timers: AtomicU64,
-    /// Writes wait while more events than this are undelivered.
-    max_events: u64,
+    /// Writes wait while more events than this are undelivered; `None`: they never wait.
+    max_events: Option<u64>,
     /// Woken at each measurement.
     measured: tokio::sync::Notify,
 }
 
 impl Backlog {
-    fn new(max_events: u64) -> Backlog {
+    fn new(max_events: Option<u64>) -> Backlog {
         Backlog { events: AtomicU64::new(0), timers: AtomicU64::new(0), max_events, measured: Default::default() }
     }
 
@@ -144,13 +146,14 @@ impl Backlog {
             let measured = self.measured.notified();
             tokio::pin!(measured);
             measured.as_mut().enable();
+            let Some(max_events) = self.max_events else { return Ok(()) };
             let behind = self.events.load(Ordering::Relaxed);
-            if behind <= self.max_events {
+            if behind <= max_events {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, measured).await.is_err() {
                 let behind = self.events.load(Ordering::Relaxed);
-                return if behind <= self.max_events { Ok(()) } else { Err(behind) };
+                return if behind <= max_events { Ok(()) } else { Err(behind) };
             }
         }
     }
@@ -464,7 +467,11 @@ impl Pool {
         }
         Ok(Pool {
             primary: Primary { handle: primary, counters, delivered: Arc::default() },
-            backlog: Backlog::new(spec.max_backlog_events.unwrap_or(DEFAULT_MAX_BACKLOG_EVENTS)),
+            // Only a node whose primary delivers the whole log can tell how far behind its
+            // reactions are: several cores over one JetStream store share the consumers.
+            backlog: Backlog::new(
+                spec.store.starts_with("file:").then(|| spec.max_backlog_events.unwrap_or(DEFAULT_MAX_BACKLOG_EVENTS)),
+            ),
             workers,
             delivery_queued: Arc::new(AtomicBool::new(false)),
             rating_groups: Arc::new(manifest.rating_groups()),
@@ -624,7 +631,7 @@ impl Pool {
                 format!(
                     "the node's projectors and process managers are {behind} events behind, over its bound of {}; \
                      retry later",
-                    self.backlog.max_events
+                    self.backlog.max_events.unwrap_or_default()
                 ),
             )
         })
@@ -740,7 +747,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_waits_for_a_measurement_under_the_bound_and_is_refused_when_none_comes() {
-        let backlog = Arc::new(Backlog::new(100));
+        let backlog = Arc::new(Backlog::new(Some(100)));
         assert_eq!(backlog.under_bound(Duration::ZERO).await, Ok(()), "nothing behind");
         backlog.record(100, 7);
         assert_eq!(backlog.under_bound(Duration::ZERO).await, Ok(()), "at the bound");
@@ -755,5 +762,9 @@ mod tests {
         backlog.record(5_000, 0);
         backlog.record(3, 0);
         assert_eq!(waiting.await.unwrap(), Ok(()));
+        // Without a bound nothing waits.
+        let unbounded = Backlog::new(None);
+        unbounded.record(u64::MAX, 0);
+        assert_eq!(unbounded.under_bound(Duration::from_secs(3600)).await, Ok(()));
     }
 }
