@@ -531,12 +531,15 @@ fn the_native_api_and_nats_charge_usage_by_the_same_rules() {
         let plan = json!(["per-unit voice 2"]);
         let reserve = json!({"reserve": {"reservation_id": "late", "units": 10, "plan": plan, "currency": "EUR", "validity_ms": 1, "offer": "voice"}});
         assert_eq!(send("r", reserve).0, 200);
+        // The node's own charging session, whose expiry timer is due as soon, may expire it
+        // first: then it is no longer open.
         let mut attempt = 0;
         until(|| {
             attempt += 1;
             let (status, reply) = send(&format!("e{attempt}"), json!({"expire": {"reservation_id": "late"}}));
-            assert!(status == 200 || reply["cause"] == "not-expired", "{reply}");
-            status == 200
+            let expired_already = reply["cause"] == "unknown-reservation";
+            assert!(status == 200 || expired_already || reply["cause"] == "not-expired", "{reply}");
+            status == 200 || expired_already
         });
         let (status, reply) = send("l", json!({"settle": {"reservation_id": "late", "used_units": 7}}));
         assert_eq!(status, 200, "{reply}");
