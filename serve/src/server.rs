@@ -652,6 +652,10 @@ pub async fn serve(
 /// recording the counters.
 const CLOSE_AT_LEAST: Duration = Duration::from_secs(1);
 
+/// What closing keeps of the grace period after the primary's last delivery step: measuring
+/// the backlog left, recording the counters and stopping the runtimes.
+const CLOSE_RESERVE: Duration = Duration::from_secs(1);
+
 /// The connection limits of `config` for a node of `runtimes` runtimes, checked against the
 /// descriptor limit.
 fn limits(config: &Config, runtimes: usize) -> Result<Limits, ServeError> {
@@ -728,7 +732,10 @@ async fn close(
 ) -> Result<Stats, ServeError> {
     let edge = match backend {
         Backend::Core(pool) => {
-            let until = deadline.max(tokio::time::Instant::now() + CLOSE_AT_LEAST).into_std();
+            // The last delivery step ends a little before the deadline, so that measuring
+            // and recording fit inside the grace period.
+            let last_step = deadline.checked_sub(CLOSE_RESERVE).unwrap_or(deadline);
+            let until = last_step.max(tokio::time::Instant::now() + CLOSE_AT_LEAST).into_std();
             return tokio::task::spawn_blocking(move || pool.close(until))
                 .await
                 .map_err(|_| ServeError::Close(NodeError::Stopped))?
