@@ -654,7 +654,7 @@ const CLOSE_AT_LEAST: Duration = Duration::from_secs(1);
 
 /// What closing keeps of the grace period after the primary's last delivery step: measuring
 /// the backlog left, recording the counters and stopping the runtimes.
-const CLOSE_RESERVE: Duration = Duration::from_secs(1);
+const CLOSE_RESERVE: Duration = Duration::from_secs(2);
 
 /// The connection limits of `config` for a node of `runtimes` runtimes, checked against the
 /// descriptor limit.
